@@ -1,0 +1,22 @@
+//! Layered, validated configuration for mxfleet.
+//!
+//! Layers, later ones winning: built-in defaults, the TOML file (`--config`, `MXFLEET_CONFIG`,
+//! default `config/mxfleet.toml`), `MXFLEET_…` environment variables nested with `__`, then
+//! command-line flags. [`load`] merges them, validates the result and reports every problem at
+//! once, each with its key and the file, variable or flag it came from. Secrets are [`Secret`]s
+//! and never print.
+
+mod load;
+mod model;
+mod secret;
+
+pub use load::{
+    AccountAuth, AccountSpec, BUILTIN_ECHO, BackendSpec, CONFIG_FILE_ENV, ConfigError, ConfigIssue,
+    DEFAULT_CONFIG_FILE, ENV_PREFIX, Flags, Loaded, Sources, ValidConfig, default_device_id,
+    is_valid_account_id, load,
+};
+pub use model::{AccountConfig, BackendConfig, Config, LogConfig, LogFormat, RestartConfig};
+pub use secret::{REDACTED, Secret};
+
+#[cfg(test)]
+mod tests;

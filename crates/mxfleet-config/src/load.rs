@@ -1,0 +1,674 @@
+//! Layering, extraction and validation.
+//!
+//! The layers, later ones winning: built-in defaults, the TOML file, `MXFLEET_…` environment
+//! variables (nested with `__`), command-line flags. Extraction runs per section (the top level,
+//! each backend, each account) so that one bad account does not hide the errors of the next; the
+//! semantic checks then run on whatever parsed. Every error names its key and where the value
+//! came from, and all of them are reported together.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use figment::{
+    Figment, Metadata, Profile, Provider,
+    providers::{Env, Format, Serialized, Toml},
+    value::{Dict, Map, Value},
+};
+use serde::{Deserialize, de::IgnoredAny};
+use url::Url;
+
+use crate::{AccountConfig, BackendConfig, Config, LogConfig, LogFormat, RestartConfig, Secret};
+
+/// The environment variable prefix.
+pub const ENV_PREFIX: &str = "MXFLEET_";
+/// The environment variable naming the config file.
+pub const CONFIG_FILE_ENV: &str = "MXFLEET_CONFIG";
+/// The config file read when neither `--config` nor `MXFLEET_CONFIG` names one.
+pub const DEFAULT_CONFIG_FILE: &str = "config/mxfleet.toml";
+/// The backend every config has without declaring it.
+pub const BUILTIN_ECHO: &str = "echo";
+
+/// Where the configuration comes from, besides the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    /// `--config PATH`; otherwise `MXFLEET_CONFIG`, otherwise [`DEFAULT_CONFIG_FILE`] if present.
+    pub config_file: Option<PathBuf>,
+    /// Values given as command-line flags, highest precedence.
+    pub flags: Flags,
+}
+
+/// Command-line flags that override configuration keys.
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--log-format`
+    pub log_format: Option<LogFormat>,
+    /// `--log-level`
+    pub log_level: Option<String>,
+}
+
+/// One configuration problem: the key, what is wrong, and where the value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Dotted key path, e.g. `accounts.alice.homeserver`.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+    /// Where the value came from: a file path, an environment variable, a flag or a default.
+    pub origin: String,
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    /// The problems, in key order.
+    pub issues: Vec<ConfigIssue>,
+}
+
+/// A validated configuration: secrets read, references resolved, ready to run.
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    /// State directory.
+    pub data_dir: PathBuf,
+    /// Logging.
+    pub log: LogConfig,
+    /// Shutdown deadline.
+    pub shutdown_timeout_secs: u64,
+    /// Restart schedule.
+    pub restart: RestartConfig,
+    /// Accounts by id, disabled ones included.
+    pub accounts: BTreeMap<String, AccountSpec>,
+    /// The file that was read, if any.
+    pub config_file: Option<PathBuf>,
+}
+
+/// How an account authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountAuth {
+    /// `m.login.password`; the bot owns its device.
+    Password(Secret),
+    /// A ready access token (plain traffic only).
+    AccessToken(Secret),
+}
+
+/// A resolved backend.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendSpec {
+    /// The built-in echo backend.
+    Echo {
+        /// Text put before the echoed message.
+        prefix: String,
+    },
+    /// An OpenAI-compatible endpoint.
+    Openai {
+        /// Base URL up to and including `/v1`.
+        base_url: Url,
+        /// Model name (account override applied).
+        model: String,
+        /// Bearer token.
+        api_key: Option<Secret>,
+        /// System prompt (account override applied).
+        system_prompt: Option<String>,
+        /// Per-request timeout.
+        request_timeout_secs: u64,
+    },
+}
+
+/// A validated account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountSpec {
+    /// The account id (the key of its `[accounts.<id>]` table).
+    pub id: String,
+    /// Homeserver base URL.
+    pub homeserver: Url,
+    /// Configured user id, if any.
+    pub user_id: Option<String>,
+    /// Credentials.
+    pub auth: AccountAuth,
+    /// Device id used for password login.
+    pub device_id: String,
+    /// Device display name.
+    pub device_display_name: String,
+    /// Configured store passphrase, if any.
+    pub store_passphrase: Option<Secret>,
+    /// Name of the backend.
+    pub backend_name: String,
+    /// The resolved backend.
+    pub backend: BackendSpec,
+    /// Whether the account runs.
+    pub enabled: bool,
+    /// Catch-up horizon after downtime.
+    pub catch_up_max_age_secs: u64,
+    /// Long-poll timeout.
+    pub sync_timeout_secs: u64,
+    /// Stall margin for the sync watchdog.
+    pub sync_stall_secs: u64,
+}
+
+/// A loaded configuration together with the layers it came from.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The validated configuration.
+    pub config: ValidConfig,
+    figment: Figment,
+    raw: Config,
+}
+
+/// Loads, merges and validates the configuration from `sources` and the process environment.
+pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
+    let mut issues = Vec::new();
+    let (figment, config_file) = layered(sources, &mut issues);
+    let raw = extract(&figment, &mut issues);
+    let config = raw.as_ref().map(|raw| validate(raw, &figment, &config_file, &mut issues));
+    issues.sort_by(|a, b| a.key.cmp(&b.key));
+    issues.dedup();
+    match (raw, config) {
+        (Some(raw), Some(config)) if issues.is_empty() => Ok(Loaded { config, figment, raw }),
+        _ => Err(ConfigError { issues }),
+    }
+}
+
+impl Loaded {
+    /// The merged configuration as `key = value  # origin` lines, secrets redacted.
+    pub fn describe(&self) -> String {
+        let mut lines = Vec::new();
+        let value = Value::serialize(&self.raw).unwrap_or(Value::from(Dict::new()));
+        walk(&value, &mut Vec::new(), &mut |path, leaf| {
+            let key = path.join(".");
+            let origin = self.figment.find_metadata(&key).map_or_else(
+                || "built-in default".to_owned(),
+                |md| describe_origin(md, path),
+            );
+            lines.push(format!("{key} = {}  # {origin}", render(leaf)));
+        });
+        lines.join("\n")
+    }
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} (from {})", self.key, self.message, self.origin)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.issues.len();
+        writeln!(f, "invalid configuration ({n} problem{}):", if n == 1 { "" } else { "s" })?;
+        for issue in &self.issues {
+            writeln!(f, "  - {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The top level with the per-entry tables left unparsed (they are extracted one by one).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // fields exist so that unknown keys are rejected
+struct TopLevel {
+    data_dir: PathBuf,
+    log: LogConfig,
+    shutdown_timeout_secs: u64,
+    restart: RestartConfig,
+    #[serde(default)]
+    backends: BTreeMap<String, IgnoredAny>,
+    #[serde(default)]
+    accounts: BTreeMap<String, IgnoredAny>,
+}
+
+fn layered(sources: &Sources, issues: &mut Vec<ConfigIssue>) -> (Figment, Option<PathBuf>) {
+    let defaults = Config::default();
+    let mut figment = Figment::new().merge(Named::new("built-in default", Serialized::defaults(defaults)));
+
+    let (file, explicit) = match (&sources.config_file, std::env::var_os(CONFIG_FILE_ENV)) {
+        (Some(path), _) => (path.clone(), Some("--config")),
+        (None, Some(path)) => (PathBuf::from(path), Some(CONFIG_FILE_ENV)),
+        (None, None) => (PathBuf::from(DEFAULT_CONFIG_FILE), None),
+    };
+    let config_file = if file.is_file() {
+        figment = figment.merge(Toml::file_exact(&file));
+        Some(file)
+    } else {
+        if let Some(origin) = explicit {
+            issues.push(ConfigIssue {
+                key: "config file".into(),
+                message: format!("{} does not exist or is not a file", file.display()),
+                origin: origin.into(),
+            });
+        }
+        None
+    };
+
+    figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]));
+
+    let mut flags = Dict::new();
+    let flag = &sources.flags;
+    if let Some(dir) = &flag.data_dir {
+        flags.insert("data_dir".into(), Value::from(dir.display().to_string()));
+    }
+    let mut log = Dict::new();
+    if let Some(format) = flag.log_format {
+        let name = if format == LogFormat::Json { "json" } else { "human" };
+        log.insert("format".into(), Value::from(name));
+    }
+    if let Some(level) = &flag.log_level {
+        log.insert("level".into(), Value::from(level.clone()));
+    }
+    if !log.is_empty() {
+        flags.insert("log".into(), Value::from(log));
+    }
+    figment = figment.merge(Named::new("command-line flag", Serialized::defaults(flags)));
+    (figment, config_file)
+}
+
+fn extract(figment: &Figment, issues: &mut Vec<ConfigIssue>) -> Option<Config> {
+    match figment.extract::<Config>() {
+        Ok(config) => return Some(config),
+        Err(_) => {
+            // Re-extract section by section to collect every problem, not just the first.
+            if let Err(e) = figment.extract::<TopLevel>() {
+                push_figment_errors(figment, &[], e, issues);
+            }
+            for section in ["backends", "accounts"] {
+                let Ok(Value::Dict(_, entries)) = figment.find_value(section) else { continue };
+                for id in entries.keys() {
+                    let key = format!("{section}.{id}");
+                    let result = if section == "backends" {
+                        figment.extract_inner::<BackendConfig>(&key).map(drop)
+                    } else {
+                        figment.extract_inner::<AccountConfig>(&key).map(drop)
+                    };
+                    if let Err(e) = result {
+                        push_figment_errors(figment, &[section, id], e, issues);
+                    }
+                }
+            }
+        }
+    }
+    if issues.is_empty() {
+        issues.push(ConfigIssue {
+            key: "(config)".into(),
+            message: "could not be read".into(),
+            origin: "all layers".into(),
+        });
+    }
+    None
+}
+
+fn push_figment_errors(
+    figment: &Figment,
+    prefix: &[&str],
+    error: figment::Error,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    for e in error {
+        let mut path: Vec<String> = prefix.iter().map(|s| (*s).to_owned()).collect();
+        // extract_inner already prefixes the path with the section for some errors.
+        let own: Vec<String> = e.path.clone();
+        if own.starts_with(&path) {
+            path = own;
+        } else {
+            path.extend(own);
+        }
+        match &e.kind {
+            figment::error::Kind::UnknownField(field, _) => path.push(field.clone()),
+            figment::error::Kind::MissingField(field) => path.push(field.to_string()),
+            _ => {}
+        }
+        let key = path.join(".");
+        let origin = figment
+            .find_metadata(&key)
+            .or(e.metadata.as_ref())
+            .map_or_else(|| "built-in default".to_owned(), |md| describe_origin(md, &path));
+        let message = match &e.kind {
+            figment::error::Kind::UnknownField(_, expected) => {
+                format!("unknown key (expected one of: {})", expected.join(", "))
+            }
+            figment::error::Kind::MissingField(_) => "is required but missing".to_owned(),
+            kind => kind.to_string(),
+        };
+        issues.push(ConfigIssue { key, message, origin });
+    }
+}
+
+fn validate(
+    raw: &Config,
+    figment: &Figment,
+    config_file: &Option<PathBuf>,
+    issues: &mut Vec<ConfigIssue>,
+) -> ValidConfig {
+    let mut check = Checker { figment, issues };
+
+    let r = &raw.restart;
+    check.require(r.initial_delay_ms >= 1, "restart.initial_delay_ms", "must be at least 1");
+    check.require(
+        r.max_delay_ms >= r.initial_delay_ms,
+        "restart.max_delay_ms",
+        "must be at least restart.initial_delay_ms",
+    );
+    check.require(r.multiplier >= 1.0, "restart.multiplier", "must be at least 1.0");
+    check.require(
+        (0.0..=1.0).contains(&r.jitter_ratio),
+        "restart.jitter_ratio",
+        "must be between 0.0 and 1.0",
+    );
+    check.require(r.max_restarts >= 1, "restart.max_restarts", "must be at least 1");
+    check.require(r.restart_window_secs >= 1, "restart.restart_window_secs", "must be at least 1");
+    check.require(raw.shutdown_timeout_secs >= 1, "shutdown_timeout_secs", "must be at least 1");
+
+    if raw.accounts.is_empty() {
+        check.fail("accounts", "no accounts are configured; add an [accounts.<id>] table");
+    }
+
+    let mut backends = BTreeMap::new();
+    for (name, backend) in &raw.backends {
+        if let Some(spec) = check.backend(name, backend) {
+            backends.insert(name.clone(), spec);
+        }
+    }
+
+    let mut accounts = BTreeMap::new();
+    let mut user_ids: BTreeMap<String, String> = BTreeMap::new();
+    for (id, account) in &raw.accounts {
+        let key = format!("accounts.{id}");
+        if !is_valid_account_id(id) {
+            check.fail(
+                &key,
+                "account ids must be 1-64 characters of lower-case [a-z0-9_-] \
+                 (environment variables can only address lower-case ids)",
+            );
+        }
+        if let Some(user_id) = &account.user_id {
+            let well_formed = user_id.starts_with('@') && user_id.contains(':') && user_id.len() > 3;
+            check.require(well_formed, &format!("{key}.user_id"), "must look like @name:server");
+            if let Some(other) = user_ids.insert(user_id.clone(), id.clone()) {
+                check.fail(
+                    &format!("{key}.user_id"),
+                    &format!("{user_id} is also used by account {other}; one account per user"),
+                );
+            }
+        }
+        let scheme_ok = matches!(account.homeserver.scheme(), "http" | "https");
+        check.require(scheme_ok, &format!("{key}.homeserver"), "must be an http(s) URL");
+        check.require(
+            (1..=300).contains(&account.sync_timeout_secs),
+            &format!("{key}.sync_timeout_secs"),
+            "must be between 1 and 300",
+        );
+        check.require(
+            account.sync_stall_secs >= 1,
+            &format!("{key}.sync_stall_secs"),
+            "must be at least 1",
+        );
+        let device_id = account.device_id.clone().unwrap_or_else(|| default_device_id(id));
+        check.require(
+            !device_id.is_empty() && !device_id.chars().any(char::is_whitespace),
+            &format!("{key}.device_id"),
+            "must be non-empty and contain no whitespace",
+        );
+
+        let password = check.secret(&key, "password", &account.password, &account.password_file);
+        let token =
+            check.secret(&key, "access_token", &account.access_token, &account.access_token_file);
+        let passphrase = check.secret(
+            &key,
+            "store_passphrase",
+            &account.store_passphrase,
+            &account.store_passphrase_file,
+        );
+        let auth = match (password, token) {
+            (Some(p), None) => Some(AccountAuth::Password(p)),
+            (None, Some(t)) => Some(AccountAuth::AccessToken(t)),
+            (Some(_), Some(_)) => {
+                check.fail(&key, "set either a password or an access token, not both");
+                None
+            }
+            (None, None) => {
+                let set = account.password_file.is_some() || account.access_token_file.is_some();
+                if !set {
+                    check.fail(
+                        &key,
+                        "needs credentials: password, password_file, access_token or access_token_file",
+                    );
+                }
+                None
+            }
+        };
+
+        let backend = if account.backend == BUILTIN_ECHO && !backends.contains_key(BUILTIN_ECHO) {
+            Some(BackendSpec::Echo { prefix: String::new() })
+        } else if let Some(spec) = backends.get(&account.backend) {
+            Some(spec.clone())
+        } else {
+            if !raw.backends.contains_key(&account.backend) {
+                check.fail(
+                    &format!("{key}.backend"),
+                    &format!(
+                        "no backend named {:?}; define [backends.{}] or use \"echo\"",
+                        account.backend, account.backend
+                    ),
+                );
+            }
+            None
+        };
+        let backend = backend.map(|spec| with_account_overrides(spec, account));
+
+        if let (Some(auth), Some(backend)) = (auth, backend) {
+            accounts.insert(
+                id.clone(),
+                AccountSpec {
+                    id: id.clone(),
+                    homeserver: account.homeserver.clone(),
+                    user_id: account.user_id.clone(),
+                    auth,
+                    device_id,
+                    device_display_name: account
+                        .device_display_name
+                        .clone()
+                        .unwrap_or_else(|| format!("mxfleet {id}")),
+                    store_passphrase: passphrase,
+                    backend_name: account.backend.clone(),
+                    backend,
+                    enabled: account.enabled,
+                    catch_up_max_age_secs: account.catch_up_max_age_secs,
+                    sync_timeout_secs: account.sync_timeout_secs,
+                    sync_stall_secs: account.sync_stall_secs,
+                },
+            );
+        }
+    }
+
+    ValidConfig {
+        data_dir: raw.data_dir.clone(),
+        log: raw.log.clone(),
+        shutdown_timeout_secs: raw.shutdown_timeout_secs,
+        restart: raw.restart.clone(),
+        accounts,
+        config_file: config_file.clone(),
+    }
+}
+
+/// The device id a password account uses unless `device_id` is set.
+pub fn default_device_id(account_id: &str) -> String {
+    format!("MXFLEET_{}", account_id.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// Whether `id` is a valid account id: 1–64 characters of `[a-z0-9_-]`.
+pub fn is_valid_account_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn with_account_overrides(spec: BackendSpec, account: &AccountConfig) -> BackendSpec {
+    match spec {
+        BackendSpec::Openai { base_url, model, api_key, system_prompt, request_timeout_secs } => {
+            BackendSpec::Openai {
+                base_url,
+                model: account.model.clone().unwrap_or(model),
+                api_key,
+                system_prompt: account.system_prompt.clone().or(system_prompt),
+                request_timeout_secs,
+            }
+        }
+        echo @ BackendSpec::Echo { .. } => echo,
+    }
+}
+
+struct Checker<'a> {
+    figment: &'a Figment,
+    issues: &'a mut Vec<ConfigIssue>,
+}
+
+impl Checker<'_> {
+    fn origin(&self, key: &str) -> String {
+        let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+        self.figment
+            .find_metadata(key)
+            .map_or_else(|| "built-in default".to_owned(), |md| describe_origin(md, &path))
+    }
+
+    fn fail(&mut self, key: &str, message: &str) {
+        let origin = self.origin(key);
+        self.issues.push(ConfigIssue { key: key.into(), message: message.into(), origin });
+    }
+
+    fn require(&mut self, ok: bool, key: &str, message: &str) {
+        if !ok {
+            self.fail(key, message);
+        }
+    }
+
+    /// Resolves a secret given inline or as `<name>_file`; reports both-set, unreadable, empty.
+    fn secret(
+        &mut self,
+        table: &str,
+        name: &str,
+        inline: &Option<Secret>,
+        file: &Option<PathBuf>,
+    ) -> Option<Secret> {
+        let key = format!("{table}.{name}");
+        let file_key = format!("{table}.{name}_file");
+        match (inline, file) {
+            (Some(_), Some(_)) => {
+                self.fail(&key, &format!("set either {name} or {name}_file, not both"));
+                None
+            }
+            (Some(secret), None) if secret.is_empty() => {
+                self.fail(&key, "is empty");
+                None
+            }
+            (Some(secret), None) => Some(secret.clone()),
+            (None, Some(path)) => match read_secret_file(path) {
+                Ok(secret) => Some(secret),
+                Err(message) => {
+                    self.fail(&file_key, &message);
+                    None
+                }
+            },
+            (None, None) => None,
+        }
+    }
+
+    fn backend(&mut self, name: &str, backend: &BackendConfig) -> Option<BackendSpec> {
+        let key = format!("backends.{name}");
+        match backend {
+            BackendConfig::Echo { prefix } => Some(BackendSpec::Echo { prefix: prefix.clone() }),
+            BackendConfig::Openai {
+                base_url,
+                model,
+                api_key,
+                api_key_file,
+                system_prompt,
+                request_timeout_secs,
+            } => {
+                let scheme_ok = matches!(base_url.scheme(), "http" | "https");
+                self.require(scheme_ok, &format!("{key}.base_url"), "must be an http(s) URL");
+                self.require(!model.is_empty(), &format!("{key}.model"), "must not be empty");
+                self.require(
+                    *request_timeout_secs >= 1,
+                    &format!("{key}.request_timeout_secs"),
+                    "must be at least 1",
+                );
+                let api_key = self.secret(&key, "api_key", api_key, api_key_file);
+                Some(BackendSpec::Openai {
+                    base_url: base_url.clone(),
+                    model: model.clone(),
+                    api_key,
+                    system_prompt: system_prompt.clone(),
+                    request_timeout_secs: *request_timeout_secs,
+                })
+            }
+        }
+    }
+}
+
+fn read_secret_file(path: &Path) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
+    let trimmed = text.trim_end_matches(['\n', '\r']);
+    if trimmed.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(Secret::new(trimmed))
+}
+
+/// Names where a value came from: a file path, the environment variable, or the layer.
+fn describe_origin(md: &Metadata, path: &[String]) -> String {
+    if md.name.contains("environment") {
+        let var: Vec<String> = path.iter().map(|k| k.to_ascii_uppercase()).collect();
+        return format!("environment variable {ENV_PREFIX}{}", var.join("__"));
+    }
+    match md.source.as_ref().and_then(|s| s.file_path()) {
+        Some(file) => format!("file {}", file.display()),
+        None => md.name.to_string(),
+    }
+}
+
+fn walk(value: &Value, path: &mut Vec<String>, visit: &mut dyn FnMut(&[String], &Value)) {
+    match value {
+        Value::Dict(_, dict) if !dict.is_empty() => {
+            for (k, v) in dict {
+                path.push(k.clone());
+                walk(v, path, visit);
+                path.pop();
+            }
+        }
+        leaf => visit(path, leaf),
+    }
+}
+
+fn render(value: &Value) -> String {
+    match value {
+        Value::String(_, s) => format!("{s:?}"),
+        Value::Dict(_, d) if d.is_empty() => "{}".into(),
+        other => serde_json::to_string(other).unwrap_or_else(|_| "?".into()),
+    }
+}
+
+/// A provider wrapper that gives a layer a readable name in errors and `mxfleet check`.
+struct Named<P> {
+    name: &'static str,
+    inner: P,
+}
+
+impl<P> Named<P> {
+    fn new(name: &'static str, inner: P) -> Self {
+        Self { name, inner }
+    }
+}
+
+impl<P: Provider> Provider for Named<P> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        self.inner.data()
+    }
+}

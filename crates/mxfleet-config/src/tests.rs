@@ -1,0 +1,226 @@
+//! Layering and validation tests, each in a `figment::Jail` (a private cwd and environment).
+
+use std::path::PathBuf;
+
+use figment::Jail;
+
+use crate::{AccountAuth, BackendSpec, ConfigError, Flags, LogFormat, Sources, load};
+
+const TWO_ACCOUNTS: &str = r#"
+data_dir = "state"
+
+[backends.local]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1"
+model = "small"
+
+[accounts.alice]
+homeserver = "http://127.0.0.1:8008"
+user_id = "@alice:localhost"
+password = "pw-alice"
+backend = "echo"
+
+[accounts.bob]
+homeserver = "http://127.0.0.1:8008"
+access_token = "tok-bob"
+backend = "local"
+model = "large"
+"#;
+
+fn sources(file: &str) -> Sources {
+    Sources { config_file: Some(PathBuf::from(file)), flags: Flags::default() }
+}
+
+fn issues(err: ConfigError) -> Vec<String> {
+    err.issues.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn reads_a_file_and_resolves_backends() {
+    Jail::expect_with(|jail| {
+        jail.create_file("fleet.toml", TWO_ACCOUNTS)?;
+        let loaded = load(&sources("fleet.toml")).map_err(|e| e.to_string())?;
+        let config = &loaded.config;
+        assert_eq!(config.data_dir, PathBuf::from("state"));
+        let alice = &config.accounts["alice"];
+        assert_eq!(alice.auth, AccountAuth::Password(crate::Secret::new("pw-alice")));
+        assert_eq!(alice.device_id, "MXFLEET_ALICE");
+        assert_eq!(alice.backend, BackendSpec::Echo { prefix: String::new() });
+        let bob = &config.accounts["bob"];
+        assert!(matches!(&bob.backend, BackendSpec::Openai { model, .. } if model == "large"));
+        assert_eq!(bob.catch_up_max_age_secs, 600);
+        Ok(())
+    });
+}
+
+#[test]
+fn precedence_is_file_then_env_then_flags() {
+    Jail::expect_with(|jail| {
+        jail.create_file("fleet.toml", TWO_ACCOUNTS)?;
+        jail.set_env("MXFLEET_DATA_DIR", "from-env");
+        jail.set_env("MXFLEET_LOG__FORMAT", "json");
+        jail.set_env("MXFLEET_ACCOUNTS__ALICE__PASSWORD", "12345");
+        jail.set_env("MXFLEET_ACCOUNTS__BOB__SYNC_TIMEOUT_SECS", "5");
+        let loaded = load(&sources("fleet.toml")).map_err(|e| e.to_string())?;
+        assert_eq!(loaded.config.data_dir, PathBuf::from("from-env"));
+        assert_eq!(loaded.config.log.format, LogFormat::Json);
+        // A numeric env value is still a valid secret.
+        let alice = &loaded.config.accounts["alice"];
+        assert_eq!(alice.auth, AccountAuth::Password(crate::Secret::new("12345")));
+        assert_eq!(loaded.config.accounts["bob"].sync_timeout_secs, 5);
+
+        let flags = Flags {
+            data_dir: Some("from-flag".into()),
+            log_format: Some(LogFormat::Human),
+            log_level: None,
+        };
+        let loaded = load(&Sources { config_file: Some("fleet.toml".into()), flags })
+            .map_err(|e| e.to_string())?;
+        assert_eq!(loaded.config.data_dir, PathBuf::from("from-flag"));
+        assert_eq!(loaded.config.log.format, LogFormat::Human);
+        Ok(())
+    });
+}
+
+#[test]
+fn config_file_can_come_from_env() {
+    Jail::expect_with(|jail| {
+        jail.create_file("elsewhere.toml", TWO_ACCOUNTS)?;
+        jail.set_env("MXFLEET_CONFIG", "elsewhere.toml");
+        let loaded = load(&Sources::default()).map_err(|e| e.to_string())?;
+        assert_eq!(loaded.config.accounts.len(), 2);
+        Ok(())
+    });
+}
+
+#[test]
+fn every_error_is_reported_with_key_and_origin() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "bad.toml",
+            r#"
+            shutdown_timeout_secs = "soon"
+            [accounts.alice]
+            homeserver = "http://127.0.0.1:8008"
+            passwrd = "typo"
+            backend = "echo"
+            [accounts.bob]
+            password = "x"
+            backend = "echo"
+            [accounts.carol]
+            homeserver = "http://127.0.0.1:8008"
+            password = "x"
+            backend = "nope"
+            "#,
+        )?;
+        jail.set_env("MXFLEET_ACCOUNTS__CAROL__SYNC_TIMEOUT_SECS", "\"long\"");
+        let err = load(&sources("bad.toml")).err().ok_or("expected an error")?;
+        let text = issues(err);
+        let has = |needle: &str| text.iter().any(|l| l.contains(needle));
+        assert!(has("shutdown_timeout_secs: invalid type"), "{text:#?}");
+        assert!(has("accounts.alice.passwrd: unknown key"), "{text:#?}");
+        assert!(has("(from file bad.toml)"), "{text:#?}");
+        assert!(has("accounts.bob.homeserver: is required but missing"), "{text:#?}");
+        assert!(
+            has("environment variable MXFLEET_ACCOUNTS__CAROL__SYNC_TIMEOUT_SECS"),
+            "{text:#?}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn semantic_errors_are_collected() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "bad.toml",
+            r#"
+            [restart]
+            jitter_ratio = 3.0
+            [accounts.Alice]
+            homeserver = "http://127.0.0.1:8008"
+            password = "x"
+            backend = "echo"
+            [accounts.bob]
+            homeserver = "ftp://127.0.0.1"
+            backend = "missing"
+            [accounts.carol]
+            homeserver = "http://127.0.0.1:8008"
+            password = "x"
+            access_token = "y"
+            backend = "echo"
+            [accounts.dave]
+            homeserver = "http://127.0.0.1:8008"
+            password_file = "no-such-file"
+            backend = "echo"
+            "#,
+        )?;
+        let err = load(&sources("bad.toml")).err().ok_or("expected an error")?;
+        let text = issues(err);
+        let has = |needle: &str| text.iter().any(|l| l.contains(needle));
+        assert!(has("restart.jitter_ratio: must be between"), "{text:#?}");
+        assert!(has("accounts.Alice: account ids must be"), "{text:#?}");
+        assert!(has("accounts.bob.homeserver: must be an http(s) URL"), "{text:#?}");
+        assert!(has("accounts.bob.backend: no backend named \"missing\""), "{text:#?}");
+        assert!(has("accounts.bob: needs credentials"), "{text:#?}");
+        assert!(has("accounts.carol: set either a password or an access token"), "{text:#?}");
+        assert!(has("accounts.dave.password_file: cannot read no-such-file"), "{text:#?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn secrets_come_from_files_and_never_print() {
+    Jail::expect_with(|jail| {
+        jail.create_file("pw.txt", "file-secret\n")?;
+        jail.create_file(
+            "fleet.toml",
+            r#"
+            [accounts.alice]
+            homeserver = "http://127.0.0.1:8008"
+            password_file = "pw.txt"
+            store_passphrase = "inline-passphrase"
+            backend = "echo"
+            "#,
+        )?;
+        let loaded = load(&sources("fleet.toml")).map_err(|e| e.to_string())?;
+        let alice = &loaded.config.accounts["alice"];
+        assert_eq!(alice.auth, AccountAuth::Password(crate::Secret::new("file-secret")));
+        let described = loaded.describe();
+        let debugged = format!("{:?}", loaded.config);
+        for text in [&described, &debugged] {
+            assert!(!text.contains("file-secret"), "{text}");
+            assert!(!text.contains("inline-passphrase"), "{text}");
+        }
+        assert!(described.contains("accounts.alice.store_passphrase = \"[redacted]\"  # file fleet.toml"));
+        assert!(described.contains("accounts.alice.catch_up_max_age_secs = 600  # built-in default"));
+        Ok(())
+    });
+}
+
+#[test]
+fn missing_explicit_file_and_duplicate_users_are_errors() {
+    Jail::expect_with(|jail| {
+        let err = load(&sources("absent.toml")).err().ok_or("expected an error")?;
+        assert!(issues(err).iter().any(|l| l.contains("absent.toml does not exist")));
+
+        jail.create_file(
+            "dup.toml",
+            r#"
+            [accounts.a]
+            homeserver = "http://127.0.0.1:8008"
+            user_id = "@same:localhost"
+            access_token = "t1"
+            backend = "echo"
+            [accounts.b]
+            homeserver = "http://127.0.0.1:8008"
+            user_id = "@same:localhost"
+            access_token = "t2"
+            backend = "echo"
+            "#,
+        )?;
+        let err = load(&sources("dup.toml")).err().ok_or("expected an error")?;
+        assert!(issues(err).iter().any(|l| l.contains("is also used by account a")));
+        Ok(())
+    });
+}

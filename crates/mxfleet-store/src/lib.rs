@@ -1,0 +1,460 @@
+//! mxfleet's durable state: one redb database per process, typed tables keyed by account.
+//!
+//! What lives here, and why it is committed the moment it changes (a killed actor runs no
+//! cleanup):
+//! - **sessions**: tokens and device id, so a restart never logs in again;
+//! - **store passphrases**: generated once per account for the matrix-sdk sqlite store;
+//! - **sync positions** and the **inbox**: the next sync token is committed in the same
+//!   transaction as the events of the batch it ends, so a crash either replays the batch (and the
+//!   inbox deduplicates it) or has both; each inbox entry is then finished once it is answered.
+//!
+//! redb is a blocking API: every `async` method runs its transaction on the blocking pool.
+
+mod lock;
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+pub use lock::DirLock;
+
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+const PASSPHRASES: TableDefinition<&str, &str> = TableDefinition::new("store_passphrases");
+const SYNC_POSITIONS: TableDefinition<&str, &str> = TableDefinition::new("sync_positions");
+const INBOX: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("inbox");
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another process holds the database or directory.
+    #[error("{path} is in use by another mxfleet process")]
+    Locked {
+        /// The locked file.
+        path: PathBuf,
+    },
+    /// The database could not be opened, read or written.
+    #[error("database {path}: {source}")]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// The redb error.
+        #[source]
+        source: Box<redb::Error>,
+    },
+    /// A stored record did not decode; the entry is left as it is.
+    #[error("stored record {table}/{key} is corrupt: {source}")]
+    Corrupt {
+        /// Table name.
+        table: &'static str,
+        /// Key of the record.
+        key: String,
+        /// Decode error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A filesystem operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The blocking task running a transaction panicked or was cancelled.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// A persisted Matrix session.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSession {
+    /// The bot's user id.
+    pub user_id: String,
+    /// The bot's device id.
+    pub device_id: String,
+    /// The access token (a secret).
+    pub access_token: String,
+    /// The refresh token, if the server issued one (a secret).
+    pub refresh_token: Option<String>,
+    /// Set after a soft logout: the next start logs in again with the password, same device.
+    #[serde(default)]
+    pub needs_relogin: bool,
+}
+
+impl fmt::Debug for StoredSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredSession")
+            .field("user_id", &self.user_id)
+            .field("device_id", &self.device_id)
+            .field("access_token", &"[redacted]")
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
+            .field("needs_relogin", &self.needs_relogin)
+            .finish()
+    }
+}
+
+/// Where an inbox entry stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum InboxState {
+    /// Claimed, not yet answered.
+    Pending,
+    /// Answered with this event.
+    Answered {
+        /// The reply's event id.
+        reply_event_id: String,
+    },
+    /// Deliberately not answered.
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One inbound event claimed for handling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboxEntry<T> {
+    /// The Matrix event id.
+    pub event_id: String,
+    /// When the entry was claimed (ms since the Unix epoch).
+    pub claimed_at_ms: u64,
+    /// Where it stands.
+    pub state: InboxState,
+    /// The normalised message.
+    pub message: T,
+}
+
+/// mxfleet's database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: Arc<PathBuf>,
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`. Fails with [`StoreError::Locked`] if another
+    /// process has it open.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.into() },
+            other => db_error(path, other),
+        })?;
+        let store = Self { db: Arc::new(db), path: Arc::new(path.into()) };
+        store.init_tables()?;
+        Ok(store)
+    }
+
+    /// The saved session of `account`.
+    pub async fn session(&self, account: &str) -> Result<Option<StoredSession>, StoreError> {
+        let account = account.to_owned();
+        self.blocking(move |s| s.get_json(SESSIONS, "sessions", &account)).await
+    }
+
+    /// Saves the session of `account`.
+    pub async fn save_session(
+        &self,
+        account: &str,
+        session: &StoredSession,
+    ) -> Result<(), StoreError> {
+        let (account, bytes) = (account.to_owned(), to_json(session));
+        self.blocking(move |s| {
+            s.write(|tx| {
+                tx.open_table(SESSIONS)?.insert(account.as_str(), bytes.as_slice())?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Forgets the session of `account` (the next start logs in afresh).
+    pub async fn delete_session(&self, account: &str) -> Result<(), StoreError> {
+        let account = account.to_owned();
+        self.blocking(move |s| {
+            s.write(|tx| {
+                tx.open_table(SESSIONS)?.remove(account.as_str())?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// The store passphrase of `account`, generated with `generate` and saved on first use.
+    pub async fn store_passphrase(
+        &self,
+        account: &str,
+        generate: impl FnOnce() -> String + Send + 'static,
+    ) -> Result<String, StoreError> {
+        let account = account.to_owned();
+        self.blocking(move |s| {
+            s.write(|tx| {
+                let mut table = tx.open_table(PASSPHRASES)?;
+                let existing = table.get(account.as_str())?.map(|v| v.value().to_owned());
+                if let Some(existing) = existing {
+                    return Ok(existing);
+                }
+                let fresh = generate();
+                table.insert(account.as_str(), fresh.as_str())?;
+                Ok(fresh)
+            })
+        })
+        .await
+    }
+
+    /// The sync token to continue from; `None` before the first sync of the account.
+    pub async fn sync_position(&self, account: &str) -> Result<Option<String>, StoreError> {
+        let account = account.to_owned();
+        self.blocking(move |s| {
+            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
+            let table = tx.open_table(SYNC_POSITIONS).map_err(|e| s.err(e))?;
+            let value = table.get(account.as_str()).map_err(|e| s.err(e))?;
+            Ok(value.map(|v| v.value().to_owned()))
+        })
+        .await
+    }
+
+    /// Commits a sync batch: claims each event not claimed before and moves the sync position
+    /// to `next_batch`, in one transaction. Returns the newly claimed entries.
+    pub async fn commit_sync<T>(
+        &self,
+        account: &str,
+        next_batch: &str,
+        entries: Vec<InboxEntry<T>>,
+    ) -> Result<Vec<InboxEntry<T>>, StoreError>
+    where
+        T: Serialize + Send + 'static,
+    {
+        let (account, next_batch) = (account.to_owned(), next_batch.to_owned());
+        self.blocking(move |s| {
+            s.write(|tx| {
+                let mut fresh = Vec::new();
+                {
+                    let mut inbox = tx.open_table(INBOX)?;
+                    for entry in entries {
+                        let key = (account.as_str(), entry.event_id.as_str());
+                        if inbox.get(key)?.is_some() {
+                            continue;
+                        }
+                        inbox.insert(key, to_json(&entry).as_slice())?;
+                        fresh.push(entry);
+                    }
+                }
+                tx.open_table(SYNC_POSITIONS)?.insert(account.as_str(), next_batch.as_str())?;
+                Ok(fresh)
+            })
+        })
+        .await
+    }
+
+    /// Entries of `account` still pending (claimed before a crash or restart, not answered).
+    /// Corrupt entries are returned as errors in the second list, not dropped.
+    pub async fn pending<T>(
+        &self,
+        account: &str,
+    ) -> Result<(Vec<InboxEntry<T>>, Vec<StoreError>), StoreError>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        let account = account.to_owned();
+        self.blocking(move |s| {
+            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
+            let table = tx.open_table(INBOX).map_err(|e| s.err(e))?;
+            let (mut pending, mut corrupt) = (Vec::new(), Vec::new());
+            let range = table
+                .range((account.as_str(), "")..)
+                .map_err(|e| s.err(e))?;
+            for row in range {
+                let (key, value) = row.map_err(|e| s.err(e))?;
+                let (owner, event_id) = key.value();
+                if owner != account {
+                    break;
+                }
+                match serde_json::from_slice::<InboxEntry<T>>(value.value()) {
+                    Ok(entry) if entry.state == InboxState::Pending => pending.push(entry),
+                    Ok(_) => {}
+                    Err(source) => corrupt.push(StoreError::Corrupt {
+                        table: "inbox",
+                        key: format!("{owner}/{event_id}"),
+                        source,
+                    }),
+                }
+            }
+            Ok((pending, corrupt))
+        })
+        .await
+    }
+
+    /// Records how an inbox entry ended.
+    pub async fn finish(
+        &self,
+        account: &str,
+        event_id: &str,
+        state: InboxState,
+    ) -> Result<(), StoreError> {
+        let (account, event_id) = (account.to_owned(), event_id.to_owned());
+        self.blocking(move |s| {
+            s.write(|tx| {
+                let mut inbox = tx.open_table(INBOX)?;
+                let key = (account.as_str(), event_id.as_str());
+                let current = inbox.get(key)?.map(|v| v.value().to_vec());
+                let Some(bytes) = current else { return Ok(()) };
+                let Ok(mut entry) = serde_json::from_slice::<InboxEntry<serde_json::Value>>(&bytes)
+                else {
+                    return Ok(());
+                };
+                entry.state = state;
+                inbox.insert(key, to_json(&entry).as_slice())?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Removes finished inbox entries claimed before `before_ms`. Returns how many went.
+    pub async fn prune_inbox(&self, before_ms: u64) -> Result<usize, StoreError> {
+        self.blocking(move |s| {
+            s.write(|tx| {
+                let mut inbox = tx.open_table(INBOX)?;
+                let removed = inbox.extract_if(|_, value| {
+                    serde_json::from_slice::<InboxEntry<serde_json::Value>>(value).is_ok_and(|e| {
+                        e.claimed_at_ms < before_ms && e.state != InboxState::Pending
+                    })
+                })?;
+                Ok(removed.count())
+            })
+        })
+        .await
+    }
+
+    fn init_tables(&self) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.open_table(SESSIONS)?;
+            tx.open_table(PASSPHRASES)?;
+            tx.open_table(SYNC_POSITIONS)?;
+            tx.open_table(INBOX)?;
+            Ok(())
+        })
+    }
+
+    fn get_json<T: DeserializeOwned>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        table: &'static str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(def).map_err(|e| self.err(e))?;
+        let Some(value) = t.get(key).map_err(|e| self.err(e))? else { return Ok(None) };
+        serde_json::from_slice(value.value())
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt { table, key: key.to_owned(), source })
+    }
+
+    fn write<R>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<R, redb::Error>,
+    ) -> Result<R, StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let out = f(&tx).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(out)
+    }
+
+    async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    fn err(&self, e: impl Into<redb::Error>) -> StoreError {
+        db_error(&self.path, e)
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn db_error(path: &Path, e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Database { path: path.into(), source: Box::new(e.into()) }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing our own plain structs to JSON cannot fail: no maps with non-string keys.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str) -> InboxEntry<String> {
+        InboxEntry {
+            event_id: id.into(),
+            claimed_at_ms: now_ms(),
+            state: InboxState::Pending,
+            message: format!("body of {id}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn sync_batches_claim_each_event_once() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+        let store = Store::open(&dir.path().join("db.redb"))?;
+        assert_eq!(store.sync_position("a").await?, None);
+        let fresh = store.commit_sync("a", "s1", vec![entry("$1"), entry("$2")]).await?;
+        assert_eq!(fresh.len(), 2);
+        // The same batch replayed after a crash claims nothing new.
+        let fresh = store.commit_sync("a", "s2", vec![entry("$2"), entry("$3")]).await?;
+        assert_eq!(fresh.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(), ["$3"]);
+        assert_eq!(store.sync_position("a").await?.as_deref(), Some("s2"));
+        // Another account's inbox is separate.
+        assert_eq!(store.commit_sync("b", "x", vec![entry("$1")]).await?.len(), 1);
+
+        store.finish("a", "$1", InboxState::Answered { reply_event_id: "$r".into() }).await?;
+        let (pending, corrupt) = store.pending::<String>("a").await?;
+        assert!(corrupt.is_empty());
+        assert_eq!(pending.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(), ["$2", "$3"]);
+
+        assert_eq!(store.prune_inbox(now_ms() + 1).await?, 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn sessions_and_passphrases_persist_across_reopen() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+        let path = dir.path().join("db.redb");
+        let session = StoredSession {
+            user_id: "@a:x".into(),
+            device_id: "D".into(),
+            access_token: "secret-token".into(),
+            refresh_token: None,
+            needs_relogin: false,
+        };
+        {
+            let store = Store::open(&path)?;
+            store.save_session("a", &session).await?;
+            assert_eq!(store.store_passphrase("a", || "p1".into()).await?, "p1");
+            assert!(matches!(Store::open(&path), Err(StoreError::Locked { .. })));
+        }
+        let store = Store::open(&path)?;
+        assert_eq!(store.session("a").await?, Some(session.clone()));
+        assert_eq!(store.store_passphrase("a", || "p2".into()).await?, "p1");
+        assert!(!format!("{session:?}").contains("secret-token"));
+        store.delete_session("a").await?;
+        assert_eq!(store.session("a").await?, None);
+        Ok(())
+    }
+}
