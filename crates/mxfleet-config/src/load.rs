@@ -307,19 +307,25 @@ fn push_figment_errors(
     issues: &mut Vec<ConfigIssue>,
 ) {
     for e in error {
-        let mut path: Vec<String> = prefix.iter().map(|s| (*s).to_owned()).collect();
-        // extract_inner already prefixes the path with the section for some errors.
-        let own: Vec<String> = e.path.clone();
-        if own.starts_with(&path) {
-            path = own;
-        } else {
-            path.extend(own);
+        // figment reports section-relative paths in varying orders (the section may come
+        // after the field); rebuild `section.field` from the parts.
+        let prefix: Vec<String> = prefix.iter().map(|s| (*s).to_owned()).collect();
+        let mut relative = e.path.clone();
+        if relative.ends_with(&prefix) {
+            relative.truncate(relative.len() - prefix.len());
+        } else if relative.starts_with(&prefix) {
+            relative.drain(..prefix.len());
         }
-        match &e.kind {
-            figment::error::Kind::UnknownField(field, _) => path.push(field.clone()),
-            figment::error::Kind::MissingField(field) => path.push(field.to_string()),
-            _ => {}
+        let field = match &e.kind {
+            figment::error::Kind::UnknownField(field, _) => Some(field.clone()),
+            figment::error::Kind::MissingField(field) => Some(field.to_string()),
+            _ => None,
+        };
+        if let Some(field) = field {
+            relative.retain(|part| *part != field);
+            relative.push(field);
         }
+        let path: Vec<String> = prefix.into_iter().chain(relative).collect();
         let key = path.join(".");
         let origin = figment
             .find_metadata(&key)
@@ -422,7 +428,12 @@ fn validate(
             &account.store_passphrase_file,
         );
         let auth = match (password, token) {
-            (Some(p), None) => Some(AccountAuth::Password(p)),
+            (Some(p), None) => {
+                if account.user_id.is_none() {
+                    check.fail(&format!("{key}.user_id"), "is required for password login");
+                }
+                Some(AccountAuth::Password(p))
+            }
             (None, Some(t)) => Some(AccountAuth::AccessToken(t)),
             (Some(_), Some(_)) => {
                 check.fail(&key, "set either a password or an access token, not both");

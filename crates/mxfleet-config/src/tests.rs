@@ -118,7 +118,7 @@ fn every_error_is_reported_with_key_and_origin() {
         let text = issues(err);
         let has = |needle: &str| text.iter().any(|l| l.contains(needle));
         assert!(has("shutdown_timeout_secs: invalid type"), "{text:#?}");
-        assert!(has("accounts.alice.passwrd: unknown key"), "{text:#?}");
+        assert!(text.iter().any(|l| l.starts_with("accounts.alice.passwrd: unknown key")), "{text:#?}");
         assert!(has("(from file bad.toml)"), "{text:#?}");
         assert!(has("accounts.bob.homeserver: is required but missing"), "{text:#?}");
         assert!(
@@ -178,6 +178,7 @@ fn secrets_come_from_files_and_never_print() {
             r#"
             [accounts.alice]
             homeserver = "http://127.0.0.1:8008"
+            user_id = "@alice:localhost"
             password_file = "pw.txt"
             store_passphrase = "inline-passphrase"
             backend = "echo"
@@ -224,3 +225,4 @@ fn missing_explicit_file_and_duplicate_users_are_errors() {
         Ok(())
     });
 }
+

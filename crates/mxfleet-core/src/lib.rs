@@ -1,1 +1,31 @@
-//! mxfleet-core
+//! mxfleet's supervision tree.
+//!
+//! ```text
+//! FleetSupervisor                      one per process
+//! └── AccountActor  (one per account)  starting | connecting | syncing | backoff | auth_failed | failed | stopped
+//!     └── SyncActor                    sync_once loop → inbox (redb) → per-room reply workers
+//! ```
+//!
+//! The restart schedule ([`restart`]) is pure and unit-tested; the actors are thin around it and
+//! around the matrix glue. Status is shared through a [`StatusBoard`] and written to
+//! `data_dir/status.json`.
+
+mod account;
+mod fleet;
+mod responder;
+pub mod restart;
+pub mod status;
+mod sync;
+
+use ractor::{Actor, ActorRef};
+
+pub use account::{REASON_AUTH_FAILED, REASON_FAILED, REASON_STOPPED};
+pub use fleet::{FleetArgs, FleetMsg, FleetState, FleetSupervisor};
+pub use status::{AccountState, AccountStatus, FleetStatus, StatusBoard, read_status_file};
+
+/// Spawns the fleet supervisor under the name `fleet`.
+pub async fn start_fleet(
+    args: FleetArgs,
+) -> Result<(ActorRef<FleetMsg>, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
+    Actor::spawn(Some("fleet".into()), FleetSupervisor, args).await
+}

@@ -1,1 +1,20 @@
-//! mxfleet-matrix
+//! matrix-sdk glue for mxfleet.
+//!
+//! - [`connect`]: builds an account's client on its own encrypted sqlite store and restores or
+//!   creates its session;
+//! - [`inbound`]: turns sync timeline events into [`InboundMessage`]s;
+//! - [`outbound`]: sends replies with stable transaction ids;
+//! - [`failure`]: classifies errors into retry / wait / re-login / give up.
+//!
+//! Always import matrix-sdk's ruma through `matrix_sdk::ruma`, never a separate `ruma`.
+
+pub mod connect;
+pub mod failure;
+pub mod inbound;
+pub mod outbound;
+
+pub use connect::{Connection, account_dir, connect};
+pub use failure::{FailureClass, MatrixFailure};
+pub use inbound::{InboundMessage, Normalised, normalise};
+pub use matrix_sdk;
+pub use outbound::send_reply;

@@ -1,1 +1,116 @@
-//! mxfleet-telemetry
+//! Logs and traces for mxfleet.
+//!
+//! Logs go to stderr, human-readable or JSON, filtered by `RUST_LOG` or the configured level.
+//! With `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set, spans are
+//! also exported over OTLP/HTTP (protobuf) by a batch processor on its own thread, so an
+//! unreachable collector costs a bounded queue and never blocks message handling.
+
+use mxfleet_config::{LogConfig, LogFormat};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
+use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+
+/// The service name traces carry unless `OTEL_SERVICE_NAME` says otherwise.
+pub const SERVICE_NAME: &str = "mxfleet";
+
+/// Added to a log filter that says nothing about matrix-sdk: its INFO lines are per-request
+/// chatter, and its HTTP client logs expected 404s as errors. mxfleet logs its own classified
+/// failures.
+const QUIET_MATRIX_SDK: &str = "matrix_sdk=warn,matrix_sdk_base=warn,matrix_sdk_crypto=warn,\
+matrix_sdk_sqlite=warn,matrix_sdk::http_client=off";
+
+/// Errors setting up telemetry.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TelemetryError {
+    /// The log filter does not parse.
+    #[error("log level {0:?} is not a valid filter: {1}")]
+    Filter(String, String),
+    /// The OTLP exporter could not be built.
+    #[error("OTLP exporter: {0}")]
+    Exporter(String),
+    /// A global subscriber was already installed.
+    #[error("logging was already initialised")]
+    AlreadyInitialised,
+}
+
+/// Flushes and shuts the trace exporter down when dropped.
+#[derive(Debug)]
+pub struct TelemetryGuard(Option<SdkTracerProvider>);
+
+impl TelemetryGuard {
+    /// Whether traces are being exported.
+    pub fn exporting(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.0.take() {
+            // Bounded by the SDK's own shutdown timeout; an absent collector cannot hang exit.
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs the global subscriber: logs per `log`, plus OTLP export when configured by env.
+pub fn init(log: &LogConfig) -> Result<TelemetryGuard, TelemetryError> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.is_empty() => EnvFilter::try_new(&directives)
+            .map_err(|e| TelemetryError::Filter(directives.clone(), e.to_string()))?,
+        _ => {
+            let directives = if log.level.contains("matrix_sdk") {
+                log.level.clone()
+            } else {
+                format!("{},{QUIET_MATRIX_SDK}", log.level)
+            };
+            EnvFilter::try_new(&directives)
+                .map_err(|e| TelemetryError::Filter(log.level.clone(), e.to_string()))?
+        }
+    };
+    let fmt = match log.format {
+        LogFormat::Human => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    }
+    .with_filter(filter);
+
+    let provider = if otlp_configured() {
+        let exporter = SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .build()
+            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        Some(
+            SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(Resource::builder().with_service_name(SERVICE_NAME).build())
+                .build(),
+        )
+    } else {
+        None
+    };
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(SERVICE_NAME))
+            .with_filter(EnvFilter::new("info,matrix_sdk=warn,matrix_sdk_base=warn,matrix_sdk_crypto=warn"))
+    });
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadyInitialised)?;
+    Ok(TelemetryGuard(provider))
+}
+
+fn otlp_configured() -> bool {
+    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        .iter()
+        .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
+}

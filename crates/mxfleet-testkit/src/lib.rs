@@ -1,1 +1,40 @@
-//! mxfleet-testkit
+//! Test harness for mxfleet's end-to-end tests: every part is real except the LLM.
+//!
+//! - [`Synapse`]: a real Synapse on loopback (shared by the suite, or private for tests that
+//!   kill it), with registration and the admin API;
+//! - [`Human`]: a matrix-sdk client playing the human side;
+//! - [`FleetProcess`]: the `mxfleet` binary as a child process;
+//! - [`FakeOpenAi`]: an OpenAI-compatible streaming server;
+//! - [`CountingProxy`]: a recording proxy in front of Synapse.
+
+// matrix-sdk's futures are deep; proving `Send` for a spawned sync needs more than 128.
+#![recursion_limit = "256"]
+
+mod fleet;
+mod human;
+mod openai;
+mod proxy;
+mod synapse;
+
+use std::path::PathBuf;
+
+pub use fleet::{FleetProcess, binary};
+pub use human::{Human, Seen};
+pub use openai::{FakeOpenAi, SeenRequest};
+pub use proxy::CountingProxy;
+pub use synapse::{Synapse, wait_until_up};
+
+/// A random lower-case name with `prefix`.
+pub fn random_name(prefix: &str) -> String {
+    format!("{prefix}{:016x}", rand::random::<u64>())
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}

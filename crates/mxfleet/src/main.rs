@@ -1,1 +1,221 @@
-fn main() {}
+//! The `mxfleet` command: run many Matrix bot accounts in one process.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use mxfleet_config::{Flags, LogFormat, Loaded, Sources};
+use mxfleet_core::{FleetArgs, StatusBoard, read_status_file, start_fleet};
+use mxfleet_store::{DirLock, Store, StoreError, now_ms};
+use tracing::{error, info, warn};
+
+/// Finished inbox entries older than this are pruned at start.
+const INBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Exit code for an invalid configuration.
+const EXIT_CONFIG: u8 = 2;
+/// Exit code when another process holds the data directory.
+const EXIT_LOCKED: u8 = 3;
+
+/// Run many Matrix bot accounts in one process, connected to AI backends.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The TOML config file (also `MXFLEET_CONFIG`; default `config/mxfleet.toml`).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Overrides `data_dir`.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Overrides `log.format`.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormatArg>,
+    /// Overrides `log.level` (a tracing filter such as `info,mxfleet_core=debug`).
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the fleet until SIGTERM or SIGINT.
+    Run,
+    /// Validate the configuration and print it merged, secrets redacted, with each value's origin.
+    Check,
+    /// Print each account's state from the data directory's status file.
+    Status {
+        /// Print the raw JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Human,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let sources = Sources {
+        config_file: cli.config.clone(),
+        flags: Flags {
+            data_dir: cli.data_dir.clone(),
+            log_format: cli.log_format.map(|f| match f {
+                LogFormatArg::Human => LogFormat::Human,
+                LogFormatArg::Json => LogFormat::Json,
+            }),
+            log_level: cli.log_level.clone(),
+        },
+    };
+    let loaded = match mxfleet_config::load(&sources) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match cli.command {
+        Command::Check => {
+            match &loaded.config.config_file {
+                Some(file) => println!("# configuration is valid (file: {})", file.display()),
+                None => println!("# configuration is valid (no config file; defaults and environment)"),
+            }
+            println!("{}", loaded.describe());
+            ExitCode::SUCCESS
+        }
+        Command::Status { json } => status(&loaded, json),
+        Command::Run => run(loaded),
+    }
+}
+
+fn run(loaded: Loaded) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mxfleet: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let _telemetry = match mxfleet_telemetry::init(&loaded.config.log) {
+            Ok(guard) => guard,
+            Err(e) => {
+                eprintln!("mxfleet: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        match run_fleet(loaded).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                let locked = e.downcast_ref::<StoreError>().is_some_and(|s| matches!(s, StoreError::Locked { .. }));
+                error!("{e:#}");
+                eprintln!("mxfleet: {e:#}");
+                if locked { ExitCode::from(EXIT_LOCKED) } else { ExitCode::FAILURE }
+            }
+        }
+    })
+}
+
+async fn run_fleet(loaded: Loaded) -> anyhow::Result<()> {
+    let config = loaded.config;
+    let data_dir = config.data_dir.clone();
+    let _lock = DirLock::acquire(&data_dir, "mxfleet.lock").map_err(|e| match e {
+        StoreError::Locked { path } => anyhow::Error::new(StoreError::Locked { path: path.clone() }).context(format!(
+            "another mxfleet process is already running on data dir {} (lock file {}); \
+             two processes on one data dir would corrupt the accounts' stores",
+            data_dir.display(),
+            path.display()
+        )),
+        other => anyhow::Error::new(other).context("cannot lock the data directory"),
+    })?;
+    let store = Store::open(&data_dir.join("mxfleet.redb")).context("cannot open mxfleet.redb")?;
+    let cutoff = now_ms().saturating_sub(INBOX_RETENTION.as_millis() as u64);
+    match store.prune_inbox(cutoff).await {
+        Ok(0) => {}
+        Ok(n) => info!(entries = n, "pruned old inbox entries"),
+        Err(e) => warn!(error = %e, "could not prune the inbox"),
+    }
+
+    let board = StatusBoard::new();
+    let writer = board.spawn_writer(&data_dir);
+    let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs);
+    info!(accounts = config.accounts.len(), data_dir = %data_dir.display(), "mxfleet starting");
+    let (fleet, handle) = start_fleet(FleetArgs { config, store, board: board.clone() })
+        .await
+        .context("cannot start the fleet supervisor")?;
+
+    let mut handle = handle;
+    tokio::select! {
+        signal = shutdown_signal() => {
+            info!(signal, "shutting down");
+            fleet.stop(Some("shutdown".into()));
+            // The supervisor stops each account within the deadline; this bounds the whole.
+            if tokio::time::timeout(shutdown_timeout + Duration::from_secs(2), &mut handle).await.is_err() {
+                let stragglers: Vec<String> = board.snapshot().accounts.into_iter()
+                    .filter(|(_, s)| s.state != mxfleet_core::AccountState::Stopped)
+                    .map(|(id, _)| id).collect();
+                warn!(?stragglers, "shutdown deadline passed; exiting anyway");
+            }
+        }
+        result = &mut handle => {
+            if let Err(e) = result {
+                anyhow::bail!("the fleet supervisor died: {e}");
+            }
+        }
+    }
+    writer.abort();
+    board.flush(&data_dir).await;
+    info!("mxfleet stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers, only Ctrl-C through tokio's portable path is left.
+        let _ = tokio::signal::ctrl_c().await;
+        return "ctrl-c";
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+fn status(loaded: &Loaded, json: bool) -> ExitCode {
+    let data_dir = &loaded.config.data_dir;
+    let status = match read_status_file(data_dir) {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("mxfleet: no status in {}: {e} (has the fleet run with this data dir?)", data_dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let running = DirLock::acquire(data_dir, "mxfleet.lock").is_err();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "fleet pid {} {} (status updated {} s ago)",
+        status.pid,
+        if running { "running" } else { "not running" },
+        now_ms().saturating_sub(status.updated_ms) / 1000
+    );
+    println!("{:<20} {:<12} {:<8} {:>8} {:>8} {:>8}  {}", "ACCOUNT", "STATE", "SYNC", "RESTARTS", "IN", "OUT", "LAST ERROR");
+    for (id, s) in &status.accounts {
+        println!(
+            "{:<20} {:<12} {:<8} {:>8} {:>8} {:>8}  {}",
+            id,
+            format!("{:?}", s.state).to_lowercase(),
+            format!("{:?}", s.sync).to_lowercase(),
+            s.restarts,
+            s.messages_in,
+            s.replies_out,
+            s.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,210 @@
+//! The OpenAI-compatible chat-completions backend, streaming over SSE.
+//!
+//! Works with anything that speaks `POST {base_url}/chat/completions` with `"stream": true`:
+//! OpenAI, OpenRouter, Ollama, vLLM, llama.cpp server. Each SSE event carries a
+//! `chat.completion.chunk` whose `choices[0].delta.content` is the next piece of text; `[DONE]`
+//! ends the stream. An `{"error": …}` event or a non-2xx status ends it with an error.
+
+use std::{collections::VecDeque, pin::Pin, time::Duration};
+
+use futures_util::{Stream, StreamExt, stream};
+use mxfleet_config::{BackendSpec, Secret};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{Backend, BackendError, ChatMessage, ChatRequest, Role, TextStream, sse::SseDecoder};
+
+/// How much of an error body is kept in [`BackendError::Status`].
+const ERROR_EXCERPT_CHARS: usize = 300;
+
+/// An OpenAI-compatible streaming chat backend.
+#[derive(Debug, Clone)]
+pub struct OpenAiBackend {
+    client: reqwest::Client,
+    endpoint: String,
+    model: String,
+    api_key: Option<Secret>,
+    system_prompt: Option<String>,
+}
+
+#[derive(Serialize)]
+struct CompletionRequest<'a> {
+    model: &'a str,
+    messages: Vec<ChatMessage>,
+    stream: bool,
+}
+
+type Body = Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
+
+enum Stage {
+    Connect(reqwest::RequestBuilder),
+    Read { body: Body, decoder: SseDecoder, queue: VecDeque<String>, done: bool },
+    Finished,
+}
+
+impl OpenAiBackend {
+    /// Builds the backend from an `openai` spec.
+    pub fn new(spec: &BackendSpec) -> Result<Self, BackendError> {
+        let BackendSpec::Openai { base_url, model, api_key, system_prompt, request_timeout_secs } =
+            spec
+        else {
+            return Err(BackendError::Config("not an openai backend".into()));
+        };
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(*request_timeout_secs))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| BackendError::Config(e.to_string()))?;
+        let endpoint = format!("{}/chat/completions", base_url.as_str().trim_end_matches('/'));
+        Ok(Self {
+            client,
+            endpoint,
+            model: model.clone(),
+            api_key: api_key.clone(),
+            system_prompt: system_prompt.clone(),
+        })
+    }
+}
+
+impl Backend for OpenAiBackend {
+    fn kind(&self) -> &'static str {
+        "openai"
+    }
+
+    fn stream(&self, request: ChatRequest) -> TextStream {
+        let mut messages = Vec::with_capacity(request.messages.len() + 1);
+        if let Some(prompt) = &self.system_prompt {
+            messages.push(ChatMessage { role: Role::System, content: prompt.clone() });
+        }
+        messages.extend(request.messages);
+        let body = CompletionRequest { model: &self.model, messages, stream: true };
+        let body = match serde_json::to_vec(&body) {
+            Ok(body) => body,
+            Err(e) => return Box::pin(stream::once(async move { Err(BackendError::Protocol(e.to_string())) })),
+        };
+        let mut builder = self
+            .client
+            .post(&self.endpoint)
+            .header("content-type", "application/json")
+            .header("accept", "text/event-stream")
+            .body(body);
+        if let Some(key) = &self.api_key {
+            builder = builder.bearer_auth(key.expose());
+        }
+        Box::pin(stream::unfold(Stage::Connect(builder), advance))
+    }
+}
+
+/// Moves the stream one delta forward.
+async fn advance(mut stage: Stage) -> Option<(Result<String, BackendError>, Stage)> {
+    loop {
+        stage = match stage {
+            Stage::Finished => return None,
+            Stage::Connect(builder) => match builder.send().await {
+                Err(e) => return Some((Err(transport_error(&e)), Stage::Finished)),
+                Ok(response) if !response.status().is_success() => {
+                    let status = response.status().as_u16();
+                    let text = response.text().await.unwrap_or_default();
+                    let detail = text.chars().take(ERROR_EXCERPT_CHARS).collect();
+                    return Some((Err(BackendError::Status { status, detail }), Stage::Finished));
+                }
+                Ok(response) => Stage::Read {
+                    body: Box::pin(response.bytes_stream()),
+                    decoder: SseDecoder::default(),
+                    queue: VecDeque::new(),
+                    done: false,
+                },
+            },
+            Stage::Read { mut body, mut decoder, mut queue, mut done } => {
+                if let Some(delta) = queue.pop_front() {
+                    return Some((Ok(delta), Stage::Read { body, decoder, queue, done }));
+                }
+                if done {
+                    return None;
+                }
+                let events = match body.next().await {
+                    Some(Ok(chunk)) => decoder.push(&chunk),
+                    Some(Err(e)) => return Some((Err(transport_error(&e)), Stage::Finished)),
+                    None => {
+                        done = true;
+                        decoder.finish().into_iter().collect()
+                    }
+                };
+                for event in events {
+                    match parse_event(&event) {
+                        Ok(Event::Delta(text)) => queue.push_back(text),
+                        Ok(Event::Done) => done = true,
+                        Ok(Event::Nothing) => {}
+                        Err(e) => return Some((Err(e), Stage::Finished)),
+                    }
+                }
+                Stage::Read { body, decoder, queue, done }
+            }
+        }
+    }
+}
+
+enum Event {
+    Delta(String),
+    Done,
+    Nothing,
+}
+
+fn parse_event(data: &str) -> Result<Event, BackendError> {
+    if data.trim() == "[DONE]" {
+        return Ok(Event::Done);
+    }
+    let value: Value = serde_json::from_str(data)
+        .map_err(|e| BackendError::Protocol(format!("chunk is not JSON: {e}")))?;
+    if let Some(error) = value.get("error") {
+        let message = error.get("message").and_then(Value::as_str).unwrap_or("unknown error");
+        return Err(BackendError::Protocol(format!("stream error: {message}")));
+    }
+    let content = value
+        .pointer("/choices/0/delta/content")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
+    Ok(content.map_or(Event::Nothing, |text| Event::Delta(text.to_owned())))
+}
+
+fn transport_error(e: &reqwest::Error) -> BackendError {
+    if e.is_timeout() {
+        BackendError::Timeout
+    } else {
+        // Without the URL: it may carry credentials in its userinfo.
+        BackendError::Network(e.without_url_string())
+    }
+}
+
+trait WithoutUrl {
+    fn without_url_string(&self) -> String;
+}
+
+impl WithoutUrl for reqwest::Error {
+    fn without_url_string(&self) -> String {
+        let mut source: Option<&dyn std::error::Error> = std::error::Error::source(self);
+        let mut text = if self.is_connect() { "connection failed".to_owned() } else { "request failed".to_owned() };
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_chunks_done_and_errors() {
+        let chunk = r#"{"choices":[{"index":0,"delta":{"content":"Hel"}}]}"#;
+        assert!(matches!(parse_event(chunk), Ok(Event::Delta(t)) if t == "Hel"));
+        let role_only = r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}]}"#;
+        assert!(matches!(parse_event(role_only), Ok(Event::Nothing)));
+        assert!(matches!(parse_event("[DONE]"), Ok(Event::Done)));
+        assert!(matches!(parse_event(r#"{"error":{"message":"overloaded"}}"#), Err(BackendError::Protocol(m)) if m.contains("overloaded")));
+        assert!(matches!(parse_event("not json"), Err(BackendError::Protocol(_))));
+    }
+}

@@ -1,0 +1,345 @@
+//! `AccountActor`: one per configured account; owns its client and supervises its children.
+//!
+//! Lifecycle: `Starting` → connect (restore or log in, on a task so the mailbox stays free) →
+//! spawn the `SyncActor` → `Syncing`. A failed sync is classified: transient failures restart the
+//! sync after a backoff (`Backoff`), a soft logout re-logs in into the same device, an auth
+//! failure ends the account normally as `auth_failed`, a permanent one as `failed`. Ending
+//! normally (not crashing) is what keeps the fleet supervisor from restarting it in a loop.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use mxfleet_backend::Backend;
+use mxfleet_config::{AccountAuth, AccountSpec};
+use mxfleet_matrix::{
+    Connection, FailureClass, InboundMessage, MatrixFailure, connect, matrix_sdk::ruma::OwnedRoomId,
+};
+use mxfleet_store::{InboxEntry, Store, now_ms};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::time::Instant;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::{
+    responder::Responder,
+    restart::{RestartPolicy, RestartTracker},
+    status::{AccountState, ChildState, StatusBoard},
+    sync::{SyncActor, SyncArgs},
+};
+
+/// Stop reason of an account whose credentials were rejected.
+pub const REASON_AUTH_FAILED: &str = "auth_failed";
+/// Stop reason of an account with a permanent error.
+pub const REASON_FAILED: &str = "failed";
+/// Stop reason of an account stopped on request (shutdown, operator).
+pub const REASON_STOPPED: &str = "stopped";
+
+/// How long in-flight replies get when the account stops.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+/// Invite joins are retried this many times (Synapse may not have the room ready yet).
+const JOIN_ATTEMPTS: usize = 3;
+
+/// The account actor.
+pub(crate) struct AccountActor;
+
+/// What an account actor needs.
+#[derive(Clone)]
+pub(crate) struct AccountArgs {
+    pub(crate) spec: Arc<AccountSpec>,
+    pub(crate) store: Store,
+    pub(crate) board: StatusBoard,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) policy: RestartPolicy,
+    pub(crate) backend: Arc<dyn Backend>,
+}
+
+/// Messages of the account actor.
+pub(crate) enum AccountMsg {
+    /// (Re)connect: restore or log in.
+    Connect,
+    /// The connect task finished.
+    Connected(Result<Connection, MatrixFailure>),
+    /// Spawn the sync child.
+    StartSync,
+    /// A sync batch committed new messages or invites.
+    Synced {
+        /// Newly claimed messages.
+        fresh: Vec<InboxEntry<InboundMessage>>,
+        /// Rooms the bot is invited to.
+        invites: Vec<OwnedRoomId>,
+    },
+}
+
+/// The account actor's state.
+pub(crate) struct AccountRuntime {
+    args: AccountArgs,
+    connection: Option<Connection>,
+    sync: Option<ActorRef<crate::sync::SyncMsg>>,
+    responder: Option<Responder>,
+    tracker: RestartTracker,
+    pending_loaded: bool,
+}
+
+impl Actor for AccountActor {
+    type Msg = AccountMsg;
+    type State = AccountRuntime;
+    type Arguments = AccountArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<AccountMsg>,
+        args: AccountArgs,
+    ) -> Result<AccountRuntime, ActorProcessingErr> {
+        args.board.transition(&args.spec.id, AccountState::Starting, None);
+        // Nothing that can fail on the network happens here: a failing pre_start counts as a
+        // crash, and auth failures must end the account normally instead.
+        myself.cast(AccountMsg::Connect)?;
+        let tracker = RestartTracker::new(args.policy.clone());
+        Ok(AccountRuntime { args, connection: None, sync: None, responder: None, tracker, pending_loaded: false })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<AccountMsg>,
+        message: AccountMsg,
+        state: &mut AccountRuntime,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = info_span!("account", account = %state.args.spec.id);
+        async {
+            match message {
+                AccountMsg::Connect => state.start_connect(&myself),
+                AccountMsg::Connected(Ok(connection)) => state.on_connected(&myself, connection).await,
+                AccountMsg::Connected(Err(failure)) => state.on_failure(&myself, failure, Retry::Connect).await,
+                AccountMsg::StartSync => state.start_sync(&myself).await,
+                AccountMsg::Synced { fresh, invites } => {
+                    state.join_invites(invites);
+                    if let Some(responder) = state.responder.as_mut() {
+                        fresh.into_iter().for_each(|entry| responder.dispatch(entry));
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<AccountMsg>,
+        event: SupervisionEvent,
+        state: &mut AccountRuntime,
+    ) -> Result<(), ActorProcessingErr> {
+        let is_sync = |cell: &ractor::ActorCell| state.sync.as_ref().is_some_and(|s| s.get_id() == cell.get_id());
+        match event {
+            SupervisionEvent::ActorFailed(cell, error) if is_sync(&cell) => {
+                state.sync = None;
+                let failure = match error.downcast_ref::<MatrixFailure>() {
+                    Some(failure) => failure.clone(),
+                    None => MatrixFailure::new(FailureClass::Transient, format!("sync actor crashed: {error}")),
+                };
+                let span = info_span!("account", account = %state.args.spec.id);
+                state.on_failure(&myself, failure, Retry::Sync).instrument(span).await;
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) if is_sync(&cell) => {
+                state.sync = None;
+                warn!(account = %state.args.spec.id, ?reason, "sync actor stopped; restarting it");
+                myself.cast(AccountMsg::StartSync)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<AccountMsg>,
+        state: &mut AccountRuntime,
+    ) -> Result<(), ActorProcessingErr> {
+        // Reverse order of start: first the sync (no new work), then the replies in flight.
+        if let Some(sync) = state.sync.take() {
+            let _ = sync.stop_and_wait(Some(REASON_STOPPED.into()), Some(DRAIN_DEADLINE)).await;
+        }
+        if let Some(responder) = state.responder.take() {
+            responder.shutdown(DRAIN_DEADLINE).await;
+        }
+        let id = &state.args.spec.id;
+        state.args.board.update(id, |s| s.sync = ChildState::Stopped);
+        if state.args.board.account(id).is_some_and(|s| !matches!(s.state, AccountState::AuthFailed | AccountState::Failed)) {
+            state.args.board.transition(id, AccountState::Stopped, None);
+        }
+        Ok(())
+    }
+}
+
+/// What to retry after a transient failure.
+#[derive(Debug, Clone, Copy)]
+enum Retry {
+    Connect,
+    Sync,
+}
+
+impl AccountRuntime {
+    fn id(&self) -> &str {
+        &self.args.spec.id
+    }
+
+    fn start_connect(&mut self, myself: &ActorRef<AccountMsg>) {
+        self.args.board.transition(self.id(), AccountState::Connecting, None);
+        let (spec, store, data_dir) = (self.args.spec.clone(), self.args.store.clone(), self.args.data_dir.clone());
+        let me = myself.clone();
+        let span = info_span!(parent: None, "connect", account = %spec.id);
+        tokio::spawn(
+            async move {
+                let result = connect(&spec, &store, &data_dir).await;
+                let _ = me.cast(AccountMsg::Connected(result));
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn on_connected(&mut self, myself: &ActorRef<AccountMsg>, connection: Connection) {
+        let (user_id, device_id) = (connection.user_id.to_string(), connection.device_id.to_string());
+        self.args.board.update(self.id(), |s| {
+            s.user_id = Some(user_id);
+            s.device_id = Some(device_id);
+        });
+        if let Some(old) = self.responder.take() {
+            old.shutdown(DRAIN_DEADLINE).await;
+        }
+        let mut responder = Responder::new(
+            self.id(),
+            connection.client.clone(),
+            self.args.backend.clone(),
+            self.args.store.clone(),
+            self.args.board.clone(),
+            self.args.spec.catch_up_max_age_secs,
+        );
+        if !self.pending_loaded {
+            // Messages claimed before a crash or restart but never answered.
+            match self.args.store.pending::<InboundMessage>(self.id()).await {
+                Ok((pending, corrupt)) => {
+                    for e in corrupt {
+                        error!(error = %e, "corrupt inbox entry left in place");
+                    }
+                    if !pending.is_empty() {
+                        info!(count = pending.len(), "answering messages left pending by the last run");
+                    }
+                    pending.into_iter().for_each(|entry| responder.dispatch(entry));
+                    self.pending_loaded = true;
+                }
+                Err(e) => error!(error = %e, "could not read pending messages"),
+            }
+        }
+        self.responder = Some(responder);
+        self.connection = Some(connection);
+        let _ = myself.cast(AccountMsg::StartSync);
+    }
+
+    async fn start_sync(&mut self, myself: &ActorRef<AccountMsg>) {
+        let Some(connection) = &self.connection else { return };
+        if self.sync.is_some() {
+            return;
+        }
+        let args = SyncArgs {
+            spec: self.args.spec.clone(),
+            client: connection.client.clone(),
+            user_id: connection.user_id.clone(),
+            store: self.args.store.clone(),
+            board: self.args.board.clone(),
+            parent: myself.clone(),
+        };
+        match Actor::spawn_linked(None, SyncActor, args, myself.get_cell()).await {
+            Ok((sync, _)) => {
+                self.tracker.started(Instant::now());
+                self.sync = Some(sync);
+                self.args.board.update(self.id(), |s| s.sync = ChildState::Running);
+            }
+            Err(e) => {
+                let failure = MatrixFailure::new(FailureClass::Transient, format!("could not start the sync actor: {e}"));
+                self.on_failure(myself, failure, Retry::Sync).await;
+            }
+        }
+    }
+
+    async fn on_failure(&mut self, myself: &ActorRef<AccountMsg>, failure: MatrixFailure, retry: Retry) {
+        let has_password = matches!(self.args.spec.auth, AccountAuth::Password(_));
+        match failure.class {
+            FailureClass::Auth { soft_logout: true } if has_password => {
+                warn!(error = %failure, "soft logout: logging in again into the same device");
+                if let Err(e) = self.mark_relogin().await {
+                    return self.end(myself, AccountState::Failed, format!("{failure}; and {e}"), REASON_FAILED);
+                }
+                self.connection = None;
+                self.schedule(myself, failure, Retry::Connect, None);
+            }
+            FailureClass::Auth { .. } => {
+                self.end(myself, AccountState::AuthFailed, failure.to_string(), REASON_AUTH_FAILED)
+            }
+            FailureClass::Fatal => self.end(myself, AccountState::Failed, failure.to_string(), REASON_FAILED),
+            FailureClass::RateLimited(after) => self.schedule(myself, failure, retry, after),
+            FailureClass::Transient => self.schedule(myself, failure, retry, None),
+        }
+    }
+
+    /// Restarts `retry` after the backoff.
+    fn schedule(&mut self, myself: &ActorRef<AccountMsg>, failure: MatrixFailure, retry: Retry, at_least: Option<Duration>) {
+        let decision = self.tracker.failed(Instant::now(), rand::random::<f64>(), at_least);
+        let until = now_ms() + decision.delay.as_millis() as u64;
+        self.args.board.transition(self.id(), AccountState::Backoff, Some(failure.to_string()));
+        self.args.board.update(self.id(), |s| {
+            s.backoff_until_ms = Some(until);
+            s.restarts += 1;
+            if matches!(retry, Retry::Sync) {
+                s.sync = ChildState::Restarting;
+            }
+        });
+        info!(
+            delay_ms = decision.delay.as_millis() as u64,
+            attempt = decision.attempt,
+            parked = decision.parked,
+            what = ?retry,
+            "restarting after backoff"
+        );
+        let message: fn() -> AccountMsg = match retry {
+            Retry::Connect => || AccountMsg::Connect,
+            Retry::Sync => || AccountMsg::StartSync,
+        };
+        ractor::time::send_after(decision.delay, myself.get_cell(), message);
+    }
+
+    /// Ends the account without a crash, so nothing restarts it.
+    fn end(&mut self, myself: &ActorRef<AccountMsg>, state: AccountState, error: String, reason: &str) {
+        error!(%error, "account stopped: {reason}");
+        self.args.board.transition(self.id(), state, Some(error));
+        myself.stop(Some(reason.to_owned()));
+    }
+
+    async fn mark_relogin(&self) -> Result<(), mxfleet_store::StoreError> {
+        if let Some(mut session) = self.args.store.session(self.id()).await? {
+            session.needs_relogin = true;
+            self.args.store.save_session(self.id(), &session).await?;
+        }
+        Ok(())
+    }
+
+    fn join_invites(&self, invites: Vec<OwnedRoomId>) {
+        let Some(connection) = &self.connection else { return };
+        for room_id in invites {
+            let client = connection.client.clone();
+            let span = info_span!(parent: None, "join", account = %self.args.spec.id, room = %room_id);
+            tokio::spawn(
+                async move {
+                    use backon::{ExponentialBuilder, Retryable};
+                    let join = || client.join_room_by_id(&room_id);
+                    match join
+                        .retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(500)).with_max_times(JOIN_ATTEMPTS))
+                        .await
+                    {
+                        Ok(_) => info!("joined room on invite"),
+                        Err(e) => warn!(error = %MatrixFailure::from_sdk("joining", &e), "could not join invited room"),
+                    }
+                }
+                .instrument(span),
+            );
+        }
+    }
+}

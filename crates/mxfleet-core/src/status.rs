@@ -1,0 +1,256 @@
+//! The fleet's live status: one record per account, shared by the actors, written to
+//! `data_dir/status.json` for `mxfleet status` and operators' tooling.
+//!
+//! Writes are coalesced: a background task flushes at most every [`FLUSH_INTERVAL`] when
+//! something changed, with an atomic rename so readers never see half a file. State transitions
+//! are also logged, so the log alone tells an account's story.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use mxfleet_store::now_ms;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+/// How often a changed status is written out.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
+/// The status file's name inside the data directory.
+pub const STATUS_FILE: &str = "status.json";
+
+/// Where an account stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountState {
+    /// Spawned, not yet connected.
+    Starting,
+    /// Restoring its session or logging in.
+    Connecting,
+    /// Connected and syncing.
+    Syncing,
+    /// Waiting before a restart.
+    Backoff,
+    /// Credentials rejected; not restarted until the operator acts.
+    AuthFailed,
+    /// A permanent error (e.g. a store that does not match); not restarted.
+    Failed,
+    /// Stopped on request.
+    Stopped,
+    /// `enabled = false` in the config.
+    Disabled,
+}
+
+/// One account's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountStatus {
+    /// Current state.
+    pub state: AccountState,
+    /// When it entered this state (ms since the Unix epoch).
+    pub since_ms: u64,
+    /// The bot's user id, once known.
+    pub user_id: Option<String>,
+    /// The bot's device id, once known.
+    pub device_id: Option<String>,
+    /// The last error, without secrets.
+    pub last_error: Option<String>,
+    /// Restarts of the account or its sync since the process started.
+    pub restarts: u32,
+    /// While in backoff: when the next attempt is due.
+    pub backoff_until_ms: Option<u64>,
+    /// The last successful sync.
+    pub last_sync_ms: Option<u64>,
+    /// The state of the sync child.
+    pub sync: ChildState,
+    /// Messages accepted for an answer.
+    pub messages_in: u64,
+    /// Replies sent.
+    pub replies_out: u64,
+    /// Messages skipped as older than `catch_up_max_age_secs`.
+    pub skipped_old: u64,
+}
+
+/// The state of a child actor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildState {
+    /// Not running.
+    Stopped,
+    /// Running.
+    Running,
+    /// Waiting to be restarted.
+    Restarting,
+}
+
+/// The whole fleet's status, as written to `status.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// The process id of the fleet.
+    pub pid: u32,
+    /// When the fleet started (ms since the Unix epoch).
+    pub started_ms: u64,
+    /// When this snapshot was taken.
+    pub updated_ms: u64,
+    /// Accounts by id.
+    pub accounts: BTreeMap<String, AccountStatus>,
+}
+
+/// Shared, cheap-to-clone handle on the fleet's status.
+#[derive(Debug, Clone)]
+pub struct StatusBoard {
+    inner: Arc<Mutex<Board>>,
+}
+
+#[derive(Debug)]
+struct Board {
+    status: FleetStatus,
+    dirty: bool,
+}
+
+impl StatusBoard {
+    /// An empty board.
+    pub fn new() -> Self {
+        let now = now_ms();
+        let status =
+            FleetStatus { pid: std::process::id(), started_ms: now, updated_ms: now, accounts: BTreeMap::new() };
+        Self { inner: Arc::new(Mutex::new(Board { status, dirty: true })) }
+    }
+
+    /// Moves `account` to `state`, recording `error` (or clearing it when `None` and the state
+    /// is healthy), and logs the transition.
+    pub fn transition(&self, account: &str, state: AccountState, error: Option<String>) {
+        let mut board = self.lock();
+        let now = now_ms();
+        let entry = board.status.accounts.entry(account.to_owned()).or_insert_with(|| AccountStatus {
+            state,
+            since_ms: now,
+            user_id: None,
+            device_id: None,
+            last_error: None,
+            restarts: 0,
+            backoff_until_ms: None,
+            last_sync_ms: None,
+            sync: ChildState::Stopped,
+            messages_in: 0,
+            replies_out: 0,
+            skipped_old: 0,
+        });
+        let previous = entry.state;
+        if previous != state {
+            entry.since_ms = now;
+        }
+        entry.state = state;
+        if state != AccountState::Backoff {
+            entry.backoff_until_ms = None;
+        }
+        if let Some(error) = &error {
+            entry.last_error = Some(error.clone());
+        }
+        board.dirty = true;
+        drop(board);
+        match (state, error) {
+            (AccountState::AuthFailed | AccountState::Failed, Some(e)) => {
+                warn!(account, from = ?previous, to = ?state, error = %e, "account state changed")
+            }
+            (_, Some(e)) => info!(account, from = ?previous, to = ?state, error = %e, "account state changed"),
+            (_, None) => info!(account, from = ?previous, to = ?state, "account state changed"),
+        }
+    }
+
+    /// Changes fields of `account`'s status in place (no log line).
+    pub fn update(&self, account: &str, change: impl FnOnce(&mut AccountStatus)) {
+        let mut board = self.lock();
+        if let Some(entry) = board.status.accounts.get_mut(account) {
+            change(entry);
+            board.dirty = true;
+        }
+    }
+
+    /// Whether `user_id` belongs to one of the fleet's own accounts. Bots of one fleet never
+    /// answer each other: two of them in a room would otherwise talk forever.
+    pub fn is_fleet_user(&self, user_id: &str) -> bool {
+        self.lock().status.accounts.values().any(|s| s.user_id.as_deref() == Some(user_id))
+    }
+
+    /// The status of one account.
+    pub fn account(&self, account: &str) -> Option<AccountStatus> {
+        self.lock().status.accounts.get(account).cloned()
+    }
+
+    /// A snapshot of the whole fleet.
+    pub fn snapshot(&self) -> FleetStatus {
+        let mut status = self.lock().status.clone();
+        status.updated_ms = now_ms();
+        status
+    }
+
+    /// Writes the status to `data_dir/status.json` whenever it changes, until the board is
+    /// dropped everywhere else.
+    pub fn spawn_writer(&self, data_dir: &Path) -> tokio::task::JoinHandle<()> {
+        let path = data_dir.join(STATUS_FILE);
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(FLUSH_INTERVAL);
+            loop {
+                ticker.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                let board = Self { inner };
+                if let Some(snapshot) = board.take_dirty() {
+                    board.write(&path, snapshot).await;
+                }
+            }
+        })
+    }
+
+    /// Writes the current status now (used at shutdown).
+    pub async fn flush(&self, data_dir: &Path) {
+        let snapshot = self.snapshot();
+        self.lock().dirty = false;
+        self.write(&data_dir.join(STATUS_FILE), snapshot).await;
+    }
+
+    fn take_dirty(&self) -> Option<FleetStatus> {
+        let mut board = self.lock();
+        if !board.dirty {
+            return None;
+        }
+        board.dirty = false;
+        let mut status = board.status.clone();
+        status.updated_ms = now_ms();
+        Some(status)
+    }
+
+    async fn write(&self, path: &Path, status: FleetStatus) {
+        let path: PathBuf = path.into();
+        let result = tokio::task::spawn_blocking(move || write_atomically(&path, &status)).await;
+        if let Ok(Err(e)) | Err(e) = result.map_err(std::io::Error::other) {
+            warn!(error = %e, "could not write status.json");
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Board> {
+        // A panic while holding this lock leaves plain data behind; keep using it.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Default for StatusBoard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Reads a status file written by a running (or past) fleet.
+pub fn read_status_file(data_dir: &Path) -> std::io::Result<FleetStatus> {
+    let bytes = std::fs::read(data_dir.join(STATUS_FILE))?;
+    serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+}
+
+fn write_atomically(path: &Path, status: &FleetStatus) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}

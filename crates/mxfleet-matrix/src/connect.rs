@@ -1,0 +1,254 @@
+//! Building an account's client and getting it a session: restore first, log in only when needed.
+//!
+//! Synapse lets a handful of logins through and then trickles them, and every password login
+//! without a known device id makes a new device. So a stored session is always restored; a
+//! password login happens only for a brand-new account or after a soft logout, and always into
+//! the account's stable device id.
+
+use std::{path::PathBuf, time::Duration};
+
+use matrix_sdk::{
+    Client, SessionMeta, SessionTokens,
+    authentication::matrix::MatrixSession,
+    config::RequestConfig,
+    ruma::{OwnedDeviceId, OwnedUserId},
+};
+use mxfleet_config::{AccountAuth, AccountSpec};
+use mxfleet_store::{Store, StoredSession};
+use rand::{Rng, distr::Alphanumeric};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::{FailureClass, MatrixFailure};
+
+/// Per-request timeout; a sync adds its long-poll timeout on top.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Retries matrix-sdk does on its own (429 with `retry_after`, 5xx) before we see the error.
+const SDK_RETRY_LIMIT: usize = 2;
+
+/// A client with a live session.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// The client.
+    pub client: Client,
+    /// The bot's user id.
+    pub user_id: OwnedUserId,
+    /// The bot's device id.
+    pub device_id: OwnedDeviceId,
+    /// Whether this connection made a `/login` call (false when a session was restored).
+    pub logged_in: bool,
+}
+
+/// Where an account keeps its matrix-sdk stores.
+pub fn account_dir(data_dir: &std::path::Path, account: &str) -> PathBuf {
+    data_dir.join("accounts").join(account)
+}
+
+/// Builds the client of `spec` and restores or creates its session.
+pub async fn connect(
+    spec: &AccountSpec,
+    store: &Store,
+    data_dir: &std::path::Path,
+) -> Result<Connection, MatrixFailure> {
+    let store_dir = account_dir(data_dir, &spec.id).join("matrix");
+    let passphrase = match &spec.store_passphrase {
+        Some(p) => p.expose().to_owned(),
+        None => store
+            .store_passphrase(&spec.id, generate_passphrase)
+            .await
+            .map_err(|e| MatrixFailure::new(FailureClass::Fatal, e.to_string()))?,
+    };
+    let client = Client::builder()
+        .homeserver_url(spec.homeserver.as_str())
+        .sqlite_store(&store_dir, Some(&passphrase))
+        .request_config(RequestConfig::new().timeout(REQUEST_TIMEOUT).retry_limit(SDK_RETRY_LIMIT))
+        .build()
+        .await
+        .map_err(|e| {
+            MatrixFailure::new(
+                FailureClass::Fatal,
+                format!("cannot open the matrix store at {}: {e}", store_dir.display()),
+            )
+        })?;
+
+    let stored = store
+        .session(&spec.id)
+        .await
+        .map_err(|e| MatrixFailure::new(FailureClass::Fatal, e.to_string()))?;
+
+    match (&spec.auth, stored) {
+        (AccountAuth::Password(_), Some(session)) if !session.needs_relogin => {
+            restore(client, session).await
+        }
+        (AccountAuth::Password(password), stored) => {
+            // After a soft logout, log into the device we already have keys for.
+            let device_id = stored.map_or_else(|| spec.device_id.clone(), |s| s.device_id);
+            login_with_password(spec, store, client, password.expose(), &device_id).await
+        }
+        (AccountAuth::AccessToken(token), Some(session))
+            if session.access_token == token.expose() =>
+        {
+            restore(client, session).await
+        }
+        (AccountAuth::AccessToken(token), _) => {
+            adopt_access_token(spec, store, client, token.expose()).await
+        }
+    }
+}
+
+async fn restore(client: Client, session: StoredSession) -> Result<Connection, MatrixFailure> {
+    let user_id = parse_user_id(&session.user_id)?;
+    let device_id: OwnedDeviceId = session.device_id.as_str().into();
+    let matrix_session = MatrixSession {
+        meta: SessionMeta { user_id: user_id.clone(), device_id: device_id.clone() },
+        tokens: SessionTokens {
+            access_token: session.access_token,
+            refresh_token: session.refresh_token,
+        },
+    };
+    client
+        .restore_session(matrix_session)
+        .await
+        .map_err(|e| store_failure("restoring the session", &e))?;
+    info!(user_id = %user_id, device_id = %device_id, "restored stored session");
+    Ok(Connection { client, user_id, device_id, logged_in: false })
+}
+
+async fn login_with_password(
+    spec: &AccountSpec,
+    store: &Store,
+    client: Client,
+    password: &str,
+    device_id: &str,
+) -> Result<Connection, MatrixFailure> {
+    let Some(user) = spec.user_id.as_deref() else {
+        return Err(MatrixFailure::new(
+            FailureClass::Fatal,
+            "password login needs user_id in the account's config",
+        ));
+    };
+    let response = client
+        .matrix_auth()
+        .login_username(user, password)
+        .device_id(device_id)
+        .initial_device_display_name(&spec.device_display_name)
+        .send()
+        .await
+        .map_err(|e| MatrixFailure::from_sdk("password login", &e))?;
+    let session = StoredSession {
+        user_id: response.user_id.to_string(),
+        device_id: response.device_id.to_string(),
+        access_token: response.access_token.clone(),
+        refresh_token: response.refresh_token.clone(),
+        needs_relogin: false,
+    };
+    store
+        .save_session(&spec.id, &session)
+        .await
+        .map_err(|e| MatrixFailure::new(FailureClass::Fatal, e.to_string()))?;
+    info!(user_id = %response.user_id, device_id = %response.device_id, "logged in with password");
+    Ok(Connection {
+        client,
+        user_id: response.user_id,
+        device_id: response.device_id,
+        logged_in: true,
+    })
+}
+
+async fn adopt_access_token(
+    spec: &AccountSpec,
+    store: &Store,
+    client: Client,
+    token: &str,
+) -> Result<Connection, MatrixFailure> {
+    #[derive(Deserialize)]
+    struct WhoAmI {
+        user_id: OwnedUserId,
+        device_id: Option<OwnedDeviceId>,
+    }
+    let url = client
+        .homeserver()
+        .join("_matrix/client/v3/account/whoami")
+        .map_err(|e| MatrixFailure::new(FailureClass::Fatal, format!("homeserver URL: {e}")))?;
+    let response = client
+        .http_client()
+        .get(url)
+        .bearer_auth(token)
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| MatrixFailure::new(FailureClass::Transient, format!("whoami: {}", e.without_url())))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| MatrixFailure::new(FailureClass::Transient, format!("whoami: {}", e.without_url())))?;
+    if status.as_u16() == 401 || status.as_u16() == 403 {
+        return Err(MatrixFailure::new(
+            FailureClass::Auth { soft_logout: false },
+            format!("whoami: the access token was rejected (HTTP {status})"),
+        ));
+    }
+    if !status.is_success() {
+        let class = if status.is_server_error() { FailureClass::Transient } else { FailureClass::Fatal };
+        return Err(MatrixFailure::new(class, format!("whoami: HTTP {status}")));
+    }
+    let who: WhoAmI = serde_json::from_slice(&body)
+        .map_err(|e| MatrixFailure::new(FailureClass::Transient, format!("whoami: bad response: {e}")))?;
+    if let Some(expected) = &spec.user_id {
+        if who.user_id.as_str() != expected {
+            return Err(MatrixFailure::new(
+                FailureClass::Fatal,
+                format!("the access token belongs to {}, not to the configured {expected}", who.user_id),
+            ));
+        }
+    }
+    let Some(device_id) = who.device_id else {
+        return Err(MatrixFailure::new(
+            FailureClass::Fatal,
+            "the access token has no device (appservice tokens are not supported)",
+        ));
+    };
+    warn!(
+        user_id = %who.user_id,
+        device_id = %device_id,
+        "access-token login: this device's encryption keys are not ours, so encrypted rooms \
+         cannot be read; use password login for encryption"
+    );
+    let session = StoredSession {
+        user_id: who.user_id.to_string(),
+        device_id: device_id.to_string(),
+        access_token: token.to_owned(),
+        refresh_token: None,
+        needs_relogin: false,
+    };
+    store
+        .save_session(&spec.id, &session)
+        .await
+        .map_err(|e| MatrixFailure::new(FailureClass::Fatal, e.to_string()))?;
+    restore(client, session).await
+}
+
+fn parse_user_id(raw: &str) -> Result<OwnedUserId, MatrixFailure> {
+    raw.try_into().map_err(|e| {
+        MatrixFailure::new(FailureClass::Fatal, format!("stored user id {raw:?} is invalid: {e}"))
+    })
+}
+
+/// Restore failures come from the local stores, not the network: the classic one is a crypto
+/// store that belongs to another device.
+fn store_failure(context: &str, error: &matrix_sdk::Error) -> MatrixFailure {
+    let mut failure = MatrixFailure::from_sdk(context, error);
+    if matches!(error, matrix_sdk::Error::CryptoStoreError(_) | matrix_sdk::Error::StateStore(_)) {
+        failure.class = FailureClass::Fatal;
+        failure.message.push_str(
+            " (the account's store under data_dir/accounts/<id>/matrix does not match its session; \
+             see docs/operations.md)",
+        );
+    }
+    failure
+}
+
+fn generate_passphrase() -> String {
+    rand::rng().sample_iter(&Alphanumeric).take(48).map(char::from).collect()
+}

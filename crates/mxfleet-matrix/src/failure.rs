@@ -1,0 +1,113 @@
+//! What a Matrix failure means for the supervisor: retry, wait, re-login, or give up.
+
+use std::{fmt, time::Duration};
+
+use matrix_sdk::{
+    HttpError,
+    ruma::api::error::{ErrorKind, RetryAfter},
+};
+
+/// The retry meaning of a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// Network trouble or a server error: retry after a backoff.
+    Transient,
+    /// `M_LIMIT_EXCEEDED`: retry, not before the given delay.
+    RateLimited(Option<Duration>),
+    /// The credentials are no longer accepted. With `soft_logout`, a password login into the
+    /// same device may recover; otherwise the account is `auth_failed`.
+    Auth {
+        /// The server's `soft_logout` flag.
+        soft_logout: bool,
+    },
+    /// Something retrying will not fix (a corrupt or mismatched store, a bad request).
+    Fatal,
+}
+
+/// A classified Matrix failure, with an operator-readable message free of secrets.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct MatrixFailure {
+    /// How to react.
+    pub class: FailureClass,
+    /// What happened.
+    pub message: String,
+}
+
+impl MatrixFailure {
+    /// A failure of the given class.
+    pub fn new(class: FailureClass, message: impl Into<String>) -> Self {
+        Self { class, message: message.into() }
+    }
+
+    /// Classifies a matrix-sdk error.
+    pub fn from_sdk(context: &str, error: &matrix_sdk::Error) -> Self {
+        let class = match error.client_api_error_kind() {
+            Some(kind) => classify_kind(kind, error.as_client_api_error().is_some_and(|e| e.status_code.is_server_error())),
+            None => match error {
+                matrix_sdk::Error::Http(http) => classify_http_without_kind(http),
+                matrix_sdk::Error::AuthenticationRequired => FailureClass::Auth { soft_logout: false },
+                matrix_sdk::Error::Io(_) => FailureClass::Transient,
+                _ => FailureClass::Fatal,
+            },
+        };
+        Self::new(class, format!("{context}: {error}"))
+    }
+
+    /// Classifies a matrix-sdk HTTP error.
+    pub fn from_http(context: &str, error: &HttpError) -> Self {
+        let class = match error.client_api_error_kind() {
+            Some(kind) => classify_kind(kind, error.as_client_api_error().is_some_and(|e| e.status_code.is_server_error())),
+            None => classify_http_without_kind(error),
+        };
+        Self::new(class, format!("{context}: {error}"))
+    }
+
+    /// Whether this failure ends the account as `auth_failed` (given whether a password is
+    /// available for a soft-logout re-login).
+    pub fn is_auth_terminal(&self, has_password: bool) -> bool {
+        matches!(self.class, FailureClass::Auth { soft_logout } if !(soft_logout && has_password))
+    }
+}
+
+fn classify_kind(kind: &ErrorKind, server_error: bool) -> FailureClass {
+    match kind {
+        ErrorKind::UnknownToken(data) => FailureClass::Auth { soft_logout: data.soft_logout },
+        ErrorKind::MissingToken | ErrorKind::UserDeactivated | ErrorKind::UserLocked => {
+            FailureClass::Auth { soft_logout: false }
+        }
+        // A forbidden *login* means bad credentials; elsewhere it is a permission problem that
+        // retrying will not fix either.
+        ErrorKind::Forbidden => FailureClass::Auth { soft_logout: false },
+        ErrorKind::LimitExceeded(data) => FailureClass::RateLimited(match &data.retry_after {
+            Some(RetryAfter::Delay(delay)) => Some(*delay),
+            Some(RetryAfter::DateTime(at)) => at.duration_since(std::time::SystemTime::now()).ok(),
+            None => None,
+        }),
+        _ if server_error => FailureClass::Transient,
+        _ => FailureClass::Fatal,
+    }
+}
+
+fn classify_http_without_kind(error: &HttpError) -> FailureClass {
+    match error {
+        HttpError::Reqwest(_) => FailureClass::Transient,
+        HttpError::RefreshToken(_) => FailureClass::Auth { soft_logout: false },
+        // A proxy's 502, an HTML error page or a truncated body carries no Matrix error kind.
+        HttpError::Api(_) => FailureClass::Transient,
+        _ => FailureClass::Fatal,
+    }
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Transient => f.write_str("transient"),
+            Self::RateLimited(Some(d)) => write!(f, "rate limited ({} ms)", d.as_millis()),
+            Self::RateLimited(None) => f.write_str("rate limited"),
+            Self::Auth { soft_logout: true } => f.write_str("soft logout"),
+            Self::Auth { soft_logout: false } => f.write_str("authentication failed"),
+            Self::Fatal => f.write_str("fatal"),
+        }
+    }
+}

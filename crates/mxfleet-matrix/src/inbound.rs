@@ -1,0 +1,183 @@
+//! Normalising sync timeline events into [`InboundMessage`]s.
+//!
+//! Everything past this module sees only `InboundMessage`, never a raw matrix-sdk type. Events
+//! that are not for the bot (its own, notices, edits, state) are `Ignored`; events that do not
+//! parse are `Malformed` and get logged and skipped by the caller.
+
+use matrix_sdk::{
+    deserialized_responses::{TimelineEvent, TimelineEventKind},
+    ruma::{
+        RoomId, UserId,
+        events::{
+            AnySyncMessageLikeEvent, AnySyncTimelineEvent, SyncMessageLikeEvent,
+            room::message::{MessageType, Relation},
+        },
+    },
+};
+use serde::{Deserialize, Serialize};
+
+/// Bodies longer than this are cut (at a character boundary) before they reach a backend.
+pub const MAX_INBOUND_BODY_BYTES: usize = 32 * 1024;
+
+/// A message for the bot, in mxfleet's own terms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundMessage {
+    /// The room it was sent in.
+    pub room_id: String,
+    /// Its event id.
+    pub event_id: String,
+    /// Who sent it.
+    pub sender: String,
+    /// Its text.
+    pub body: String,
+    /// When the sender's server received it (ms since the Unix epoch).
+    pub origin_server_ts_ms: u64,
+    /// The thread it belongs to, if any.
+    pub thread_root: Option<String>,
+}
+
+/// What a timeline event turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Normalised {
+    /// A message to handle.
+    Message(InboundMessage),
+    /// Not for the bot; the reason is for debug logs.
+    Ignored(&'static str),
+    /// The event could not be read.
+    Malformed {
+        /// The event id, if even that could be read.
+        event_id: Option<String>,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Normalises one timeline event of `room_id` as seen by `own_user`.
+pub fn normalise(room_id: &RoomId, event: &TimelineEvent, own_user: &UserId) -> Normalised {
+    if let TimelineEventKind::UnableToDecrypt { .. } = &event.kind {
+        return Normalised::Ignored("undecryptable");
+    }
+    let raw = event.raw();
+    let parsed = match raw.deserialize() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            let event_id = raw.get_field::<String>("event_id").ok().flatten();
+            return Normalised::Malformed { event_id, reason: e.to_string() };
+        }
+    };
+    let AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(message)) = parsed
+    else {
+        return Normalised::Ignored("not a room message");
+    };
+    let SyncMessageLikeEvent::Original(message) = message else {
+        return Normalised::Ignored("redacted");
+    };
+    if message.sender == own_user {
+        return Normalised::Ignored("own message");
+    }
+    let thread_root = match &message.content.relates_to {
+        Some(Relation::Replacement(_)) => return Normalised::Ignored("edit"),
+        Some(Relation::Thread(thread)) => Some(thread.event_id.to_string()),
+        _ => None,
+    };
+    let body = match &message.content.msgtype {
+        MessageType::Text(text) => text.body.as_str(),
+        MessageType::Notice(_) => return Normalised::Ignored("notice"),
+        _ => return Normalised::Ignored("unsupported message type"),
+    };
+    Normalised::Message(InboundMessage {
+        room_id: room_id.to_string(),
+        event_id: message.event_id.to_string(),
+        sender: message.sender.to_string(),
+        body: truncate_at_char_boundary(body, MAX_INBOUND_BODY_BYTES).to_owned(),
+        origin_server_ts_ms: message.origin_server_ts.get().into(),
+        thread_root,
+    })
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+pub fn truncate_at_char_boundary(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use matrix_sdk::ruma::{owned_room_id, owned_user_id, serde::Raw};
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(value: serde_json::Value) -> TimelineEvent {
+        let raw: Raw<AnySyncTimelineEvent> = Raw::from_json(
+            serde_json::value::to_raw_value(&value).unwrap_or_else(|_| unreachable_raw()),
+        );
+        TimelineEvent::from_plaintext(raw)
+    }
+
+    fn unreachable_raw() -> Box<serde_json::value::RawValue> {
+        serde_json::value::RawValue::from_string("{}".into()).unwrap_or_default()
+    }
+
+    fn message(sender: &str, content: serde_json::Value) -> TimelineEvent {
+        event(json!({
+            "type": "m.room.message", "event_id": "$e1", "sender": sender,
+            "origin_server_ts": 1_700_000_000_000u64, "content": content,
+        }))
+    }
+
+    #[test]
+    fn text_messages_become_inbound_messages() {
+        let room = owned_room_id!("!r:localhost");
+        let me = owned_user_id!("@bot:localhost");
+        let got = normalise(&room, &message("@u:localhost", json!({"msgtype": "m.text", "body": "hi"})), &me);
+        let Normalised::Message(m) = got else { panic!("expected a message, got {got:?}") };
+        assert_eq!((m.body.as_str(), m.sender.as_str(), m.event_id.as_str()), ("hi", "@u:localhost", "$e1"));
+        assert_eq!(m.origin_server_ts_ms, 1_700_000_000_000);
+        assert_eq!(m.thread_root, None);
+    }
+
+    #[test]
+    fn own_notices_edits_and_state_are_ignored() {
+        let room = owned_room_id!("!r:localhost");
+        let me = owned_user_id!("@bot:localhost");
+        let text = json!({"msgtype": "m.text", "body": "hi"});
+        assert_eq!(normalise(&room, &message("@bot:localhost", text.clone()), &me), Normalised::Ignored("own message"));
+        let notice = json!({"msgtype": "m.notice", "body": "hi"});
+        assert_eq!(normalise(&room, &message("@u:localhost", notice), &me), Normalised::Ignored("notice"));
+        let edit = json!({"msgtype": "m.text", "body": "* hi", "m.new_content": {"msgtype": "m.text", "body": "hi"},
+                          "m.relates_to": {"rel_type": "m.replace", "event_id": "$e0"}});
+        assert_eq!(normalise(&room, &message("@u:localhost", edit), &me), Normalised::Ignored("edit"));
+        let state = event(json!({"type": "m.room.name", "event_id": "$s", "sender": "@u:localhost",
+                                 "origin_server_ts": 1, "state_key": "", "content": {"name": "x"}}));
+        assert_eq!(normalise(&room, &state, &me), Normalised::Ignored("not a room message"));
+    }
+
+    #[test]
+    fn malformed_events_are_reported_not_panicked_on() {
+        let room = owned_room_id!("!r:localhost");
+        let me = owned_user_id!("@bot:localhost");
+        let broken = event(json!({"type": "m.room.message", "event_id": "$bad", "sender": 42, "content": {}}));
+        assert!(matches!(normalise(&room, &broken, &me), Normalised::Malformed { event_id: Some(id), .. } if id == "$bad"));
+    }
+
+    #[test]
+    fn threads_are_kept_and_huge_bodies_cut_on_a_char_boundary() {
+        let room = owned_room_id!("!r:localhost");
+        let me = owned_user_id!("@bot:localhost");
+        let body = "é".repeat(MAX_INBOUND_BODY_BYTES);
+        let threaded = json!({"msgtype": "m.text", "body": body,
+                              "m.relates_to": {"rel_type": "m.thread", "event_id": "$root"}});
+        let Normalised::Message(m) = normalise(&room, &message("@u:localhost", threaded), &me) else {
+            panic!("expected a message")
+        };
+        assert_eq!(m.thread_root.as_deref(), Some("$root"));
+        assert!(m.body.len() <= MAX_INBOUND_BODY_BYTES && m.body.chars().all(|c| c == 'é'));
+    }
+}

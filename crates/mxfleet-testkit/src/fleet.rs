@@ -1,0 +1,148 @@
+//! The `mxfleet` binary under test, run as a child process with its own config and data dir.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{ExitStatus, Output, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+/// A fleet process and its files.
+#[derive(Debug)]
+pub struct FleetProcess {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    child: Option<Child>,
+    starts: usize,
+}
+
+impl FleetProcess {
+    /// Writes a config (`accounts_toml` plus a private `data_dir`) without starting anything.
+    pub fn new(accounts_toml: &str) -> Result<FleetProcess> {
+        let dir = tempfile::Builder::new().prefix("mxfleet-test-").tempdir()?;
+        let config = dir.path().join("mxfleet.toml");
+        let data_dir = dir.path().join("data");
+        let body = format!("data_dir = {:?}\nshutdown_timeout_secs = 10\n\n{accounts_toml}", data_dir.display().to_string());
+        std::fs::write(&config, body)?;
+        Ok(FleetProcess { dir, config, child: None, starts: 0 })
+    }
+
+    /// The config file.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts `mxfleet run`; its JSON logs go to `fleet-<n>.log`.
+    pub async fn start(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("already running");
+        }
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.path().join(format!("fleet-{}.log", self.starts)))?;
+        let child = self
+            .command(&["run", "--log-format", "json"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning mxfleet")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops the fleet with SIGTERM and waits for it to exit.
+    pub async fn stop(&mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("not running")?;
+        let pid = child.id().context("no pid")?;
+        Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
+        match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+            Ok(status) => Ok(status?),
+            Err(_) => {
+                child.kill().await?;
+                bail!("mxfleet did not exit within 30 s of SIGTERM")
+            }
+        }
+    }
+
+    /// Kills the fleet with SIGKILL (no cleanup runs).
+    pub async fn kill(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("not running")?;
+        child.kill().await?;
+        Ok(())
+    }
+
+    /// Runs another `mxfleet` command with this config to completion.
+    pub async fn run_command(&self, args: &[&str]) -> Result<Output> {
+        let child = self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).spawn()?;
+        Ok(tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.context("command hung")??)
+    }
+
+    /// The current `status.json`, if written.
+    pub fn status(&self) -> Option<Value> {
+        let bytes = std::fs::read(self.data_dir().join("status.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Waits until `account` is in `state`; returns its status record.
+    pub async fn wait_state(&self, account: &str, state: &str, timeout: Duration) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let current = self.status().map(|s| s["accounts"][account].clone());
+            if let Some(record) = current.as_ref().filter(|r| r["state"] == state) {
+                return Ok(record.clone());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("{account} not {state} within {timeout:?}; status: {current:?}\nlog tail:\n{}", self.log_tail(30));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last `lines` lines of the current run's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = self.log();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The current run's whole log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("fleet-{}.log", self.starts))).unwrap_or_default()
+    }
+
+    /// Every run's logs, concatenated.
+    pub fn all_logs(&self) -> String {
+        (1..=self.starts)
+            .map(|n| std::fs::read_to_string(self.dir.path().join(format!("fleet-{n}.log"))).unwrap_or_default())
+            .collect()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(binary());
+        command.arg("--config").arg(&self.config).args(args).env("RUST_LOG", "info,mxfleet_core=debug,matrix_sdk=warn,matrix_sdk_base=warn,matrix_sdk_crypto=warn,matrix_sdk::http_client=off");
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("MXFLEET_") && key != "MXFLEET_BIN" {
+                command.env_remove(key);
+            }
+        }
+        command
+    }
+}
+
+/// The `mxfleet` binary: `MXFLEET_BIN`, or the one next to the test executable's directory.
+pub fn binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("MXFLEET_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/debug/deps/<test> → target/debug/mxfleet
+    exe.parent().and_then(Path::parent).map_or_else(|| PathBuf::from("mxfleet"), |d| d.join("mxfleet"))
+}
