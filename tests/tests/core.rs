@@ -43,7 +43,11 @@ async fn two_accounts_answer_in_dms_and_a_shared_room() -> Result<()> {
     fleet.start().await?;
     fleet.wait_state("alice", "syncing", REPLY_TIMEOUT).await?;
     let tok = fleet.wait_state("tok", "syncing", REPLY_TIMEOUT).await?;
-    assert_eq!(tok["user_id"], token_bot.as_str(), "whoami filled in the user id");
+    assert_eq!(
+        tok["user_id"],
+        token_bot.as_str(),
+        "whoami filled in the user id"
+    );
 
     let dm_alice = human.dm(&alice_bot).await?;
     let dm_tok = human.dm(&token_bot).await?;
@@ -52,10 +56,18 @@ async fn two_accounts_answer_in_dms_and_a_shared_room() -> Result<()> {
     human.send(&dm_alice, "hello alice").await?;
     human.send(&dm_tok, "hello token bot").await?;
     human.send(&shared, "hello both").await?;
-    human.expect_message(&dm_alice, &alice_bot, "hello alice", REPLY_TIMEOUT).await?;
-    human.expect_message(&dm_tok, &token_bot, "hello token bot", REPLY_TIMEOUT).await?;
-    human.expect_message(&shared, &alice_bot, "hello both", REPLY_TIMEOUT).await?;
-    human.expect_message(&shared, &token_bot, "hello both", REPLY_TIMEOUT).await?;
+    human
+        .expect_message(&dm_alice, &alice_bot, "hello alice", REPLY_TIMEOUT)
+        .await?;
+    human
+        .expect_message(&dm_tok, &token_bot, "hello token bot", REPLY_TIMEOUT)
+        .await?;
+    human
+        .expect_message(&shared, &alice_bot, "hello both", REPLY_TIMEOUT)
+        .await?;
+    human
+        .expect_message(&shared, &token_bot, "hello both", REPLY_TIMEOUT)
+        .await?;
 
     // Bots of one fleet never answer each other: give them time to misbehave, then count.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -64,7 +76,10 @@ async fn two_accounts_answer_in_dms_and_a_shared_room() -> Result<()> {
 
     let status = fleet.stop().await?;
     assert!(status.success(), "clean shutdown exits 0, got {status:?}");
-    assert_eq!(fleet.status().context("status.json")?["accounts"]["alice"]["state"], "stopped");
+    assert_eq!(
+        fleet.status().context("status.json")?["accounts"]["alice"]["state"],
+        "stopped"
+    );
     Ok(())
 }
 
@@ -79,29 +94,48 @@ async fn restarts_reuse_the_session_and_answer_each_message_once() -> Result<()>
     let first = fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
     let room = human.dm(&bot).await?;
     human.send(&room, "before restart").await?;
-    human.expect_message(&room, &bot, "before restart", REPLY_TIMEOUT).await?;
+    human
+        .expect_message(&room, &bot, "before restart", REPLY_TIMEOUT)
+        .await?;
 
     // A clean restart, then a crash (SIGKILL) with a message sent while the fleet is down.
     fleet.stop().await?;
     fleet.start().await?;
     fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
     human.send(&room, "between restarts").await?;
-    human.expect_message(&room, &bot, "between restarts", REPLY_TIMEOUT).await?;
+    human
+        .expect_message(&room, &bot, "between restarts", REPLY_TIMEOUT)
+        .await?;
     fleet.kill().await?;
     human.send(&room, "sent while down").await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     fleet.start().await?;
     let last = fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
-    human.expect_message(&room, &bot, "sent while down", REPLY_TIMEOUT).await?;
+    human
+        .expect_message(&room, &bot, "sent while down", REPLY_TIMEOUT)
+        .await?;
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     for body in ["before restart", "between restarts", "sent while down"] {
-        assert_eq!(human.count(&room, &bot, body), 1, "{body:?} answered exactly once");
+        assert_eq!(
+            human.count(&room, &bot, body),
+            1,
+            "{body:?} answered exactly once"
+        );
     }
-    assert_eq!(proxy.count_ending("/login"), 1, "only the very first start logs in: {:?}", proxy.requests());
+    assert_eq!(
+        proxy.count_ending("/login"),
+        1,
+        "only the very first start logs in: {:?}",
+        proxy.requests()
+    );
     assert_eq!(first["device_id"], last["device_id"], "the device is kept");
     let admin = synapse.admin_token().await?;
-    assert_eq!(synapse.admin_devices(&admin, &bot).await?.len(), 1, "no extra devices were created");
+    assert_eq!(
+        synapse.admin_devices(&admin, &bot).await?.len(),
+        1,
+        "no extra devices were created"
+    );
     fleet.stop().await?;
     Ok(())
 }
@@ -113,7 +147,12 @@ async fn a_new_account_ignores_history_and_old_messages_are_skipped() -> Result<
     // The bot joins a room with history before mxfleet ever runs.
     let bot_client = Human::login(synapse.url(), &bot, &bot_pw).await?;
     let room = human.room_with(&[], true).await?;
-    human.client.get_room(&room).context("room")?.invite_user_by_id(bot_client.user_id.as_ref()).await?;
+    human
+        .client
+        .get_room(&room)
+        .context("room")?
+        .invite_user_by_id(bot_client.user_id.as_ref())
+        .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     bot_client.client.join_room_by_id(&room).await?;
     human.wait_joined(&room, &bot, REPLY_TIMEOUT).await?;
@@ -128,8 +167,14 @@ async fn a_new_account_ignores_history_and_old_messages_are_skipped() -> Result<
     fleet.start().await?;
     fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
     human.send(&room, "fresh").await?;
-    human.expect_message(&room, &bot, "fresh", REPLY_TIMEOUT).await?;
-    assert_eq!(human.count(&room, &bot, "old history"), 0, "history before the first sync is not answered");
+    human
+        .expect_message(&room, &bot, "fresh", REPLY_TIMEOUT)
+        .await?;
+    assert_eq!(
+        human.count(&room, &bot, "old history"),
+        0,
+        "history before the first sync is not answered"
+    );
 
     // Down for longer than catch_up_max_age_secs: that message is skipped and counted.
     fleet.stop().await?;
@@ -138,8 +183,13 @@ async fn a_new_account_ignores_history_and_old_messages_are_skipped() -> Result<
     fleet.start().await?;
     fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
     human.send(&room, "after catch-up").await?;
-    human.expect_message(&room, &bot, "after catch-up", REPLY_TIMEOUT).await?;
-    assert_eq!(human.count(&room, &bot, "too old by the time we are back"), 0);
+    human
+        .expect_message(&room, &bot, "after catch-up", REPLY_TIMEOUT)
+        .await?;
+    assert_eq!(
+        human.count(&room, &bot, "too old by the time we are back"),
+        0
+    );
     let status = fleet.status().context("status.json")?;
     assert_eq!(status["accounts"]["bot"]["skipped_old"], 1, "{status}");
     fleet.stop().await?;
@@ -160,23 +210,42 @@ async fn a_deleted_device_fails_one_account_fast_and_the_other_keeps_answering()
     let mut fleet = FleetProcess::new(&config)?;
     fleet.start().await?;
     let record = fleet.wait_state("victim", "syncing", REPLY_TIMEOUT).await?;
-    fleet.wait_state("survivor", "syncing", REPLY_TIMEOUT).await?;
-    let device = record["device_id"].as_str().context("device id")?.to_owned();
+    fleet
+        .wait_state("survivor", "syncing", REPLY_TIMEOUT)
+        .await?;
+    let device = record["device_id"]
+        .as_str()
+        .context("device id")?
+        .to_owned();
 
     let admin = synapse.admin_token().await?;
-    synapse.admin_delete_device(&admin, &victim, &device).await?;
-    let failed = fleet.wait_state("victim", "auth_failed", Duration::from_secs(10)).await?;
-    assert!(failed["last_error"].as_str().is_some_and(|e| e.contains("M_UNKNOWN_TOKEN") || e.contains("token")), "{failed}");
+    synapse
+        .admin_delete_device(&admin, &victim, &device)
+        .await?;
+    let failed = fleet
+        .wait_state("victim", "auth_failed", Duration::from_secs(10))
+        .await?;
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("M_UNKNOWN_TOKEN") || e.contains("token")),
+        "{failed}"
+    );
 
     // No retry storm: nothing more reaches the homeserver for the failed account.
     let after_failure = victim_proxy.requests().len();
     let room = human.dm(&survivor).await?;
     human.send(&room, "still there?").await?;
-    human.expect_message(&room, &survivor, "still there?", REPLY_TIMEOUT).await?;
+    human
+        .expect_message(&room, &survivor, "still there?", REPLY_TIMEOUT)
+        .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let extra = victim_proxy.requests()[after_failure..].to_vec();
     ensure!(extra.len() <= 1, "requests after auth_failed: {extra:?}");
-    assert_eq!(fleet.status().context("status")?["accounts"]["victim"]["state"], "auth_failed");
+    assert_eq!(
+        fleet.status().context("status")?["accounts"]["victim"]["state"],
+        "auth_failed"
+    );
     fleet.stop().await?;
     Ok(())
 }
@@ -200,22 +269,40 @@ async fn every_account_reconnects_after_synapse_is_killed_and_restarted() -> Res
     let room_a = human.dm(&bot_a).await?;
     let room_b = human.dm(&bot_b).await?;
     human.send(&room_a, "ping a").await?;
-    human.expect_message(&room_a, &bot_a, "ping a", REPLY_TIMEOUT).await?;
+    human
+        .expect_message(&room_a, &bot_a, "ping a", REPLY_TIMEOUT)
+        .await?;
 
     synapse.kill()?;
-    fleet.wait_state("a", "backoff", Duration::from_secs(60)).await?;
-    fleet.wait_state("b", "backoff", Duration::from_secs(60)).await?;
+    fleet
+        .wait_state("a", "backoff", Duration::from_secs(60))
+        .await?;
+    fleet
+        .wait_state("b", "backoff", Duration::from_secs(60))
+        .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     synapse.restart().await?;
 
-    fleet.wait_state("a", "syncing", Duration::from_secs(60)).await?;
-    fleet.wait_state("b", "syncing", Duration::from_secs(60)).await?;
+    fleet
+        .wait_state("a", "syncing", Duration::from_secs(60))
+        .await?;
+    fleet
+        .wait_state("b", "syncing", Duration::from_secs(60))
+        .await?;
     human.send(&room_a, "after the outage a").await?;
     human.send(&room_b, "after the outage b").await?;
-    human.expect_message(&room_a, &bot_a, "after the outage a", REPLY_TIMEOUT).await?;
-    human.expect_message(&room_b, &bot_b, "after the outage b", REPLY_TIMEOUT).await?;
+    human
+        .expect_message(&room_a, &bot_a, "after the outage a", REPLY_TIMEOUT)
+        .await?;
+    human
+        .expect_message(&room_b, &bot_b, "after the outage b", REPLY_TIMEOUT)
+        .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(human.count(&room_a, &bot_a, "ping a"), 1, "nothing answered twice");
+    assert_eq!(
+        human.count(&room_a, &bot_a, "ping a"),
+        1,
+        "nothing answered twice"
+    );
     fleet.stop().await?;
     Ok(())
 }
@@ -232,10 +319,16 @@ async fn a_second_fleet_on_the_same_data_dir_exits_at_once() -> Result<()> {
     let second = fleet.run_command(&["run"]).await?;
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(3), "stderr: {stderr}");
-    assert!(stderr.contains("another mxfleet process is already running"), "stderr: {stderr}");
+    assert!(
+        stderr.contains("another mxfleet process is already running"),
+        "stderr: {stderr}"
+    );
     assert!(started.elapsed() < Duration::from_secs(5), "exits at once");
     // The first one is undisturbed.
-    assert_eq!(fleet.status().context("status")?["accounts"]["bot"]["state"], "syncing");
+    assert_eq!(
+        fleet.status().context("status")?["accounts"]["bot"]["state"],
+        "syncing"
+    );
     fleet.stop().await?;
     Ok(())
 }
@@ -249,22 +342,46 @@ async fn malformed_config_is_rejected_with_key_and_source() -> Result<()> {
         let output = fleet.run_command(command).await?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{command:?}: {stderr}");
-        assert!(stderr.contains("accounts.bot.pasword: unknown key"), "{stderr}");
-        assert!(stderr.contains(&format!("file {}", fleet.config_path().display())), "{stderr}");
-        assert!(stderr.contains("accounts.bot.sync_timeout_secs"), "{stderr}");
+        assert!(
+            stderr.contains("accounts.bot.pasword: unknown key"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("file {}", fleet.config_path().display())),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("accounts.bot.sync_timeout_secs"),
+            "{stderr}"
+        );
     }
     Ok(())
 }
 
 #[tokio::test]
 async fn check_prints_the_merged_config_with_secrets_redacted() -> Result<()> {
-    let fleet = FleetProcess::new(&password_account("bot", "http://127.0.0.1:1", "@bot:localhost", "sup3r-secret"))?;
+    let fleet = FleetProcess::new(&password_account(
+        "bot",
+        "http://127.0.0.1:1",
+        "@bot:localhost",
+        "sup3r-secret",
+    ))?;
     let output = fleet.run_command(&["check"]).await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(!stdout.contains("sup3r-secret"), "{stdout}");
-    assert!(stdout.contains("accounts.bot.password = \"[redacted]\""), "{stdout}");
-    assert!(stdout.contains("accounts.bot.catch_up_max_age_secs = 600  # built-in default"), "{stdout}");
+    assert!(
+        stdout.contains("accounts.bot.password = \"[redacted]\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("accounts.bot.catch_up_max_age_secs = 600  # built-in default"),
+        "{stdout}"
+    );
     Ok(())
 }
 
@@ -276,7 +393,8 @@ async fn the_openai_backend_streams_a_whole_answer() -> Result<()> {
     let config = format!(
         "[backends.llm]\nkind = \"openai\"\nbase_url = {:?}\nmodel = \"test-model\"\napi_key = \"sk-test\"\nsystem_prompt = \"be brief\"\n\n{}",
         llm.base_url,
-        password_account("bot", synapse.url(), &bot, &bot_pw).replace("backend = \"echo\"", "backend = \"llm\"")
+        password_account("bot", synapse.url(), &bot, &bot_pw)
+            .replace("backend = \"echo\"", "backend = \"llm\"")
     );
     let mut fleet = FleetProcess::new(&config)?;
     fleet.start().await?;
@@ -284,7 +402,9 @@ async fn the_openai_backend_streams_a_whole_answer() -> Result<()> {
     let room = human.dm(&bot).await?;
     human.send(&room, "what is mxfleet?").await?;
     let expected = FakeOpenAi::answer_for("what is mxfleet?");
-    human.expect_message(&room, &bot, &expected, REPLY_TIMEOUT).await?;
+    human
+        .expect_message(&room, &bot, &expected, REPLY_TIMEOUT)
+        .await?;
 
     let requests = llm.requests();
     assert_eq!(requests.len(), 1);
@@ -292,7 +412,10 @@ async fn the_openai_backend_streams_a_whole_answer() -> Result<()> {
     assert_eq!(requests[0].body["model"], "test-model");
     assert_eq!(requests[0].body["stream"], true);
     assert_eq!(requests[0].body["messages"][0]["content"], "be brief");
-    assert!(!fleet.all_logs().contains("sk-test"), "the API key never reaches the logs");
+    assert!(
+        !fleet.all_logs().contains("sk-test"),
+        "the API key never reaches the logs"
+    );
     fleet.stop().await?;
     Ok(())
 }

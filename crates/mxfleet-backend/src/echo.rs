@@ -32,7 +32,10 @@ impl Backend for EchoBackend {
             .unwrap_or_default();
         let answer = format!("{}{}", self.prefix, last);
         // Word-sized deltas so consumers see a real stream.
-        let deltas: Vec<_> = answer.split_inclusive(' ').map(|w| Ok(w.to_owned())).collect();
+        let deltas: Vec<_> = answer
+            .split_inclusive(' ')
+            .map(|w| Ok(w.to_owned()))
+            .collect();
         Box::pin(stream::iter(deltas))
     }
 }
@@ -47,11 +50,23 @@ mod tests {
         let backend = EchoBackend::new("echo: ".into());
         let request = ChatRequest {
             messages: vec![
-                ChatMessage { role: Role::User, content: "first".into() },
-                ChatMessage { role: Role::Assistant, content: "ignored".into() },
-                ChatMessage { role: Role::User, content: "hello  there world".into() },
+                ChatMessage {
+                    role: Role::User,
+                    content: "first".into(),
+                },
+                ChatMessage {
+                    role: Role::Assistant,
+                    content: "ignored".into(),
+                },
+                ChatMessage {
+                    role: Role::User,
+                    content: "hello  there world".into(),
+                },
             ],
         };
-        assert_eq!(collect(&backend, request).await.ok().as_deref(), Some("echo: hello  there world"));
+        assert_eq!(
+            collect(&backend, request).await.ok().as_deref(),
+            Some("echo: hello  there world")
+        );
     }
 }

@@ -38,15 +38,25 @@ type Body = Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
 
 enum Stage {
     Connect(reqwest::RequestBuilder),
-    Read { body: Body, decoder: SseDecoder, queue: VecDeque<String>, done: bool },
+    Read {
+        body: Body,
+        decoder: SseDecoder,
+        queue: VecDeque<String>,
+        done: bool,
+    },
     Finished,
 }
 
 impl OpenAiBackend {
     /// Builds the backend from an `openai` spec.
     pub fn new(spec: &BackendSpec) -> Result<Self, BackendError> {
-        let BackendSpec::Openai { base_url, model, api_key, system_prompt, request_timeout_secs } =
-            spec
+        let BackendSpec::Openai {
+            base_url,
+            model,
+            api_key,
+            system_prompt,
+            request_timeout_secs,
+        } = spec
         else {
             return Err(BackendError::Config("not an openai backend".into()));
         };
@@ -55,7 +65,10 @@ impl OpenAiBackend {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| BackendError::Config(e.to_string()))?;
-        let endpoint = format!("{}/chat/completions", base_url.as_str().trim_end_matches('/'));
+        let endpoint = format!(
+            "{}/chat/completions",
+            base_url.as_str().trim_end_matches('/')
+        );
         Ok(Self {
             client,
             endpoint,
@@ -74,13 +87,24 @@ impl Backend for OpenAiBackend {
     fn stream(&self, request: ChatRequest) -> TextStream {
         let mut messages = Vec::with_capacity(request.messages.len() + 1);
         if let Some(prompt) = &self.system_prompt {
-            messages.push(ChatMessage { role: Role::System, content: prompt.clone() });
+            messages.push(ChatMessage {
+                role: Role::System,
+                content: prompt.clone(),
+            });
         }
         messages.extend(request.messages);
-        let body = CompletionRequest { model: &self.model, messages, stream: true };
+        let body = CompletionRequest {
+            model: &self.model,
+            messages,
+            stream: true,
+        };
         let body = match serde_json::to_vec(&body) {
             Ok(body) => body,
-            Err(e) => return Box::pin(stream::once(async move { Err(BackendError::Protocol(e.to_string())) })),
+            Err(e) => {
+                return Box::pin(stream::once(async move {
+                    Err(BackendError::Protocol(e.to_string()))
+                }));
+            }
         };
         let mut builder = self
             .client
@@ -106,7 +130,10 @@ async fn advance(mut stage: Stage) -> Option<(Result<String, BackendError>, Stag
                     let status = response.status().as_u16();
                     let text = response.text().await.unwrap_or_default();
                     let detail = text.chars().take(ERROR_EXCERPT_CHARS).collect();
-                    return Some((Err(BackendError::Status { status, detail }), Stage::Finished));
+                    return Some((
+                        Err(BackendError::Status { status, detail }),
+                        Stage::Finished,
+                    ));
                 }
                 Ok(response) => Stage::Read {
                     body: Box::pin(response.bytes_stream()),
@@ -115,9 +142,22 @@ async fn advance(mut stage: Stage) -> Option<(Result<String, BackendError>, Stag
                     done: false,
                 },
             },
-            Stage::Read { mut body, mut decoder, mut queue, mut done } => {
+            Stage::Read {
+                mut body,
+                mut decoder,
+                mut queue,
+                mut done,
+            } => {
                 if let Some(delta) = queue.pop_front() {
-                    return Some((Ok(delta), Stage::Read { body, decoder, queue, done }));
+                    return Some((
+                        Ok(delta),
+                        Stage::Read {
+                            body,
+                            decoder,
+                            queue,
+                            done,
+                        },
+                    ));
                 }
                 if done {
                     return None;
@@ -138,7 +178,12 @@ async fn advance(mut stage: Stage) -> Option<(Result<String, BackendError>, Stag
                         Err(e) => return Some((Err(e), Stage::Finished)),
                     }
                 }
-                Stage::Read { body, decoder, queue, done }
+                Stage::Read {
+                    body,
+                    decoder,
+                    queue,
+                    done,
+                }
             }
         }
     }
@@ -157,7 +202,10 @@ fn parse_event(data: &str) -> Result<Event, BackendError> {
     let value: Value = serde_json::from_str(data)
         .map_err(|e| BackendError::Protocol(format!("chunk is not JSON: {e}")))?;
     if let Some(error) = value.get("error") {
-        let message = error.get("message").and_then(Value::as_str).unwrap_or("unknown error");
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown error");
         return Err(BackendError::Protocol(format!("stream error: {message}")));
     }
     let content = value
@@ -183,7 +231,11 @@ trait WithoutUrl {
 impl WithoutUrl for reqwest::Error {
     fn without_url_string(&self) -> String {
         let mut source: Option<&dyn std::error::Error> = std::error::Error::source(self);
-        let mut text = if self.is_connect() { "connection failed".to_owned() } else { "request failed".to_owned() };
+        let mut text = if self.is_connect() {
+            "connection failed".to_owned()
+        } else {
+            "request failed".to_owned()
+        };
         while let Some(s) = source {
             text.push_str(": ");
             text.push_str(&s.to_string());
@@ -204,7 +256,12 @@ mod tests {
         let role_only = r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}]}"#;
         assert!(matches!(parse_event(role_only), Ok(Event::Nothing)));
         assert!(matches!(parse_event("[DONE]"), Ok(Event::Done)));
-        assert!(matches!(parse_event(r#"{"error":{"message":"overloaded"}}"#), Err(BackendError::Protocol(m)) if m.contains("overloaded")));
-        assert!(matches!(parse_event("not json"), Err(BackendError::Protocol(_))));
+        assert!(
+            matches!(parse_event(r#"{"error":{"message":"overloaded"}}"#), Err(BackendError::Protocol(m)) if m.contains("overloaded"))
+        );
+        assert!(matches!(
+            parse_event("not json"),
+            Err(BackendError::Protocol(_))
+        ));
     }
 }

@@ -53,12 +53,17 @@ mod tests {
 
     #[test]
     fn splits_events_across_arbitrary_chunks() {
-        let input = "data: {\"a\":1}\n\n: comment\nevent: x\ndata: line1\ndata: line2\n\ndata: [DONE]\n\n";
+        let input =
+            "data: {\"a\":1}\n\n: comment\nevent: x\ndata: line1\ndata: line2\n\ndata: [DONE]\n\n";
         for split in 0..input.len() {
             let mut d = SseDecoder::default();
             let mut out = d.push(&input.as_bytes()[..split]);
             out.extend(d.push(&input.as_bytes()[split..]));
-            assert_eq!(out, ["{\"a\":1}", "line1\nline2", "[DONE]"], "split at {split}");
+            assert_eq!(
+                out,
+                ["{\"a\":1}", "line1\nline2", "[DONE]"],
+                "split at {split}"
+            );
         }
     }
 

@@ -17,7 +17,7 @@ use figment::{
     providers::{Env, Format, Serialized, Toml},
     value::{Dict, Map, Value},
 };
-use serde::{Deserialize, de::IgnoredAny};
+use serde::Deserialize;
 use url::Url;
 
 use crate::{AccountConfig, BackendConfig, Config, LogConfig, LogFormat, RestartConfig, Secret};
@@ -163,11 +163,17 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
     let mut issues = Vec::new();
     let (figment, config_file) = layered(sources, &mut issues);
     let raw = extract(&figment, &mut issues);
-    let config = raw.as_ref().map(|raw| validate(raw, &figment, &config_file, &mut issues));
+    let config = raw
+        .as_ref()
+        .map(|raw| validate(raw, &figment, &config_file, &mut issues));
     issues.sort_by(|a, b| a.key.cmp(&b.key));
     issues.dedup();
     match (raw, config) {
-        (Some(raw), Some(config)) if issues.is_empty() => Ok(Loaded { config, figment, raw }),
+        (Some(raw), Some(config)) if issues.is_empty() => Ok(Loaded {
+            config,
+            figment,
+            raw,
+        }),
         _ => Err(ConfigError { issues }),
     }
 }
@@ -198,7 +204,11 @@ impl fmt::Display for ConfigIssue {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.issues.len();
-        writeln!(f, "invalid configuration ({n} problem{}):", if n == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "invalid configuration ({n} problem{}):",
+            if n == 1 { "" } else { "s" }
+        )?;
         for issue in &self.issues {
             writeln!(f, "  - {issue}")?;
         }
@@ -206,24 +216,23 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// The top level with the per-entry tables left unparsed (they are extracted one by one).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)] // fields exist so that unknown keys are rejected
+/// The top level without the per-entry tables (they are extracted one by one).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+#[allow(dead_code)] // fields exist so that unknown keys and bad types are reported
 struct TopLevel {
     data_dir: PathBuf,
     log: LogConfig,
     shutdown_timeout_secs: u64,
     restart: RestartConfig,
-    #[serde(default)]
-    backends: BTreeMap<String, IgnoredAny>,
-    #[serde(default)]
-    accounts: BTreeMap<String, IgnoredAny>,
 }
 
 fn layered(sources: &Sources, issues: &mut Vec<ConfigIssue>) -> (Figment, Option<PathBuf>) {
     let defaults = Config::default();
-    let mut figment = Figment::new().merge(Named::new("built-in default", Serialized::defaults(defaults)));
+    let mut figment = Figment::new().merge(Named::new(
+        "built-in default",
+        Serialized::defaults(defaults),
+    ));
 
     let (file, explicit) = match (&sources.config_file, std::env::var_os(CONFIG_FILE_ENV)) {
         (Some(path), _) => (path.clone(), Some("--config")),
@@ -253,7 +262,11 @@ fn layered(sources: &Sources, issues: &mut Vec<ConfigIssue>) -> (Figment, Option
     }
     let mut log = Dict::new();
     if let Some(format) = flag.log_format {
-        let name = if format == LogFormat::Json { "json" } else { "human" };
+        let name = if format == LogFormat::Json {
+            "json"
+        } else {
+            "human"
+        };
         log.insert("format".into(), Value::from(name));
     }
     if let Some(level) = &flag.log_level {
@@ -267,37 +280,139 @@ fn layered(sources: &Sources, issues: &mut Vec<ConfigIssue>) -> (Figment, Option
 }
 
 fn extract(figment: &Figment, issues: &mut Vec<ConfigIssue>) -> Option<Config> {
-    match figment.extract::<Config>() {
+    let error = match figment.extract::<Config>() {
         Ok(config) => return Some(config),
+        Err(error) => error,
+    };
+    // serde stops at the first error of a struct. To report them all, each section is
+    // extracted from its own copy of the merged values, dropping each offending key and trying
+    // again; origins are still looked up in the real figment.
+    let root = match figment.extract::<Dict>() {
+        Ok(root) => root,
         Err(_) => {
-            // Re-extract section by section to collect every problem, not just the first.
-            if let Err(e) = figment.extract::<TopLevel>() {
-                push_figment_errors(figment, &[], e, issues);
-            }
-            for section in ["backends", "accounts"] {
-                let Ok(Value::Dict(_, entries)) = figment.find_value(section) else { continue };
-                for id in entries.keys() {
-                    let key = format!("{section}.{id}");
-                    let result = if section == "backends" {
-                        figment.extract_inner::<BackendConfig>(&key).map(drop)
-                    } else {
-                        figment.extract_inner::<AccountConfig>(&key).map(drop)
+            push_figment_errors(figment, &[], error, issues);
+            return None;
+        }
+    };
+    let mut top = root.clone();
+    let sections: Vec<(&str, Option<Value>)> = ["backends", "accounts"]
+        .into_iter()
+        .map(|name| (name, top.remove(name)))
+        .collect();
+    collect_errors::<TopLevel>(figment, &[], top, issues);
+    for (section, value) in sections {
+        match value {
+            Some(Value::Dict(_, entries)) => {
+                for (id, entry) in entries {
+                    let Value::Dict(_, dict) = entry else {
+                        push_issue(figment, issues, &[section, &id], "must be a table".into());
+                        continue;
                     };
-                    if let Err(e) = result {
-                        push_figment_errors(figment, &[section, id], e, issues);
+                    if section == "backends" {
+                        collect_errors::<BackendConfig>(figment, &[section, &id], dict, issues);
+                    } else {
+                        collect_errors::<AccountConfig>(figment, &[section, &id], dict, issues);
                     }
                 }
             }
+            Some(_) => push_issue(figment, issues, &[section], "must be a table".into()),
+            None => {}
         }
     }
     if issues.is_empty() {
-        issues.push(ConfigIssue {
-            key: "(config)".into(),
-            message: "could not be read".into(),
-            origin: "all layers".into(),
-        });
+        push_figment_errors(figment, &[], error, issues);
     }
     None
+}
+
+/// Extracts `T` from `dict` repeatedly, recording and removing each offending key, until it
+/// parses or an error cannot be removed (a missing key).
+fn collect_errors<T: serde::de::DeserializeOwned>(
+    figment: &Figment,
+    prefix: &[&str],
+    mut dict: Dict,
+    issues: &mut Vec<ConfigIssue>,
+) {
+    for _ in 0..64 {
+        let attempt = Figment::from(Serialized::defaults(&dict)).extract::<T>();
+        let Err(errors) = attempt else { return };
+        let mut removed_any = false;
+        for e in errors {
+            let path = error_path(&e);
+            let full: Vec<&str> = prefix
+                .iter()
+                .copied()
+                .chain(path.iter().map(String::as_str))
+                .collect();
+            push_issue(figment, issues, &full, describe_kind(&e.kind));
+            let removable = !matches!(e.kind, figment::error::Kind::MissingField(_));
+            removed_any |= removable && remove_path(&mut dict, &path);
+        }
+        if !removed_any {
+            return;
+        }
+    }
+}
+
+/// The key path of an error relative to what was extracted, in document order.
+fn error_path(e: &figment::Error) -> Vec<String> {
+    let mut path = e.path.clone();
+    let field = match &e.kind {
+        figment::error::Kind::UnknownField(field, _) => Some(field.clone()),
+        figment::error::Kind::MissingField(field) => Some(field.to_string()),
+        _ => None,
+    };
+    if let Some(field) = field {
+        // figment may put the field first and its parents after it.
+        if let Some(i) = path.iter().position(|p| *p == field) {
+            path.remove(i);
+        }
+        path.push(field);
+    }
+    path
+}
+
+fn remove_path(dict: &mut Dict, path: &[String]) -> bool {
+    match path {
+        [] => false,
+        [key] => dict.remove(key).is_some(),
+        [key, rest @ ..] => match dict.get_mut(key) {
+            Some(Value::Dict(_, inner)) => remove_path(inner, rest),
+            Some(_) => dict.remove(key).is_some(),
+            None => false,
+        },
+    }
+}
+
+fn describe_kind(kind: &figment::error::Kind) -> String {
+    match kind {
+        figment::error::Kind::UnknownField(_, expected) => {
+            format!("unknown key (expected one of: {})", expected.join(", "))
+        }
+        figment::error::Kind::MissingField(_) => "is required but missing".to_owned(),
+        kind => kind.to_string(),
+    }
+}
+
+fn push_issue(figment: &Figment, issues: &mut Vec<ConfigIssue>, path: &[&str], message: String) {
+    let key = path.join(".");
+    let owned: Vec<String> = path.iter().map(|s| (*s).to_owned()).collect();
+    let origin = figment.find_metadata(&key).map_or_else(
+        || {
+            // A missing key has no origin of its own: name where its table came from.
+            let parent = owned[..owned.len().saturating_sub(1)].join(".");
+            figment.find_metadata(&parent).map_or_else(
+                || "built-in default".to_owned(),
+                |md| describe_origin(md, &owned),
+            )
+        },
+        |md| describe_origin(md, &owned),
+    );
+    issues.push(ConfigIssue {
+        key,
+        message,
+        origin,
+    });
 }
 
 fn push_figment_errors(
@@ -307,38 +422,13 @@ fn push_figment_errors(
     issues: &mut Vec<ConfigIssue>,
 ) {
     for e in error {
-        // figment reports section-relative paths in varying orders (the section may come
-        // after the field); rebuild `section.field` from the parts.
-        let prefix: Vec<String> = prefix.iter().map(|s| (*s).to_owned()).collect();
-        let mut relative = e.path.clone();
-        if relative.ends_with(&prefix) {
-            relative.truncate(relative.len() - prefix.len());
-        } else if relative.starts_with(&prefix) {
-            relative.drain(..prefix.len());
-        }
-        let field = match &e.kind {
-            figment::error::Kind::UnknownField(field, _) => Some(field.clone()),
-            figment::error::Kind::MissingField(field) => Some(field.to_string()),
-            _ => None,
-        };
-        if let Some(field) = field {
-            relative.retain(|part| *part != field);
-            relative.push(field);
-        }
-        let path: Vec<String> = prefix.into_iter().chain(relative).collect();
-        let key = path.join(".");
-        let origin = figment
-            .find_metadata(&key)
-            .or(e.metadata.as_ref())
-            .map_or_else(|| "built-in default".to_owned(), |md| describe_origin(md, &path));
-        let message = match &e.kind {
-            figment::error::Kind::UnknownField(_, expected) => {
-                format!("unknown key (expected one of: {})", expected.join(", "))
-            }
-            figment::error::Kind::MissingField(_) => "is required but missing".to_owned(),
-            kind => kind.to_string(),
-        };
-        issues.push(ConfigIssue { key, message, origin });
+        let path = error_path(&e);
+        let full: Vec<&str> = prefix
+            .iter()
+            .copied()
+            .chain(path.iter().map(String::as_str))
+            .collect();
+        push_issue(figment, issues, &full, describe_kind(&e.kind));
     }
 }
 
@@ -351,24 +441,47 @@ fn validate(
     let mut check = Checker { figment, issues };
 
     let r = &raw.restart;
-    check.require(r.initial_delay_ms >= 1, "restart.initial_delay_ms", "must be at least 1");
+    check.require(
+        r.initial_delay_ms >= 1,
+        "restart.initial_delay_ms",
+        "must be at least 1",
+    );
     check.require(
         r.max_delay_ms >= r.initial_delay_ms,
         "restart.max_delay_ms",
         "must be at least restart.initial_delay_ms",
     );
-    check.require(r.multiplier >= 1.0, "restart.multiplier", "must be at least 1.0");
+    check.require(
+        r.multiplier >= 1.0,
+        "restart.multiplier",
+        "must be at least 1.0",
+    );
     check.require(
         (0.0..=1.0).contains(&r.jitter_ratio),
         "restart.jitter_ratio",
         "must be between 0.0 and 1.0",
     );
-    check.require(r.max_restarts >= 1, "restart.max_restarts", "must be at least 1");
-    check.require(r.restart_window_secs >= 1, "restart.restart_window_secs", "must be at least 1");
-    check.require(raw.shutdown_timeout_secs >= 1, "shutdown_timeout_secs", "must be at least 1");
+    check.require(
+        r.max_restarts >= 1,
+        "restart.max_restarts",
+        "must be at least 1",
+    );
+    check.require(
+        r.restart_window_secs >= 1,
+        "restart.restart_window_secs",
+        "must be at least 1",
+    );
+    check.require(
+        raw.shutdown_timeout_secs >= 1,
+        "shutdown_timeout_secs",
+        "must be at least 1",
+    );
 
     if raw.accounts.is_empty() {
-        check.fail("accounts", "no accounts are configured; add an [accounts.<id>] table");
+        check.fail(
+            "accounts",
+            "no accounts are configured; add an [accounts.<id>] table",
+        );
     }
 
     let mut backends = BTreeMap::new();
@@ -390,8 +503,13 @@ fn validate(
             );
         }
         if let Some(user_id) = &account.user_id {
-            let well_formed = user_id.starts_with('@') && user_id.contains(':') && user_id.len() > 3;
-            check.require(well_formed, &format!("{key}.user_id"), "must look like @name:server");
+            let well_formed =
+                user_id.starts_with('@') && user_id.contains(':') && user_id.len() > 3;
+            check.require(
+                well_formed,
+                &format!("{key}.user_id"),
+                "must look like @name:server",
+            );
             if let Some(other) = user_ids.insert(user_id.clone(), id.clone()) {
                 check.fail(
                     &format!("{key}.user_id"),
@@ -400,7 +518,11 @@ fn validate(
             }
         }
         let scheme_ok = matches!(account.homeserver.scheme(), "http" | "https");
-        check.require(scheme_ok, &format!("{key}.homeserver"), "must be an http(s) URL");
+        check.require(
+            scheme_ok,
+            &format!("{key}.homeserver"),
+            "must be an http(s) URL",
+        );
         check.require(
             (1..=300).contains(&account.sync_timeout_secs),
             &format!("{key}.sync_timeout_secs"),
@@ -411,7 +533,10 @@ fn validate(
             &format!("{key}.sync_stall_secs"),
             "must be at least 1",
         );
-        let device_id = account.device_id.clone().unwrap_or_else(|| default_device_id(id));
+        let device_id = account
+            .device_id
+            .clone()
+            .unwrap_or_else(|| default_device_id(id));
         check.require(
             !device_id.is_empty() && !device_id.chars().any(char::is_whitespace),
             &format!("{key}.device_id"),
@@ -419,8 +544,12 @@ fn validate(
         );
 
         let password = check.secret(&key, "password", &account.password, &account.password_file);
-        let token =
-            check.secret(&key, "access_token", &account.access_token, &account.access_token_file);
+        let token = check.secret(
+            &key,
+            "access_token",
+            &account.access_token,
+            &account.access_token_file,
+        );
         let passphrase = check.secret(
             &key,
             "store_passphrase",
@@ -452,7 +581,9 @@ fn validate(
         };
 
         let backend = if account.backend == BUILTIN_ECHO && !backends.contains_key(BUILTIN_ECHO) {
-            Some(BackendSpec::Echo { prefix: String::new() })
+            Some(BackendSpec::Echo {
+                prefix: String::new(),
+            })
         } else if let Some(spec) = backends.get(&account.backend) {
             Some(spec.clone())
         } else {
@@ -506,27 +637,36 @@ fn validate(
 
 /// The device id a password account uses unless `device_id` is set.
 pub fn default_device_id(account_id: &str) -> String {
-    format!("MXFLEET_{}", account_id.to_ascii_uppercase().replace('-', "_"))
+    format!(
+        "MXFLEET_{}",
+        account_id.to_ascii_uppercase().replace('-', "_")
+    )
 }
 
 /// Whether `id` is a valid account id: 1–64 characters of `[a-z0-9_-]`.
 pub fn is_valid_account_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 fn with_account_overrides(spec: BackendSpec, account: &AccountConfig) -> BackendSpec {
     match spec {
-        BackendSpec::Openai { base_url, model, api_key, system_prompt, request_timeout_secs } => {
-            BackendSpec::Openai {
-                base_url,
-                model: account.model.clone().unwrap_or(model),
-                api_key,
-                system_prompt: account.system_prompt.clone().or(system_prompt),
-                request_timeout_secs,
-            }
-        }
+        BackendSpec::Openai {
+            base_url,
+            model,
+            api_key,
+            system_prompt,
+            request_timeout_secs,
+        } => BackendSpec::Openai {
+            base_url,
+            model: account.model.clone().unwrap_or(model),
+            api_key,
+            system_prompt: account.system_prompt.clone().or(system_prompt),
+            request_timeout_secs,
+        },
         echo @ BackendSpec::Echo { .. } => echo,
     }
 }
@@ -539,14 +679,19 @@ struct Checker<'a> {
 impl Checker<'_> {
     fn origin(&self, key: &str) -> String {
         let path: Vec<String> = key.split('.').map(str::to_owned).collect();
-        self.figment
-            .find_metadata(key)
-            .map_or_else(|| "built-in default".to_owned(), |md| describe_origin(md, &path))
+        self.figment.find_metadata(key).map_or_else(
+            || "built-in default".to_owned(),
+            |md| describe_origin(md, &path),
+        )
     }
 
     fn fail(&mut self, key: &str, message: &str) {
         let origin = self.origin(key);
-        self.issues.push(ConfigIssue { key: key.into(), message: message.into(), origin });
+        self.issues.push(ConfigIssue {
+            key: key.into(),
+            message: message.into(),
+            origin,
+        });
     }
 
     fn require(&mut self, ok: bool, key: &str, message: &str) {
@@ -589,7 +734,9 @@ impl Checker<'_> {
     fn backend(&mut self, name: &str, backend: &BackendConfig) -> Option<BackendSpec> {
         let key = format!("backends.{name}");
         match backend {
-            BackendConfig::Echo { prefix } => Some(BackendSpec::Echo { prefix: prefix.clone() }),
+            BackendConfig::Echo { prefix } => Some(BackendSpec::Echo {
+                prefix: prefix.clone(),
+            }),
             BackendConfig::Openai {
                 base_url,
                 model,
@@ -599,8 +746,16 @@ impl Checker<'_> {
                 request_timeout_secs,
             } => {
                 let scheme_ok = matches!(base_url.scheme(), "http" | "https");
-                self.require(scheme_ok, &format!("{key}.base_url"), "must be an http(s) URL");
-                self.require(!model.is_empty(), &format!("{key}.model"), "must not be empty");
+                self.require(
+                    scheme_ok,
+                    &format!("{key}.base_url"),
+                    "must be an http(s) URL",
+                );
+                self.require(
+                    !model.is_empty(),
+                    &format!("{key}.model"),
+                    "must not be empty",
+                );
                 self.require(
                     *request_timeout_secs >= 1,
                     &format!("{key}.request_timeout_secs"),

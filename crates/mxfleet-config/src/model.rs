@@ -187,7 +187,10 @@ impl Default for Config {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::default(), level: defaults::log_level() }
+        Self {
+            format: LogFormat::default(),
+            level: defaults::log_level(),
+        }
     }
 }
 

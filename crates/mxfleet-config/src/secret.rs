@@ -101,7 +101,10 @@ mod tests {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s}"), REDACTED);
         assert_eq!(format!("{s:?}"), REDACTED);
-        assert_eq!(serde_json::to_string(&s).ok().as_deref(), Some("\"[redacted]\""));
+        assert_eq!(
+            serde_json::to_string(&s).ok().as_deref(),
+            Some("\"[redacted]\"")
+        );
         assert_eq!(s.expose(), "hunter2");
     }
 

@@ -1,5 +1,8 @@
 //! Layering and validation tests, each in a `figment::Jail` (a private cwd and environment).
 
+// figment::Jail closures must return figment::Result, whose error is large by design.
+#![allow(clippy::result_large_err)]
+
 use std::path::PathBuf;
 
 use figment::Jail;
@@ -28,7 +31,10 @@ model = "large"
 "#;
 
 fn sources(file: &str) -> Sources {
-    Sources { config_file: Some(PathBuf::from(file)), flags: Flags::default() }
+    Sources {
+        config_file: Some(PathBuf::from(file)),
+        flags: Flags::default(),
+    }
 }
 
 fn issues(err: ConfigError) -> Vec<String> {
@@ -43,9 +49,17 @@ fn reads_a_file_and_resolves_backends() {
         let config = &loaded.config;
         assert_eq!(config.data_dir, PathBuf::from("state"));
         let alice = &config.accounts["alice"];
-        assert_eq!(alice.auth, AccountAuth::Password(crate::Secret::new("pw-alice")));
+        assert_eq!(
+            alice.auth,
+            AccountAuth::Password(crate::Secret::new("pw-alice"))
+        );
         assert_eq!(alice.device_id, "MXFLEET_ALICE");
-        assert_eq!(alice.backend, BackendSpec::Echo { prefix: String::new() });
+        assert_eq!(
+            alice.backend,
+            BackendSpec::Echo {
+                prefix: String::new()
+            }
+        );
         let bob = &config.accounts["bob"];
         assert!(matches!(&bob.backend, BackendSpec::Openai { model, .. } if model == "large"));
         assert_eq!(bob.catch_up_max_age_secs, 600);
@@ -66,7 +80,10 @@ fn precedence_is_file_then_env_then_flags() {
         assert_eq!(loaded.config.log.format, LogFormat::Json);
         // A numeric env value is still a valid secret.
         let alice = &loaded.config.accounts["alice"];
-        assert_eq!(alice.auth, AccountAuth::Password(crate::Secret::new("12345")));
+        assert_eq!(
+            alice.auth,
+            AccountAuth::Password(crate::Secret::new("12345"))
+        );
         assert_eq!(loaded.config.accounts["bob"].sync_timeout_secs, 5);
 
         let flags = Flags {
@@ -74,8 +91,11 @@ fn precedence_is_file_then_env_then_flags() {
             log_format: Some(LogFormat::Human),
             log_level: None,
         };
-        let loaded = load(&Sources { config_file: Some("fleet.toml".into()), flags })
-            .map_err(|e| e.to_string())?;
+        let loaded = load(&Sources {
+            config_file: Some("fleet.toml".into()),
+            flags,
+        })
+        .map_err(|e| e.to_string())?;
         assert_eq!(loaded.config.data_dir, PathBuf::from("from-flag"));
         assert_eq!(loaded.config.log.format, LogFormat::Human);
         Ok(())
@@ -104,6 +124,7 @@ fn every_error_is_reported_with_key_and_origin() {
             homeserver = "http://127.0.0.1:8008"
             passwrd = "typo"
             backend = "echo"
+            catch_up_max_age_secs = -5
             [accounts.bob]
             password = "x"
             backend = "echo"
@@ -114,13 +135,27 @@ fn every_error_is_reported_with_key_and_origin() {
             "#,
         )?;
         jail.set_env("MXFLEET_ACCOUNTS__CAROL__SYNC_TIMEOUT_SECS", "\"long\"");
-        let err = load(&sources("bad.toml")).err().ok_or("expected an error")?;
+        let err = load(&sources("bad.toml"))
+            .err()
+            .ok_or("expected an error")?;
         let text = issues(err);
         let has = |needle: &str| text.iter().any(|l| l.contains(needle));
         assert!(has("shutdown_timeout_secs: invalid type"), "{text:#?}");
-        assert!(text.iter().any(|l| l.starts_with("accounts.alice.passwrd: unknown key")), "{text:#?}");
+        assert!(
+            text.iter()
+                .any(|l| l.starts_with("accounts.alice.passwrd: unknown key")),
+            "{text:#?}"
+        );
         assert!(has("(from file bad.toml)"), "{text:#?}");
-        assert!(has("accounts.bob.homeserver: is required but missing"), "{text:#?}");
+        assert!(
+            has("accounts.alice.catch_up_max_age_secs: invalid"),
+            "{text:#?}"
+        );
+        assert!(
+            has("accounts.bob.homeserver: is required but missing"),
+            "{text:#?}"
+        );
+        assert!(!has("shutdown_timeout_secs: is required"), "{text:#?}");
         assert!(
             has("environment variable MXFLEET_ACCOUNTS__CAROL__SYNC_TIMEOUT_SECS"),
             "{text:#?}"
@@ -155,16 +190,30 @@ fn semantic_errors_are_collected() {
             backend = "echo"
             "#,
         )?;
-        let err = load(&sources("bad.toml")).err().ok_or("expected an error")?;
+        let err = load(&sources("bad.toml"))
+            .err()
+            .ok_or("expected an error")?;
         let text = issues(err);
         let has = |needle: &str| text.iter().any(|l| l.contains(needle));
         assert!(has("restart.jitter_ratio: must be between"), "{text:#?}");
         assert!(has("accounts.Alice: account ids must be"), "{text:#?}");
-        assert!(has("accounts.bob.homeserver: must be an http(s) URL"), "{text:#?}");
-        assert!(has("accounts.bob.backend: no backend named \"missing\""), "{text:#?}");
+        assert!(
+            has("accounts.bob.homeserver: must be an http(s) URL"),
+            "{text:#?}"
+        );
+        assert!(
+            has("accounts.bob.backend: no backend named \"missing\""),
+            "{text:#?}"
+        );
         assert!(has("accounts.bob: needs credentials"), "{text:#?}");
-        assert!(has("accounts.carol: set either a password or an access token"), "{text:#?}");
-        assert!(has("accounts.dave.password_file: cannot read no-such-file"), "{text:#?}");
+        assert!(
+            has("accounts.carol: set either a password or an access token"),
+            "{text:#?}"
+        );
+        assert!(
+            has("accounts.dave.password_file: cannot read no-such-file"),
+            "{text:#?}"
+        );
         Ok(())
     });
 }
@@ -186,15 +235,23 @@ fn secrets_come_from_files_and_never_print() {
         )?;
         let loaded = load(&sources("fleet.toml")).map_err(|e| e.to_string())?;
         let alice = &loaded.config.accounts["alice"];
-        assert_eq!(alice.auth, AccountAuth::Password(crate::Secret::new("file-secret")));
+        assert_eq!(
+            alice.auth,
+            AccountAuth::Password(crate::Secret::new("file-secret"))
+        );
         let described = loaded.describe();
         let debugged = format!("{:?}", loaded.config);
         for text in [&described, &debugged] {
             assert!(!text.contains("file-secret"), "{text}");
             assert!(!text.contains("inline-passphrase"), "{text}");
         }
-        assert!(described.contains("accounts.alice.store_passphrase = \"[redacted]\"  # file fleet.toml"));
-        assert!(described.contains("accounts.alice.catch_up_max_age_secs = 600  # built-in default"));
+        assert!(
+            described
+                .contains("accounts.alice.store_passphrase = \"[redacted]\"  # file fleet.toml")
+        );
+        assert!(
+            described.contains("accounts.alice.catch_up_max_age_secs = 600  # built-in default")
+        );
         Ok(())
     });
 }
@@ -202,8 +259,14 @@ fn secrets_come_from_files_and_never_print() {
 #[test]
 fn missing_explicit_file_and_duplicate_users_are_errors() {
     Jail::expect_with(|jail| {
-        let err = load(&sources("absent.toml")).err().ok_or("expected an error")?;
-        assert!(issues(err).iter().any(|l| l.contains("absent.toml does not exist")));
+        let err = load(&sources("absent.toml"))
+            .err()
+            .ok_or("expected an error")?;
+        assert!(
+            issues(err)
+                .iter()
+                .any(|l| l.contains("absent.toml does not exist"))
+        );
 
         jail.create_file(
             "dup.toml",
@@ -220,9 +283,14 @@ fn missing_explicit_file_and_duplicate_users_are_errors() {
             backend = "echo"
             "#,
         )?;
-        let err = load(&sources("dup.toml")).err().ok_or("expected an error")?;
-        assert!(issues(err).iter().any(|l| l.contains("is also used by account a")));
+        let err = load(&sources("dup.toml"))
+            .err()
+            .ok_or("expected an error")?;
+        assert!(
+            issues(err)
+                .iter()
+                .any(|l| l.contains("is also used by account a"))
+        );
         Ok(())
     });
 }
-

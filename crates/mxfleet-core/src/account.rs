@@ -88,12 +88,20 @@ impl Actor for AccountActor {
         myself: ActorRef<AccountMsg>,
         args: AccountArgs,
     ) -> Result<AccountRuntime, ActorProcessingErr> {
-        args.board.transition(&args.spec.id, AccountState::Starting, None);
+        args.board
+            .transition(&args.spec.id, AccountState::Starting, None);
         // Nothing that can fail on the network happens here: a failing pre_start counts as a
         // crash, and auth failures must end the account normally instead.
         myself.cast(AccountMsg::Connect)?;
         let tracker = RestartTracker::new(args.policy.clone());
-        Ok(AccountRuntime { args, connection: None, sync: None, responder: None, tracker, pending_loaded: false })
+        Ok(AccountRuntime {
+            args,
+            connection: None,
+            sync: None,
+            responder: None,
+            tracker,
+            pending_loaded: false,
+        })
     }
 
     async fn handle(
@@ -106,13 +114,19 @@ impl Actor for AccountActor {
         async {
             match message {
                 AccountMsg::Connect => state.start_connect(&myself),
-                AccountMsg::Connected(Ok(connection)) => state.on_connected(&myself, connection).await,
-                AccountMsg::Connected(Err(failure)) => state.on_failure(&myself, failure, Retry::Connect).await,
+                AccountMsg::Connected(Ok(connection)) => {
+                    state.on_connected(&myself, connection).await
+                }
+                AccountMsg::Connected(Err(failure)) => {
+                    state.on_failure(&myself, failure, Retry::Connect).await
+                }
                 AccountMsg::StartSync => state.start_sync(&myself).await,
                 AccountMsg::Synced { fresh, invites } => {
                     state.join_invites(invites);
                     if let Some(responder) = state.responder.as_mut() {
-                        fresh.into_iter().for_each(|entry| responder.dispatch(entry));
+                        fresh
+                            .into_iter()
+                            .for_each(|entry| responder.dispatch(entry));
                     }
                 }
             }
@@ -128,16 +142,27 @@ impl Actor for AccountActor {
         event: SupervisionEvent,
         state: &mut AccountRuntime,
     ) -> Result<(), ActorProcessingErr> {
-        let is_sync = |cell: &ractor::ActorCell| state.sync.as_ref().is_some_and(|s| s.get_id() == cell.get_id());
+        let is_sync = |cell: &ractor::ActorCell| {
+            state
+                .sync
+                .as_ref()
+                .is_some_and(|s| s.get_id() == cell.get_id())
+        };
         match event {
             SupervisionEvent::ActorFailed(cell, error) if is_sync(&cell) => {
                 state.sync = None;
                 let failure = match error.downcast_ref::<MatrixFailure>() {
                     Some(failure) => failure.clone(),
-                    None => MatrixFailure::new(FailureClass::Transient, format!("sync actor crashed: {error}")),
+                    None => MatrixFailure::new(
+                        FailureClass::Transient,
+                        format!("sync actor crashed: {error}"),
+                    ),
                 };
                 let span = info_span!("account", account = %state.args.spec.id);
-                state.on_failure(&myself, failure, Retry::Sync).instrument(span).await;
+                state
+                    .on_failure(&myself, failure, Retry::Sync)
+                    .instrument(span)
+                    .await;
             }
             SupervisionEvent::ActorTerminated(cell, _, reason) if is_sync(&cell) => {
                 state.sync = None;
@@ -156,14 +181,24 @@ impl Actor for AccountActor {
     ) -> Result<(), ActorProcessingErr> {
         // Reverse order of start: first the sync (no new work), then the replies in flight.
         if let Some(sync) = state.sync.take() {
-            let _ = sync.stop_and_wait(Some(REASON_STOPPED.into()), Some(DRAIN_DEADLINE)).await;
+            let _ = sync
+                .stop_and_wait(Some(REASON_STOPPED.into()), Some(DRAIN_DEADLINE))
+                .await;
         }
         if let Some(responder) = state.responder.take() {
             responder.shutdown(DRAIN_DEADLINE).await;
         }
         let id = &state.args.spec.id;
-        state.args.board.update(id, |s| s.sync = ChildState::Stopped);
-        if state.args.board.account(id).is_some_and(|s| !matches!(s.state, AccountState::AuthFailed | AccountState::Failed)) {
+        state
+            .args
+            .board
+            .update(id, |s| s.sync = ChildState::Stopped);
+        if state
+            .args
+            .board
+            .account(id)
+            .is_some_and(|s| !matches!(s.state, AccountState::AuthFailed | AccountState::Failed))
+        {
             state.args.board.transition(id, AccountState::Stopped, None);
         }
         Ok(())
@@ -183,8 +218,14 @@ impl AccountRuntime {
     }
 
     fn start_connect(&mut self, myself: &ActorRef<AccountMsg>) {
-        self.args.board.transition(self.id(), AccountState::Connecting, None);
-        let (spec, store, data_dir) = (self.args.spec.clone(), self.args.store.clone(), self.args.data_dir.clone());
+        self.args
+            .board
+            .transition(self.id(), AccountState::Connecting, None);
+        let (spec, store, data_dir) = (
+            self.args.spec.clone(),
+            self.args.store.clone(),
+            self.args.data_dir.clone(),
+        );
         let me = myself.clone();
         let span = info_span!(parent: None, "connect", account = %spec.id);
         tokio::spawn(
@@ -197,7 +238,10 @@ impl AccountRuntime {
     }
 
     async fn on_connected(&mut self, myself: &ActorRef<AccountMsg>, connection: Connection) {
-        let (user_id, device_id) = (connection.user_id.to_string(), connection.device_id.to_string());
+        let (user_id, device_id) = (
+            connection.user_id.to_string(),
+            connection.device_id.to_string(),
+        );
         self.args.board.update(self.id(), |s| {
             s.user_id = Some(user_id);
             s.device_id = Some(device_id);
@@ -221,9 +265,14 @@ impl AccountRuntime {
                         error!(error = %e, "corrupt inbox entry left in place");
                     }
                     if !pending.is_empty() {
-                        info!(count = pending.len(), "answering messages left pending by the last run");
+                        info!(
+                            count = pending.len(),
+                            "answering messages left pending by the last run"
+                        );
                     }
-                    pending.into_iter().for_each(|entry| responder.dispatch(entry));
+                    pending
+                        .into_iter()
+                        .for_each(|entry| responder.dispatch(entry));
                     self.pending_loaded = true;
                 }
                 Err(e) => error!(error = %e, "could not read pending messages"),
@@ -235,7 +284,9 @@ impl AccountRuntime {
     }
 
     async fn start_sync(&mut self, myself: &ActorRef<AccountMsg>) {
-        let Some(connection) = &self.connection else { return };
+        let Some(connection) = &self.connection else {
+            return;
+        };
         if self.sync.is_some() {
             return;
         }
@@ -251,40 +302,73 @@ impl AccountRuntime {
             Ok((sync, _)) => {
                 self.tracker.started(Instant::now());
                 self.sync = Some(sync);
-                self.args.board.update(self.id(), |s| s.sync = ChildState::Running);
+                self.args
+                    .board
+                    .update(self.id(), |s| s.sync = ChildState::Running);
             }
             Err(e) => {
-                let failure = MatrixFailure::new(FailureClass::Transient, format!("could not start the sync actor: {e}"));
+                let failure = MatrixFailure::new(
+                    FailureClass::Transient,
+                    format!("could not start the sync actor: {e}"),
+                );
                 self.on_failure(myself, failure, Retry::Sync).await;
             }
         }
     }
 
-    async fn on_failure(&mut self, myself: &ActorRef<AccountMsg>, failure: MatrixFailure, retry: Retry) {
+    async fn on_failure(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        failure: MatrixFailure,
+        retry: Retry,
+    ) {
         let has_password = matches!(self.args.spec.auth, AccountAuth::Password(_));
         match failure.class {
             FailureClass::Auth { soft_logout: true } if has_password => {
                 warn!(error = %failure, "soft logout: logging in again into the same device");
                 if let Err(e) = self.mark_relogin().await {
-                    return self.end(myself, AccountState::Failed, format!("{failure}; and {e}"), REASON_FAILED);
+                    return self.end(
+                        myself,
+                        AccountState::Failed,
+                        format!("{failure}; and {e}"),
+                        REASON_FAILED,
+                    );
                 }
                 self.connection = None;
                 self.schedule(myself, failure, Retry::Connect, None);
             }
-            FailureClass::Auth { .. } => {
-                self.end(myself, AccountState::AuthFailed, failure.to_string(), REASON_AUTH_FAILED)
-            }
-            FailureClass::Fatal => self.end(myself, AccountState::Failed, failure.to_string(), REASON_FAILED),
+            FailureClass::Auth { .. } => self.end(
+                myself,
+                AccountState::AuthFailed,
+                failure.to_string(),
+                REASON_AUTH_FAILED,
+            ),
+            FailureClass::Fatal => self.end(
+                myself,
+                AccountState::Failed,
+                failure.to_string(),
+                REASON_FAILED,
+            ),
             FailureClass::RateLimited(after) => self.schedule(myself, failure, retry, after),
             FailureClass::Transient => self.schedule(myself, failure, retry, None),
         }
     }
 
     /// Restarts `retry` after the backoff.
-    fn schedule(&mut self, myself: &ActorRef<AccountMsg>, failure: MatrixFailure, retry: Retry, at_least: Option<Duration>) {
-        let decision = self.tracker.failed(Instant::now(), rand::random::<f64>(), at_least);
+    fn schedule(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        failure: MatrixFailure,
+        retry: Retry,
+        at_least: Option<Duration>,
+    ) {
+        let decision = self
+            .tracker
+            .failed(Instant::now(), rand::random::<f64>(), at_least);
         let until = now_ms() + decision.delay.as_millis() as u64;
-        self.args.board.transition(self.id(), AccountState::Backoff, Some(failure.to_string()));
+        self.args
+            .board
+            .transition(self.id(), AccountState::Backoff, Some(failure.to_string()));
         self.args.board.update(self.id(), |s| {
             s.backoff_until_ms = Some(until);
             s.restarts += 1;
@@ -307,7 +391,13 @@ impl AccountRuntime {
     }
 
     /// Ends the account without a crash, so nothing restarts it.
-    fn end(&mut self, myself: &ActorRef<AccountMsg>, state: AccountState, error: String, reason: &str) {
+    fn end(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        state: AccountState,
+        error: String,
+        reason: &str,
+    ) {
         error!(%error, "account stopped: {reason}");
         self.args.board.transition(self.id(), state, Some(error));
         myself.stop(Some(reason.to_owned()));
@@ -322,10 +412,13 @@ impl AccountRuntime {
     }
 
     fn join_invites(&self, invites: Vec<OwnedRoomId>) {
-        let Some(connection) = &self.connection else { return };
+        let Some(connection) = &self.connection else {
+            return;
+        };
         for room_id in invites {
             let client = connection.client.clone();
-            let span = info_span!(parent: None, "join", account = %self.args.spec.id, room = %room_id);
+            let span =
+                info_span!(parent: None, "join", account = %self.args.spec.id, room = %room_id);
             tokio::spawn(
                 async move {
                     use backon::{ExponentialBuilder, Retryable};

@@ -15,7 +15,9 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::{
-    account::{AccountActor, AccountArgs, AccountMsg, REASON_AUTH_FAILED, REASON_FAILED, REASON_STOPPED},
+    account::{
+        AccountActor, AccountArgs, AccountMsg, REASON_AUTH_FAILED, REASON_FAILED, REASON_STOPPED,
+    },
     restart::{RestartPolicy, RestartTracker},
     status::{AccountState, FleetStatus, StatusBoard},
 };
@@ -79,7 +81,14 @@ impl Actor for FleetSupervisor {
             let configured = spec.user_id.clone();
             args.board.update(&id, |s| s.user_id = configured);
             myself.cast(FleetMsg::StartAccount(id.clone()))?;
-            slots.insert(id, Slot { spec: Arc::new(spec), actor: None, tracker: RestartTracker::new(policy.clone()) });
+            slots.insert(
+                id,
+                Slot {
+                    spec: Arc::new(spec),
+                    actor: None,
+                    tracker: RestartTracker::new(policy.clone()),
+                },
+            );
         }
         info!(accounts = slots.len(), "fleet starting");
         Ok(FleetState {
@@ -119,30 +128,41 @@ impl Actor for FleetSupervisor {
             SupervisionEvent::ActorFailed(cell, error) => (cell, Some(error.to_string())),
             SupervisionEvent::ActorTerminated(cell, _, reason) => match reason.as_deref() {
                 Some(REASON_AUTH_FAILED | REASON_FAILED | REASON_STOPPED) => (cell, None),
-                other => (cell, Some(format!("account actor stopped unexpectedly ({other:?})"))),
+                other => (
+                    cell,
+                    Some(format!("account actor stopped unexpectedly ({other:?})")),
+                ),
             },
             _ => return Ok(()),
         };
-        let Some((id, slot)) = state
-            .slots
-            .iter_mut()
-            .find(|(_, slot)| slot.actor.as_ref().is_some_and(|a| a.get_id() == cell.get_id()))
-        else {
+        let Some((id, slot)) = state.slots.iter_mut().find(|(_, slot)| {
+            slot.actor
+                .as_ref()
+                .is_some_and(|a| a.get_id() == cell.get_id())
+        }) else {
             return Ok(());
         };
         slot.actor = None;
-        let Some(failure) = failure else { return Ok(()) };
+        let Some(failure) = failure else {
+            return Ok(());
+        };
         // The account crashed: restart it alone, after its own backoff.
-        let decision = slot.tracker.failed(Instant::now(), rand::random::<f64>(), None);
+        let decision = slot
+            .tracker
+            .failed(Instant::now(), rand::random::<f64>(), None);
         error!(account = %id, error = %failure, delay_ms = decision.delay.as_millis() as u64, parked = decision.parked, "account crashed; restarting");
-        state.board.transition(id, AccountState::Backoff, Some(failure));
+        state
+            .board
+            .transition(id, AccountState::Backoff, Some(failure));
         let until = now_ms() + decision.delay.as_millis() as u64;
         state.board.update(id, |s| {
             s.backoff_until_ms = Some(until);
             s.restarts += 1;
         });
         let id = id.clone();
-        ractor::time::send_after(decision.delay, myself.get_cell(), move || FleetMsg::StartAccount(id));
+        ractor::time::send_after(decision.delay, myself.get_cell(), move || {
+            FleetMsg::StartAccount(id)
+        });
         Ok(())
     }
 
@@ -156,7 +176,9 @@ impl Actor for FleetSupervisor {
             let actor = slot.actor.take()?;
             let id = id.clone();
             Some(async move {
-                let done = actor.stop_and_wait(Some(REASON_STOPPED.into()), Some(deadline)).await;
+                let done = actor
+                    .stop_and_wait(Some(REASON_STOPPED.into()), Some(deadline))
+                    .await;
                 if done.is_err() {
                     warn!(account = %id, "account did not stop within the deadline; killing it");
                     actor.kill();
@@ -172,14 +194,17 @@ impl Actor for FleetSupervisor {
 
 impl FleetState {
     async fn start_account(&mut self, myself: &ActorRef<FleetMsg>, id: &str) {
-        let Some(slot) = self.slots.get_mut(id) else { return };
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
         if slot.actor.is_some() {
             return;
         }
         let backend = match mxfleet_backend::build(&slot.spec.backend) {
             Ok(backend) => backend,
             Err(e) => {
-                self.board.transition(id, AccountState::Failed, Some(e.to_string()));
+                self.board
+                    .transition(id, AccountState::Failed, Some(e.to_string()));
                 return;
             }
         };
@@ -191,16 +216,31 @@ impl FleetState {
             policy: self.policy.clone(),
             backend,
         };
-        match Actor::spawn_linked(Some(format!("account:{id}")), AccountActor, args, myself.get_cell()).await {
+        match Actor::spawn_linked(
+            Some(format!("account:{id}")),
+            AccountActor,
+            args,
+            myself.get_cell(),
+        )
+        .await
+        {
             Ok((actor, _)) => {
                 slot.tracker.started(Instant::now());
                 slot.actor = Some(actor);
             }
             Err(e) => {
-                let decision = slot.tracker.failed(Instant::now(), rand::random::<f64>(), None);
-                self.board.transition(id, AccountState::Backoff, Some(format!("could not start: {e}")));
+                let decision = slot
+                    .tracker
+                    .failed(Instant::now(), rand::random::<f64>(), None);
+                self.board.transition(
+                    id,
+                    AccountState::Backoff,
+                    Some(format!("could not start: {e}")),
+                );
                 let id = id.to_owned();
-                ractor::time::send_after(decision.delay, myself.get_cell(), move || FleetMsg::StartAccount(id));
+                ractor::time::send_after(decision.delay, myself.get_cell(), move || {
+                    FleetMsg::StartAccount(id)
+                });
             }
         }
     }

@@ -62,7 +62,12 @@ impl Responder {
             catch_up_max_age_ms: catch_up_max_age_secs.saturating_mul(1000),
         });
         let (stop, _) = watch::channel(false);
-        Self { context, queues: HashMap::new(), workers: JoinSet::new(), stop }
+        Self {
+            context,
+            queues: HashMap::new(),
+            workers: JoinSet::new(),
+            stop,
+        }
     }
 
     /// Queues `entry` for an answer, or skips it if it is too old.
@@ -91,7 +96,8 @@ impl Responder {
         let queue = self.queues.entry(room.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             let span = info_span!(parent: None, "room", account = %ctx.account, room = %room);
-            self.workers.spawn(room_worker(ctx.clone(), rx, self.stop.subscribe()).instrument(span));
+            self.workers
+                .spawn(room_worker(ctx.clone(), rx, self.stop.subscribe()).instrument(span));
             tx
         });
         if queue.send(entry).is_err() {
@@ -104,7 +110,10 @@ impl Responder {
     fn record_skip(&self, event_id: String, reason: String) {
         let (store, account) = (self.context.store.clone(), self.context.account.clone());
         tokio::spawn(async move {
-            if let Err(e) = store.finish(&account, &event_id, InboxState::Skipped { reason }).await {
+            if let Err(e) = store
+                .finish(&account, &event_id, InboxState::Skipped { reason })
+                .await
+            {
                 warn!(%account, %event_id, error = %e, "could not record a skipped message");
             }
         });
@@ -149,14 +158,31 @@ async fn room_worker(
 /// Answers one message and records the outcome.
 async fn answer(ctx: &ReplyContext, message: InboundMessage) {
     let Ok(room_id) = OwnedRoomId::try_from(message.room_id.as_str()) else {
-        return finish(ctx, &message.event_id, InboxState::Skipped { reason: "bad room id".into() }).await;
+        return finish(
+            ctx,
+            &message.event_id,
+            InboxState::Skipped {
+                reason: "bad room id".into(),
+            },
+        )
+        .await;
     };
     let Some(room) = ctx.client.get_room(&room_id) else {
-        return finish(ctx, &message.event_id, InboxState::Skipped { reason: "not in the room".into() }).await;
+        return finish(
+            ctx,
+            &message.event_id,
+            InboxState::Skipped {
+                reason: "not in the room".into(),
+            },
+        )
+        .await;
     };
 
     let request = ChatRequest {
-        messages: vec![ChatMessage { role: Role::User, content: message.body.clone() }],
+        messages: vec![ChatMessage {
+            role: Role::User,
+            content: message.body.clone(),
+        }],
     };
     let started = std::time::Instant::now();
     let text = match collect(ctx.backend.as_ref(), request).await {
@@ -183,9 +209,18 @@ async fn answer(ctx: &ReplyContext, message: InboundMessage) {
         Ok(reply_event_id) => {
             info!(backend_ms, reply = %reply_event_id, "answered");
             ctx.board.update(&ctx.account, |s| s.replies_out += 1);
-            finish(ctx, &message.event_id, InboxState::Answered { reply_event_id: reply_event_id.to_string() }).await;
+            finish(
+                ctx,
+                &message.event_id,
+                InboxState::Answered {
+                    reply_event_id: reply_event_id.to_string(),
+                },
+            )
+            .await;
         }
-        Err(e) => error!(error = %e, "could not send the reply; it stays pending until the next start"),
+        Err(e) => {
+            error!(error = %e, "could not send the reply; it stays pending until the next start")
+        }
     }
 }
 

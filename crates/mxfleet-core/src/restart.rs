@@ -83,7 +83,12 @@ impl RestartPolicy {
 impl RestartTracker {
     /// A tracker with nothing recorded.
     pub fn new(policy: RestartPolicy) -> Self {
-        Self { policy, consecutive: 0, recent: VecDeque::new(), started_at: None }
+        Self {
+            policy,
+            consecutive: 0,
+            recent: VecDeque::new(),
+            started_at: None,
+        }
     }
 
     /// Records that the subject (re)started at `now`.
@@ -93,7 +98,12 @@ impl RestartTracker {
 
     /// Records a failure at `now` and decides the delay. `unit` is a uniform random sample in
     /// [0, 1); `at_least` is a server-imposed minimum (429 `retry_after`).
-    pub fn failed(&mut self, now: Instant, unit: f64, at_least: Option<Duration>) -> RestartDecision {
+    pub fn failed(
+        &mut self,
+        now: Instant,
+        unit: f64,
+        at_least: Option<Duration>,
+    ) -> RestartDecision {
         let healthy = self
             .started_at
             .is_some_and(|start| now.saturating_duration_since(start) >= self.policy.healthy_after);
@@ -103,7 +113,11 @@ impl RestartTracker {
         self.started_at = None;
         self.consecutive = self.consecutive.saturating_add(1);
 
-        while self.recent.front().is_some_and(|&t| now.saturating_duration_since(t) > self.policy.window) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|&t| now.saturating_duration_since(t) > self.policy.window)
+        {
             self.recent.pop_front();
         }
         self.recent.push_back(now);
@@ -112,10 +126,15 @@ impl RestartTracker {
         let delay = if parked {
             self.policy.max
         } else {
-            self.policy.jittered(self.policy.base_delay(self.consecutive), unit)
+            self.policy
+                .jittered(self.policy.base_delay(self.consecutive), unit)
         };
         let delay = at_least.map_or(delay, |min| delay.max(min));
-        RestartDecision { delay, attempt: self.consecutive, parked }
+        RestartDecision {
+            delay,
+            attempt: self.consecutive,
+            parked,
+        }
     }
 
     /// Consecutive failures without a healthy run in between.
@@ -143,8 +162,13 @@ mod tests {
     #[test]
     fn delays_grow_exponentially_up_to_the_cap() {
         let p = policy();
-        let delays: Vec<u64> = (1..=9).map(|n| p.base_delay(n).as_millis() as u64).collect();
-        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
+        let delays: Vec<u64> = (1..=9)
+            .map(|n| p.base_delay(n).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            delays,
+            [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]
+        );
         assert_eq!(p.base_delay(u32::MAX), p.max);
     }
 
@@ -154,7 +178,10 @@ mod tests {
         let base = Duration::from_secs(10);
         for i in 0..100 {
             let d = p.jittered(base, f64::from(i) / 100.0);
-            assert!(d >= Duration::from_secs(8) && d <= Duration::from_secs(12), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(8) && d <= Duration::from_secs(12),
+                "{d:?}"
+            );
         }
         assert!(p.jittered(p.max, 0.999) <= p.max);
     }
@@ -166,7 +193,10 @@ mod tests {
         t.started(start);
         assert_eq!(t.failed(start, 0.5, None).delay, Duration::from_millis(500));
         t.started(start + Duration::from_secs(1));
-        assert_eq!(t.failed(start + Duration::from_secs(2), 0.5, None).delay, Duration::from_secs(1));
+        assert_eq!(
+            t.failed(start + Duration::from_secs(2), 0.5, None).delay,
+            Duration::from_secs(1)
+        );
         // Runs for longer than healthy_after, then fails: back to the first delay.
         t.started(start + Duration::from_secs(3));
         let d = t.failed(start + Duration::from_secs(100), 0.5, None);

@@ -113,9 +113,18 @@ impl StatusBoard {
     /// An empty board.
     pub fn new() -> Self {
         let now = now_ms();
-        let status =
-            FleetStatus { pid: std::process::id(), started_ms: now, updated_ms: now, accounts: BTreeMap::new() };
-        Self { inner: Arc::new(Mutex::new(Board { status, dirty: true })) }
+        let status = FleetStatus {
+            pid: std::process::id(),
+            started_ms: now,
+            updated_ms: now,
+            accounts: BTreeMap::new(),
+        };
+        Self {
+            inner: Arc::new(Mutex::new(Board {
+                status,
+                dirty: true,
+            })),
+        }
     }
 
     /// Moves `account` to `state`, recording `error` (or clearing it when `None` and the state
@@ -123,20 +132,24 @@ impl StatusBoard {
     pub fn transition(&self, account: &str, state: AccountState, error: Option<String>) {
         let mut board = self.lock();
         let now = now_ms();
-        let entry = board.status.accounts.entry(account.to_owned()).or_insert_with(|| AccountStatus {
-            state,
-            since_ms: now,
-            user_id: None,
-            device_id: None,
-            last_error: None,
-            restarts: 0,
-            backoff_until_ms: None,
-            last_sync_ms: None,
-            sync: ChildState::Stopped,
-            messages_in: 0,
-            replies_out: 0,
-            skipped_old: 0,
-        });
+        let entry = board
+            .status
+            .accounts
+            .entry(account.to_owned())
+            .or_insert_with(|| AccountStatus {
+                state,
+                since_ms: now,
+                user_id: None,
+                device_id: None,
+                last_error: None,
+                restarts: 0,
+                backoff_until_ms: None,
+                last_sync_ms: None,
+                sync: ChildState::Stopped,
+                messages_in: 0,
+                replies_out: 0,
+                skipped_old: 0,
+            });
         let previous = entry.state;
         if previous != state {
             entry.since_ms = now;
@@ -154,7 +167,9 @@ impl StatusBoard {
             (AccountState::AuthFailed | AccountState::Failed, Some(e)) => {
                 warn!(account, from = ?previous, to = ?state, error = %e, "account state changed")
             }
-            (_, Some(e)) => info!(account, from = ?previous, to = ?state, error = %e, "account state changed"),
+            (_, Some(e)) => {
+                info!(account, from = ?previous, to = ?state, error = %e, "account state changed")
+            }
             (_, None) => info!(account, from = ?previous, to = ?state, "account state changed"),
         }
     }
@@ -171,7 +186,11 @@ impl StatusBoard {
     /// Whether `user_id` belongs to one of the fleet's own accounts. Bots of one fleet never
     /// answer each other: two of them in a room would otherwise talk forever.
     pub fn is_fleet_user(&self, user_id: &str) -> bool {
-        self.lock().status.accounts.values().any(|s| s.user_id.as_deref() == Some(user_id))
+        self.lock()
+            .status
+            .accounts
+            .values()
+            .any(|s| s.user_id.as_deref() == Some(user_id))
     }
 
     /// The status of one account.
@@ -232,7 +251,9 @@ impl StatusBoard {
 
     fn lock(&self) -> MutexGuard<'_, Board> {
         // A panic while holding this lock leaves plain data behind; keep using it.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

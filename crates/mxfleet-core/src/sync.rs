@@ -120,24 +120,30 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
 
     loop {
         let first_sync = token.is_none();
-        let mut settings = SyncSettings::default().timeout(long_poll).filter(filter.clone().into());
+        let mut settings = SyncSettings::default()
+            .timeout(long_poll)
+            .filter(filter.clone().into());
         if let Some(token) = &token {
             settings = settings.token(token.clone());
         }
-        let response = match tokio::time::timeout(stall_after, args.client.sync_once(settings)).await {
-            Err(_) => {
-                return MatrixFailure::new(
-                    FailureClass::Transient,
-                    format!("sync stalled: no answer within {} s", stall_after.as_secs()),
-                );
-            }
-            Ok(Err(e)) => return MatrixFailure::from_sdk("sync", &e),
-            Ok(Ok(response)) => response,
-        };
+        let response =
+            match tokio::time::timeout(stall_after, args.client.sync_once(settings)).await {
+                Err(_) => {
+                    return MatrixFailure::new(
+                        FailureClass::Transient,
+                        format!("sync stalled: no answer within {} s", stall_after.as_secs()),
+                    );
+                }
+                Ok(Err(e)) => return MatrixFailure::from_sdk("sync", &e),
+                Ok(Ok(response)) => response,
+            };
 
         let mut entries = Vec::new();
         if first_sync {
-            info!(rooms = response.rooms.joined.len(), "first sync: existing history is not answered");
+            info!(
+                rooms = response.rooms.joined.len(),
+                "first sync: existing history is not answered"
+            );
         } else {
             for (room_id, update) in &response.rooms.joined {
                 for event in &update.timeline.events {
@@ -153,7 +159,11 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
         }
         let invites: Vec<OwnedRoomId> = response.rooms.invited.keys().cloned().collect();
 
-        let fresh = match args.store.commit_sync(account, &response.next_batch, entries).await {
+        let fresh = match args
+            .store
+            .commit_sync(account, &response.next_batch, entries)
+            .await
+        {
             Ok(fresh) => fresh,
             Err(e) => return MatrixFailure::new(FailureClass::Fatal, e.to_string()),
         };
@@ -165,10 +175,14 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
             healthy = true;
             args.board.transition(account, AccountState::Syncing, None);
         }
-        if !(fresh.is_empty() && invites.is_empty()) {
-            if args.parent.cast(AccountMsg::Synced { fresh, invites }).is_err() {
-                return MatrixFailure::new(FailureClass::Transient, "the account actor is gone");
-            }
+        let news = !(fresh.is_empty() && invites.is_empty());
+        if news
+            && args
+                .parent
+                .cast(AccountMsg::Synced { fresh, invites })
+                .is_err()
+        {
+            return MatrixFailure::new(FailureClass::Transient, "the account actor is gone");
         }
     }
 }

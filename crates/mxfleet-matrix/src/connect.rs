@@ -61,13 +61,20 @@ pub async fn connect(
     let client = Client::builder()
         .homeserver_url(spec.homeserver.as_str())
         .sqlite_store(&store_dir, Some(&passphrase))
-        .request_config(RequestConfig::new().timeout(REQUEST_TIMEOUT).retry_limit(SDK_RETRY_LIMIT))
+        .request_config(
+            RequestConfig::new()
+                .timeout(REQUEST_TIMEOUT)
+                .retry_limit(SDK_RETRY_LIMIT),
+        )
         .build()
         .await
         .map_err(|e| {
             MatrixFailure::new(
                 FailureClass::Fatal,
-                format!("cannot open the matrix store at {}: {e}", store_dir.display()),
+                format!(
+                    "cannot open the matrix store at {}: {e}",
+                    store_dir.display()
+                ),
             )
         })?;
 
@@ -100,7 +107,10 @@ async fn restore(client: Client, session: StoredSession) -> Result<Connection, M
     let user_id = parse_user_id(&session.user_id)?;
     let device_id: OwnedDeviceId = session.device_id.as_str().into();
     let matrix_session = MatrixSession {
-        meta: SessionMeta { user_id: user_id.clone(), device_id: device_id.clone() },
+        meta: SessionMeta {
+            user_id: user_id.clone(),
+            device_id: device_id.clone(),
+        },
         tokens: SessionTokens {
             access_token: session.access_token,
             refresh_token: session.refresh_token,
@@ -111,7 +121,12 @@ async fn restore(client: Client, session: StoredSession) -> Result<Connection, M
         .await
         .map_err(|e| store_failure("restoring the session", &e))?;
     info!(user_id = %user_id, device_id = %device_id, "restored stored session");
-    Ok(Connection { client, user_id, device_id, logged_in: false })
+    Ok(Connection {
+        client,
+        user_id,
+        device_id,
+        logged_in: false,
+    })
 }
 
 async fn login_with_password(
@@ -177,12 +192,19 @@ async fn adopt_access_token(
         .timeout(REQUEST_TIMEOUT)
         .send()
         .await
-        .map_err(|e| MatrixFailure::new(FailureClass::Transient, format!("whoami: {}", e.without_url())))?;
+        .map_err(|e| {
+            MatrixFailure::new(
+                FailureClass::Transient,
+                format!("whoami: {}", e.without_url()),
+            )
+        })?;
     let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| MatrixFailure::new(FailureClass::Transient, format!("whoami: {}", e.without_url())))?;
+    let body = response.bytes().await.map_err(|e| {
+        MatrixFailure::new(
+            FailureClass::Transient,
+            format!("whoami: {}", e.without_url()),
+        )
+    })?;
     if status.as_u16() == 401 || status.as_u16() == 403 {
         return Err(MatrixFailure::new(
             FailureClass::Auth { soft_logout: false },
@@ -190,18 +212,31 @@ async fn adopt_access_token(
         ));
     }
     if !status.is_success() {
-        let class = if status.is_server_error() { FailureClass::Transient } else { FailureClass::Fatal };
+        let class = if status.is_server_error() {
+            FailureClass::Transient
+        } else {
+            FailureClass::Fatal
+        };
         return Err(MatrixFailure::new(class, format!("whoami: HTTP {status}")));
     }
-    let who: WhoAmI = serde_json::from_slice(&body)
-        .map_err(|e| MatrixFailure::new(FailureClass::Transient, format!("whoami: bad response: {e}")))?;
-    if let Some(expected) = &spec.user_id {
-        if who.user_id.as_str() != expected {
-            return Err(MatrixFailure::new(
-                FailureClass::Fatal,
-                format!("the access token belongs to {}, not to the configured {expected}", who.user_id),
-            ));
-        }
+    let who: WhoAmI = serde_json::from_slice(&body).map_err(|e| {
+        MatrixFailure::new(
+            FailureClass::Transient,
+            format!("whoami: bad response: {e}"),
+        )
+    })?;
+    if let Some(expected) = spec
+        .user_id
+        .as_ref()
+        .filter(|e| who.user_id.as_str() != e.as_str())
+    {
+        return Err(MatrixFailure::new(
+            FailureClass::Fatal,
+            format!(
+                "the access token belongs to {}, not to the configured {expected}",
+                who.user_id
+            ),
+        ));
     }
     let Some(device_id) = who.device_id else {
         return Err(MatrixFailure::new(
@@ -231,7 +266,10 @@ async fn adopt_access_token(
 
 fn parse_user_id(raw: &str) -> Result<OwnedUserId, MatrixFailure> {
     raw.try_into().map_err(|e| {
-        MatrixFailure::new(FailureClass::Fatal, format!("stored user id {raw:?} is invalid: {e}"))
+        MatrixFailure::new(
+            FailureClass::Fatal,
+            format!("stored user id {raw:?} is invalid: {e}"),
+        )
     })
 }
 
@@ -239,7 +277,10 @@ fn parse_user_id(raw: &str) -> Result<OwnedUserId, MatrixFailure> {
 /// store that belongs to another device.
 fn store_failure(context: &str, error: &matrix_sdk::Error) -> MatrixFailure {
     let mut failure = MatrixFailure::from_sdk(context, error);
-    if matches!(error, matrix_sdk::Error::CryptoStoreError(_) | matrix_sdk::Error::StateStore(_)) {
+    if matches!(
+        error,
+        matrix_sdk::Error::CryptoStoreError(_) | matrix_sdk::Error::StateStore(_)
+    ) {
         failure.class = FailureClass::Fatal;
         failure.message.push_str(
             " (the account's store under data_dir/accounts/<id>/matrix does not match its session; \
@@ -250,5 +291,9 @@ fn store_failure(context: &str, error: &matrix_sdk::Error) -> MatrixFailure {
 }
 
 fn generate_passphrase() -> String {
-    rand::rng().sample_iter(&Alphanumeric).take(48).map(char::from).collect()
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(48)
+        .map(char::from)
+        .collect()
 }

@@ -37,16 +37,26 @@ pub struct MatrixFailure {
 impl MatrixFailure {
     /// A failure of the given class.
     pub fn new(class: FailureClass, message: impl Into<String>) -> Self {
-        Self { class, message: message.into() }
+        Self {
+            class,
+            message: message.into(),
+        }
     }
 
     /// Classifies a matrix-sdk error.
     pub fn from_sdk(context: &str, error: &matrix_sdk::Error) -> Self {
         let class = match error.client_api_error_kind() {
-            Some(kind) => classify_kind(kind, error.as_client_api_error().is_some_and(|e| e.status_code.is_server_error())),
+            Some(kind) => classify_kind(
+                kind,
+                error
+                    .as_client_api_error()
+                    .is_some_and(|e| e.status_code.is_server_error()),
+            ),
             None => match error {
                 matrix_sdk::Error::Http(http) => classify_http_without_kind(http),
-                matrix_sdk::Error::AuthenticationRequired => FailureClass::Auth { soft_logout: false },
+                matrix_sdk::Error::AuthenticationRequired => {
+                    FailureClass::Auth { soft_logout: false }
+                }
                 matrix_sdk::Error::Io(_) => FailureClass::Transient,
                 _ => FailureClass::Fatal,
             },
@@ -57,7 +67,12 @@ impl MatrixFailure {
     /// Classifies a matrix-sdk HTTP error.
     pub fn from_http(context: &str, error: &HttpError) -> Self {
         let class = match error.client_api_error_kind() {
-            Some(kind) => classify_kind(kind, error.as_client_api_error().is_some_and(|e| e.status_code.is_server_error())),
+            Some(kind) => classify_kind(
+                kind,
+                error
+                    .as_client_api_error()
+                    .is_some_and(|e| e.status_code.is_server_error()),
+            ),
             None => classify_http_without_kind(error),
         };
         Self::new(class, format!("{context}: {error}"))
@@ -72,7 +87,9 @@ impl MatrixFailure {
 
 fn classify_kind(kind: &ErrorKind, server_error: bool) -> FailureClass {
     match kind {
-        ErrorKind::UnknownToken(data) => FailureClass::Auth { soft_logout: data.soft_logout },
+        ErrorKind::UnknownToken(data) => FailureClass::Auth {
+            soft_logout: data.soft_logout,
+        },
         ErrorKind::MissingToken | ErrorKind::UserDeactivated | ErrorKind::UserLocked => {
             FailureClass::Auth { soft_logout: false }
         }

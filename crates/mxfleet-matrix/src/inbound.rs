@@ -62,7 +62,10 @@ pub fn normalise(room_id: &RoomId, event: &TimelineEvent, own_user: &UserId) -> 
         Ok(parsed) => parsed,
         Err(e) => {
             let event_id = raw.get_field::<String>("event_id").ok().flatten();
-            return Normalised::Malformed { event_id, reason: e.to_string() };
+            return Normalised::Malformed {
+                event_id,
+                reason: e.to_string(),
+            };
         }
     };
     let AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(message)) = parsed
@@ -136,9 +139,18 @@ mod tests {
     fn text_messages_become_inbound_messages() {
         let room = owned_room_id!("!r:localhost");
         let me = owned_user_id!("@bot:localhost");
-        let got = normalise(&room, &message("@u:localhost", json!({"msgtype": "m.text", "body": "hi"})), &me);
-        let Normalised::Message(m) = got else { panic!("expected a message, got {got:?}") };
-        assert_eq!((m.body.as_str(), m.sender.as_str(), m.event_id.as_str()), ("hi", "@u:localhost", "$e1"));
+        let got = normalise(
+            &room,
+            &message("@u:localhost", json!({"msgtype": "m.text", "body": "hi"})),
+            &me,
+        );
+        let Normalised::Message(m) = got else {
+            panic!("expected a message, got {got:?}")
+        };
+        assert_eq!(
+            (m.body.as_str(), m.sender.as_str(), m.event_id.as_str()),
+            ("hi", "@u:localhost", "$e1")
+        );
         assert_eq!(m.origin_server_ts_ms, 1_700_000_000_000);
         assert_eq!(m.thread_root, None);
     }
@@ -148,23 +160,41 @@ mod tests {
         let room = owned_room_id!("!r:localhost");
         let me = owned_user_id!("@bot:localhost");
         let text = json!({"msgtype": "m.text", "body": "hi"});
-        assert_eq!(normalise(&room, &message("@bot:localhost", text.clone()), &me), Normalised::Ignored("own message"));
+        assert_eq!(
+            normalise(&room, &message("@bot:localhost", text.clone()), &me),
+            Normalised::Ignored("own message")
+        );
         let notice = json!({"msgtype": "m.notice", "body": "hi"});
-        assert_eq!(normalise(&room, &message("@u:localhost", notice), &me), Normalised::Ignored("notice"));
+        assert_eq!(
+            normalise(&room, &message("@u:localhost", notice), &me),
+            Normalised::Ignored("notice")
+        );
         let edit = json!({"msgtype": "m.text", "body": "* hi", "m.new_content": {"msgtype": "m.text", "body": "hi"},
                           "m.relates_to": {"rel_type": "m.replace", "event_id": "$e0"}});
-        assert_eq!(normalise(&room, &message("@u:localhost", edit), &me), Normalised::Ignored("edit"));
-        let state = event(json!({"type": "m.room.name", "event_id": "$s", "sender": "@u:localhost",
-                                 "origin_server_ts": 1, "state_key": "", "content": {"name": "x"}}));
-        assert_eq!(normalise(&room, &state, &me), Normalised::Ignored("not a room message"));
+        assert_eq!(
+            normalise(&room, &message("@u:localhost", edit), &me),
+            Normalised::Ignored("edit")
+        );
+        let state = event(
+            json!({"type": "m.room.name", "event_id": "$s", "sender": "@u:localhost",
+                                 "origin_server_ts": 1, "state_key": "", "content": {"name": "x"}}),
+        );
+        assert_eq!(
+            normalise(&room, &state, &me),
+            Normalised::Ignored("not a room message")
+        );
     }
 
     #[test]
     fn malformed_events_are_reported_not_panicked_on() {
         let room = owned_room_id!("!r:localhost");
         let me = owned_user_id!("@bot:localhost");
-        let broken = event(json!({"type": "m.room.message", "event_id": "$bad", "sender": 42, "content": {}}));
-        assert!(matches!(normalise(&room, &broken, &me), Normalised::Malformed { event_id: Some(id), .. } if id == "$bad"));
+        let broken = event(
+            json!({"type": "m.room.message", "event_id": "$bad", "sender": 42, "content": {}}),
+        );
+        assert!(
+            matches!(normalise(&room, &broken, &me), Normalised::Malformed { event_id: Some(id), .. } if id == "$bad")
+        );
     }
 
     #[test]
@@ -174,7 +204,8 @@ mod tests {
         let body = "é".repeat(MAX_INBOUND_BODY_BYTES);
         let threaded = json!({"msgtype": "m.text", "body": body,
                               "m.relates_to": {"rel_type": "m.thread", "event_id": "$root"}});
-        let Normalised::Message(m) = normalise(&room, &message("@u:localhost", threaded), &me) else {
+        let Normalised::Message(m) = normalise(&room, &message("@u:localhost", threaded), &me)
+        else {
             panic!("expected a message")
         };
         assert_eq!(m.thread_root.as_deref(), Some("$root"));

@@ -18,7 +18,13 @@ pub const MAX_REPLY_PART_BYTES: usize = 30 * 1024;
 pub fn reply_transaction_id(event_id: &str, part: usize) -> OwnedTransactionId {
     let safe: String = event_id
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.~".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.~".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("mxfleet.{safe}.{part}").into()
 }
@@ -30,7 +36,10 @@ pub async fn send_reply(
     text: &str,
 ) -> Result<OwnedEventId, MatrixFailure> {
     let mut last = None;
-    for (part, chunk) in split_reply(text, MAX_REPLY_PART_BYTES).into_iter().enumerate() {
+    for (part, chunk) in split_reply(text, MAX_REPLY_PART_BYTES)
+        .into_iter()
+        .enumerate()
+    {
         let content = RoomMessageEventContent::text_plain(chunk);
         let response = room
             .send(content)

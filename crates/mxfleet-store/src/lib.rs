@@ -95,7 +95,10 @@ impl fmt::Debug for StoredSession {
             .field("user_id", &self.user_id)
             .field("device_id", &self.device_id)
             .field("access_token", &"[redacted]")
-            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
             .field("needs_relogin", &self.needs_relogin)
             .finish()
     }
@@ -147,7 +150,10 @@ impl Store {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.into() },
             other => db_error(path, other),
         })?;
-        let store = Self { db: Arc::new(db), path: Arc::new(path.into()) };
+        let store = Self {
+            db: Arc::new(db),
+            path: Arc::new(path.into()),
+        };
         store.init_tables()?;
         Ok(store)
     }
@@ -155,7 +161,8 @@ impl Store {
     /// The saved session of `account`.
     pub async fn session(&self, account: &str) -> Result<Option<StoredSession>, StoreError> {
         let account = account.to_owned();
-        self.blocking(move |s| s.get_json(SESSIONS, "sessions", &account)).await
+        self.blocking(move |s| s.get_json(SESSIONS, "sessions", &account))
+            .await
     }
 
     /// Saves the session of `account`.
@@ -167,7 +174,8 @@ impl Store {
         let (account, bytes) = (account.to_owned(), to_json(session));
         self.blocking(move |s| {
             s.write(|tx| {
-                tx.open_table(SESSIONS)?.insert(account.as_str(), bytes.as_slice())?;
+                tx.open_table(SESSIONS)?
+                    .insert(account.as_str(), bytes.as_slice())?;
                 Ok(())
             })
         })
@@ -246,7 +254,8 @@ impl Store {
                         fresh.push(entry);
                     }
                 }
-                tx.open_table(SYNC_POSITIONS)?.insert(account.as_str(), next_batch.as_str())?;
+                tx.open_table(SYNC_POSITIONS)?
+                    .insert(account.as_str(), next_batch.as_str())?;
                 Ok(fresh)
             })
         })
@@ -351,10 +360,16 @@ impl Store {
     ) -> Result<Option<T>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let t = tx.open_table(def).map_err(|e| self.err(e))?;
-        let Some(value) = t.get(key).map_err(|e| self.err(e))? else { return Ok(None) };
+        let Some(value) = t.get(key).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
         serde_json::from_slice(value.value())
             .map(Some)
-            .map_err(|source| StoreError::Corrupt { table, key: key.to_owned(), source })
+            .map_err(|source| StoreError::Corrupt {
+                table,
+                key: key.to_owned(),
+                source,
+            })
     }
 
     fn write<R>(
@@ -384,11 +399,16 @@ impl Store {
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn db_error(path: &Path, e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Database { path: path.into(), source: Box::new(e.into()) }
+    StoreError::Database {
+        path: path.into(),
+        source: Box::new(e.into()),
+    }
 }
 
 fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
@@ -414,19 +434,46 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
         let store = Store::open(&dir.path().join("db.redb"))?;
         assert_eq!(store.sync_position("a").await?, None);
-        let fresh = store.commit_sync("a", "s1", vec![entry("$1"), entry("$2")]).await?;
+        let fresh = store
+            .commit_sync("a", "s1", vec![entry("$1"), entry("$2")])
+            .await?;
         assert_eq!(fresh.len(), 2);
         // The same batch replayed after a crash claims nothing new.
-        let fresh = store.commit_sync("a", "s2", vec![entry("$2"), entry("$3")]).await?;
-        assert_eq!(fresh.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(), ["$3"]);
+        let fresh = store
+            .commit_sync("a", "s2", vec![entry("$2"), entry("$3")])
+            .await?;
+        assert_eq!(
+            fresh
+                .iter()
+                .map(|e| e.event_id.as_str())
+                .collect::<Vec<_>>(),
+            ["$3"]
+        );
         assert_eq!(store.sync_position("a").await?.as_deref(), Some("s2"));
         // Another account's inbox is separate.
-        assert_eq!(store.commit_sync("b", "x", vec![entry("$1")]).await?.len(), 1);
+        assert_eq!(
+            store.commit_sync("b", "x", vec![entry("$1")]).await?.len(),
+            1
+        );
 
-        store.finish("a", "$1", InboxState::Answered { reply_event_id: "$r".into() }).await?;
+        store
+            .finish(
+                "a",
+                "$1",
+                InboxState::Answered {
+                    reply_event_id: "$r".into(),
+                },
+            )
+            .await?;
         let (pending, corrupt) = store.pending::<String>("a").await?;
         assert!(corrupt.is_empty());
-        assert_eq!(pending.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(), ["$2", "$3"]);
+        assert_eq!(
+            pending
+                .iter()
+                .map(|e| e.event_id.as_str())
+                .collect::<Vec<_>>(),
+            ["$2", "$3"]
+        );
 
         assert_eq!(store.prune_inbox(now_ms() + 1).await?, 1);
         Ok(())

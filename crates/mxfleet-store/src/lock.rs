@@ -22,22 +22,29 @@ pub struct DirLock {
 impl DirLock {
     /// Creates `dir` if needed and takes the lock file `name` in it without waiting.
     pub fn acquire(dir: &Path, name: &str) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|source| StoreError::Io { path: dir.into(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.into(),
+            source,
+        })?;
         let path = dir.join(name);
         let mut file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|source| StoreError::Io { path: path.clone(), source })?;
+            .map_err(|source| StoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Err(StoreError::Locked { path }),
             Err(TryLockError::Error(source)) => return Err(StoreError::Io { path, source }),
         }
         // Best effort: the pid helps an operator find the holder; the lock is what matters.
-        let _ = file.set_len(0).and_then(|()| writeln!(file, "{}", std::process::id()));
+        let _ = file
+            .set_len(0)
+            .and_then(|()| writeln!(file, "{}", std::process::id()));
         Ok(Self { _file: file, path })
     }
 
@@ -55,7 +62,10 @@ mod tests {
     fn second_holder_is_refused_until_release() -> Result<(), StoreError> {
         let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
         let first = DirLock::acquire(dir.path(), "lock")?;
-        assert!(matches!(DirLock::acquire(dir.path(), "lock"), Err(StoreError::Locked { .. })));
+        assert!(matches!(
+            DirLock::acquire(dir.path(), "lock"),
+            Err(StoreError::Locked { .. })
+        ));
         drop(first);
         DirLock::acquire(dir.path(), "lock")?;
         Ok(())

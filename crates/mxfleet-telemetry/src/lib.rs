@@ -71,7 +71,9 @@ pub fn init(log: &LogConfig) -> Result<TelemetryGuard, TelemetryError> {
         }
     };
     let fmt = match log.format {
-        LogFormat::Human => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Human => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
@@ -99,7 +101,9 @@ pub fn init(log: &LogConfig) -> Result<TelemetryGuard, TelemetryError> {
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer(SERVICE_NAME))
-            .with_filter(EnvFilter::new("info,matrix_sdk=warn,matrix_sdk_base=warn,matrix_sdk_crypto=warn"))
+            .with_filter(EnvFilter::new(
+                "info,matrix_sdk=warn,matrix_sdk_base=warn,matrix_sdk_crypto=warn",
+            ))
     });
     tracing_subscriber::registry()
         .with(fmt)
@@ -110,7 +114,10 @@ pub fn init(log: &LogConfig) -> Result<TelemetryGuard, TelemetryError> {
 }
 
 fn otlp_configured() -> bool {
-    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-        .iter()
-        .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
 }

@@ -25,9 +25,17 @@ impl FleetProcess {
         let dir = tempfile::Builder::new().prefix("mxfleet-test-").tempdir()?;
         let config = dir.path().join("mxfleet.toml");
         let data_dir = dir.path().join("data");
-        let body = format!("data_dir = {:?}\nshutdown_timeout_secs = 10\n\n{accounts_toml}", data_dir.display().to_string());
+        let body = format!(
+            "data_dir = {:?}\nshutdown_timeout_secs = 10\n\n{accounts_toml}",
+            data_dir.display().to_string()
+        );
         std::fs::write(&config, body)?;
-        Ok(FleetProcess { dir, config, child: None, starts: 0 })
+        Ok(FleetProcess {
+            dir,
+            config,
+            child: None,
+            starts: 0,
+        })
     }
 
     /// The config file.
@@ -46,7 +54,8 @@ impl FleetProcess {
             bail!("already running");
         }
         self.starts += 1;
-        let log = std::fs::File::create(self.dir.path().join(format!("fleet-{}.log", self.starts)))?;
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("fleet-{}.log", self.starts)))?;
         let child = self
             .command(&["run", "--log-format", "json"])
             .stdout(Stdio::null())
@@ -62,7 +71,10 @@ impl FleetProcess {
     pub async fn stop(&mut self) -> Result<ExitStatus> {
         let mut child = self.child.take().context("not running")?;
         let pid = child.id().context("no pid")?;
-        Command::new("kill").args(["-TERM", &pid.to_string()]).status().await?;
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
         match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
             Ok(status) => Ok(status?),
             Err(_) => {
@@ -81,8 +93,17 @@ impl FleetProcess {
 
     /// Runs another `mxfleet` command with this config to completion.
     pub async fn run_command(&self, args: &[&str]) -> Result<Output> {
-        let child = self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).spawn()?;
-        Ok(tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.context("command hung")??)
+        let child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(
+            tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+                .await
+                .context("command hung")??,
+        )
     }
 
     /// The current `status.json`, if written.
@@ -100,7 +121,10 @@ impl FleetProcess {
                 return Ok(record.clone());
             }
             if tokio::time::Instant::now() >= deadline {
-                bail!("{account} not {state} within {timeout:?}; status: {current:?}\nlog tail:\n{}", self.log_tail(30));
+                bail!(
+                    "{account} not {state} within {timeout:?}; status: {current:?}\nlog tail:\n{}",
+                    self.log_tail(30)
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -115,13 +139,17 @@ impl FleetProcess {
 
     /// The current run's whole log.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("fleet-{}.log", self.starts))).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join(format!("fleet-{}.log", self.starts)))
+            .unwrap_or_default()
     }
 
     /// Every run's logs, concatenated.
     pub fn all_logs(&self) -> String {
         (1..=self.starts)
-            .map(|n| std::fs::read_to_string(self.dir.path().join(format!("fleet-{n}.log"))).unwrap_or_default())
+            .map(|n| {
+                std::fs::read_to_string(self.dir.path().join(format!("fleet-{n}.log")))
+                    .unwrap_or_default()
+            })
             .collect()
     }
 
@@ -144,5 +172,7 @@ pub fn binary() -> PathBuf {
     }
     let exe = std::env::current_exe().unwrap_or_default();
     // target/debug/deps/<test> → target/debug/mxfleet
-    exe.parent().and_then(Path::parent).map_or_else(|| PathBuf::from("mxfleet"), |d| d.join("mxfleet"))
+    exe.parent()
+        .and_then(Path::parent)
+        .map_or_else(|| PathBuf::from("mxfleet"), |d| d.join("mxfleet"))
 }

@@ -45,7 +45,11 @@ impl Human {
     /// Logs `user_id` in and starts syncing in the background.
     pub async fn login(homeserver: &str, user_id: &str, password: &str) -> Result<Human> {
         let client = Client::builder().homeserver_url(homeserver).build().await?;
-        client.matrix_auth().login_username(user_id, password).send().await?;
+        client
+            .matrix_auth()
+            .login_username(user_id, password)
+            .send()
+            .await?;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
         client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, room: Room| {
@@ -57,7 +61,9 @@ impl Human {
                     body: ev.content.body().to_owned(),
                     event_id: ev.event_id.to_string(),
                 };
-                sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(seen);
+                sink.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(seen);
             }
         });
         // One sync so that later rooms start from "now".
@@ -71,8 +77,16 @@ impl Human {
                 }
             }
         });
-        let user_id = client.user_id().context("logged in without a user id")?.to_owned();
-        Ok(Human { client, user_id, seen, sync })
+        let user_id = client
+            .user_id()
+            .context("logged in without a user id")?
+            .to_owned();
+        Ok(Human {
+            client,
+            user_id,
+            seen,
+            sync,
+        })
     }
 
     /// Creates a DM with `bot` and waits until the bot has joined.
@@ -83,13 +97,17 @@ impl Human {
     /// Creates a room with `bots` invited and waits until all have joined.
     pub async fn room_with(&self, bots: &[&str], direct: bool) -> Result<OwnedRoomId> {
         let mut request = CreateRoomRequest::new();
-        request.invite = bots.iter().map(|b| OwnedUserId::try_from(*b)).collect::<Result<_, _>>()?;
+        request.invite = bots
+            .iter()
+            .map(|b| OwnedUserId::try_from(*b))
+            .collect::<Result<_, _>>()?;
         request.is_direct = direct;
         request.preset = Some(RoomPreset::TrustedPrivateChat);
         let room = self.client.create_room(request).await?;
         let room_id = room.room_id().to_owned();
         for bot in bots {
-            self.wait_joined(&room_id, bot, Duration::from_secs(30)).await?;
+            self.wait_joined(&room_id, bot, Duration::from_secs(30))
+                .await?;
         }
         Ok(room_id)
     }
@@ -128,14 +146,28 @@ impl Human {
     }
 
     /// Waits until `sender` has said something in `room_id` whose body is `body`; returns it.
-    pub async fn expect_message(&self, room_id: &RoomId, sender: &str, body: &str, timeout: Duration) -> Result<Seen> {
+    pub async fn expect_message(
+        &self,
+        room_id: &RoomId,
+        sender: &str,
+        body: &str,
+        timeout: Duration,
+    ) -> Result<Seen> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(seen) = self.seen_from(room_id, sender).into_iter().find(|s| s.body == body) {
+            if let Some(seen) = self
+                .seen_from(room_id, sender)
+                .into_iter()
+                .find(|s| s.body == body)
+            {
                 return Ok(seen);
             }
             if tokio::time::Instant::now() >= deadline {
-                let got: Vec<String> = self.seen_from(room_id, sender).into_iter().map(|s| s.body).collect();
+                let got: Vec<String> = self
+                    .seen_from(room_id, sender)
+                    .into_iter()
+                    .map(|s| s.body)
+                    .collect();
                 bail!("no {body:?} from {sender} in {room_id} within {timeout:?}; saw {got:?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -144,7 +176,10 @@ impl Human {
 
     /// How many messages with exactly `body` `sender` sent in `room_id`.
     pub fn count(&self, room_id: &RoomId, sender: &str, body: &str) -> usize {
-        self.seen_from(room_id, sender).iter().filter(|s| s.body == body).count()
+        self.seen_from(room_id, sender)
+            .iter()
+            .filter(|s| s.body == body)
+            .count()
     }
 }
 

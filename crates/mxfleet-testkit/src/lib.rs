@@ -31,7 +31,9 @@ pub fn random_name(prefix: &str) -> String {
 
 /// A free TCP port on loopback.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// The repository root.

@@ -47,14 +47,23 @@ impl FakeOpenAi {
     /// `chunk_chars` characters, a few milliseconds apart.
     pub async fn start(chunk_chars: usize) -> anyhow::Result<FakeOpenAi> {
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let state = AppState { requests: requests.clone(), chunk_chars: chunk_chars.max(1) };
-        let app = Router::new().route("/v1/chat/completions", post(completions)).with_state(state);
+        let state = AppState {
+            requests: requests.clone(),
+            chunk_chars: chunk_chars.max(1),
+        };
+        let app = Router::new()
+            .route("/v1/chat/completions", post(completions))
+            .with_state(state);
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(FakeOpenAi { base_url: format!("http://{addr}/v1"), requests, task })
+        Ok(FakeOpenAi {
+            base_url: format!("http://{addr}/v1"),
+            requests,
+            task,
+        })
     }
 
     /// The answer the server gives to `user_message`.
@@ -64,7 +73,10 @@ impl FakeOpenAi {
 
     /// Requests received so far.
     pub fn requests(&self) -> Vec<SeenRequest> {
-        self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -76,7 +88,10 @@ impl Drop for FakeOpenAi {
 
 async fn completions(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return Response::builder().status(StatusCode::BAD_REQUEST).body(Body::from("bad json")).unwrap_or_default();
+        return Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .body(Body::from("bad json"))
+            .unwrap_or_default();
     };
     let last_user = body["messages"]
         .as_array()
@@ -84,13 +99,24 @@ async fn completions(State(state): State<AppState>, headers: HeaderMap, body: By
         .and_then(|m| m["content"].as_str())
         .unwrap_or_default()
         .to_owned();
-    state.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(SeenRequest {
-        authorization: headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned),
-        body: body.clone(),
-    });
+    state
+        .requests
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(SeenRequest {
+            authorization: headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body: body.clone(),
+        });
     let answer: Vec<char> = FakeOpenAi::answer_for(&last_user).chars().collect();
     let mut events: Vec<String> = vec![chunk(json!({"role": "assistant"}))];
-    events.extend(answer.chunks(state.chunk_chars).map(|c| chunk(json!({"content": c.iter().collect::<String>()}))));
+    events.extend(
+        answer
+            .chunks(state.chunk_chars)
+            .map(|c| chunk(json!({"content": c.iter().collect::<String>()}))),
+    );
     events.push("data: [DONE]\n\n".to_owned());
     let stream = stream::unfold(events.into_iter(), |mut events| async move {
         let event = events.next()?;

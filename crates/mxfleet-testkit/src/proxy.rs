@@ -34,24 +34,38 @@ impl CountingProxy {
     /// Proxies to `upstream`.
     pub async fn start(upstream: &str) -> anyhow::Result<CountingProxy> {
         let paths = Arc::new(Mutex::new(Vec::new()));
-        let state = AppState { upstream: upstream.trim_end_matches('/').to_owned(), client: reqwest::Client::new(), paths: paths.clone() };
+        let state = AppState {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            client: reqwest::Client::new(),
+            paths: paths.clone(),
+        };
         let app = Router::new().fallback(forward).with_state(state);
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(CountingProxy { url: format!("http://{addr}"), paths, task })
+        Ok(CountingProxy {
+            url: format!("http://{addr}"),
+            paths,
+            task,
+        })
     }
 
     /// Every request seen so far, as `METHOD /path`.
     pub fn requests(&self) -> Vec<String> {
-        self.paths.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.paths
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// How many requests had a path ending in `suffix`.
     pub fn count_ending(&self, suffix: &str) -> usize {
-        self.requests().iter().filter(|p| p.ends_with(suffix)).count()
+        self.requests()
+            .iter()
+            .filter(|p| p.ends_with(suffix))
+            .count()
     }
 }
 
@@ -61,9 +75,23 @@ impl Drop for CountingProxy {
     }
 }
 
-async fn forward(State(state): State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    state.paths.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(format!("{method} {}", uri.path()));
-    let url = format!("{}{}", state.upstream, uri.path_and_query().map_or("/", |p| p.as_str()));
+async fn forward(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    state
+        .paths
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(format!("{method} {}", uri.path()));
+    let url = format!(
+        "{}{}",
+        state.upstream,
+        uri.path_and_query().map_or("/", |p| p.as_str())
+    );
     let mut request = state.client.request(method, url).body(body);
     for (name, value) in &headers {
         if name != "host" && name != "content-length" {
@@ -81,6 +109,9 @@ async fn forward(State(state): State<AppState>, method: Method, uri: Uri, header
             let bytes = upstream.bytes().await.unwrap_or_default();
             response.body(Body::from(bytes)).unwrap_or_default()
         }
-        Err(_) => Response::builder().status(502).body(Body::from("upstream unreachable")).unwrap_or_default(),
+        Err(_) => Response::builder()
+            .status(502)
+            .body(Body::from("upstream unreachable"))
+            .unwrap_or_default(),
     }
 }

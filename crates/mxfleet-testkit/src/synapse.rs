@@ -33,8 +33,16 @@ impl Synapse {
     pub async fn shared() -> Result<&'static Synapse> {
         SHARED
             .get_or_try_init(|| async {
-                match (std::env::var("MXTEST_SYNAPSE_DIR"), std::env::var("MXTEST_HOMESERVER")) {
-                    (Ok(dir), Ok(url)) => Ok(Synapse { dir: dir.into(), url, child: None, _temp: None }),
+                match (
+                    std::env::var("MXTEST_SYNAPSE_DIR"),
+                    std::env::var("MXTEST_HOMESERVER"),
+                ) {
+                    (Ok(dir), Ok(url)) => Ok(Synapse {
+                        dir: dir.into(),
+                        url,
+                        child: None,
+                        _temp: None,
+                    }),
                     _ => Synapse::start_private().await,
                 }
             })
@@ -47,7 +55,12 @@ impl Synapse {
         let dir = temp.path().to_path_buf();
         let port = free_port()?;
         script(&["config", path_str(&dir)?, &port.to_string()]).await?;
-        let mut synapse = Synapse { dir, url: format!("http://127.0.0.1:{port}"), child: None, _temp: Some(temp) };
+        let mut synapse = Synapse {
+            dir,
+            url: format!("http://127.0.0.1:{port}"),
+            child: None,
+            _temp: Some(temp),
+        };
         synapse.spawn().await?;
         Ok(synapse)
     }
@@ -59,7 +72,9 @@ impl Synapse {
 
     /// Kills the (private) Synapse with SIGKILL.
     pub fn kill(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else { bail!("only a private Synapse can be killed") };
+        let Some(mut child) = self.child.take() else {
+            bail!("only a private Synapse can be killed")
+        };
         child.kill()?;
         child.wait()?;
         Ok(())
@@ -90,7 +105,10 @@ impl Synapse {
                 .await?;
             let status = response.status();
             if !status.is_success() {
-                bail!("registering {localpart}: HTTP {status}: {}", response.text().await?);
+                bail!(
+                    "registering {localpart}: HTTP {status}: {}",
+                    response.text().await?
+                );
             }
         }
         Ok(format!("@{localpart}:localhost"))
@@ -118,8 +136,14 @@ impl Synapse {
             .error_for_status()?
             .json_value()
             .await?;
-        let token = response["access_token"].as_str().context("no access_token")?.to_owned();
-        let device = response["device_id"].as_str().context("no device_id")?.to_owned();
+        let token = response["access_token"]
+            .as_str()
+            .context("no access_token")?
+            .to_owned();
+        let device = response["device_id"]
+            .as_str()
+            .context("no device_id")?
+            .to_owned();
         Ok((token, device))
     }
 
@@ -132,9 +156,17 @@ impl Synapse {
     }
 
     /// Deletes a device through the admin API (revoking its tokens).
-    pub async fn admin_delete_device(&self, admin_token: &str, user_id: &str, device_id: &str) -> Result<()> {
+    pub async fn admin_delete_device(
+        &self,
+        admin_token: &str,
+        user_id: &str,
+        device_id: &str,
+    ) -> Result<()> {
         reqwest::Client::new()
-            .delete(format!("{}/_synapse/admin/v2/users/{user_id}/devices/{device_id}", self.url))
+            .delete(format!(
+                "{}/_synapse/admin/v2/users/{user_id}/devices/{device_id}",
+                self.url
+            ))
             .bearer_auth(admin_token)
             .send()
             .await?
@@ -145,7 +177,10 @@ impl Synapse {
     /// The device ids of a user, through the admin API.
     pub async fn admin_devices(&self, admin_token: &str, user_id: &str) -> Result<Vec<String>> {
         let value = reqwest::Client::new()
-            .get(format!("{}/_synapse/admin/v2/users/{user_id}/devices", self.url))
+            .get(format!(
+                "{}/_synapse/admin/v2/users/{user_id}/devices",
+                self.url
+            ))
             .bearer_auth(admin_token)
             .send()
             .await?
@@ -153,7 +188,10 @@ impl Synapse {
             .json_value()
             .await?;
         let devices = value["devices"].as_array().context("no devices array")?;
-        Ok(devices.iter().filter_map(|d| d["device_id"].as_str().map(str::to_owned)).collect())
+        Ok(devices
+            .iter()
+            .filter_map(|d| d["device_id"].as_str().map(str::to_owned))
+            .collect())
     }
 
     async fn spawn(&mut self) -> Result<()> {
@@ -184,7 +222,10 @@ impl Drop for Synapse {
 pub async fn wait_until_up(url: &str) -> Result<()> {
     let client = reqwest::Client::new();
     for _ in 0..240 {
-        let probe = client.get(format!("{url}/_matrix/client/versions")).send().await;
+        let probe = client
+            .get(format!("{url}/_matrix/client/versions"))
+            .send()
+            .await;
         if probe.is_ok_and(|r| r.status().is_success()) {
             return Ok(());
         }
@@ -207,17 +248,28 @@ fn kill_with_parent(command: &mut Command) {
 }
 
 async fn script(args: &[&str]) -> Result<()> {
-    let output = tokio::process::Command::new(repo_root().join("scripts/synapse.sh")).args(args).output().await?;
+    let output = tokio::process::Command::new(repo_root().join("scripts/synapse.sh"))
+        .args(args)
+        .output()
+        .await?;
     if !output.status.success() {
-        bail!("synapse.sh {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "synapse.sh {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(())
 }
 
 async fn script_output(_: &[&str]) -> Result<String> {
-    let output = tokio::process::Command::new(repo_root().join("scripts/setup-synapse.sh")).output().await?;
+    let output = tokio::process::Command::new(repo_root().join("scripts/setup-synapse.sh"))
+        .output()
+        .await?;
     if !output.status.success() {
-        bail!("setup-synapse.sh failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "setup-synapse.sh failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use mxfleet_config::{Flags, LogFormat, Loaded, Sources};
+use mxfleet_config::{Flags, Loaded, LogFormat, Sources};
 use mxfleet_core::{FleetArgs, StatusBoard, read_status_file, start_fleet};
 use mxfleet_store::{DirLock, Store, StoreError, now_ms};
 use tracing::{error, info, warn};
@@ -80,7 +80,9 @@ fn main() -> ExitCode {
         Command::Check => {
             match &loaded.config.config_file {
                 Some(file) => println!("# configuration is valid (file: {})", file.display()),
-                None => println!("# configuration is valid (no config file; defaults and environment)"),
+                None => {
+                    println!("# configuration is valid (no config file; defaults and environment)")
+                }
             }
             println!("{}", loaded.describe());
             ExitCode::SUCCESS
@@ -91,7 +93,10 @@ fn main() -> ExitCode {
 }
 
 fn run(loaded: Loaded) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mxfleet: cannot start the async runtime: {e}");
@@ -109,10 +114,16 @@ fn run(loaded: Loaded) -> ExitCode {
         match run_fleet(loaded).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                let locked = e.downcast_ref::<StoreError>().is_some_and(|s| matches!(s, StoreError::Locked { .. }));
+                let locked = e
+                    .downcast_ref::<StoreError>()
+                    .is_some_and(|s| matches!(s, StoreError::Locked { .. }));
                 error!("{e:#}");
                 eprintln!("mxfleet: {e:#}");
-                if locked { ExitCode::from(EXIT_LOCKED) } else { ExitCode::FAILURE }
+                if locked {
+                    ExitCode::from(EXIT_LOCKED)
+                } else {
+                    ExitCode::FAILURE
+                }
             }
         }
     })
@@ -122,12 +133,14 @@ async fn run_fleet(loaded: Loaded) -> anyhow::Result<()> {
     let config = loaded.config;
     let data_dir = config.data_dir.clone();
     let _lock = DirLock::acquire(&data_dir, "mxfleet.lock").map_err(|e| match e {
-        StoreError::Locked { path } => anyhow::Error::new(StoreError::Locked { path: path.clone() }).context(format!(
-            "another mxfleet process is already running on data dir {} (lock file {}); \
+        StoreError::Locked { path } => {
+            anyhow::Error::new(StoreError::Locked { path: path.clone() }).context(format!(
+                "another mxfleet process is already running on data dir {} (lock file {}); \
              two processes on one data dir would corrupt the accounts' stores",
-            data_dir.display(),
-            path.display()
-        )),
+                data_dir.display(),
+                path.display()
+            ))
+        }
         other => anyhow::Error::new(other).context("cannot lock the data directory"),
     })?;
     let store = Store::open(&data_dir.join("mxfleet.redb")).context("cannot open mxfleet.redb")?;
@@ -142,9 +155,13 @@ async fn run_fleet(loaded: Loaded) -> anyhow::Result<()> {
     let writer = board.spawn_writer(&data_dir);
     let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs);
     info!(accounts = config.accounts.len(), data_dir = %data_dir.display(), "mxfleet starting");
-    let (fleet, handle) = start_fleet(FleetArgs { config, store, board: board.clone() })
-        .await
-        .context("cannot start the fleet supervisor")?;
+    let (fleet, handle) = start_fleet(FleetArgs {
+        config,
+        store,
+        board: board.clone(),
+    })
+    .await
+    .context("cannot start the fleet supervisor")?;
 
     let mut handle = handle;
     tokio::select! {
@@ -173,7 +190,10 @@ async fn run_fleet(loaded: Loaded) -> anyhow::Result<()> {
 
 async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers, only Ctrl-C through tokio's portable path is left.
         let _ = tokio::signal::ctrl_c().await;
         return "ctrl-c";
@@ -189,13 +209,19 @@ fn status(loaded: &Loaded, json: bool) -> ExitCode {
     let status = match read_status_file(data_dir) {
         Ok(status) => status,
         Err(e) => {
-            eprintln!("mxfleet: no status in {}: {e} (has the fleet run with this data dir?)", data_dir.display());
+            eprintln!(
+                "mxfleet: no status in {}: {e} (has the fleet run with this data dir?)",
+                data_dir.display()
+            );
             return ExitCode::FAILURE;
         }
     };
     let running = DirLock::acquire(data_dir, "mxfleet.lock").is_err();
     if json {
-        println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).unwrap_or_default()
+        );
         return ExitCode::SUCCESS;
     }
     println!(
@@ -204,7 +230,10 @@ fn status(loaded: &Loaded, json: bool) -> ExitCode {
         if running { "running" } else { "not running" },
         now_ms().saturating_sub(status.updated_ms) / 1000
     );
-    println!("{:<20} {:<12} {:<8} {:>8} {:>8} {:>8}  {}", "ACCOUNT", "STATE", "SYNC", "RESTARTS", "IN", "OUT", "LAST ERROR");
+    println!(
+        "{:<20} {:<12} {:<8} {:>8} {:>8} {:>8}  LAST ERROR",
+        "ACCOUNT", "STATE", "SYNC", "RESTARTS", "IN", "OUT"
+    );
     for (id, s) in &status.accounts {
         println!(
             "{:<20} {:<12} {:<8} {:>8} {:>8} {:>8}  {}",

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs mxfleet's whole test suite: unit tests and end-to-end tests against a real Synapse.
+#
+# Installs Synapse into a virtualenv if needed (scripts/setup-synapse.sh), starts one shared
+# Synapse on a free loopback port with raised rate limits, runs every test in parallel with
+# cargo-nextest (cargo test if it is missing), and stops Synapse again.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/setup-synapse.sh >/dev/null
+echo "==> building"
+cargo build --workspace --all-targets --locked
+
+synapse_dir="$(mktemp -d -t mxfleet-synapse-XXXXXX)"
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+cleanup() { scripts/synapse.sh stop "$synapse_dir" || true; rm -rf "$synapse_dir"; }
+trap cleanup EXIT
+scripts/synapse.sh config "$synapse_dir" "$port"
+export MXTEST_HOMESERVER="$(scripts/synapse.sh start "$synapse_dir")"
+export MXTEST_SYNAPSE_DIR="$synapse_dir"
+echo "==> shared Synapse at $MXTEST_HOMESERVER"
+
+echo "==> testing"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast --profile ci "$@"
+else
+  cargo test --workspace --locked --no-fail-fast "$@"
+fi
