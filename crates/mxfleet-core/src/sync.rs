@@ -120,8 +120,12 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
 
     loop {
         let first_sync = token.is_none();
+        // The first request of a run does not long-poll: it shows the account live at once,
+        // and it differs from the long-poll a previous process may have left in flight (Synapse
+        // would otherwise answer it from that request's response cache, up to 30 s later).
+        let wait = if healthy { long_poll } else { Duration::ZERO };
         let mut settings = SyncSettings::default()
-            .timeout(long_poll)
+            .timeout(wait)
             .filter(filter.clone().into());
         if let Some(token) = &token {
             settings = settings.token(token.clone());
