@@ -50,6 +50,8 @@ report_stats: false
 trusted_key_servers: []
 suppress_key_server_warning: true
 url_preview_enabled: false
+# Cheap password hashing: tests and benchmarks register and log in many users.
+bcrypt_rounds: 4
 YAML
   if [ "$limits" = "raised" ]; then
     cat >> "$dir/homeserver.yaml" <<'YAML'

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use mxfleet_testkit::{CountingProxy, FakeOpenAi, FleetProcess, Human, Synapse};
+use mxfleet_testkit::{CountingProxy, FakeOpenAi, Fault, FleetProcess, Human, Synapse};
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -232,8 +232,15 @@ async fn a_deleted_device_fails_one_account_fast_and_the_other_keeps_answering()
         "{failed}"
     );
 
-    // No retry storm: nothing more reaches the homeserver for the failed account.
+    // No retry storm: nothing more reaches the homeserver for the failed account (whose
+    // traffic all goes through its proxy).
+    ensure!(
+        victim_proxy.count_ending("/sync") > 1,
+        "{:?}",
+        victim_proxy.requests()
+    );
     let after_failure = victim_proxy.requests().len();
+
     let room = human.dm(&survivor).await?;
     human.send(&room, "still there?").await?;
     human
@@ -418,4 +425,102 @@ async fn the_openai_backend_streams_a_whole_answer() -> Result<()> {
     );
     fleet.stop().await?;
     Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_sync_backs_off_alone_and_recovers() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let ((flaky, flaky_pw), human) = bot_and_human(synapse).await?;
+    let (steady, steady_pw) = synapse.fresh_user("steady").await?;
+    let proxy = CountingProxy::start(synapse.url()).await?;
+    let config = format!(
+        "[restart]\ninitial_delay_ms = 100\nmax_delay_ms = 1500\nmax_restarts = 3\nrestart_window_secs = 60\n\n{}{}",
+        // A short long-poll, so the request in flight when the fault starts ends soon.
+        password_account("flaky", &proxy.url, &flaky, &flaky_pw).replace(
+            "backend = \"echo\"",
+            "backend = \"echo\"\nsync_timeout_secs = 2"
+        ),
+        password_account("steady", synapse.url(), &steady, &steady_pw)
+    );
+    let mut fleet = FleetProcess::new(&config)?;
+    fleet.start().await?;
+    fleet.wait_state("flaky", "syncing", REPLY_TIMEOUT).await?;
+    fleet.wait_state("steady", "syncing", REPLY_TIMEOUT).await?;
+    let flaky_room = human.dm(&flaky).await?;
+    let steady_room = human.dm(&steady).await?;
+
+    // The homeserver starts failing every /sync of one account.
+    proxy.set_fault(Some(Fault {
+        path_suffix: "/sync".into(),
+        status: 500,
+        body: r#"{"errcode":"M_UNKNOWN","error":"injected by the test"}"#.into(),
+    }));
+    fleet.wait_state("flaky", "backoff", REPLY_TIMEOUT).await?;
+
+    human.send(&steady_room, "are you unaffected?").await?;
+    human
+        .expect_message(&steady_room, &steady, "are you unaffected?", REPLY_TIMEOUT)
+        .await?;
+    human.send(&flaky_room, "sent during the outage").await?;
+
+    // Repeated failures back off exponentially and hit the intensity bound.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let delays = loop {
+        let delays = restart_delays(&fleet.log(), "flaky");
+        if delays.iter().any(|(_, parked)| *parked) || tokio::time::Instant::now() > deadline {
+            break delays;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    ensure!(
+        delays.len() >= 4,
+        "expected several restarts, got {delays:?}"
+    );
+    ensure!(
+        delays.iter().any(|(_, parked)| *parked),
+        "never parked: {delays:?}"
+    );
+    ensure!(
+        delays.iter().all(|(ms, _)| *ms <= 1500),
+        "a delay exceeded the cap: {delays:?}"
+    );
+    ensure!(delays[2].0 > delays[0].0, "delays do not grow: {delays:?}");
+    let steady_status = fleet.status().context("status")?["accounts"]["steady"].clone();
+    assert_eq!(steady_status["state"], "syncing");
+    assert_eq!(
+        steady_status["restarts"], 0,
+        "the other account was never restarted"
+    );
+
+    // Healed: the account resumes from its sync position and answers the message once.
+    proxy.set_fault(None);
+    fleet
+        .wait_state("flaky", "syncing", Duration::from_secs(30))
+        .await?;
+    human
+        .expect_message(&flaky_room, &flaky, "sent during the outage", REPLY_TIMEOUT)
+        .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        human.count(&flaky_room, &flaky, "sent during the outage"),
+        1
+    );
+    fleet.stop().await?;
+    Ok(())
+}
+
+/// `(delay_ms, parked)` of each "restarting after backoff" line of `account` in a JSON log.
+fn restart_delays(log: &str, account: &str) -> Vec<(u64, bool)> {
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|v| {
+            v["fields"]["message"] == "restarting after backoff" && v["span"]["account"] == account
+        })
+        .map(|v| {
+            (
+                v["fields"]["delay_ms"].as_u64().unwrap_or(u64::MAX),
+                v["fields"]["parked"] == true,
+            )
+        })
+        .collect()
 }

@@ -60,6 +60,9 @@ pub async fn connect(
     };
     let client = Client::builder()
         .homeserver_url(spec.homeserver.as_str())
+        // The configured URL is authoritative: a fresh login must not switch to the server's
+        // advertised base URL while restored sessions use the configured one.
+        .respect_login_well_known(false)
         .sqlite_store(&store_dir, Some(&passphrase))
         .request_config(
             RequestConfig::new()

@@ -15,6 +15,7 @@ use tokio::process::{Child, Command};
 pub struct FleetProcess {
     dir: tempfile::TempDir,
     config: PathBuf,
+    binary: PathBuf,
     child: Option<Child>,
     starts: usize,
 }
@@ -22,6 +23,11 @@ pub struct FleetProcess {
 impl FleetProcess {
     /// Writes a config (`accounts_toml` plus a private `data_dir`) without starting anything.
     pub fn new(accounts_toml: &str) -> Result<FleetProcess> {
+        Self::with_binary(accounts_toml, binary())
+    }
+
+    /// Like [`FleetProcess::new`], running the given `mxfleet` binary.
+    pub fn with_binary(accounts_toml: &str, binary: PathBuf) -> Result<FleetProcess> {
         let dir = tempfile::Builder::new().prefix("mxfleet-test-").tempdir()?;
         let config = dir.path().join("mxfleet.toml");
         let data_dir = dir.path().join("data");
@@ -33,6 +39,7 @@ impl FleetProcess {
         Ok(FleetProcess {
             dir,
             config,
+            binary,
             child: None,
             starts: 0,
         })
@@ -82,6 +89,11 @@ impl FleetProcess {
                 bail!("mxfleet did not exit within 30 s of SIGTERM")
             }
         }
+    }
+
+    /// The running fleet's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
     }
 
     /// Kills the fleet with SIGKILL (no cleanup runs).
@@ -154,7 +166,8 @@ impl FleetProcess {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(binary());
+        let mut command = Command::new(&self.binary);
+
         command.arg("--config").arg(&self.config).args(args).env("RUST_LOG", "info,mxfleet_core=debug,matrix_sdk=warn,matrix_sdk_base=warn,matrix_sdk_crypto=warn,matrix_sdk::http_client=off");
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("MXFLEET_") && key != "MXFLEET_BIN" {

@@ -15,7 +15,7 @@ use matrix_sdk::{
         events::room::message::{OriginalSyncRoomMessageEvent, RoomMessageEventContent},
     },
 };
-use tokio::task::JoinHandle;
+use tokio::{sync::Notify, task::JoinHandle};
 
 /// A message the human's client saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +38,7 @@ pub struct Human {
     /// The user id.
     pub user_id: OwnedUserId,
     seen: Arc<Mutex<Vec<Seen>>>,
+    arrived: Arc<Notify>,
     sync: JoinHandle<()>,
 }
 
@@ -51,9 +52,10 @@ impl Human {
             .send()
             .await?;
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
+        let arrived = Arc::new(Notify::new());
+        let (sink, bell) = (seen.clone(), arrived.clone());
         client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, room: Room| {
-            let sink = sink.clone();
+            let (sink, bell) = (sink.clone(), bell.clone());
             async move {
                 let seen = Seen {
                     room_id: room.room_id().to_string(),
@@ -64,15 +66,18 @@ impl Human {
                 sink.lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push(seen);
+                bell.notify_waiters();
             }
         });
         // One sync so that later rooms start from "now".
         client.sync_once(SyncSettings::default()).await?;
         let syncing = client.clone();
+        // sync_once in a loop, not sync(): sync() sleeps up to a second between quick syncs,
+        // which would show up as reply latency.
         let sync = tokio::spawn(async move {
             let settings = SyncSettings::default().timeout(Duration::from_secs(5));
             loop {
-                if syncing.sync(settings.clone()).await.is_err() {
+                if syncing.sync_once(settings.clone()).await.is_err() {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
@@ -85,6 +90,7 @@ impl Human {
             client,
             user_id,
             seen,
+            arrived,
             sync,
         })
     }
@@ -155,6 +161,8 @@ impl Human {
     ) -> Result<Seen> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            // Registered before looking, so an arrival between the look and the wait is kept.
+            let arrival = self.arrived.notified();
             if let Some(seen) = self
                 .seen_from(room_id, sender)
                 .into_iter()
@@ -162,7 +170,7 @@ impl Human {
             {
                 return Ok(seen);
             }
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::timeout_at(deadline, arrival).await.is_err() {
                 let got: Vec<String> = self
                     .seen_from(room_id, sender)
                     .into_iter()
@@ -170,7 +178,6 @@ impl Human {
                     .collect();
                 bail!("no {body:?} from {sender} in {room_id} within {timeout:?}; saw {got:?}");
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

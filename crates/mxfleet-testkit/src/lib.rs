@@ -20,8 +20,9 @@ use std::path::PathBuf;
 
 pub use fleet::{FleetProcess, binary};
 pub use human::{Human, Seen};
+pub use matrix_sdk::ruma::OwnedRoomId;
 pub use openai::{FakeOpenAi, SeenRequest};
-pub use proxy::CountingProxy;
+pub use proxy::{CountingProxy, Fault};
 pub use synapse::{Synapse, wait_until_up};
 
 /// A random lower-case name with `prefix`.

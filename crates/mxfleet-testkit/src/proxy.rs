@@ -20,7 +20,19 @@ pub struct CountingProxy {
     /// The proxy's base URL (give it to the account as its homeserver).
     pub url: String,
     paths: Arc<Mutex<Vec<String>>>,
+    fault: Arc<Mutex<Option<Fault>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// A failure the proxy injects instead of forwarding.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// Requests whose path ends with this fail.
+    pub path_suffix: String,
+    /// The status to answer with.
+    pub status: u16,
+    /// The JSON body to answer with.
+    pub body: String,
 }
 
 #[derive(Clone)]
@@ -28,16 +40,19 @@ struct AppState {
     upstream: String,
     client: reqwest::Client,
     paths: Arc<Mutex<Vec<String>>>,
+    fault: Arc<Mutex<Option<Fault>>>,
 }
 
 impl CountingProxy {
     /// Proxies to `upstream`.
     pub async fn start(upstream: &str) -> anyhow::Result<CountingProxy> {
         let paths = Arc::new(Mutex::new(Vec::new()));
+        let fault = Arc::new(Mutex::new(None));
         let state = AppState {
             upstream: upstream.trim_end_matches('/').to_owned(),
             client: reqwest::Client::new(),
             paths: paths.clone(),
+            fault: fault.clone(),
         };
         let app = Router::new().fallback(forward).with_state(state);
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
@@ -48,8 +63,17 @@ impl CountingProxy {
         Ok(CountingProxy {
             url: format!("http://{addr}"),
             paths,
+            fault,
             task,
         })
+    }
+
+    /// Makes matching requests fail (or, with `None`, heals the proxy).
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        *self
+            .fault
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fault;
     }
 
     /// Every request seen so far, as `METHOD /path`.
@@ -87,6 +111,18 @@ async fn forward(
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .push(format!("{method} {}", uri.path()));
+    let fault = state
+        .fault
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if let Some(fault) = fault.filter(|f| uri.path().ends_with(&f.path_suffix)) {
+        return Response::builder()
+            .status(fault.status)
+            .header("content-type", "application/json")
+            .body(Body::from(fault.body))
+            .unwrap_or_default();
+    }
     let url = format!(
         "{}{}",
         state.upstream,

@@ -1,0 +1,218 @@
+//! `mxfleet-bench`: runs 1, 10 and 100 accounts in one mxfleet process against a local Synapse
+//! with the echo backend and prints, per fleet size:
+//!
+//! - **RSS**: the fleet process's resident memory once every account is syncing and has answered,
+//!   in total and per account;
+//! - **reply latency**: user sends → the user's own client receives the bot's reply, p50 / p99 /
+//!   max, measured with a real matrix-sdk client and messages spread round-robin over the bots;
+//! - **start-up**: time until every account is `syncing`, first with logins (a new fleet) and
+//!   then with restored sessions (a restart).
+//!
+//! Use `scripts/bench.sh`, which builds mxfleet in release mode first.
+
+#![recursion_limit = "256"]
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use futures_util::{StreamExt, stream};
+use mxfleet_testkit::{FleetProcess, Human, Synapse};
+use tokio::time::Instant;
+
+/// Fleet benchmark against a local Synapse.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Fleet sizes to measure.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 10, 100])]
+    accounts: Vec<usize>,
+    /// Latency samples per fleet size.
+    #[arg(long, default_value_t = 100)]
+    messages: usize,
+    /// The mxfleet binary to measure.
+    #[arg(long, default_value = "target/release/mxfleet")]
+    binary: PathBuf,
+}
+
+struct Row {
+    accounts: usize,
+    rss_kib: u64,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    first_start: Duration,
+    restored_start: Duration,
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let binary = std::fs::canonicalize(&args.binary).with_context(|| {
+        format!(
+            "{} not found; build it with cargo build --release -p mxfleet",
+            args.binary.display()
+        )
+    })?;
+    let synapse = Synapse::start_private().await?;
+    eprintln!("synapse at {}", synapse.url());
+    let (human_id, human_pw) = synapse.fresh_user("benchhuman").await?;
+    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
+
+    let mut rows = Vec::new();
+    for &n in &args.accounts {
+        eprintln!("== {n} account(s)");
+        rows.push(measure(&synapse, &human, &binary, n, args.messages).await?);
+    }
+
+    println!();
+    println!(
+        "| accounts | RSS total | RSS / account | reply p50 | reply p99 | reply max | start (login) | start (restored) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {:.1} MiB | {:.2} MiB | {} ms | {} ms | {} ms | {} ms | {} ms |",
+            r.accounts,
+            r.rss_kib as f64 / 1024.0,
+            r.rss_kib as f64 / 1024.0 / r.accounts as f64,
+            r.p50.as_millis(),
+            r.p99.as_millis(),
+            r.max.as_millis(),
+            r.first_start.as_millis(),
+            r.restored_start.as_millis(),
+        );
+    }
+    Ok(())
+}
+
+async fn measure(
+    synapse: &Synapse,
+    human: &Human,
+    binary: &std::path::Path,
+    n: usize,
+    samples: usize,
+) -> Result<Row> {
+    let bots: Vec<(String, String)> = stream::iter(0..n)
+        .map(|_| synapse.fresh_user("benchbot"))
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    let mut config = String::new();
+    for (i, (user, password)) in bots.iter().enumerate() {
+        config.push_str(&format!(
+            "[accounts.bot{i}]\nhomeserver = {:?}\nuser_id = {user:?}\npassword = {password:?}\nbackend = \"echo\"\n\n",
+            synapse.url()
+        ));
+    }
+    let mut fleet = FleetProcess::with_binary(&config, binary.to_path_buf())?;
+
+    let started = Instant::now();
+    fleet.start().await?;
+    wait_all_syncing(&fleet, n).await?;
+    let first_start = started.elapsed();
+    eprintln!("  all syncing after first start (logins): {first_start:?}");
+
+    let rooms: Vec<_> = stream::iter(bots.iter())
+        .map(|(bot, _)| human.dm(bot))
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    // buffer_unordered scrambles the order: pair rooms with bots again by membership.
+    let mut pairs = Vec::new();
+    for (bot, _) in &bots {
+        let room = find_room(human, &rooms, bot).await?;
+        pairs.push((bot.clone(), room));
+    }
+
+    let mut latencies = Vec::with_capacity(samples);
+    for k in 0..samples.max(n) {
+        let (bot, room) = &pairs[k % pairs.len()];
+        let body = format!("bench {n} #{k}");
+        let sent = Instant::now();
+        human.send(room, &body).await?;
+        human
+            .expect_message(room, bot, &body, Duration::from_secs(30))
+            .await?;
+        latencies.push(sent.elapsed());
+    }
+    latencies.sort();
+    let pick = |q: f64| {
+        latencies[((latencies.len() as f64 * q).ceil() as usize)
+            .saturating_sub(1)
+            .min(latencies.len() - 1)]
+    };
+    let rss_kib = rss_kib(fleet.pid().context("fleet not running")?)?;
+
+    fleet.stop().await?;
+    let started = Instant::now();
+    fleet.start().await?;
+    wait_all_syncing(&fleet, n).await?;
+    let restored_start = started.elapsed();
+    eprintln!("  all syncing after restart (restored sessions): {restored_start:?}");
+    fleet.stop().await?;
+
+    Ok(Row {
+        accounts: n,
+        rss_kib,
+        p50: pick(0.5),
+        p99: pick(0.99),
+        max: pick(1.0),
+        first_start,
+        restored_start,
+    })
+}
+
+async fn find_room(
+    human: &Human,
+    rooms: &[mxfleet_testkit::OwnedRoomId],
+    bot: &str,
+) -> Result<mxfleet_testkit::OwnedRoomId> {
+    for room in rooms {
+        if human
+            .wait_joined(room, bot, Duration::from_millis(1))
+            .await
+            .is_ok()
+        {
+            return Ok(room.clone());
+        }
+    }
+    bail!("no DM found for {bot}")
+}
+
+async fn wait_all_syncing(fleet: &FleetProcess, n: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while Instant::now() < deadline {
+        if let Some(status) = fleet.status() {
+            let accounts = status["accounts"]
+                .as_object()
+                .map(|a| a.values().filter(|s| s["state"] == "syncing").count());
+            // status.json from a previous run says "stopped"; only count this run's pid.
+            let ours = status["pid"].as_u64() == fleet.pid().map(u64::from);
+            if ours && accounts == Some(n) {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!(
+        "accounts did not all reach syncing:\n{}",
+        fleet.log_tail(20)
+    )
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    line.split_whitespace()
+        .nth(1)
+        .context("bad VmRSS")?
+        .parse()
+        .context("bad VmRSS")
+}
