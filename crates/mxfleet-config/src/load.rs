@@ -338,13 +338,7 @@ fn collect_errors<T: serde::de::DeserializeOwned>(
         let Err(errors) = attempt else { return };
         let mut removed_any = false;
         for e in errors {
-            let path = error_path(&e);
-            let full: Vec<&str> = prefix
-                .iter()
-                .copied()
-                .chain(path.iter().map(String::as_str))
-                .collect();
-            push_issue(figment, issues, &full, describe_kind(&e.kind));
+            let path = push_error(figment, prefix, &e, issues);
             let removable = !matches!(e.kind, figment::error::Kind::MissingField(_));
             removed_any |= removable && remove_path(&mut dict, &path);
         }
@@ -422,14 +416,25 @@ fn push_figment_errors(
     issues: &mut Vec<ConfigIssue>,
 ) {
     for e in error {
-        let path = error_path(&e);
-        let full: Vec<&str> = prefix
-            .iter()
-            .copied()
-            .chain(path.iter().map(String::as_str))
-            .collect();
-        push_issue(figment, issues, &full, describe_kind(&e.kind));
+        push_error(figment, prefix, &e, issues);
     }
+}
+
+/// Records one figment error under `prefix`; returns its section-relative path.
+fn push_error(
+    figment: &Figment,
+    prefix: &[&str],
+    e: &figment::Error,
+    issues: &mut Vec<ConfigIssue>,
+) -> Vec<String> {
+    let path = error_path(e);
+    let full: Vec<&str> = prefix
+        .iter()
+        .copied()
+        .chain(path.iter().map(String::as_str))
+        .collect();
+    push_issue(figment, issues, &full, describe_kind(&e.kind));
+    path
 }
 
 fn validate(

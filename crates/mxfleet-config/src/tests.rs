@@ -294,3 +294,25 @@ fn missing_explicit_file_and_duplicate_users_are_errors() {
         Ok(())
     });
 }
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let example = include_str!("../../../config/mxfleet.example.toml");
+    Jail::expect_with(|jail| {
+        // The example points at secret files under /run/secrets; give them local stand-ins.
+        let text = example.replace("/run/secrets/", "");
+        for name in [
+            "openai-api-key",
+            "helper-password",
+            "announcer-token",
+            "spare-password",
+        ] {
+            jail.create_file(name, "x")?;
+        }
+        jail.create_file("example.toml", &text)?;
+        let loaded = load(&sources("example.toml")).map_err(|e| e.to_string())?;
+        assert_eq!(loaded.config.accounts.len(), 3);
+        assert!(!loaded.config.accounts["spare"].enabled);
+        Ok(())
+    });
+}

@@ -45,37 +45,18 @@ impl MatrixFailure {
 
     /// Classifies a matrix-sdk error.
     pub fn from_sdk(context: &str, error: &matrix_sdk::Error) -> Self {
-        let class = match error.client_api_error_kind() {
-            Some(kind) => classify_kind(
-                kind,
-                error
-                    .as_client_api_error()
-                    .is_some_and(|e| e.status_code.is_server_error()),
-            ),
-            None => match error {
-                matrix_sdk::Error::Http(http) => classify_http_without_kind(http),
-                matrix_sdk::Error::AuthenticationRequired => {
-                    FailureClass::Auth { soft_logout: false }
-                }
-                matrix_sdk::Error::Io(_) => FailureClass::Transient,
-                _ => FailureClass::Fatal,
-            },
+        let class = match error {
+            matrix_sdk::Error::Http(http) => classify_http(http),
+            matrix_sdk::Error::AuthenticationRequired => FailureClass::Auth { soft_logout: false },
+            matrix_sdk::Error::Io(_) => FailureClass::Transient,
+            _ => FailureClass::Fatal,
         };
         Self::new(class, format!("{context}: {error}"))
     }
 
     /// Classifies a matrix-sdk HTTP error.
     pub fn from_http(context: &str, error: &HttpError) -> Self {
-        let class = match error.client_api_error_kind() {
-            Some(kind) => classify_kind(
-                kind,
-                error
-                    .as_client_api_error()
-                    .is_some_and(|e| e.status_code.is_server_error()),
-            ),
-            None => classify_http_without_kind(error),
-        };
-        Self::new(class, format!("{context}: {error}"))
+        Self::new(classify_http(error), format!("{context}: {error}"))
     }
 
     /// Whether this failure ends the account as `auth_failed` (given whether a password is
@@ -106,7 +87,13 @@ fn classify_kind(kind: &ErrorKind, server_error: bool) -> FailureClass {
     }
 }
 
-fn classify_http_without_kind(error: &HttpError) -> FailureClass {
+fn classify_http(error: &HttpError) -> FailureClass {
+    if let Some(kind) = error.client_api_error_kind() {
+        let server_error = error
+            .as_client_api_error()
+            .is_some_and(|e| e.status_code.is_server_error());
+        return classify_kind(kind, server_error);
+    }
     match error {
         HttpError::Reqwest(_) => FailureClass::Transient,
         HttpError::RefreshToken(_) => FailureClass::Auth { soft_logout: false },
