@@ -258,7 +258,7 @@ async fn a_deleted_device_fails_one_account_fast_and_the_other_keeps_answering()
 }
 
 #[tokio::test]
-async fn every_account_reconnects_after_synapse_is_killed_and_restarted() -> Result<()> {
+async fn every_account_reconnects_after_synapse_is_killed_or_hangs() -> Result<()> {
     let mut synapse = Synapse::start_private().await?;
     let (bot_a, pw_a) = synapse.fresh_user("bota").await?;
     let (bot_b, pw_b) = synapse.fresh_user("botb").await?;
@@ -267,7 +267,10 @@ async fn every_account_reconnects_after_synapse_is_killed_and_restarted() -> Res
     let config = format!(
         "[restart]\ninitial_delay_ms = 200\nmax_delay_ms = 2000\n\n{}{}",
         password_account("a", synapse.url(), &bot_a, &pw_a),
-        password_account("b", synapse.url(), &bot_b, &pw_b)
+        password_account("b", synapse.url(), &bot_b, &pw_b).replace(
+            "backend = \"echo\"",
+            "backend = \"echo\"\nsync_timeout_secs = 2"
+        )
     );
     let mut fleet = FleetProcess::new(&config)?;
     fleet.start().await?;
@@ -310,6 +313,26 @@ async fn every_account_reconnects_after_synapse_is_killed_and_restarted() -> Res
         1,
         "nothing answered twice"
     );
+
+    // A hung Synapse (SIGSTOP): account b has a 2 s long-poll, so its request times out after
+    // 2 + 15 s and the account shows the problem; on SIGCONT it recovers by itself.
+    synapse.pause().await?;
+    let hung = fleet
+        .wait_state("b", "backoff", Duration::from_secs(40))
+        .await;
+    synapse.resume().await?;
+    let hung = hung?;
+    assert!(
+        hung["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{hung}"
+    );
+    fleet
+        .wait_state("b", "syncing", Duration::from_secs(60))
+        .await?;
+    human.send(&room_b, "after the freeze").await?;
+    human
+        .expect_message(&room_b, &bot_b, "after the freeze", REPLY_TIMEOUT)
+        .await?;
     fleet.stop().await?;
     Ok(())
 }

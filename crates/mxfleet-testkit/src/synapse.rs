@@ -80,7 +80,32 @@ impl Synapse {
         Ok(())
     }
 
+    /// Freezes the (private) Synapse with SIGSTOP: connections stay open, nothing answers.
+    pub async fn pause(&self) -> Result<()> {
+        self.signal("-STOP").await
+    }
+
+    /// Thaws a paused Synapse with SIGCONT.
+    pub async fn resume(&self) -> Result<()> {
+        self.signal("-CONT").await
+    }
+
+    async fn signal(&self, signal: &str) -> Result<()> {
+        let Some(pid) = self.child.as_ref().map(Child::id) else {
+            bail!("only a private Synapse can be signalled")
+        };
+        let status = tokio::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("kill {signal} {pid} failed");
+        }
+        Ok(())
+    }
+
     /// Starts the (private) Synapse again on the same port and database.
+
     pub async fn restart(&mut self) -> Result<()> {
         if self.child.is_some() {
             self.kill()?;
