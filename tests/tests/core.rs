@@ -547,3 +547,40 @@ fn restart_delays(log: &str, account: &str) -> Vec<(u64, bool)> {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn traces_reach_an_otlp_collector_and_a_dead_one_changes_nothing() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let ((bot, bot_pw), human) = bot_and_human(synapse).await?;
+    let mut fleet = FleetProcess::new(&password_account("bot", synapse.url(), &bot, &bot_pw))?;
+
+    // A collector that does not exist: messages are answered all the same.
+    let dead = format!("http://127.0.0.1:{}", mxfleet_testkit::free_port()?);
+    fleet.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", &dead);
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
+    let room = human.dm(&bot).await?;
+    human.send(&room, "anyone tracing?").await?;
+    human
+        .expect_message(&room, &bot, "anyone tracing?", REPLY_TIMEOUT)
+        .await?;
+    let stopped = fleet.stop().await?;
+    assert!(stopped.success(), "{stopped:?}");
+
+    // A live collector receives the message's spans, tagged with the account.
+    let collector = mxfleet_testkit::FakeCollector::start().await?;
+    fleet.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint);
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
+    human.send(&room, "traced message").await?;
+    human
+        .expect_message(&room, &bot, "traced message", REPLY_TIMEOUT)
+        .await?;
+    fleet.stop().await?; // flushes the batch exporter
+    ensure!(!collector.exports().is_empty(), "no trace export arrived");
+    for needle in ["mxfleet", "message", "account", "event_id"] {
+        ensure!(collector.saw(needle), "no {needle:?} in the exported spans");
+    }
+    ensure!(!collector.saw(&bot_pw), "the password reached the traces");
+    Ok(())
+}

@@ -114,19 +114,15 @@ async fn measure(
     let first_start = started.elapsed();
     eprintln!("  all syncing after first start (logins): {first_start:?}");
 
+    // `buffered` keeps the order, so room i is bot i's DM.
     let rooms: Vec<_> = stream::iter(bots.iter())
         .map(|(bot, _)| human.dm(bot))
-        .buffer_unordered(8)
+        .buffered(8)
         .collect::<Vec<_>>()
         .await
         .into_iter()
         .collect::<Result<_>>()?;
-    // buffer_unordered scrambles the order: pair rooms with bots again by membership.
-    let mut pairs = Vec::new();
-    for (bot, _) in &bots {
-        let room = find_room(human, &rooms, bot).await?;
-        pairs.push((bot.clone(), room));
-    }
+    let pairs: Vec<_> = bots.iter().map(|(bot, _)| bot.clone()).zip(rooms).collect();
 
     let mut latencies = Vec::with_capacity(samples);
     for k in 0..samples.max(n) {
@@ -164,23 +160,6 @@ async fn measure(
         first_start,
         restored_start,
     })
-}
-
-async fn find_room(
-    human: &Human,
-    rooms: &[mxfleet_testkit::OwnedRoomId],
-    bot: &str,
-) -> Result<mxfleet_testkit::OwnedRoomId> {
-    for room in rooms {
-        if human
-            .wait_joined(room, bot, Duration::from_millis(1))
-            .await
-            .is_ok()
-        {
-            return Ok(room.clone());
-        }
-    }
-    bail!("no DM found for {bot}")
 }
 
 async fn wait_all_syncing(fleet: &FleetProcess, n: usize) -> Result<()> {

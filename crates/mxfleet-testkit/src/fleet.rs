@@ -10,12 +10,18 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
+/// The log filter of fleets under test: mxfleet's debug lines, matrix-sdk's warnings.
+const FLEET_LOG_FILTER: &str = "info,mxfleet_core=debug,matrix_sdk=warn,matrix_sdk_base=warn,\
+                                matrix_sdk_crypto=warn,matrix_sdk::http_client=off";
+
 /// A fleet process and its files.
+
 #[derive(Debug)]
 pub struct FleetProcess {
     dir: tempfile::TempDir,
     config: PathBuf,
     binary: PathBuf,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     starts: usize,
 }
@@ -40,9 +46,16 @@ impl FleetProcess {
             dir,
             config,
             binary,
+            env: Vec::new(),
             child: None,
             starts: 0,
         })
+    }
+
+    /// Sets an environment variable for the next starts.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// The config file.
@@ -168,7 +181,12 @@ impl FleetProcess {
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.binary);
 
-        command.arg("--config").arg(&self.config).args(args).env("RUST_LOG", "info,mxfleet_core=debug,matrix_sdk=warn,matrix_sdk_base=warn,matrix_sdk_crypto=warn,matrix_sdk::http_client=off");
+        command
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("RUST_LOG", FLEET_LOG_FILTER);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("MXFLEET_") && key != "MXFLEET_BIN" {
                 command.env_remove(key);

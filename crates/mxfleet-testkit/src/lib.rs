@@ -10,6 +10,7 @@
 // matrix-sdk's futures are deep; proving `Send` for a spawned sync needs more than 128.
 #![recursion_limit = "256"]
 
+mod collector;
 mod fleet;
 mod human;
 mod openai;
@@ -18,7 +19,9 @@ mod synapse;
 
 use std::path::PathBuf;
 
+pub use collector::FakeCollector;
 pub use fleet::{FleetProcess, binary};
+
 pub use human::{Human, Seen};
 pub use matrix_sdk::ruma::OwnedRoomId;
 pub use openai::{FakeOpenAi, SeenRequest};
