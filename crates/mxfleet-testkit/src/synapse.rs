@@ -105,7 +105,6 @@ impl Synapse {
     }
 
     /// Starts the (private) Synapse again on the same port and database.
-
     pub async fn restart(&mut self) -> Result<()> {
         if self.child.is_some() {
             self.kill()?;
