@@ -75,7 +75,6 @@ pub(crate) struct AccountRuntime {
     sync: Option<ActorRef<crate::sync::SyncMsg>>,
     responder: Option<Responder>,
     tracker: RestartTracker,
-    pending_loaded: bool,
 }
 
 impl Actor for AccountActor {
@@ -100,7 +99,6 @@ impl Actor for AccountActor {
             sync: None,
             responder: None,
             tracker,
-            pending_loaded: false,
         })
     }
 
@@ -257,27 +255,23 @@ impl AccountRuntime {
             self.args.board.clone(),
             self.args.spec.catch_up_max_age_secs,
         );
-        if !self.pending_loaded {
-            // Messages claimed before a crash or restart but never answered.
-            match self.args.store.pending::<InboundMessage>(self.id()).await {
-                Ok((pending, corrupt)) => {
-                    for e in corrupt {
-                        error!(error = %e, "corrupt inbox entry left in place");
-                    }
-                    if !pending.is_empty() {
-                        info!(
-                            count = pending.len(),
-                            "answering messages left pending by the last run"
-                        );
-                    }
-                    pending
-                        .into_iter()
-                        .for_each(|entry| responder.dispatch(entry));
-                    self.pending_loaded = true;
+        // Messages claimed but never answered: by a previous process, or queued in the
+        // responder drained above (a reconnect after a soft logout).
+        match self.args.store.pending::<InboundMessage>(self.id()).await {
+            Ok((pending, corrupt)) => {
+                for e in corrupt {
+                    error!(error = %e, "corrupt inbox entry left in place");
                 }
-                Err(e) => error!(error = %e, "could not read pending messages"),
+                if !pending.is_empty() {
+                    info!(count = pending.len(), "answering messages left pending");
+                }
+                pending
+                    .into_iter()
+                    .for_each(|entry| responder.dispatch(entry));
             }
+            Err(e) => error!(error = %e, "could not read pending messages"),
         }
+
         self.responder = Some(responder);
         self.connection = Some(connection);
         let _ = myself.cast(AccountMsg::StartSync);

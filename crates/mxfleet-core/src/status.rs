@@ -163,6 +163,9 @@ impl StatusBoard {
         }
         board.dirty = true;
         drop(board);
+        if previous == state && error.is_none() {
+            return;
+        }
         match (state, error) {
             (AccountState::AuthFailed | AccountState::Failed, Some(e)) => {
                 warn!(account, from = ?previous, to = ?state, error = %e, "account state changed")

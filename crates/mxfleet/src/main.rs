@@ -132,6 +132,7 @@ fn run(loaded: Loaded) -> ExitCode {
 async fn run_fleet(loaded: Loaded) -> anyhow::Result<()> {
     let config = loaded.config;
     let data_dir = config.data_dir.clone();
+    prepare_data_dir(&data_dir)?;
     let _lock = DirLock::acquire(&data_dir, "mxfleet.lock").map_err(|e| match e {
         StoreError::Locked { path } => {
             anyhow::Error::new(StoreError::Locked { path: path.clone() }).context(format!(
@@ -185,6 +186,32 @@ async fn run_fleet(loaded: Loaded) -> anyhow::Result<()> {
     writer.abort();
     board.flush(&data_dir).await;
     info!("mxfleet stopped");
+    Ok(())
+}
+
+/// Creates the data directory private to this user (it holds access tokens and store keys),
+/// and warns if an existing one is readable by others.
+fn prepare_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !data_dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    }
+    let mode = std::fs::metadata(data_dir)
+        .with_context(|| format!("cannot read data dir {}", data_dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        warn!(
+            data_dir = %data_dir.display(),
+            mode = format!("{:o}", mode & 0o777),
+            "the data dir is accessible to other users; it holds access tokens and store keys \
+             (chmod 700 it)"
+        );
+    }
     Ok(())
 }
 
