@@ -121,8 +121,13 @@ stop)
 register)
   user="${3:?USER missing}"; password="${4:?PASSWORD missing}"
   admin="--no-admin"; [ "${5:-}" = "admin" ] && admin="--admin"
-  "$venv/bin/register_new_matrix_user" -c "$dir/homeserver.yaml" -u "$user" -p "$password" "$admin" \
-    "http://127.0.0.1:$(port_of)" >/dev/null
+    # The tool reports errors (e.g. "User ID already taken.") on stdout: show them on failure.
+  if ! out="$("$venv/bin/register_new_matrix_user" -c "$dir/homeserver.yaml" -u "$user" \
+      -p "$password" "$admin" "http://127.0.0.1:$(port_of)" 2>&1)"; then
+    echo "$out" >&2
+    exit 1
+  fi
+
   ;;
 *)
   echo "unknown command $cmd" >&2; exit 2 ;;
