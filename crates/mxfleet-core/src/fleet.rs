@@ -143,26 +143,11 @@ impl Actor for FleetSupervisor {
             return Ok(());
         };
         slot.actor = None;
-        let Some(failure) = failure else {
-            return Ok(());
-        };
-        // The account crashed: restart it alone, after its own backoff.
-        let decision = slot
-            .tracker
-            .failed(Instant::now(), rand::random::<f64>(), None);
-        error!(account = %id, error = %failure, delay_ms = decision.delay.as_millis() as u64, parked = decision.parked, "account crashed; restarting");
-        state
-            .board
-            .transition(id, AccountState::Backoff, Some(failure));
-        let until = now_ms() + decision.delay.as_millis() as u64;
-        state.board.update(id, |s| {
-            s.backoff_until_ms = Some(until);
-            s.restarts += 1;
-        });
-        let id = id.clone();
-        ractor::time::send_after(decision.delay, myself.get_cell(), move || {
-            FleetMsg::StartAccount(id)
-        });
+        if let Some(failure) = failure {
+            // The account crashed: restart it alone, after its own backoff.
+            let id = id.clone();
+            state.schedule_start(&myself, &id, failure);
+        }
         Ok(())
     }
 
@@ -228,20 +213,35 @@ impl FleetState {
                 slot.tracker.started(Instant::now());
                 slot.actor = Some(actor);
             }
-            Err(e) => {
-                let decision = slot
-                    .tracker
-                    .failed(Instant::now(), rand::random::<f64>(), None);
-                self.board.transition(
-                    id,
-                    AccountState::Backoff,
-                    Some(format!("could not start: {e}")),
-                );
-                let id = id.to_owned();
-                ractor::time::send_after(decision.delay, myself.get_cell(), move || {
-                    FleetMsg::StartAccount(id)
-                });
-            }
+            Err(e) => self.schedule_start(myself, id, format!("could not start: {e}")),
         }
+    }
+
+    /// Starts `id` again after its backoff, recording `failure` in its status.
+    fn schedule_start(&mut self, myself: &ActorRef<FleetMsg>, id: &str, failure: String) {
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        let decision = slot
+            .tracker
+            .failed(Instant::now(), rand::random::<f64>(), None);
+        error!(
+            account = %id,
+            error = %failure,
+            delay_ms = decision.delay.as_millis() as u64,
+            parked = decision.parked,
+            "account failed; restarting it after backoff"
+        );
+        self.board
+            .transition(id, AccountState::Backoff, Some(failure));
+        let until = now_ms() + decision.delay.as_millis() as u64;
+        self.board.update(id, |s| {
+            s.backoff_until_ms = Some(until);
+            s.restarts += 1;
+        });
+        let id = id.to_owned();
+        ractor::time::send_after(decision.delay, myself.get_cell(), move || {
+            FleetMsg::StartAccount(id)
+        });
     }
 }

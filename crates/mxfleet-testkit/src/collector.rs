@@ -1,9 +1,6 @@
 //! A stand-in OpenTelemetry collector: accepts OTLP/HTTP trace exports and keeps the bodies.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 use axum::{Router, body::Bytes, extract::State, routing::post};
 
@@ -23,11 +20,8 @@ impl FakeCollector {
         let app = Router::new()
             .route("/v1/traces", post(receive))
             .with_state(exports.clone());
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-        let endpoint = format!("http://{}", listener.local_addr()?);
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = crate::serve_on_loopback(app).await?;
+        let endpoint = format!("http://{addr}");
         Ok(FakeCollector {
             endpoint,
             exports,

@@ -1,10 +1,7 @@
 //! An HTTP proxy in front of Synapse that records every request path, so tests can count
 //! `/login` calls or requests made after a failure.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
 use axum::{
     Router,
@@ -55,11 +52,7 @@ impl CountingProxy {
             fault: fault.clone(),
         };
         let app = Router::new().fallback(forward).with_state(state);
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-        let addr = listener.local_addr()?;
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = crate::serve_on_loopback(app).await?;
         Ok(CountingProxy {
             url: format!("http://{addr}"),
             paths,
