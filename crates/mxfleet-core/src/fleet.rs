@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 use futures_util::future::join_all;
 use mxfleet_config::{AccountSpec, ValidConfig};
 use mxfleet_store::{Store, now_ms};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
@@ -19,7 +19,7 @@ use crate::{
         AccountActor, AccountArgs, AccountMsg, REASON_AUTH_FAILED, REASON_FAILED, REASON_STOPPED,
     },
     restart::{RestartPolicy, RestartTracker},
-    status::{AccountState, FleetStatus, StatusBoard},
+    status::{AccountState, StatusBoard},
 };
 
 /// The root actor.
@@ -39,8 +39,6 @@ pub struct FleetArgs {
 pub enum FleetMsg {
     /// (Re)start an account after its backoff.
     StartAccount(String),
-    /// A snapshot of the fleet's status.
-    Status(RpcReplyPort<FleetStatus>),
 }
 
 /// The fleet supervisor's state.
@@ -107,14 +105,8 @@ impl Actor for FleetSupervisor {
         message: FleetMsg,
         state: &mut FleetState,
     ) -> Result<(), ActorProcessingErr> {
-        match message {
-            FleetMsg::StartAccount(id) => state.start_account(&myself, &id).await,
-            FleetMsg::Status(reply) => {
-                if !reply.is_closed() {
-                    let _ = reply.send(state.board.snapshot());
-                }
-            }
-        }
+        let FleetMsg::StartAccount(id) = message;
+        state.start_account(&myself, &id).await;
         Ok(())
     }
 
@@ -171,7 +163,6 @@ impl Actor for FleetSupervisor {
             })
         });
         join_all(stopping).await;
-        state.board.flush(&state.data_dir).await;
         info!("fleet stopped");
         Ok(())
     }

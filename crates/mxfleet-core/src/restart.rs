@@ -136,11 +136,6 @@ impl RestartTracker {
             parked,
         }
     }
-
-    /// Consecutive failures without a healthy run in between.
-    pub fn consecutive_failures(&self) -> u32 {
-        self.consecutive
-    }
 }
 
 #[cfg(test)]

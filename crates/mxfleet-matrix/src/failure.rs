@@ -53,17 +53,6 @@ impl MatrixFailure {
         };
         Self::new(class, format!("{context}: {error}"))
     }
-
-    /// Classifies a matrix-sdk HTTP error.
-    pub fn from_http(context: &str, error: &HttpError) -> Self {
-        Self::new(classify_http(error), format!("{context}: {error}"))
-    }
-
-    /// Whether this failure ends the account as `auth_failed` (given whether a password is
-    /// available for a soft-logout re-login).
-    pub fn is_auth_terminal(&self, has_password: bool) -> bool {
-        matches!(self.class, FailureClass::Auth { soft_logout } if !(soft_logout && has_password))
-    }
 }
 
 fn classify_kind(kind: &ErrorKind, server_error: bool) -> FailureClass {

@@ -7,7 +7,7 @@
 use std::{
     fs::{File, OpenOptions, TryLockError},
     io::Write,
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use crate::StoreError;
@@ -16,7 +16,6 @@ use crate::StoreError;
 #[derive(Debug)]
 pub struct DirLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl DirLock {
@@ -45,12 +44,7 @@ impl DirLock {
         let _ = file
             .set_len(0)
             .and_then(|()| writeln!(file, "{}", std::process::id()));
-        Ok(Self { _file: file, path })
-    }
-
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Self { _file: file })
     }
 }
 

@@ -39,13 +39,6 @@ pub enum TelemetryError {
 #[derive(Debug)]
 pub struct TelemetryGuard(Option<SdkTracerProvider>);
 
-impl TelemetryGuard {
-    /// Whether traces are being exported.
-    pub fn exporting(&self) -> bool {
-        self.0.is_some()
-    }
-}
-
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         if let Some(provider) = self.0.take() {

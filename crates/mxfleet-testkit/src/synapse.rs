@@ -219,7 +219,7 @@ impl Synapse {
     }
 
     async fn spawn(&mut self) -> Result<()> {
-        let venv = script_output(&[]).await?;
+        let venv = venv_path().await?;
         let python = PathBuf::from(venv.trim()).join("bin/python");
         let mut command = Command::new(python);
         command
@@ -285,7 +285,8 @@ async fn script(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-async fn script_output(_: &[&str]) -> Result<String> {
+/// The Synapse virtualenv, installed on first use by `scripts/setup-synapse.sh`.
+async fn venv_path() -> Result<String> {
     let output = tokio::process::Command::new(repo_root().join("scripts/setup-synapse.sh"))
         .output()
         .await?;
