@@ -38,7 +38,13 @@ homeserver = "$url"
 user_id = "@bot:localhost"
 password = "bot-dev-password"
 backend = "echo"
+# Only the dev human may DM the bot; in rooms it answers when mentioned.
+dm_policy = "allowlist"
+user_allowlist = ["@human:localhost"]
+room_policy = "open"
+mention_mode = "mention"
 TOML
+
 
 echo "==> building mxfleet"
 cargo build -p mxfleet --locked --quiet

@@ -9,10 +9,12 @@ use anyhow::{Context, Result, ensure};
 use mxfleet_testkit::{CountingProxy, FakeOpenAi, Fault, FleetProcess, Human, Synapse};
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Access settings under which the bot answers everyone everywhere (the defaults are allowlists).
+const OPEN: &str = "dm_policy = \"open\"\nroom_policy = \"open\"\nmention_mode = \"always\"\n";
 
 fn password_account(id: &str, homeserver: &str, user_id: &str, password: &str) -> String {
     format!(
-        "[accounts.{id}]\nhomeserver = {homeserver:?}\nuser_id = {user_id:?}\npassword = {password:?}\nbackend = \"echo\"\n\n"
+        "[accounts.{id}]\nhomeserver = {homeserver:?}\nuser_id = {user_id:?}\npassword = {password:?}\n{OPEN}backend = \"echo\"\n\n"
     )
 }
 
@@ -35,7 +37,7 @@ async fn two_accounts_answer_in_dms_and_a_shared_room() -> Result<()> {
 
     // One password account, one access-token account whose user id comes from whoami.
     let config = format!(
-        "{}[accounts.tok]\nhomeserver = {:?}\naccess_token = {token:?}\nbackend = \"echo\"\n",
+        "{}[accounts.tok]\nhomeserver = {:?}\naccess_token = {token:?}\n{OPEN}backend = \"echo\"\n",
         password_account("alice", synapse.url(), &alice_bot, &alice_pw),
         synapse.url()
     );
@@ -432,11 +434,14 @@ async fn the_openai_backend_streams_a_whole_answer() -> Result<()> {
     let room = human.dm(&bot).await?;
     human.send(&room, "what is mxfleet?").await?;
     let expected = FakeOpenAi::answer_for("what is mxfleet?");
+    // Streamed: one message, edited in place until it shows the whole answer.
     human
-        .expect_message(&room, &bot, &expected, REPLY_TIMEOUT)
+        .expect_final_text(&room, &bot, &expected, REPLY_TIMEOUT)
         .await?;
+    assert_eq!(human.seen_from(&room, &bot).len(), 1);
 
     let requests = llm.requests();
+
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].authorization.as_deref(), Some("Bearer sk-test"));
     assert_eq!(requests[0].body["model"], "test-model");

@@ -2,7 +2,7 @@
 
 use futures_util::stream;
 
-use crate::{Backend, ChatRequest, Role, TextStream};
+use crate::{Backend, ChatRequest, TextStream};
 
 /// Answers with `prefix` followed by the last user message.
 #[derive(Debug, Clone)]
@@ -23,14 +23,8 @@ impl Backend for EchoBackend {
     }
 
     fn stream(&self, request: ChatRequest) -> TextStream {
-        let last = request
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.role == Role::User)
-            .map(|m| m.content.as_str())
-            .unwrap_or_default();
-        let answer = format!("{}{}", self.prefix, last);
+        let answer = format!("{}{}", self.prefix, request.last_user_message());
+
         // Word-sized deltas so consumers see a real stream.
         let deltas: Vec<_> = answer
             .split_inclusive(' ')
@@ -43,7 +37,7 @@ impl Backend for EchoBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ChatMessage, collect};
+    use crate::{ChatMessage, Role, collect};
 
     #[tokio::test]
     async fn echoes_the_last_user_message() {
@@ -53,17 +47,22 @@ mod tests {
                 ChatMessage {
                     role: Role::User,
                     content: "first".into(),
+                    ..ChatMessage::default()
                 },
                 ChatMessage {
                     role: Role::Assistant,
                     content: "ignored".into(),
+                    ..ChatMessage::default()
                 },
                 ChatMessage {
                     role: Role::User,
                     content: "hello  there world".into(),
+                    ..ChatMessage::default()
                 },
             ],
+            ..ChatRequest::default()
         };
+
         assert_eq!(
             collect(&backend, request).await.ok().as_deref(),
             Some("echo: hello  there world")

@@ -5,10 +5,14 @@
 //!
 //! - [`EchoBackend`] answers with the user's own words, for demos and tests.
 //! - [`OpenAiBackend`] calls an OpenAI-compatible `/chat/completions` endpoint with SSE streaming.
+//! - [`WebhookBackend`] POSTs the conversation to an external agent and reads its streamed answer.
+//! - [`CommandBackend`] runs a CLI agent per answer and streams its stdout.
 
+mod command;
 mod echo;
 mod openai;
 mod sse;
+mod webhook;
 
 use std::{pin::Pin, sync::Arc};
 
@@ -16,8 +20,10 @@ use futures_util::{Stream, StreamExt};
 use mxfleet_config::BackendSpec;
 use serde::Serialize;
 
+pub use command::CommandBackend;
 pub use echo::EchoBackend;
 pub use openai::OpenAiBackend;
+pub use webhook::WebhookBackend;
 
 /// A stream of text deltas; an `Err` item ends it.
 pub type TextStream = Pin<Box<dyn Stream<Item = Result<String, BackendError>> + Send>>;
@@ -60,31 +66,66 @@ impl BackendError {
 }
 
 /// Who said a message in the conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Instructions for the model.
     System,
     /// The human side.
+    #[default]
     User,
     /// The bot.
     Assistant,
 }
 
 /// One message of the conversation sent to a backend.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ChatMessage {
     /// Who said it.
     pub role: Role,
     /// What was said.
     pub content: String,
+    /// The speaker's (sanitised) display name, for user messages in group rooms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ChatMessage {
+    /// The content with the speaker named in front (`Name: text`), for backends that have no
+    /// field for the speaker.
+    pub fn attributed_content(&self) -> String {
+        match &self.name {
+            Some(name) => format!("{name}: {}", self.content),
+            None => self.content.clone(),
+        }
+    }
 }
 
 /// A request to a backend.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ChatRequest {
     /// The conversation, oldest first; the last message is the one to answer.
     pub messages: Vec<ChatMessage>,
+    /// The mxfleet account answering.
+    pub account: String,
+    /// The Matrix room.
+    pub room_id: String,
+    /// The thread root, when the conversation is a thread.
+    pub thread_root: Option<String>,
+    /// Who sent the message being answered.
+    pub sender: String,
+}
+
+impl ChatRequest {
+    /// The text of the last user message, the one being answered.
+    pub fn last_user_message(&self) -> &str {
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(|m| m.content.as_str())
+            .unwrap_or_default()
+    }
 }
 
 /// A conversational AI backend.
@@ -101,6 +142,8 @@ pub fn build(spec: &BackendSpec) -> Result<Arc<dyn Backend>, BackendError> {
     Ok(match spec {
         BackendSpec::Echo { prefix } => Arc::new(EchoBackend::new(prefix.clone())),
         BackendSpec::Openai { .. } => Arc::new(OpenAiBackend::new(spec)?),
+        BackendSpec::Webhook { .. } => Arc::new(WebhookBackend::new(spec)?),
+        BackendSpec::Command { .. } => Arc::new(CommandBackend::new(spec)?),
     })
 }
 

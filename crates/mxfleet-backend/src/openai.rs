@@ -12,7 +12,7 @@ use mxfleet_config::{BackendSpec, Secret};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{Backend, BackendError, ChatMessage, ChatRequest, Role, TextStream, sse::SseDecoder};
+use crate::{Backend, BackendError, ChatRequest, Role, TextStream, sse::SseDecoder};
 
 /// How much of an error body is kept in [`BackendError::Status`].
 const ERROR_EXCERPT_CHARS: usize = 300;
@@ -30,8 +30,16 @@ pub struct OpenAiBackend {
 #[derive(Serialize)]
 struct CompletionRequest<'a> {
     model: &'a str,
-    messages: Vec<ChatMessage>,
+    messages: Vec<WireMessage>,
     stream: bool,
+}
+
+/// A message as the API takes it: OpenAI's own `name` field only allows `[A-Za-z0-9_-]`, so
+/// the speaker goes into the content instead.
+#[derive(Serialize)]
+struct WireMessage {
+    role: Role,
+    content: String,
 }
 
 type Body = Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
@@ -87,12 +95,15 @@ impl Backend for OpenAiBackend {
     fn stream(&self, request: ChatRequest) -> TextStream {
         let mut messages = Vec::with_capacity(request.messages.len() + 1);
         if let Some(prompt) = &self.system_prompt {
-            messages.push(ChatMessage {
+            messages.push(WireMessage {
                 role: Role::System,
                 content: prompt.clone(),
             });
         }
-        messages.extend(request.messages);
+        messages.extend(request.messages.iter().map(|m| WireMessage {
+            role: m.role,
+            content: m.attributed_content(),
+        }));
         let body = CompletionRequest {
             model: &self.model,
             messages,
@@ -215,7 +226,7 @@ fn parse_event(data: &str) -> Result<Event, BackendError> {
     Ok(content.map_or(Event::Nothing, |text| Event::Delta(text.to_owned())))
 }
 
-fn transport_error(e: &reqwest::Error) -> BackendError {
+pub(crate) fn transport_error(e: &reqwest::Error) -> BackendError {
     if e.is_timeout() {
         BackendError::Timeout
     } else {

@@ -102,7 +102,7 @@ async fn measure(
     let mut config = String::new();
     for (i, (user, password)) in bots.iter().enumerate() {
         config.push_str(&format!(
-            "[accounts.bot{i}]\nhomeserver = {:?}\nuser_id = {user:?}\npassword = {password:?}\nbackend = \"echo\"\n\n",
+            "[accounts.bot{i}]\nhomeserver = {:?}\nuser_id = {user:?}\npassword = {password:?}\ndm_policy = \"open\"\nroom_policy = \"open\"\nmention_mode = \"always\"\nbackend = \"echo\"\n\n",
             synapse.url()
         ));
     }

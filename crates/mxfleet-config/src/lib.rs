@@ -12,10 +12,14 @@ mod secret;
 
 pub use load::{
     AccountAuth, AccountSpec, BUILTIN_ECHO, BackendSpec, CONFIG_FILE_ENV, ConfigError, ConfigIssue,
-    DEFAULT_CONFIG_FILE, ENV_PREFIX, Flags, Loaded, Sources, ValidConfig, default_device_id,
-    is_valid_account_id, load,
+    ConversationSpec, DEFAULT_CONFIG_FILE, ENV_PREFIX, Flags, Loaded, Route, Sources, ValidConfig,
+    default_device_id, is_valid_account_id, load,
 };
-pub use model::{AccountConfig, BackendConfig, Config, LogConfig, LogFormat, RestartConfig};
+pub use model::{
+    AccessPolicy, AccountConfig, AutoJoin, BackendConfig, CommandInput, Config, LogConfig,
+    LogFormat, MentionMode, RestartConfig, RouteOverride, StreamFormat, StreamMode,
+};
+
 pub use secret::{REDACTED, Secret};
 
 #[cfg(test)]

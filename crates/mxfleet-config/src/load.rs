@@ -20,7 +20,10 @@ use figment::{
 use serde::Deserialize;
 use url::Url;
 
-use crate::{AccountConfig, BackendConfig, Config, LogConfig, LogFormat, RestartConfig, Secret};
+use crate::{
+    AccessPolicy, AccountConfig, AutoJoin, BackendConfig, CommandInput, Config, LogConfig,
+    LogFormat, MentionMode, RestartConfig, RouteOverride, Secret, StreamFormat, StreamMode,
+};
 
 /// The environment variable prefix.
 pub const ENV_PREFIX: &str = "MXFLEET_";
@@ -84,6 +87,8 @@ pub struct ValidConfig {
     pub accounts: BTreeMap<String, AccountSpec>,
     /// The file that was read, if any.
     pub config_file: Option<PathBuf>,
+    /// Settings that are valid but probably not what was meant (e.g. an empty allowlist).
+    pub warnings: Vec<ConfigIssue>,
 }
 
 /// How an account authenticates.
@@ -116,6 +121,103 @@ pub enum BackendSpec {
         /// Per-request timeout.
         request_timeout_secs: u64,
     },
+    /// An external agent over HTTP.
+    Webhook {
+        /// Where the conversation is POSTed.
+        url: Url,
+        /// Bearer token.
+        token: Option<Secret>,
+        /// How the answer is framed.
+        format: StreamFormat,
+        /// Model name passed along (route override), if any.
+        model: Option<String>,
+        /// System prompt passed along (route override), if any.
+        system_prompt: Option<String>,
+        /// Per-request timeout.
+        request_timeout_secs: u64,
+    },
+    /// A CLI agent spawned per answer.
+    Command {
+        /// Program and arguments.
+        command: Vec<String>,
+        /// What goes to stdin.
+        input: CommandInput,
+        /// Working directory.
+        working_dir: Option<PathBuf>,
+        /// Model name passed along (route override), if any.
+        model: Option<String>,
+        /// System prompt passed along (route override), if any.
+        system_prompt: Option<String>,
+        /// Kill the process after this long.
+        request_timeout_secs: u64,
+    },
+}
+
+impl BackendSpec {
+    /// A short name of the backend's kind: `echo`, `openai`, `webhook`, `command`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Echo { .. } => "echo",
+            Self::Openai { .. } => "openai",
+            Self::Webhook { .. } => "webhook",
+            Self::Command { .. } => "command",
+        }
+    }
+
+    /// The model this backend asks for, if it names one.
+    pub fn model(&self) -> Option<&str> {
+        match self {
+            Self::Echo { .. } => None,
+            Self::Openai { model, .. } => Some(model),
+            Self::Webhook { model, .. } | Self::Command { model, .. } => model.as_deref(),
+        }
+    }
+}
+
+/// A backend chosen for a room, a user or an account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// The backend's name in `[backends]`.
+    pub backend_name: String,
+    /// The backend with the route's model and system prompt applied.
+    pub backend: BackendSpec,
+}
+
+/// How an account converses: who it talks to, how answers are shown, which cues it gives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationSpec {
+    /// DM access.
+    pub dm_policy: AccessPolicy,
+    /// Group room access.
+    pub room_policy: AccessPolicy,
+    /// When to answer in group rooms.
+    pub mention_mode: MentionMode,
+    /// Whether `@room` counts as a mention.
+    pub allow_room_mentions: bool,
+    /// Users allowed to DM the bot.
+    pub user_allowlist: Vec<String>,
+    /// Rooms (ids or aliases) the bot talks in.
+    pub room_allowlist: Vec<String>,
+    /// Invite handling.
+    pub auto_join: AutoJoin,
+    /// How answers stream.
+    pub stream_mode: StreamMode,
+    /// Characters before the first send of a streamed answer.
+    pub stream_min_initial_chars: usize,
+    /// Minimum time between edits.
+    pub edit_throttle_ms: u64,
+    /// Edit cap per message.
+    pub max_edits_per_message: u32,
+    /// Rich replies outside threads.
+    pub reply_to_message: bool,
+    /// The acknowledgement reaction, if enabled.
+    pub ack_reaction: Option<String>,
+    /// Typing notices while working.
+    pub typing_notices: bool,
+    /// Read receipts for handled messages.
+    pub read_receipts: bool,
+    /// Earlier messages the backend sees.
+    pub history_max_messages: usize,
 }
 
 /// A validated account.
@@ -147,6 +249,12 @@ pub struct AccountSpec {
     pub sync_timeout_secs: u64,
     /// Stall margin for the sync watchdog.
     pub sync_stall_secs: u64,
+    /// Conversation behaviour.
+    pub conversation: ConversationSpec,
+    /// Backend overrides by room id or alias.
+    pub room_routes: BTreeMap<String, Route>,
+    /// Backend overrides by user id (they win over room overrides).
+    pub user_routes: BTreeMap<String, Route>,
 }
 
 /// A loaded configuration together with the layers it came from.
@@ -443,7 +551,11 @@ fn validate(
     config_file: &Option<PathBuf>,
     issues: &mut Vec<ConfigIssue>,
 ) -> ValidConfig {
-    let mut check = Checker { figment, issues };
+    let mut check = Checker {
+        figment,
+        issues,
+        warnings: Vec::new(),
+    };
 
     let r = &raw.restart;
     check.require(
@@ -603,7 +715,63 @@ fn validate(
             }
             None
         };
-        let backend = backend.map(|spec| with_account_overrides(spec, account));
+        let backend = backend.map(|spec| {
+            with_overrides(spec, account.model.as_ref(), account.system_prompt.as_ref())
+        });
+        let conversation = check.conversation(&key, account);
+        let mut route = |kind: &str, target: &String, o: &RouteOverride| {
+            let base = backend.clone()?;
+            let name = o.backend.clone().unwrap_or_else(|| account.backend.clone());
+            let spec = if o.backend.is_none() {
+                base
+            } else if name == BUILTIN_ECHO && !backends.contains_key(BUILTIN_ECHO) {
+                BackendSpec::Echo {
+                    prefix: String::new(),
+                }
+            } else if let Some(spec) = backends.get(&name) {
+                with_overrides(
+                    spec.clone(),
+                    account.model.as_ref(),
+                    account.system_prompt.as_ref(),
+                )
+            } else {
+                check.fail(
+                    &format!("{key}.{kind}.{target}.backend"),
+                    &format!("no backend named {name:?}"),
+                );
+                return None;
+            };
+            Some(Route {
+                backend_name: name,
+                backend: with_overrides(spec, o.model.as_ref(), o.system_prompt.as_ref()),
+            })
+        };
+        let mut room_routes = BTreeMap::new();
+        for (room, o) in &account.room_overrides {
+            if let Some(r) = route("room_overrides", room, o) {
+                room_routes.insert(room.clone(), r);
+            }
+        }
+        let mut user_routes = BTreeMap::new();
+        for (user, o) in &account.user_overrides {
+            if let Some(r) = route("user_overrides", user, o) {
+                user_routes.insert(user.clone(), r);
+            }
+        }
+        for room in account.room_overrides.keys() {
+            check.require(
+                is_room_ref(room),
+                &format!("{key}.room_overrides.{room}"),
+                "must be a room id (!id:server) or alias (#name:server)",
+            );
+        }
+        for user in account.user_overrides.keys() {
+            check.require(
+                is_user_id(user),
+                &format!("{key}.user_overrides.{user}"),
+                "must be a user id (@name:server)",
+            );
+        }
 
         if let (Some(auth), Some(backend)) = (auth, backend) {
             accounts.insert(
@@ -625,6 +793,9 @@ fn validate(
                     catch_up_max_age_secs: account.catch_up_max_age_secs,
                     sync_timeout_secs: account.sync_timeout_secs,
                     sync_stall_secs: account.sync_stall_secs,
+                    conversation,
+                    room_routes,
+                    user_routes,
                 },
             );
         }
@@ -637,7 +808,18 @@ fn validate(
         restart: raw.restart.clone(),
         accounts,
         config_file: config_file.clone(),
+        warnings: std::mem::take(&mut check.warnings),
     }
+}
+
+/// Whether `s` looks like a Matrix user id.
+fn is_user_id(s: &str) -> bool {
+    s.len() > 3 && s.starts_with('@') && s[1..].contains(':')
+}
+
+/// Whether `s` looks like a room id or a room alias.
+fn is_room_ref(s: &str) -> bool {
+    s.len() > 3 && (s.starts_with('!') || s.starts_with('#')) && s[1..].contains(':')
 }
 
 /// The device id a password account uses unless `device_id` is set.
@@ -657,28 +839,51 @@ pub fn is_valid_account_id(id: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-fn with_account_overrides(spec: BackendSpec, account: &AccountConfig) -> BackendSpec {
-    match spec {
+/// Applies a model and system prompt override (account or route) to a backend.
+fn with_overrides(
+    mut spec: BackendSpec,
+    new_model: Option<&String>,
+    new_prompt: Option<&String>,
+) -> BackendSpec {
+    match &mut spec {
         BackendSpec::Openai {
-            base_url,
             model,
-            api_key,
             system_prompt,
-            request_timeout_secs,
-        } => BackendSpec::Openai {
-            base_url,
-            model: account.model.clone().unwrap_or(model),
-            api_key,
-            system_prompt: account.system_prompt.clone().or(system_prompt),
-            request_timeout_secs,
-        },
-        echo @ BackendSpec::Echo { .. } => echo,
+            ..
+        } => {
+            if let Some(m) = new_model {
+                *model = m.clone();
+            }
+            if let Some(p) = new_prompt {
+                *system_prompt = Some(p.clone());
+            }
+        }
+        BackendSpec::Webhook {
+            model,
+            system_prompt,
+            ..
+        }
+        | BackendSpec::Command {
+            model,
+            system_prompt,
+            ..
+        } => {
+            if let Some(m) = new_model {
+                *model = Some(m.clone());
+            }
+            if let Some(p) = new_prompt {
+                *system_prompt = Some(p.clone());
+            }
+        }
+        BackendSpec::Echo { .. } => {}
     }
+    spec
 }
 
 struct Checker<'a> {
     figment: &'a Figment,
     issues: &'a mut Vec<ConfigIssue>,
+    warnings: Vec<ConfigIssue>,
 }
 
 impl Checker<'_> {
@@ -702,6 +907,89 @@ impl Checker<'_> {
     fn require(&mut self, ok: bool, key: &str, message: &str) {
         if !ok {
             self.fail(key, message);
+        }
+    }
+
+    fn warn(&mut self, key: &str, message: &str) {
+        let origin = self.origin(key);
+        self.warnings.push(ConfigIssue {
+            key: key.into(),
+            message: message.into(),
+            origin,
+        });
+    }
+
+    /// Checks the conversation keys of the account table `key`.
+    fn conversation(&mut self, key: &str, a: &AccountConfig) -> ConversationSpec {
+        for (i, user) in a.user_allowlist.iter().enumerate() {
+            self.require(
+                is_user_id(user),
+                &format!("{key}.user_allowlist.{i}"),
+                &format!("{user:?} is not a user id (@name:server)"),
+            );
+        }
+        for (i, room) in a.room_allowlist.iter().enumerate() {
+            self.require(
+                is_room_ref(room),
+                &format!("{key}.room_allowlist.{i}"),
+                &format!("{room:?} is not a room id (!id:server) or alias (#name:server)"),
+            );
+        }
+        if a.enabled && a.dm_policy == AccessPolicy::Allowlist && a.user_allowlist.is_empty() {
+            self.warn(
+                &format!("{key}.dm_policy"),
+                "is \"allowlist\" but user_allowlist is empty: nobody can DM this bot",
+            );
+        }
+        if a.enabled && a.room_policy == AccessPolicy::Allowlist && a.room_allowlist.is_empty() {
+            self.warn(
+                &format!("{key}.room_policy"),
+                "is \"allowlist\" but room_allowlist is empty: the bot answers in no group room",
+            );
+        }
+        self.require(
+            a.stream_min_initial_chars <= 10_000,
+            &format!("{key}.stream_min_initial_chars"),
+            "must be at most 10000",
+        );
+        self.require(
+            a.edit_throttle_ms >= 50,
+            &format!("{key}.edit_throttle_ms"),
+            "must be at least 50",
+        );
+        self.require(
+            a.max_edits_per_message >= 1,
+            &format!("{key}.max_edits_per_message"),
+            "must be at least 1",
+        );
+        self.require(
+            a.history_max_messages <= 200,
+            &format!("{key}.history_max_messages"),
+            "must be at most 200",
+        );
+        let reaction = a.ack_reaction.trim();
+        self.require(
+            reaction.chars().count() <= 16 && !reaction.chars().any(char::is_control),
+            &format!("{key}.ack_reaction"),
+            "must be a short reaction key (an emoji) or empty",
+        );
+        ConversationSpec {
+            dm_policy: a.dm_policy,
+            room_policy: a.room_policy,
+            mention_mode: a.mention_mode,
+            allow_room_mentions: a.allow_room_mentions,
+            user_allowlist: a.user_allowlist.clone(),
+            room_allowlist: a.room_allowlist.clone(),
+            auto_join: a.auto_join,
+            stream_mode: a.stream_mode,
+            stream_min_initial_chars: a.stream_min_initial_chars,
+            edit_throttle_ms: a.edit_throttle_ms,
+            max_edits_per_message: a.max_edits_per_message,
+            reply_to_message: a.reply_to_message,
+            ack_reaction: (!reaction.is_empty()).then(|| reaction.to_owned()),
+            typing_notices: a.typing_notices,
+            read_receipts: a.read_receipts,
+            history_max_messages: a.history_max_messages,
         }
     }
 
@@ -772,6 +1060,62 @@ impl Checker<'_> {
                     model: model.clone(),
                     api_key,
                     system_prompt: system_prompt.clone(),
+                    request_timeout_secs: *request_timeout_secs,
+                })
+            }
+            BackendConfig::Webhook {
+                url,
+                token,
+                token_file,
+                format,
+                request_timeout_secs,
+            } => {
+                let scheme_ok = matches!(url.scheme(), "http" | "https");
+                self.require(scheme_ok, &format!("{key}.url"), "must be an http(s) URL");
+                self.require(
+                    *request_timeout_secs >= 1,
+                    &format!("{key}.request_timeout_secs"),
+                    "must be at least 1",
+                );
+                let token = self.secret(&key, "token", token, token_file);
+                Some(BackendSpec::Webhook {
+                    url: url.clone(),
+                    token,
+                    format: *format,
+                    model: None,
+                    system_prompt: None,
+                    request_timeout_secs: *request_timeout_secs,
+                })
+            }
+            BackendConfig::Command {
+                command,
+                input,
+                working_dir,
+                request_timeout_secs,
+            } => {
+                self.require(
+                    command.first().is_some_and(|p| !p.trim().is_empty()),
+                    &format!("{key}.command"),
+                    "must name a program, e.g. [\"my-agent\", \"--flag\"]",
+                );
+                self.require(
+                    *request_timeout_secs >= 1,
+                    &format!("{key}.request_timeout_secs"),
+                    "must be at least 1",
+                );
+                if let Some(dir) = working_dir {
+                    self.require(
+                        dir.is_dir(),
+                        &format!("{key}.working_dir"),
+                        &format!("{} is not a directory", dir.display()),
+                    );
+                }
+                Some(BackendSpec::Command {
+                    command: command.clone(),
+                    input: *input,
+                    working_dir: working_dir.clone(),
+                    model: None,
+                    system_prompt: None,
                     request_timeout_secs: *request_timeout_secs,
                 })
             }

@@ -115,6 +115,62 @@ pub enum BackendConfig {
         #[serde(default = "defaults::request_timeout_secs")]
         request_timeout_secs: u64,
     },
+    /// An external agent over HTTP: the conversation is POSTed as JSON, the answer streams back
+    /// as SSE, NDJSON or one JSON/text body.
+    Webhook {
+        /// The URL to POST to.
+        url: Url,
+        /// Bearer token sent with each request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<Secret>,
+        /// A file holding the bearer token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_file: Option<PathBuf>,
+        /// How the answer is read: `auto` (from its content type), `sse`, `ndjson` or `text`.
+        #[serde(default = "defaults::webhook_format")]
+        format: StreamFormat,
+        /// Give up on a request after this long.
+        #[serde(default = "defaults::request_timeout_secs")]
+        request_timeout_secs: u64,
+    },
+    /// A CLI agent: spawned per answer, the prompt on its stdin, its stdout is the answer.
+    Command {
+        /// The program and its arguments, e.g. `["my-agent", "--stdin"]`. No shell is involved.
+        command: Vec<String>,
+        /// What goes to stdin: `prompt` (the last message) or `json` (the whole request).
+        #[serde(default = "defaults::command_input")]
+        input: CommandInput,
+        /// The working directory of the process.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        working_dir: Option<PathBuf>,
+        /// Kill the process after this long.
+        #[serde(default = "defaults::request_timeout_secs")]
+        request_timeout_secs: u64,
+    },
+}
+
+/// How a webhook's answer is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamFormat {
+    /// Decide from the response's content type.
+    Auto,
+    /// `text/event-stream`: each event's data is a JSON object with `delta` (or plain text).
+    Sse,
+    /// One JSON object per line with `delta`.
+    Ndjson,
+    /// The whole body is the answer (JSON `{"text": …}` or plain text).
+    Text,
+}
+
+/// What a command backend gets on stdin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandInput {
+    /// The message to answer, as text.
+    Prompt,
+    /// The whole request (conversation, model, room) as one JSON object.
+    Json,
 }
 
 /// One bot account.
@@ -150,7 +206,8 @@ pub struct AccountConfig {
     /// A file holding the store passphrase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_passphrase_file: Option<PathBuf>,
-    /// The name of the backend in `[backends]` (or the built-in `echo`).
+    /// The name of the backend in `[backends]` (or the built-in `echo`); `provider` also works.
+    #[serde(alias = "provider")]
     pub backend: String,
     /// Overrides the backend's model for this account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,6 +227,125 @@ pub struct AccountConfig {
     /// Restart the sync if no sync succeeded for this long (beyond the long-poll timeout).
     #[serde(default = "defaults::sync_stall_secs")]
     pub sync_stall_secs: u64,
+
+    /// Who may talk to the bot in direct messages.
+    #[serde(default = "defaults::access_policy")]
+    pub dm_policy: AccessPolicy,
+    /// Which group rooms the bot talks in.
+    #[serde(default = "defaults::access_policy")]
+    pub room_policy: AccessPolicy,
+    /// When the bot answers in group rooms.
+    #[serde(default)]
+    pub mention_mode: MentionMode,
+    /// Whether an `@room` mention counts as mentioning the bot.
+    #[serde(default)]
+    pub allow_room_mentions: bool,
+    /// Users who may DM the bot under `dm_policy = "allowlist"` (full Matrix user ids).
+    #[serde(default)]
+    pub user_allowlist: Vec<String>,
+    /// Rooms (ids or aliases) the bot talks in under `room_policy = "allowlist"`.
+    #[serde(default)]
+    pub room_allowlist: Vec<String>,
+    /// How invites are handled.
+    #[serde(default)]
+    pub auto_join: AutoJoin,
+    /// How streamed answers are shown.
+    #[serde(default)]
+    pub stream_mode: StreamMode,
+    /// Characters collected before the first message of a streamed answer is sent.
+    #[serde(default = "defaults::stream_min_initial_chars")]
+    pub stream_min_initial_chars: usize,
+    /// The minimum time between two edits of a streamed answer.
+    #[serde(default = "defaults::edit_throttle_ms")]
+    pub edit_throttle_ms: u64,
+    /// The most edits one message of a streamed answer gets (the final edit included).
+    #[serde(default = "defaults::max_edits_per_message")]
+    pub max_edits_per_message: u32,
+    /// Answer with a rich reply to the message (outside threads).
+    #[serde(default = "defaults::enabled")]
+    pub reply_to_message: bool,
+    /// Reaction put on a message while it is being answered; empty disables it.
+    #[serde(default = "defaults::ack_reaction")]
+    pub ack_reaction: String,
+    /// Show "typing…" while an answer is being prepared.
+    #[serde(default = "defaults::enabled")]
+    pub typing_notices: bool,
+    /// Send a read receipt for each message the bot handles.
+    #[serde(default)]
+    pub read_receipts: bool,
+    /// How many earlier messages of the room or thread the backend sees.
+    #[serde(default = "defaults::history_max_messages")]
+    pub history_max_messages: usize,
+    /// Backend/model overrides per room (id or alias).
+    #[serde(default)]
+    pub room_overrides: BTreeMap<String, RouteOverride>,
+    /// Backend/model overrides per user id; they win over room overrides.
+    #[serde(default)]
+    pub user_overrides: BTreeMap<String, RouteOverride>,
+}
+
+/// Who may use the bot in DMs or rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessPolicy {
+    /// Anyone / any room.
+    Open,
+    /// Only the users / rooms in the allowlist.
+    Allowlist,
+    /// Nobody: such messages are ignored.
+    Disabled,
+}
+
+/// When the bot answers in group rooms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MentionMode {
+    /// Every message.
+    Always,
+    /// Only messages that mention the bot.
+    #[default]
+    Mention,
+    /// Never (DMs only).
+    None,
+}
+
+/// How invites are handled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AutoJoin {
+    /// Join every invite the access policies allow; reject the others.
+    #[default]
+    Always,
+    /// Join only invites from `user_allowlist` users or to `room_allowlist` rooms; reject others.
+    Allowlist,
+    /// Leave invites alone.
+    Off,
+}
+
+/// How streamed answers are shown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamMode {
+    /// Send early, then edit the message as the answer grows.
+    #[default]
+    EditInPlace,
+    /// Send one message when the answer is complete.
+    Off,
+}
+
+/// A backend and/or model override for a room or user.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteOverride {
+    /// The backend (provider) to use instead of the account's.
+    #[serde(default, alias = "provider", skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// The model to use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The system prompt to use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
 }
 
 impl Default for Config {
@@ -259,5 +435,29 @@ pub(crate) mod defaults {
     }
     pub(crate) fn sync_stall_secs() -> u64 {
         30
+    }
+    pub(crate) fn access_policy() -> super::AccessPolicy {
+        super::AccessPolicy::Allowlist
+    }
+    pub(crate) fn stream_min_initial_chars() -> usize {
+        30
+    }
+    pub(crate) fn edit_throttle_ms() -> u64 {
+        800
+    }
+    pub(crate) fn max_edits_per_message() -> u32 {
+        40
+    }
+    pub(crate) fn ack_reaction() -> String {
+        "👀".into()
+    }
+    pub(crate) fn history_max_messages() -> usize {
+        20
+    }
+    pub(crate) fn webhook_format() -> super::StreamFormat {
+        super::StreamFormat::Auto
+    }
+    pub(crate) fn command_input() -> super::CommandInput {
+        super::CommandInput::Prompt
     }
 }

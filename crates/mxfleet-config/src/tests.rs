@@ -7,7 +7,10 @@ use std::path::PathBuf;
 
 use figment::Jail;
 
-use crate::{AccountAuth, BackendSpec, ConfigError, Flags, LogFormat, Sources, load};
+use crate::{
+    AccessPolicy, AccountAuth, BackendSpec, ConfigError, Flags, LogFormat, MentionMode, Sources,
+    load,
+};
 
 const TWO_ACCOUNTS: &str = r#"
 data_dir = "state"
@@ -306,6 +309,7 @@ fn the_shipped_example_config_is_valid() {
             "helper-password",
             "announcer-token",
             "spare-password",
+            "agent-token",
         ] {
             jail.create_file(name, "x")?;
         }
@@ -313,6 +317,129 @@ fn the_shipped_example_config_is_valid() {
         let loaded = load(&sources("example.toml")).map_err(|e| e.to_string())?;
         assert_eq!(loaded.config.accounts.len(), 3);
         assert!(!loaded.config.accounts["spare"].enabled);
+        let helper = &loaded.config.accounts["helper"];
+        assert_eq!(
+            helper.room_routes["#support:example.org"].backend.model(),
+            Some("gpt-4o")
+        );
+        assert_eq!(
+            helper.room_routes["#support:example.org"].backend_name,
+            "hosted"
+        );
+        assert_eq!(
+            helper.user_routes["@alice:example.org"].backend.model(),
+            Some("llama3.1:70b")
+        );
+        assert!(
+            loaded.config.warnings.is_empty(),
+            "{:?}",
+            loaded.config.warnings
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn conversation_keys_have_safe_defaults_and_are_validated() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "conv.toml",
+            r#"
+            [accounts.a]
+            homeserver = "http://127.0.0.1:8008"
+            access_token = "t"
+            backend = "echo"
+            "#,
+        )?;
+        let loaded = load(&sources("conv.toml")).map_err(|e| e.to_string())?;
+        let c = &loaded.config.accounts["a"].conversation;
+        assert_eq!(
+            (c.dm_policy, c.room_policy),
+            (AccessPolicy::Allowlist, AccessPolicy::Allowlist)
+        );
+        assert_eq!(c.mention_mode, MentionMode::Mention);
+        assert_eq!(c.ack_reaction.as_deref(), Some("👀"));
+        // Allowlists that admit nobody are legal but warned about.
+        let warned: Vec<&str> = loaded
+            .config
+            .warnings
+            .iter()
+            .map(|w| w.key.as_str())
+            .collect();
+        assert_eq!(warned, ["accounts.a.dm_policy", "accounts.a.room_policy"]);
+
+        jail.create_file(
+            "bad.toml",
+            r#"
+            [accounts.a]
+            homeserver = "http://127.0.0.1:8008"
+            access_token = "t"
+            provider = "echo"
+            dm_policy = "friends"
+            user_allowlist = ["alice"]
+            room_allowlist = ["ops"]
+            edit_throttle_ms = 1
+            ack_reaction = ""
+            [accounts.a.user_overrides."@x:hs"]
+            provider = "nope"
+            "#,
+        )?;
+        jail.set_env("MXFLEET_ACCOUNTS__A__MENTION_MODE", "sometimes");
+        let err = load(&sources("bad.toml"))
+            .err()
+            .ok_or("expected an error")?;
+        let lines = issues(err);
+        for expected in [
+            "accounts.a.dm_policy: unknown variant",
+            "accounts.a.mention_mode: unknown variant",
+            "MXFLEET_ACCOUNTS__A__MENTION_MODE",
+        ] {
+            assert!(
+                lines.iter().any(|l| l.contains(expected)),
+                "no {expected:?} in {lines:#?}"
+            );
+        }
+        Ok(())
+    });
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "bad2.toml",
+            r#"
+            [backends.hook]
+            kind = "webhook"
+            url = "ftp://x"
+            [backends.cli]
+            kind = "command"
+            command = []
+            [accounts.a]
+            homeserver = "http://127.0.0.1:8008"
+            access_token = "t"
+            provider = "echo"
+            user_allowlist = ["alice"]
+            room_allowlist = ["ops"]
+            edit_throttle_ms = 1
+            ack_reaction = ""
+            [accounts.a.user_overrides."@x:hs"]
+            provider = "nope"
+            "#,
+        )?;
+        let err = load(&sources("bad2.toml"))
+            .err()
+            .ok_or("expected an error")?;
+        let lines = issues(err);
+        for expected in [
+            "accounts.a.user_allowlist.0: \"alice\" is not a user id",
+            "accounts.a.room_allowlist.0: \"ops\" is not a room id",
+            "accounts.a.edit_throttle_ms: must be at least 50",
+            "accounts.a.user_overrides.@x:hs.backend: no backend named \"nope\"",
+            "backends.hook.url: must be an http(s) URL",
+            "backends.cli.command: must name a program",
+        ] {
+            assert!(
+                lines.iter().any(|l| l.contains(expected)),
+                "no {expected:?} in {lines:#?}"
+            );
+        }
         Ok(())
     });
 }

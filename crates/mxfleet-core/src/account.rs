@@ -19,9 +19,11 @@ use tokio::time::Instant;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::{
-    responder::Responder,
+    gate::{self, Access, InviteVerdict, RoomFacts},
+    responder::{EditorHandle, Responder, ResponderArgs},
     restart::{RestartPolicy, RestartTracker},
     status::{AccountState, ChildState, StatusBoard},
+    stream_editor::{EditorMsg, StreamEditor},
     sync::{SyncActor, SyncArgs},
 };
 
@@ -75,6 +77,8 @@ pub(crate) struct AccountRuntime {
     sync: Option<ActorRef<crate::sync::SyncMsg>>,
     responder: Option<Responder>,
     tracker: RestartTracker,
+    editor: EditorHandle,
+    access: Access,
 }
 
 impl Actor for AccountActor {
@@ -99,6 +103,8 @@ impl Actor for AccountActor {
             sync: None,
             responder: None,
             tracker,
+            editor: EditorHandle::default(),
+            access: Access::default(),
         })
     }
 
@@ -167,6 +173,12 @@ impl Actor for AccountActor {
                 warn!(account = %state.args.spec.id, ?reason, "sync actor stopped; restarting it");
                 myself.cast(AccountMsg::StartSync)?;
             }
+            SupervisionEvent::ActorFailed(cell, error) if state.is_editor(&cell) => {
+                // Deliveries in flight are lost with it; their drafts are finished at the next
+                // start, and their messages stay pending.
+                warn!(account = %state.args.spec.id, %error, "stream editor crashed; restarting it");
+                state.spawn_editor(&myself).await;
+            }
             _ => {}
         }
         Ok(())
@@ -185,6 +197,14 @@ impl Actor for AccountActor {
         }
         if let Some(responder) = state.responder.take() {
             responder.shutdown(DRAIN_DEADLINE).await;
+        }
+        let editor = state
+            .editor
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(editor) = editor {
+            editor.stop(Some(REASON_STOPPED.into()));
         }
         let id = &state.args.spec.id;
         state
@@ -247,14 +267,27 @@ impl AccountRuntime {
         if let Some(old) = self.responder.take() {
             old.shutdown(DRAIN_DEADLINE).await;
         }
-        let mut responder = Responder::new(
-            self.id(),
-            connection.client.clone(),
-            self.args.backend.clone(),
-            self.args.store.clone(),
-            self.args.board.clone(),
-            self.args.spec.catch_up_max_age_secs,
+        if self.current_editor().is_none() {
+            self.spawn_editor(myself).await;
+        }
+        self.access = Access::new(
+            &self.args.spec.conversation,
+            resolve_aliases(
+                &connection.client,
+                &self.args.spec.conversation.room_allowlist,
+            )
+            .await,
         );
+        let mut responder = Responder::new(ResponderArgs {
+            spec: self.args.spec.clone(),
+            client: connection.client.clone(),
+            user_id: connection.user_id.clone(),
+            backend: self.args.backend.clone(),
+            store: self.args.store.clone(),
+            board: self.args.board.clone(),
+            access: self.access.clone(),
+            editor: self.editor.clone(),
+        });
         // Messages claimed but never answered: by a previous process, or queued in the
         // responder drained above (a reconnect after a soft logout).
         match self.args.store.pending::<InboundMessage>(self.id()).await {
@@ -405,28 +438,105 @@ impl AccountRuntime {
         Ok(())
     }
 
+    fn is_editor(&self, cell: &ractor::ActorCell) -> bool {
+        self.current_editor()
+            .is_some_and(|e| e.get_id() == cell.get_id())
+    }
+
+    fn current_editor(&self) -> Option<ActorRef<EditorMsg>> {
+        self.editor
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Starts the `StreamEditor` child; without one, answers are streamed by the room workers.
+    async fn spawn_editor(&mut self, myself: &ActorRef<AccountMsg>) {
+        let editor = match Actor::spawn_linked(None, StreamEditor, (), myself.get_cell()).await {
+            Ok((editor, _)) => Some(editor),
+            Err(e) => {
+                warn!(error = %e, "could not start the stream editor; answers are streamed inline");
+                None
+            }
+        };
+        *self
+            .editor
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = editor;
+    }
+
+    /// Joins or rejects each invite as `auto_join` and the access policies say.
     fn join_invites(&self, invites: Vec<OwnedRoomId>) {
         let Some(connection) = &self.connection else {
             return;
         };
         for room_id in invites {
             let client = connection.client.clone();
+            let conversation = self.args.spec.conversation.clone();
+            let access = self.access.clone();
             let span =
-                info_span!(parent: None, "join", account = %self.args.spec.id, room = %room_id);
+                info_span!(parent: None, "invite", account = %self.args.spec.id, room = %room_id);
             tokio::spawn(
                 async move {
                     use backon::{ExponentialBuilder, Retryable};
-                    let join = || client.join_room_by_id(&room_id);
-                    match join
-                        .retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(500)).with_max_times(JOIN_ATTEMPTS))
-                        .await
-                    {
-                        Ok(_) => info!("joined room on invite"),
-                        Err(e) => warn!(error = %MatrixFailure::from_sdk("joining", &e), "could not join invited room"),
+                    let Some(room) = client.get_room(&room_id) else {
+                        return;
+                    };
+                    let inviter = match room.invite_details().await {
+                        Ok(invite) => invite.inviter_id.to_string(),
+                        Err(e) => {
+                            warn!(error = %e, "invite without details; left alone");
+                            return;
+                        }
+                    };
+                    let facts = RoomFacts {
+                        room_id: room_id.to_string(),
+                        is_dm: room.is_direct().await.unwrap_or(false),
+                        aliases: room.canonical_alias().into_iter().map(|a| a.to_string()).collect(),
+                    };
+                    match gate::decide_invite(&conversation, &access, &facts, &inviter) {
+                        InviteVerdict::Join => {
+                            let join = || client.join_room_by_id(&room_id);
+                            match join
+                                .retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(500)).with_max_times(JOIN_ATTEMPTS))
+                                .await
+                            {
+                                Ok(_) => info!(%inviter, dm = facts.is_dm, "joined room on invite"),
+                                Err(e) => warn!(error = %MatrixFailure::from_sdk("joining", &e), "could not join invited room"),
+                            }
+                        }
+                        InviteVerdict::Reject(reason) => match room.leave().await {
+                            Ok(()) => info!(%inviter, reason, "invite rejected"),
+                            Err(e) => warn!(error = %e, "could not reject the invite"),
+                        },
+                        InviteVerdict::Leave => info!(%inviter, "invite left alone (auto_join = off)"),
                     }
                 }
                 .instrument(span),
             );
         }
     }
+}
+
+/// Room ids of the aliases in `entries` (room ids are kept as they are); aliases that do not
+/// resolve are logged and left out.
+async fn resolve_aliases(
+    client: &mxfleet_matrix::matrix_sdk::Client,
+    entries: &[String],
+) -> Vec<String> {
+    use mxfleet_matrix::matrix_sdk::ruma::OwnedRoomAliasId;
+    let mut ids = Vec::new();
+    for entry in entries.iter().filter(|e| e.starts_with('#')) {
+        let Ok(alias) = OwnedRoomAliasId::try_from(entry.as_str()) else {
+            warn!(alias = %entry, "not a valid room alias");
+            continue;
+        };
+        match client.resolve_room_alias(&alias).await {
+            Ok(response) => ids.push(response.room_id.to_string()),
+            Err(e) => {
+                warn!(alias = %entry, error = %e, "room alias not resolved; it matches only rooms that carry it")
+            }
+        }
+    }
+    ids
 }

@@ -11,10 +11,13 @@
 //! `data_dir/status.json`.
 
 mod account;
+mod commands;
 mod fleet;
+mod gate;
 mod responder;
 pub mod restart;
 pub mod status;
+mod stream_editor;
 mod sync;
 
 use ractor::{Actor, ActorRef};

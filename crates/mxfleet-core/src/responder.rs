@@ -1,30 +1,57 @@
 //! Answering claimed messages: one ordered queue per room, rooms and accounts in parallel.
 //!
-//! A worker per room takes the room's messages in order, asks the backend, sends the answer with
-//! a transaction id derived from the message, and records the outcome in the inbox. A message
-//! whose answer could not be sent stays pending and is answered after the next start; a message
-//! older than `catch_up_max_age_secs` is skipped and counted.
+//! A worker per room takes the room's messages in order. For each: an answer a previous process
+//! left mid-stream is finished as interrupted; otherwise the gate decides; commands are answered
+//! directly; anything else gets the ack reaction and typing notices, the conversation (memory
+//! plus the thread's or room's recent history) goes to the routed backend, and the
+//! `StreamEditor` streams the answer into the room. The outcome is recorded in the inbox; a
+//! message whose answer could not be sent stays pending and is handled after the next start.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
-
-use backon::{ExponentialBuilder, Retryable};
-use mxfleet_backend::{Backend, ChatMessage, ChatRequest, Role, collect};
-use mxfleet_matrix::{
-    FailureClass, InboundMessage, MatrixFailure,
-    matrix_sdk::{Client, ruma::OwnedRoomId},
-    send_reply,
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::Duration,
 };
-use mxfleet_store::{InboxEntry, InboxState, Store, now_ms};
+
+use futures_util::stream;
+use mxfleet_backend::{Backend, ChatMessage, ChatRequest, Role};
+use mxfleet_config::{AccountSpec, StreamMode};
+use mxfleet_matrix::{
+    InboundMessage, MatrixFailure, Normalised, Placement,
+    matrix_sdk::{
+        Client, Room,
+        room::{IncludeRelations, MessagesOptions, RelationsOptions},
+        ruma::{
+            OwnedEventId, OwnedRoomId, OwnedUserId, UInt,
+            api::client::receipt::create_receipt::v3::ReceiptType,
+            events::{receipt::ReceiptThread, relation::RelationType},
+        },
+    },
+    normalise, react, redact, transaction_id,
+};
+use mxfleet_store::{Draft, InboxEntry, InboxState, Store, Turn, now_ms};
+use ractor::ActorRef;
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{mpsc, oneshot, watch},
     task::JoinSet,
 };
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
-use crate::status::StatusBoard;
+use crate::{
+    commands::{self, Command},
+    gate::{self, Access, Me, RoomFacts, Verdict},
+    status::StatusBoard,
+    stream_editor::{
+        Delivered, EditorMsg, MAX_PART_BYTES, MatrixSink, StreamJob, StreamSettings, deliver,
+        finish_interrupted,
+    },
+};
 
-/// Sends retried this many times on transient errors before the message is left pending.
-const SEND_ATTEMPTS: usize = 4;
+/// How often typing notices are renewed while an answer is prepared.
+const TYPING_REFRESH: Duration = Duration::from_secs(3);
+
+/// The account's current `StreamEditor`, replaced when the editor is restarted.
+pub(crate) type EditorHandle = Arc<RwLock<Option<ActorRef<EditorMsg>>>>;
 
 /// The reply workers of one account.
 pub(crate) struct Responder {
@@ -34,32 +61,60 @@ pub(crate) struct Responder {
     stop: watch::Sender<bool>,
 }
 
+/// What the responder needs from its account.
+pub(crate) struct ResponderArgs {
+    pub(crate) spec: Arc<AccountSpec>,
+    pub(crate) client: Client,
+    pub(crate) user_id: OwnedUserId,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) store: Store,
+    pub(crate) board: StatusBoard,
+    pub(crate) access: Access,
+    pub(crate) editor: EditorHandle,
+}
+
 struct ReplyContext {
     account: String,
+    spec: Arc<AccountSpec>,
     client: Client,
-    backend: Arc<dyn Backend>,
+    user_id: OwnedUserId,
+    routing: Routing,
+    access: Access,
     store: Store,
     board: StatusBoard,
+    editor: EditorHandle,
     catch_up_max_age_ms: u64,
 }
 
+/// A backend chosen for a message.
+struct RouteBackend {
+    name: String,
+    model: Option<String>,
+    backend: Arc<dyn Backend>,
+}
+
+/// The account's backends: its own, and the room and user overrides.
+struct Routing {
+    default: RouteBackend,
+    rooms: HashMap<String, RouteBackend>,
+    users: HashMap<String, RouteBackend>,
+}
+
 impl Responder {
-    /// Workers for `account`'s messages.
-    pub(crate) fn new(
-        account: &str,
-        client: Client,
-        backend: Arc<dyn Backend>,
-        store: Store,
-        board: StatusBoard,
-        catch_up_max_age_secs: u64,
-    ) -> Self {
+    /// Workers for one account's messages.
+    pub(crate) fn new(args: ResponderArgs) -> Self {
+        let routing = Routing::new(&args.spec, args.backend);
         let context = Arc::new(ReplyContext {
-            account: account.to_owned(),
-            client,
-            backend,
-            store,
-            board,
-            catch_up_max_age_ms: catch_up_max_age_secs.saturating_mul(1000),
+            account: args.spec.id.clone(),
+            catch_up_max_age_ms: args.spec.catch_up_max_age_secs.saturating_mul(1000),
+            spec: args.spec,
+            client: args.client,
+            user_id: args.user_id,
+            routing,
+            access: args.access,
+            store: args.store,
+            board: args.board,
+            editor: args.editor,
         });
         let (stop, _) = watch::channel(false);
         Self {
@@ -151,81 +206,562 @@ async fn room_worker(
             entry = queue.recv() => match entry { Some(entry) => entry, None => return },
         };
         let span = info_span!(parent: None, "message", account = %ctx.account, room = %entry.message.room_id, event_id = %entry.event_id);
-        answer(&ctx, entry.message).instrument(span).await;
+        handle(&ctx, entry.message).instrument(span).await;
     }
 }
 
-/// Answers one message and records the outcome.
-async fn answer(ctx: &ReplyContext, message: InboundMessage) {
-    let Ok(room_id) = OwnedRoomId::try_from(message.room_id.as_str()) else {
-        return finish(
-            ctx,
-            &message.event_id,
-            InboxState::Skipped {
-                reason: "bad room id".into(),
-            },
-        )
-        .await;
-    };
-    let Some(room) = ctx.client.get_room(&room_id) else {
-        return finish(
-            ctx,
-            &message.event_id,
-            InboxState::Skipped {
-                reason: "not in the room".into(),
-            },
-        )
-        .await;
+/// Handles one message and records the outcome.
+async fn handle(ctx: &ReplyContext, message: InboundMessage) {
+    let room = OwnedRoomId::try_from(message.room_id.as_str())
+        .ok()
+        .and_then(|id| ctx.client.get_room(&id));
+    let Some(room) = room else {
+        return skip(ctx, &message.event_id, "not in the room").await;
     };
 
-    let request = ChatRequest {
-        messages: vec![ChatMessage {
-            role: Role::User,
-            content: message.body.clone(),
-        }],
-    };
-    let started = std::time::Instant::now();
-    let text = match collect(ctx.backend.as_ref(), request).await {
-        Ok(text) if !text.trim().is_empty() => text,
-        Ok(_) => "(the backend returned an empty answer)".to_owned(),
-        Err(e) => {
-            warn!(backend = ctx.backend.kind(), error = %e, "backend failed");
-            format!("Sorry, I could not get an answer from the backend: {e}")
+    // An answer a previous process left mid-stream is finished, not started again.
+    match ctx.store.draft(&ctx.account, &message.event_id).await {
+        Ok(Some(draft)) if draft.parts.iter().any(|p| p.event_id.is_some()) => {
+            return resume_interrupted(ctx, &room, &message, &draft).await;
         }
-    };
-    let backend_ms = started.elapsed().as_millis() as u64;
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "could not read the draft; answering afresh"),
+    }
 
-    let send = || send_reply(&room, &message.event_id, &text);
-    let sent = send
-        .retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(500)).with_max_times(SEND_ATTEMPTS).with_jitter())
-        .when(|f: &MatrixFailure| matches!(f.class, FailureClass::Transient | FailureClass::RateLimited(_)))
-        .adjust(|f: &MatrixFailure, delay| match f.class {
-            FailureClass::RateLimited(Some(after)) => Some(delay.map_or(after, |d| d.max(after))),
-            _ => delay,
-        })
-        .notify(|f: &MatrixFailure, delay| warn!(error = %f, ?delay, "sending the reply failed; retrying"))
-        .await;
-    match sent {
-        Ok(reply_event_id) => {
-            info!(backend_ms, reply = %reply_event_id, "answered");
-            ctx.board.update(&ctx.account, |s| s.replies_out += 1);
-            finish(
-                ctx,
-                &message.event_id,
-                InboxState::Answered {
-                    reply_event_id: reply_event_id.to_string(),
-                },
-            )
-            .await;
-        }
-        Err(e) => {
-            error!(error = %e, "could not send the reply; it stays pending until the next start")
+    let facts = room_facts(&room).await;
+    let me = Me {
+        user_id: ctx.user_id.to_string(),
+        display_name: member_name(&room, ctx.user_id.as_str()).await,
+    };
+    if let Verdict::Ignore(reason) =
+        gate::decide(&ctx.spec.conversation, &ctx.access, &facts, &me, &message)
+    {
+        debug!(reason, "not answered");
+        return skip(ctx, &message.event_id, reason).await;
+    }
+    let conv = &ctx.spec.conversation;
+    let Ok(event_id) = OwnedEventId::try_from(message.event_id.as_str()) else {
+        return skip(ctx, &message.event_id, "bad event id").await;
+    };
+    if conv.read_receipts {
+        let thread = ReceiptThread::Unthreaded;
+        if let Err(e) = room
+            .send_single_receipt(ReceiptType::Read, thread, event_id.clone())
+            .await
+        {
+            debug!(error = %e, "read receipt not sent");
         }
     }
+
+    let key = conversation_key(&message);
+    let placement = placement(ctx, &message, &event_id, facts.is_dm);
+    let route = ctx.routing.pick(&message.sender, &facts);
+
+    if let Some(command) = commands::parse(
+        &message.body,
+        me.user_id.as_str(),
+        me.display_name.as_deref(),
+    ) {
+        let text = run_command(ctx, &command, &key, &message, route).await;
+        let settings = StreamSettings {
+            mode: StreamMode::Off,
+            ..stream_settings(ctx)
+        };
+        let answer: mxfleet_backend::TextStream = Box::pin(stream::iter([Ok(text)]));
+        let outcome = stream_answer(ctx, &room, &message, placement, answer, settings).await;
+        return record(ctx, &message, &key, outcome, false).await;
+    }
+
+    let ack = match &conv.ack_reaction {
+        Some(key) => {
+            let txn = transaction_id(&message.event_id, "ack");
+            match react(&room, &event_id, key, txn).await {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    warn!(error = %e, "could not add the ack reaction");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let typing = conv.typing_notices.then(|| {
+        let room = room.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = room.typing_notice(true).await {
+                    debug!(error = %e, "typing notice not sent");
+                }
+                tokio::time::sleep(TYPING_REFRESH).await;
+            }
+        })
+    });
+
+    let history = conversation(ctx, &room, &message, &key, facts.is_dm).await;
+    let request = ChatRequest {
+        messages: history,
+        account: ctx.account.clone(),
+        room_id: message.room_id.clone(),
+        thread_root: message.thread_root.clone(),
+        sender: message.sender.clone(),
+    };
+    debug!(backend = %route.name, turns = request.messages.len(), "asking the backend");
+    let answer = route.backend.stream(request);
+    let outcome = stream_answer(
+        ctx,
+        &room,
+        &message,
+        placement,
+        answer,
+        stream_settings(ctx),
+    )
+    .await;
+
+    if let Some(typing) = typing {
+        typing.abort();
+        let _ = room.typing_notice(false).await;
+    }
+    if let Some(ack) = ack
+        && let Err(e) = redact(&room, &ack, transaction_id(&message.event_id, "ack.redact")).await
+    {
+        warn!(error = %e, "could not remove the ack reaction");
+    }
+
+    record(ctx, &message, &key, outcome, true).await;
+}
+
+/// Hands the answer to the `StreamEditor` (or streams it here if the editor is restarting).
+async fn stream_answer(
+    ctx: &ReplyContext,
+    room: &Room,
+    message: &InboundMessage,
+    placement: Placement,
+    answer: mxfleet_backend::TextStream,
+    settings: StreamSettings,
+) -> Result<Delivered, MatrixFailure> {
+    let mut sink = MatrixSink {
+        room: room.clone(),
+        account: ctx.account.clone(),
+        store: ctx.store.clone(),
+        answering: message.event_id.clone(),
+        placement,
+        draft: Draft {
+            room_id: message.room_id.clone(),
+            parts: Vec::new(),
+        },
+    };
+    let editor = ctx
+        .editor
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let Some(editor) = editor else {
+        return deliver(answer, &settings, &mut sink).await;
+    };
+    let (reply, outcome) = oneshot::channel();
+    let job = StreamJob {
+        sink,
+        stream: answer,
+        settings,
+        span: Span::current(),
+    };
+    if editor
+        .cast(EditorMsg::Deliver(Box::new(job), reply))
+        .is_err()
+    {
+        return Err(MatrixFailure::new(
+            mxfleet_matrix::FailureClass::Transient,
+            "the stream editor is gone",
+        ));
+    }
+    outcome.await.unwrap_or_else(|_| {
+        Err(MatrixFailure::new(
+            mxfleet_matrix::FailureClass::Transient,
+            "the stream editor stopped during the answer",
+        ))
+    })
+}
+
+/// Records a delivery: memory, counters, inbox.
+async fn record(
+    ctx: &ReplyContext,
+    message: &InboundMessage,
+    key: &str,
+    outcome: Result<Delivered, MatrixFailure>,
+    remember: bool,
+) {
+    match outcome {
+        Ok(d) => {
+            info!(
+                reply = %d.first_event_id,
+                parts = d.parts,
+                edits = d.edits,
+                first_visible_ms = d.first_visible.map(|t| t.as_millis() as u64),
+                backend_error = d.backend_error.as_deref(),
+                "answered"
+            );
+            ctx.board.update(&ctx.account, |s| s.replies_out += 1);
+            if remember {
+                let name = sender_name(ctx, message).await;
+                let turns = vec![
+                    Turn {
+                        role: "user".into(),
+                        name: Some(name),
+                        text: message.body.clone(),
+                        event_id: message.event_id.clone(),
+                        ts_ms: message.origin_server_ts_ms,
+                    },
+                    Turn {
+                        role: "assistant".into(),
+                        name: None,
+                        text: d.text.clone(),
+                        event_id: d.first_event_id.clone(),
+                        ts_ms: now_ms().max(message.origin_server_ts_ms + 1),
+                    },
+                ];
+                let keep = ctx.spec.conversation.history_max_messages.max(2);
+                if let Err(e) = ctx.store.remember(&ctx.account, key, turns, keep).await {
+                    warn!(error = %e, "could not store the conversation turn");
+                }
+            }
+            let state = InboxState::Answered {
+                reply_event_id: d.first_event_id,
+            };
+            finish(ctx, &message.event_id, state).await;
+        }
+        Err(e) => {
+            error!(error = %e, "could not send the answer; it stays pending until the next start")
+        }
+    }
+}
+
+async fn resume_interrupted(
+    ctx: &ReplyContext,
+    room: &Room,
+    message: &InboundMessage,
+    draft: &Draft,
+) {
+    match finish_interrupted(room, &message.event_id, draft).await {
+        Ok(first) => {
+            info!("finished an answer interrupted by a restart");
+            let state = InboxState::Answered {
+                reply_event_id: first.unwrap_or_default(),
+            };
+            finish(ctx, &message.event_id, state).await;
+        }
+        Err(e) => {
+            error!(error = %e, "could not finish an interrupted answer; retried at the next start")
+        }
+    }
+}
+
+async fn run_command(
+    ctx: &ReplyContext,
+    command: &Command,
+    key: &str,
+    message: &InboundMessage,
+    route: &RouteBackend,
+) -> String {
+    match command {
+        Command::Help => commands::HELP.to_owned(),
+        Command::Unknown(word) => format!("Unknown command `!{word}`.\n\n{}", commands::HELP),
+        Command::New => match ctx
+            .store
+            .reset_memory(&ctx.account, key, message.origin_server_ts_ms)
+            .await
+        {
+            Ok(()) => "Started a new conversation: earlier messages here are forgotten.".to_owned(),
+            Err(e) => {
+                warn!(error = %e, "could not reset the conversation");
+                "Sorry, I could not reset the conversation (storage error).".to_owned()
+            }
+        },
+        Command::Status => {
+            let status = ctx.board.account(&ctx.account);
+            let state = status
+                .as_ref()
+                .map_or("unknown".to_owned(), |s| s.state.to_string());
+            let memory = ctx
+                .store
+                .memory(&ctx.account, key)
+                .await
+                .map(|m| m.turns.len())
+                .unwrap_or(0);
+            let conv = &ctx.spec.conversation;
+            format!(
+                "**{}** is `{state}`\n\n- backend: `{}` ({})\n- model: `{}`\n- streaming: `{:?}`\n- remembered turns here: {memory}\n- DMs: `{:?}`, rooms: `{:?}`, mentions: `{:?}`",
+                ctx.account,
+                route.name,
+                route.backend.kind(),
+                route.model.as_deref().unwrap_or("-"),
+                conv.stream_mode,
+                conv.dm_policy,
+                conv.room_policy,
+                conv.mention_mode,
+            )
+        }
+    }
+}
+
+/// The conversation for the backend: remembered turns plus the thread's (or room's) recent
+/// history from the homeserver, after the last `!new`, oldest first, ending with `message`.
+async fn conversation(
+    ctx: &ReplyContext,
+    room: &Room,
+    message: &InboundMessage,
+    key: &str,
+    is_dm: bool,
+) -> Vec<ChatMessage> {
+    let limit = ctx.spec.conversation.history_max_messages;
+    let memory = match ctx.store.memory(&ctx.account, key).await {
+        Ok(memory) => memory,
+        Err(e) => {
+            warn!(error = %e, "could not read the conversation memory");
+            Default::default()
+        }
+    };
+    let mut turns: Vec<Turn> = memory.turns;
+    if limit > 0 {
+        for m in server_history(ctx, room, message, limit).await {
+            if turns.iter().any(|t| t.event_id == m.event_id) {
+                continue;
+            }
+            let name = sender_name(ctx, &m).await;
+            turns.push(Turn {
+                role: "user".into(),
+                name: Some(name),
+                text: m.body,
+                event_id: m.event_id,
+                ts_ms: m.origin_server_ts_ms,
+            });
+        }
+    }
+    turns.retain(|t| {
+        t.ts_ms > memory.reset_at_ms
+            && t.ts_ms <= message.origin_server_ts_ms
+            && t.event_id != message.event_id
+    });
+    turns.sort_by_key(|t| t.ts_ms);
+    let excess = turns.len().saturating_sub(limit);
+    turns.drain(..excess);
+    let current = Turn {
+        role: "user".into(),
+        name: Some(sender_name(ctx, message).await),
+        text: message.body.clone(),
+        event_id: message.event_id.clone(),
+        ts_ms: message.origin_server_ts_ms,
+    };
+    turns.push(current);
+    turns
+        .into_iter()
+        .map(|t| {
+            let role = if t.role == "assistant" {
+                Role::Assistant
+            } else {
+                Role::User
+            };
+            // In a DM there is one speaker; in a group room the backend needs to know who.
+            let name = t.name.filter(|_| role == Role::User && !is_dm);
+            ChatMessage {
+                role,
+                content: t.text,
+                name,
+            }
+        })
+        .collect()
+}
+
+/// Recent messages of the thread (through the relations API) or of the room's main timeline,
+/// not the bot's own, older than `message`.
+async fn server_history(
+    ctx: &ReplyContext,
+    room: &Room,
+    message: &InboundMessage,
+    limit: usize,
+) -> Vec<InboundMessage> {
+    let limit_u = UInt::try_from(limit as u64).unwrap_or(UInt::MAX);
+    let events = match &message.thread_root {
+        Some(root) => {
+            let Ok(root_id) = OwnedEventId::try_from(root.as_str()) else {
+                return Vec::new();
+            };
+            let mut events = Vec::new();
+            match room.event(&root_id, None).await {
+                Ok(event) => events.push(event),
+                Err(e) => debug!(error = %e, "thread root not fetched"),
+            }
+            let options = RelationsOptions {
+                include_relations: IncludeRelations::RelationsOfType(RelationType::Thread),
+                limit: Some(limit_u),
+                ..Default::default()
+            };
+            match room.relations(root_id, options).await {
+                Ok(relations) => events.extend(relations.chunk),
+                Err(e) => warn!(error = %e, "could not fetch the thread's history"),
+            }
+            events
+        }
+        None => {
+            let mut options = MessagesOptions::backward();
+            options.limit = limit_u;
+            match room.messages(options).await {
+                Ok(messages) => messages.chunk,
+                Err(e) => {
+                    warn!(error = %e, "could not fetch the room's history");
+                    Vec::new()
+                }
+            }
+        }
+    };
+    let room_id = room.room_id();
+    events
+        .iter()
+        .filter_map(|e| match normalise(room_id, e, &ctx.user_id) {
+            Normalised::Message(m) => Some(m),
+            _ => None,
+        })
+        .filter(|m| message.thread_root.is_some() || m.thread_root.is_none())
+        .filter(|m| !ctx.board.is_fleet_user(&m.sender))
+        .collect()
+}
+
+/// Where the answer to `message` goes: its thread, a rich reply, or plainly into the room.
+fn placement(
+    ctx: &ReplyContext,
+    message: &InboundMessage,
+    event_id: &OwnedEventId,
+    is_dm: bool,
+) -> Placement {
+    let rich = ctx.spec.conversation.reply_to_message;
+    match message
+        .thread_root
+        .as_deref()
+        .and_then(|r| OwnedEventId::try_from(r).ok())
+    {
+        Some(root) => Placement::Thread {
+            root,
+            latest: event_id.clone(),
+            rich,
+        },
+        // In a DM a rich reply to every message is noise; it helps in busy rooms.
+        None if rich && !is_dm => Placement::ReplyTo(event_id.clone()),
+        None => Placement::Plain,
+    }
+}
+
+/// The memory key of the conversation `message` belongs to: the room, or the room's thread.
+fn conversation_key(message: &InboundMessage) -> String {
+    match &message.thread_root {
+        Some(root) => format!("{}|{root}", message.room_id),
+        None => message.room_id.clone(),
+    }
+}
+
+fn stream_settings(ctx: &ReplyContext) -> StreamSettings {
+    let conv = &ctx.spec.conversation;
+    StreamSettings {
+        mode: conv.stream_mode,
+        min_initial_chars: conv.stream_min_initial_chars,
+        throttle: Duration::from_millis(conv.edit_throttle_ms),
+        max_edits: conv.max_edits_per_message,
+        max_part_bytes: MAX_PART_BYTES,
+    }
+}
+
+async fn room_facts(room: &Room) -> RoomFacts {
+    let is_dm = room.is_direct().await.unwrap_or_else(|e| {
+        warn!(error = %e, "could not tell whether the room is a DM; treating it as a group room");
+        false
+    });
+    let aliases = room
+        .canonical_alias()
+        .into_iter()
+        .chain(room.alt_aliases())
+        .map(|a| a.to_string())
+        .collect();
+    RoomFacts {
+        room_id: room.room_id().to_string(),
+        is_dm,
+        aliases,
+    }
+}
+
+async fn member_name(room: &Room, user_id: &str) -> Option<String> {
+    let user_id = OwnedUserId::try_from(user_id).ok()?;
+    let member = room.get_member_no_sync(&user_id).await.ok().flatten()?;
+    member.display_name().map(str::to_owned)
+}
+
+async fn sender_name(ctx: &ReplyContext, message: &InboundMessage) -> String {
+    let room = OwnedRoomId::try_from(message.room_id.as_str())
+        .ok()
+        .and_then(|id| ctx.client.get_room(&id));
+    let name = match room {
+        Some(room) => member_name(&room, &message.sender).await,
+        None => None,
+    };
+    gate::sanitize_display_name(name.as_deref(), &message.sender)
+}
+
+async fn skip(ctx: &ReplyContext, event_id: &str, reason: &str) {
+    let state = InboxState::Skipped {
+        reason: reason.to_owned(),
+    };
+    finish(ctx, event_id, state).await;
 }
 
 async fn finish(ctx: &ReplyContext, event_id: &str, state: InboxState) {
     if let Err(e) = ctx.store.finish(&ctx.account, event_id, state).await {
         error!(error = %e, "could not record the outcome; the message may be answered again after a restart");
+    }
+}
+
+impl Routing {
+    /// The account's backend plus one per override (an override whose backend cannot be built
+    /// falls back to the account's, with an error logged).
+    fn new(spec: &AccountSpec, backend: Arc<dyn Backend>) -> Self {
+        let default = RouteBackend {
+            name: spec.backend_name.clone(),
+            model: spec.backend.model().map(str::to_owned),
+            backend,
+        };
+        let build = |key: &String, route: &mxfleet_config::Route| match mxfleet_backend::build(
+            &route.backend,
+        ) {
+            Ok(backend) => Some((
+                key.clone(),
+                RouteBackend {
+                    name: route.backend_name.clone(),
+                    model: route.backend.model().map(str::to_owned),
+                    backend,
+                },
+            )),
+            Err(e) => {
+                error!(account = %spec.id, %key, error = %e, "override backend unusable; the account's backend answers instead");
+                None
+            }
+        };
+        Self {
+            rooms: spec
+                .room_routes
+                .iter()
+                .filter_map(|(k, r)| build(k, r))
+                .collect(),
+            users: spec
+                .user_routes
+                .iter()
+                .filter_map(|(k, r)| build(k, r))
+                .collect(),
+            default,
+        }
+    }
+
+    /// The user's override, else the room's (by id or alias), else the account's backend.
+    fn pick(&self, sender: &str, room: &RoomFacts) -> &RouteBackend {
+        self.users
+            .get(sender)
+            .or_else(|| self.rooms.get(&room.room_id))
+            .or_else(|| room.aliases.iter().find_map(|a| self.rooms.get(a)))
+            .unwrap_or(&self.default)
     }
 }

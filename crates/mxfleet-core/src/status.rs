@@ -43,7 +43,23 @@ pub enum AccountState {
     Disabled,
 }
 
+impl std::fmt::Display for AccountState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Starting => "starting",
+            Self::Connecting => "connecting",
+            Self::Syncing => "syncing",
+            Self::Backoff => "backoff",
+            Self::AuthFailed => "auth_failed",
+            Self::Failed => "failed",
+            Self::Stopped => "stopped",
+            Self::Disabled => "disabled",
+        })
+    }
+}
+
 /// One account's status.
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AccountStatus {
     /// Current state.

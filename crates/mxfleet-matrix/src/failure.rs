@@ -53,6 +53,11 @@ impl MatrixFailure {
         };
         Self::new(class, format!("{context}: {error}"))
     }
+
+    /// Classifies a matrix-sdk HTTP error.
+    pub fn from_http(context: &str, error: &HttpError) -> Self {
+        Self::new(classify_http(error), format!("{context}: {error}"))
+    }
 }
 
 fn classify_kind(kind: &ErrorKind, server_error: bool) -> FailureClass {

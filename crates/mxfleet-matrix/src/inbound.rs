@@ -10,7 +10,7 @@ use matrix_sdk::{
         RoomId, UserId,
         events::{
             AnySyncMessageLikeEvent, AnySyncTimelineEvent, SyncMessageLikeEvent,
-            room::message::{MessageType, Relation},
+            room::message::{MessageFormat, MessageType, Relation},
         },
     },
 };
@@ -34,6 +34,24 @@ pub struct InboundMessage {
     pub origin_server_ts_ms: u64,
     /// The thread it belongs to, if any.
     pub thread_root: Option<String>,
+    /// The HTML version of the text, if the sender sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub formatted_body: Option<String>,
+    /// Intentional mentions (`m.mentions`), if the sender's client set them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mentions: Option<MentionList>,
+    /// The event this message is a rich reply to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+}
+
+/// The intentional mentions of a message (`m.mentions`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MentionList {
+    /// Users mentioned.
+    pub user_ids: Vec<String>,
+    /// Whether the whole room (`@room`) is mentioned.
+    pub room: bool,
 }
 
 /// What a timeline event turned out to be.
@@ -78,16 +96,34 @@ pub fn normalise(room_id: &RoomId, event: &TimelineEvent, own_user: &UserId) -> 
     if message.sender == own_user {
         return Normalised::Ignored("own message");
     }
-    let thread_root = match &message.content.relates_to {
+    let (thread_root, reply_to) = match &message.content.relates_to {
         Some(Relation::Replacement(_)) => return Normalised::Ignored("edit"),
-        Some(Relation::Thread(thread)) => Some(thread.event_id.to_string()),
-        _ => None,
+        Some(Relation::Thread(thread)) => (
+            Some(thread.event_id.to_string()),
+            thread
+                .in_reply_to
+                .as_ref()
+                .filter(|_| !thread.is_falling_back)
+                .map(|r| r.event_id.to_string()),
+        ),
+        Some(Relation::Reply(reply)) => (None, Some(reply.in_reply_to.event_id.to_string())),
+        _ => (None, None),
     };
-    let body = match &message.content.msgtype {
-        MessageType::Text(text) => text.body.as_str(),
+    let (body, formatted_body) = match &message.content.msgtype {
+        MessageType::Text(text) => (
+            text.body.as_str(),
+            text.formatted
+                .as_ref()
+                .filter(|f| f.format == MessageFormat::Html)
+                .map(|f| f.body.clone()),
+        ),
         MessageType::Notice(_) => return Normalised::Ignored("notice"),
         _ => return Normalised::Ignored("unsupported message type"),
     };
+    let mentions = message.content.mentions.as_ref().map(|m| MentionList {
+        user_ids: m.user_ids.iter().map(ToString::to_string).collect(),
+        room: m.room,
+    });
     Normalised::Message(InboundMessage {
         room_id: room_id.to_string(),
         event_id: message.event_id.to_string(),
@@ -95,6 +131,10 @@ pub fn normalise(room_id: &RoomId, event: &TimelineEvent, own_user: &UserId) -> 
         body: truncate_at_char_boundary(body, MAX_INBOUND_BODY_BYTES).to_owned(),
         origin_server_ts_ms: message.origin_server_ts.get().into(),
         thread_root,
+        formatted_body: formatted_body
+            .map(|html| truncate_at_char_boundary(&html, MAX_INBOUND_BODY_BYTES).to_owned()),
+        mentions,
+        reply_to,
     })
 }
 

@@ -10,11 +10,14 @@
 
 pub mod connect;
 pub mod failure;
+pub mod format;
 pub mod inbound;
 pub mod outbound;
 
 pub use connect::{Connection, account_dir, connect};
 pub use failure::{FailureClass, MatrixFailure};
-pub use inbound::{InboundMessage, Normalised, normalise};
+pub use inbound::{InboundMessage, MentionList, Normalised, normalise};
 pub use matrix_sdk;
-pub use outbound::send_reply;
+pub use outbound::{
+    Placement, edit_content, message_content, react, redact, send_content, transaction_id,
+};

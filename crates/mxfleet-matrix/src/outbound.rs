@@ -1,21 +1,48 @@
-//! Sending replies: split to a safe event size, each part with a stable transaction id.
+//! Sending answers: message contents with their relations, edits, reactions and redactions,
+//! each sent with a stable transaction id.
 //!
-//! Synapse deduplicates sends by (device, transaction id), so a reply re-sent after a crash with
-//! the same transaction id lands once. The transaction id is derived from the event being
-//! answered, so there is nothing to persist before sending.
+//! Synapse deduplicates sends by (device, transaction id), so anything re-sent after a crash
+//! with the same transaction id lands once. Transaction ids are derived from the event being
+//! answered (`mxfleet.<event>.<part>`, `…e<n>` for edits, `…ack` for the reaction).
 
 use matrix_sdk::{
     Room,
-    ruma::{OwnedEventId, OwnedTransactionId, events::room::message::RoomMessageEventContent},
+    ruma::{
+        EventId, OwnedEventId, OwnedTransactionId,
+        events::{
+            AnyMessageLikeEventContent,
+            reaction::ReactionEventContent,
+            relation::{Annotation, InReplyTo, Thread},
+            room::message::{
+                Relation, ReplacementMetadata, RoomMessageEventContent,
+                RoomMessageEventContentWithoutRelation,
+            },
+        },
+    },
 };
 
-use crate::{MatrixFailure, inbound::truncate_at_char_boundary};
+use crate::{MatrixFailure, format::Formatted};
 
-/// A reply longer than this is split; Matrix events are capped at 64 KiB including envelope.
-pub const MAX_REPLY_PART_BYTES: usize = 30 * 1024;
+/// Where an answer hangs: nowhere, as a rich reply, or in a thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// A plain message in the room.
+    Plain,
+    /// A rich reply to this event.
+    ReplyTo(OwnedEventId),
+    /// In the thread of `root`, after `latest`; `rich` makes it a visible reply to `latest`.
+    Thread {
+        /// The thread root.
+        root: OwnedEventId,
+        /// The message being answered.
+        latest: OwnedEventId,
+        /// Whether to show it as a reply to `latest`.
+        rich: bool,
+    },
+}
 
-/// The transaction id of part `part` of the reply to `event_id`.
-pub fn reply_transaction_id(event_id: &str, part: usize) -> OwnedTransactionId {
+/// The transaction id `mxfleet.<event_id>.<suffix>` (path-safe).
+pub fn transaction_id(event_id: &str, suffix: &str) -> OwnedTransactionId {
     let safe: String = event_id
         .chars()
         .map(|c| {
@@ -26,71 +53,118 @@ pub fn reply_transaction_id(event_id: &str, part: usize) -> OwnedTransactionId {
             }
         })
         .collect();
-    format!("mxfleet.{safe}.{part}").into()
+    format!("mxfleet.{safe}.{suffix}").into()
 }
 
-/// Sends `text` to `room` as the reply to `event_id`; returns the id of the last part.
-pub async fn send_reply(
+/// A new message showing `text`, placed as `placement`.
+pub fn message_content(text: &Formatted, placement: &Placement) -> RoomMessageEventContent {
+    let mut content = plain_or_html(text);
+    content.relates_to = match placement {
+        Placement::Plain => None,
+        Placement::ReplyTo(id) => Some(Relation::Reply(
+            matrix_sdk::ruma::events::relation::Reply::new(InReplyTo::new(id.clone())),
+        )),
+        Placement::Thread { root, latest, rich } => Some(Relation::Thread(if *rich {
+            Thread::reply(root.clone(), latest.clone())
+        } else {
+            Thread::plain(root.clone(), latest.clone())
+        })),
+    };
+    content
+}
+
+/// An edit (`m.replace`) of `original` to show `text`.
+pub fn edit_content(original: &EventId, text: &Formatted) -> RoomMessageEventContent {
+    let new = match &text.html {
+        Some(html) => RoomMessageEventContentWithoutRelation::text_html(&text.body, html),
+        None => RoomMessageEventContentWithoutRelation::text_plain(&text.body),
+    };
+    new.make_replacement(ReplacementMetadata::new(original.to_owned(), None))
+}
+
+/// Sends `content` with `txn_id`; returns the event id.
+pub async fn send_content(
     room: &Room,
-    event_id: &str,
-    text: &str,
+    content: impl Into<AnyMessageLikeEventContent>,
+    txn_id: OwnedTransactionId,
+    what: &str,
 ) -> Result<OwnedEventId, MatrixFailure> {
-    let mut last = None;
-    for (part, chunk) in split_reply(text, MAX_REPLY_PART_BYTES)
-        .into_iter()
-        .enumerate()
-    {
-        let content = RoomMessageEventContent::text_plain(chunk);
-        let response = room
-            .send(content)
-            .with_transaction_id(reply_transaction_id(event_id, part))
-            .await
-            .map_err(|e| MatrixFailure::from_sdk("sending the reply", &e))?;
-        last = Some(response.response.event_id);
-    }
-    last.ok_or_else(|| MatrixFailure::new(crate::FailureClass::Fatal, "empty reply"))
+    let content: AnyMessageLikeEventContent = content.into();
+    room.send(content)
+        .with_transaction_id(txn_id)
+        .await
+        .map(|r| r.response.event_id)
+        .map_err(|e| MatrixFailure::from_sdk(what, &e))
 }
 
-/// Splits `text` into parts of at most `max` bytes, preferring line breaks, then spaces.
-pub fn split_reply(text: &str, max: usize) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let mut rest = text;
-    while rest.len() > max {
-        let window = truncate_at_char_boundary(rest, max);
-        let cut = window
-            .rfind('\n')
-            .or_else(|| window.rfind(' '))
-            .filter(|&i| i > max / 2)
-            .map_or(window.len(), |i| i + 1);
-        parts.push(&rest[..cut]);
-        rest = &rest[cut..];
+/// Reacts to `event_id` with `key`.
+pub async fn react(
+    room: &Room,
+    event_id: &EventId,
+    key: &str,
+    txn_id: OwnedTransactionId,
+) -> Result<OwnedEventId, MatrixFailure> {
+    let content = ReactionEventContent::new(Annotation::new(event_id.to_owned(), key.to_owned()));
+    send_content(room, content, txn_id, "reacting").await
+}
+
+/// Redacts one of the bot's own events (e.g. the ack reaction).
+pub async fn redact(
+    room: &Room,
+    event_id: &EventId,
+    txn_id: OwnedTransactionId,
+) -> Result<(), MatrixFailure> {
+    room.redact(event_id, None, Some(txn_id))
+        .await
+        .map(|_| ())
+        .map_err(|e| MatrixFailure::from_http("redacting", &e))
+}
+
+fn plain_or_html(text: &Formatted) -> RoomMessageEventContent {
+    match &text.html {
+        Some(html) => RoomMessageEventContent::text_html(&text.body, html),
+        None => RoomMessageEventContent::text_plain(&text.body),
     }
-    if !rest.is_empty() || parts.is_empty() {
-        parts.push(rest);
-    }
-    parts
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use matrix_sdk::ruma::{event_id, serde::Raw};
 
-    #[test]
-    fn splits_keep_every_byte_and_respect_the_limit() {
-        let text = format!("{}\n{}", "word ".repeat(50), "é".repeat(100));
-        for max in [7, 16, 64, 1000] {
-            let parts = split_reply(&text, max);
-            assert_eq!(parts.concat(), text);
-            assert!(parts.iter().all(|p| p.len() <= max && !p.is_empty()));
-        }
-        assert_eq!(split_reply("short", 100), ["short"]);
-    }
+    use super::*;
+    use crate::format::render_markdown;
 
     #[test]
     fn transaction_ids_are_stable_and_path_safe() {
-        let a = reply_transaction_id("$abc/def+g:h", 0);
+        let a = transaction_id("$abc/def+g:h", "0");
         assert_eq!(a.as_str(), "mxfleet._abc_def_g_h.0");
-        assert_eq!(reply_transaction_id("$abc/def+g:h", 0), a);
-        assert_ne!(reply_transaction_id("$abc/def+g:h", 1), a);
+        assert_eq!(transaction_id("$abc/def+g:h", "0"), a);
+        assert_ne!(transaction_id("$abc/def+g:h", "0.e1"), a);
+    }
+
+    #[test]
+    fn edits_carry_the_new_content_and_threads_their_relation() -> Result<(), serde_json::Error> {
+        let edit = edit_content(event_id!("$orig"), &render_markdown("**done**"));
+        let json = Raw::new(&edit)?.deserialize_as::<serde_json::Value>()?;
+        assert_eq!(json["m.relates_to"]["rel_type"], "m.replace");
+        assert_eq!(json["m.relates_to"]["event_id"], "$orig");
+        assert_eq!(json["m.new_content"]["body"], "**done**");
+        assert_eq!(
+            json["m.new_content"]["formatted_body"],
+            "<p><strong>done</strong></p>"
+        );
+
+        let placement = Placement::Thread {
+            root: event_id!("$root").to_owned(),
+            latest: event_id!("$q").to_owned(),
+            rich: false,
+        };
+        let msg = message_content(&render_markdown("hi"), &placement);
+        let json = Raw::new(&msg)?.deserialize_as::<serde_json::Value>()?;
+        assert_eq!(json["m.relates_to"]["rel_type"], "m.thread");
+        assert_eq!(json["m.relates_to"]["event_id"], "$root");
+        assert_eq!(json["m.relates_to"]["m.in_reply_to"]["event_id"], "$q");
+        assert_eq!(json["m.relates_to"]["is_falling_back"], true);
+        Ok(())
     }
 }

@@ -28,6 +28,8 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const PASSPHRASES: TableDefinition<&str, &str> = TableDefinition::new("store_passphrases");
 const SYNC_POSITIONS: TableDefinition<&str, &str> = TableDefinition::new("sync_positions");
 const INBOX: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("inbox");
+const DRAFTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("drafts");
+const MEMORY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("memory");
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +135,53 @@ pub struct InboxEntry<T> {
     pub state: InboxState,
     /// The normalised message.
     pub message: T,
+}
+
+/// The outbox record of an answer being sent: saved before each first send attempt (with the
+/// transaction id) and after each send or edit, removed when the answer is finished.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Draft {
+    /// The room the answer goes to.
+    pub room_id: String,
+    /// The answer's messages, in order (long answers have several).
+    pub parts: Vec<DraftPart>,
+}
+
+/// One message of an answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DraftPart {
+    /// The transaction id of the original send.
+    pub txn_id: String,
+    /// The event id, once the homeserver accepted the send.
+    pub event_id: Option<String>,
+    /// The text the message shows now.
+    pub shown: String,
+    /// Edits sent so far.
+    pub edits: u32,
+}
+
+/// One remembered turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Turn {
+    /// `user` or `assistant`.
+    pub role: String,
+    /// Who said it (sanitised display name), for user turns.
+    pub name: Option<String>,
+    /// What was said.
+    pub text: String,
+    /// The event id of the message (the first part, for answers).
+    pub event_id: String,
+    /// When (ms since the Unix epoch).
+    pub ts_ms: u64,
+}
+
+/// The memory of one conversation (a room's main timeline or a thread).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Memory {
+    /// `!new` was said at this time: nothing older belongs to the conversation.
+    pub reset_at_ms: u64,
+    /// The most recent turns, oldest first.
+    pub turns: Vec<Turn>,
 }
 
 /// mxfleet's database. Cheap to clone.
@@ -300,6 +349,94 @@ impl Store {
         .await
     }
 
+    /// The draft of the answer to `event_id`, if one was started.
+    pub async fn draft(&self, account: &str, event_id: &str) -> Result<Option<Draft>, StoreError> {
+        let key = (account.to_owned(), event_id.to_owned());
+        self.blocking(move |s| s.get_pair_json(DRAFTS, "drafts", &key))
+            .await
+    }
+
+    /// Saves the draft of the answer to `event_id`.
+    pub async fn save_draft(
+        &self,
+        account: &str,
+        event_id: &str,
+        draft: &Draft,
+    ) -> Result<(), StoreError> {
+        let (account, event_id, bytes) = (account.to_owned(), event_id.to_owned(), to_json(draft));
+        self.blocking(move |s| {
+            s.write(|tx| {
+                tx.open_table(DRAFTS)?
+                    .insert((account.as_str(), event_id.as_str()), bytes.as_slice())?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// The memory of conversation `key` (a room id, or `room_id|thread_root`).
+    pub async fn memory(&self, account: &str, key: &str) -> Result<Memory, StoreError> {
+        let pair = (account.to_owned(), key.to_owned());
+        Ok(self
+            .blocking(move |s| s.get_pair_json(MEMORY, "memory", &pair))
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// Appends `turns` to conversation `key`, keeping the newest `keep`.
+    pub async fn remember(
+        &self,
+        account: &str,
+        key: &str,
+        turns: Vec<Turn>,
+        keep: usize,
+    ) -> Result<(), StoreError> {
+        self.update_memory(account, key, move |m| {
+            m.turns.extend(turns);
+            let excess = m.turns.len().saturating_sub(keep);
+            m.turns.drain(..excess);
+        })
+        .await
+    }
+
+    /// Forgets conversation `key` (`!new`): earlier turns and history are no longer sent.
+    pub async fn reset_memory(
+        &self,
+        account: &str,
+        key: &str,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.update_memory(account, key, move |m| {
+            m.turns.clear();
+            m.reset_at_ms = at_ms;
+        })
+        .await
+    }
+
+    async fn update_memory(
+        &self,
+        account: &str,
+        key: &str,
+        change: impl FnOnce(&mut Memory) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let (account, key) = (account.to_owned(), key.to_owned());
+        self.blocking(move |s| {
+            s.write(|tx| {
+                let mut table = tx.open_table(MEMORY)?;
+                let k = (account.as_str(), key.as_str());
+                let current = table.get(k)?.map(|v| v.value().to_vec());
+                // A corrupt record is replaced rather than blocking the conversation forever.
+                let mut memory: Memory = current
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                change(&mut memory);
+                table.insert(k, to_json(&memory).as_slice())?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
     /// Records how an inbox entry ended.
     pub async fn finish(
         &self,
@@ -320,6 +457,9 @@ impl Store {
                 };
                 entry.state = state;
                 inbox.insert(key, to_json(&entry).as_slice())?;
+                if entry.state != InboxState::Pending {
+                    tx.open_table(DRAFTS)?.remove(key)?;
+                }
                 Ok(())
             })
         })
@@ -348,6 +488,8 @@ impl Store {
             tx.open_table(PASSPHRASES)?;
             tx.open_table(SYNC_POSITIONS)?;
             tx.open_table(INBOX)?;
+            tx.open_table(DRAFTS)?;
+            tx.open_table(MEMORY)?;
             Ok(())
         })
     }
@@ -368,6 +510,29 @@ impl Store {
             .map_err(|source| StoreError::Corrupt {
                 table,
                 key: key.to_owned(),
+                source,
+            })
+    }
+
+    fn get_pair_json<T: DeserializeOwned>(
+        &self,
+        def: TableDefinition<(&str, &str), &[u8]>,
+        table: &'static str,
+        key: &(String, String),
+    ) -> Result<Option<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(def).map_err(|e| self.err(e))?;
+        let Some(value) = t
+            .get((key.0.as_str(), key.1.as_str()))
+            .map_err(|e| self.err(e))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(value.value())
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt {
+                table,
+                key: format!("{}/{}", key.0, key.1),
                 source,
             })
     }
@@ -502,6 +667,53 @@ mod tests {
         assert!(!format!("{session:?}").contains("secret-token"));
         store.delete_session("a").await?;
         assert_eq!(store.session("a").await?, None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn drafts_end_with_their_inbox_entry_and_memory_is_capped() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+        let store = Store::open(&dir.path().join("db.redb"))?;
+        store.commit_sync("a", "s1", vec![entry("$1")]).await?;
+        let draft = Draft {
+            room_id: "!r".into(),
+            parts: vec![DraftPart {
+                txn_id: "t0".into(),
+                ..DraftPart::default()
+            }],
+        };
+        store.save_draft("a", "$1", &draft).await?;
+        assert_eq!(store.draft("a", "$1").await?, Some(draft));
+        store
+            .finish(
+                "a",
+                "$1",
+                InboxState::Answered {
+                    reply_event_id: "$r".into(),
+                },
+            )
+            .await?;
+        assert_eq!(store.draft("a", "$1").await?, None);
+
+        let turn = |i: u64| Turn {
+            role: "user".into(),
+            name: None,
+            text: format!("t{i}"),
+            event_id: format!("${i}"),
+            ts_ms: i,
+        };
+        store
+            .remember("a", "!r", (0..5).map(turn).collect(), 3)
+            .await?;
+        let m = store.memory("a", "!r").await?;
+        assert_eq!(
+            m.turns.iter().map(|t| t.text.as_str()).collect::<Vec<_>>(),
+            ["t2", "t3", "t4"]
+        );
+        store.reset_memory("a", "!r", 99).await?;
+        let m = store.memory("a", "!r").await?;
+        assert!(m.turns.is_empty() && m.reset_at_ms == 99);
+        assert_eq!(store.memory("a", "!other").await?, Memory::default());
         Ok(())
     }
 }

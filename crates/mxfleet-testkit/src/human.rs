@@ -10,27 +10,63 @@ use matrix_sdk::{
     Client, Room,
     config::SyncSettings,
     ruma::{
-        OwnedRoomId, OwnedUserId, RoomId,
+        OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
         api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset},
-        events::room::{
-            member::MembershipState,
-            message::{OriginalSyncRoomMessageEvent, RoomMessageEventContent},
+        events::{
+            Mentions,
+            reaction::OriginalSyncReactionEvent,
+            relation::Thread,
+            room::{
+                member::MembershipState,
+                message::{
+                    MessageType, OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
+                },
+                redaction::OriginalSyncRoomRedactionEvent,
+            },
         },
     },
 };
 use tokio::{sync::Notify, task::JoinHandle};
 
-/// A message the human's client saw.
+/// A message the human's client saw (an edit shows its new content).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen {
     /// The room.
     pub room_id: String,
     /// The sender.
     pub sender: String,
-    /// The body.
+    /// The body (for an edit: the new body).
     pub body: String,
+    /// The HTML body, if any (for an edit: the new one).
+    pub formatted: Option<String>,
     /// The event id.
     pub event_id: String,
+    /// For an edit (`m.replace`): the event it edits.
+    pub replaces: Option<String>,
+    /// The thread root, for a message in a thread.
+    pub thread_root: Option<String>,
+    /// The event it replies to, if any.
+    pub in_reply_to: Option<String>,
+}
+
+/// A reaction the human's client saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaction {
+    /// The reaction's event id.
+    pub event_id: String,
+    /// Who reacted.
+    pub sender: String,
+    /// The event reacted to.
+    pub target: String,
+    /// The reaction key (emoji).
+    pub key: String,
+}
+
+#[derive(Debug, Default)]
+struct Record {
+    messages: Vec<Seen>,
+    reactions: Vec<Reaction>,
+    redacted: Vec<String>,
 }
 
 /// A logged-in, syncing test user.
@@ -40,7 +76,7 @@ pub struct Human {
     pub client: Client,
     /// The user id.
     pub user_id: OwnedUserId,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    record: Arc<Mutex<Record>>,
     arrived: Arc<Notify>,
     sync: JoinHandle<()>,
 }
@@ -54,21 +90,75 @@ impl Human {
             .login_username(user_id, password)
             .send()
             .await?;
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::new(Mutex::new(Record::default()));
         let arrived = Arc::new(Notify::new());
-        let (sink, bell) = (seen.clone(), arrived.clone());
+        let (sink, bell) = (record.clone(), arrived.clone());
         client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, room: Room| {
             let (sink, bell) = (sink.clone(), bell.clone());
             async move {
+                let (replaces, thread_root, in_reply_to, content) = match &ev.content.relates_to {
+                    Some(Relation::Replacement(r)) => (
+                        Some(r.event_id.to_string()),
+                        None,
+                        None,
+                        (
+                            r.new_content.msgtype.body().to_owned(),
+                            html_of(&r.new_content.msgtype),
+                        ),
+                    ),
+                    Some(Relation::Thread(t)) => (
+                        None,
+                        Some(t.event_id.to_string()),
+                        t.in_reply_to.as_ref().map(|r| r.event_id.to_string()),
+                        (ev.content.body().to_owned(), html_of(&ev.content.msgtype)),
+                    ),
+                    Some(Relation::Reply(r)) => (
+                        None,
+                        None,
+                        Some(r.in_reply_to.event_id.to_string()),
+                        (ev.content.body().to_owned(), html_of(&ev.content.msgtype)),
+                    ),
+                    _ => (
+                        None,
+                        None,
+                        None,
+                        (ev.content.body().to_owned(), html_of(&ev.content.msgtype)),
+                    ),
+                };
                 let seen = Seen {
                     room_id: room.room_id().to_string(),
                     sender: ev.sender.to_string(),
-                    body: ev.content.body().to_owned(),
+                    body: content.0,
+                    formatted: content.1,
                     event_id: ev.event_id.to_string(),
+                    replaces,
+                    thread_root,
+                    in_reply_to,
                 };
-                sink.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push(seen);
+                lock(&sink).messages.push(seen);
+                bell.notify_waiters();
+            }
+        });
+        let (sink, bell) = (record.clone(), arrived.clone());
+        client.add_event_handler(move |ev: OriginalSyncReactionEvent| {
+            let (sink, bell) = (sink.clone(), bell.clone());
+            async move {
+                lock(&sink).reactions.push(Reaction {
+                    event_id: ev.event_id.to_string(),
+                    sender: ev.sender.to_string(),
+                    target: ev.content.relates_to.event_id.to_string(),
+                    key: ev.content.relates_to.key.clone(),
+                });
+                bell.notify_waiters();
+            }
+        });
+        let (sink, bell) = (record.clone(), arrived.clone());
+        client.add_event_handler(move |ev: OriginalSyncRoomRedactionEvent| {
+            let (sink, bell) = (sink.clone(), bell.clone());
+            async move {
+                if let Some(id) = ev.content.redacts.clone().or(ev.redacts.clone()) {
+                    lock(&sink).redacted.push(id.to_string());
+                }
                 bell.notify_waiters();
             }
         });
@@ -92,7 +182,7 @@ impl Human {
         Ok(Human {
             client,
             user_id,
-            seen,
+            record,
             arrived,
             sync,
         })
@@ -105,20 +195,48 @@ impl Human {
 
     /// Creates a room with `bots` invited and waits until all have joined.
     pub async fn room_with(&self, bots: &[&str], direct: bool) -> Result<OwnedRoomId> {
+        let room_id = self.create_room(bots, direct).await?;
+        for bot in bots {
+            self.wait_joined(&room_id, bot, Duration::from_secs(30))
+                .await?;
+        }
+        Ok(room_id)
+    }
+
+    /// Creates a room (a DM if `direct`) inviting `invitees`, without waiting for them.
+    pub async fn create_room(&self, invitees: &[&str], direct: bool) -> Result<OwnedRoomId> {
         let mut request = CreateRoomRequest::new();
-        request.invite = bots
+        request.invite = invitees
             .iter()
             .map(|b| OwnedUserId::try_from(*b))
             .collect::<Result<_, _>>()?;
         request.is_direct = direct;
         request.preset = Some(RoomPreset::TrustedPrivateChat);
         let room = self.client.create_room(request).await?;
-        let room_id = room.room_id().to_owned();
-        for bot in bots {
-            self.wait_joined(&room_id, bot, Duration::from_secs(30))
-                .await?;
+        Ok(room.room_id().to_owned())
+    }
+
+    /// Waits until `user`'s membership in `room_id` is `state` (e.g. `Leave` after a rejected
+    /// invite).
+    pub async fn wait_membership(
+        &self,
+        room_id: &RoomId,
+        user: &str,
+        state: MembershipState,
+        timeout: Duration,
+    ) -> Result<()> {
+        let user_id = OwnedUserId::try_from(user)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(room) = self.client.get_room(room_id) {
+                let member = room.get_member_no_sync(&user_id).await?;
+                if member.is_some_and(|m| *m.membership() == state) {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Ok(room_id)
+        bail!("{user} did not reach {state:?} in {room_id} within {timeout:?}")
     }
 
     /// Waits until `user` is a joined member of `room_id`.
@@ -142,19 +260,150 @@ impl Human {
 
     /// Sends a text message; returns its event id.
     pub async fn send(&self, room_id: &RoomId, body: &str) -> Result<String> {
+        self.send_content(room_id, RoomMessageEventContent::text_plain(body))
+            .await
+    }
+
+    /// Sends a text message with intentional mentions (`m.mentions`) of `users` (and `@room`).
+    pub async fn send_mentioning(
+        &self,
+        room_id: &RoomId,
+        body: &str,
+        users: &[&str],
+        room_mention: bool,
+    ) -> Result<String> {
+        let mut mentions = Mentions::with_user_ids(
+            users
+                .iter()
+                .map(|u| OwnedUserId::try_from(*u))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+        mentions.room = room_mention;
+        let content = RoomMessageEventContent::text_plain(body).add_mentions(mentions);
+        self.send_content(room_id, content).await
+    }
+
+    /// Sends a message into the thread of `root`, mentioning `users`.
+    pub async fn send_in_thread(
+        &self,
+        room_id: &RoomId,
+        root: &str,
+        body: &str,
+        users: &[&str],
+    ) -> Result<String> {
+        let root = OwnedEventId::try_from(root)?;
+        let mut content = RoomMessageEventContent::text_plain(body);
+        content.relates_to = Some(Relation::Thread(Thread::without_fallback(root)));
+        let ids = users
+            .iter()
+            .map(|u| OwnedUserId::try_from(*u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let content = content.add_mentions(Mentions::with_user_ids(ids));
+        self.send_content(room_id, content).await
+    }
+
+    async fn send_content(
+        &self,
+        room_id: &RoomId,
+        content: RoomMessageEventContent,
+    ) -> Result<String> {
         let room = self.client.get_room(room_id).context("unknown room")?;
-        let response = room.send(RoomMessageEventContent::text_plain(body)).await?;
+        let response = room.send(content).await?;
         Ok(response.response.event_id.to_string())
     }
 
-    /// Everything seen in `room_id` from `sender`.
-    pub fn seen_from(&self, room_id: &RoomId, sender: &str) -> Vec<Seen> {
-        self.seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Every message (originals and edits) seen in `room_id` from `sender`.
+    pub fn all_from(&self, room_id: &RoomId, sender: &str) -> Vec<Seen> {
+        lock(&self.record)
+            .messages
             .iter()
             .filter(|s| s.room_id == room_id.as_str() && s.sender == sender)
             .cloned()
+            .collect()
+    }
+
+    /// The edits of `event_id`, in arrival order.
+    pub fn edits_of(&self, event_id: &str) -> Vec<Seen> {
+        lock(&self.record)
+            .messages
+            .iter()
+            .filter(|s| s.replaces.as_deref() == Some(event_id))
+            .cloned()
+            .collect()
+    }
+
+    /// What `original` shows now: its last edit's body, or its own.
+    pub fn current_text(&self, original: &Seen) -> String {
+        self.edits_of(&original.event_id)
+            .last()
+            .map_or_else(|| original.body.clone(), |e| e.body.clone())
+    }
+
+    /// Waits until `check` finds something in what the client saw.
+    pub async fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Human) -> Option<T>,
+    ) -> Result<T> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let arrival = self.arrived.notified();
+            if let Some(found) = check(self) {
+                return Ok(found);
+            }
+            if tokio::time::timeout_at(deadline, arrival).await.is_err() {
+                bail!("{what}: not seen within {timeout:?}");
+            }
+        }
+    }
+
+    /// Waits until `sender` has an original message in `room_id` whose current text (after its
+    /// edits) is `text`; returns the original.
+    pub async fn expect_final_text(
+        &self,
+        room_id: &RoomId,
+        sender: &str,
+        text: &str,
+        timeout: Duration,
+    ) -> Result<Seen> {
+        let found = self
+            .wait_for("final text", timeout, |h| {
+                h.seen_from(room_id, sender)
+                    .into_iter()
+                    .find(|s| h.current_text(s) == text)
+            })
+            .await;
+        found.with_context(|| {
+            let now: Vec<String> = self
+                .seen_from(room_id, sender)
+                .iter()
+                .map(|s| self.current_text(s))
+                .collect();
+            format!("{sender} never showed {text:?} in {room_id}; shows {now:?}")
+        })
+    }
+
+    /// Reactions seen on `target`.
+    pub fn reactions_on(&self, target: &str) -> Vec<Reaction> {
+        lock(&self.record)
+            .reactions
+            .iter()
+            .filter(|r| r.target == target)
+            .cloned()
+            .collect()
+    }
+
+    /// Whether a redaction of `event_id` was seen.
+    pub fn was_redacted(&self, event_id: &str) -> bool {
+        lock(&self.record).redacted.iter().any(|r| r == event_id)
+    }
+
+    /// Original messages (not edits) seen in `room_id` from `sender`.
+    pub fn seen_from(&self, room_id: &RoomId, sender: &str) -> Vec<Seen> {
+        self.all_from(room_id, sender)
+            .into_iter()
+            .filter(|s| s.replaces.is_none())
             .collect()
     }
 
@@ -194,6 +443,20 @@ impl Human {
             .iter()
             .filter(|s| s.body == body)
             .count()
+    }
+}
+
+fn lock(record: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
+    record
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn html_of(msgtype: &MessageType) -> Option<String> {
+    match msgtype {
+        MessageType::Text(t) => t.formatted.as_ref().map(|f| f.body.clone()),
+        MessageType::Notice(n) => n.formatted.as_ref().map(|f| f.body.clone()),
+        _ => None,
     }
 }
 

@@ -22,8 +22,9 @@ use std::path::PathBuf;
 pub use collector::FakeCollector;
 pub use fleet::{FleetProcess, binary};
 
-pub use human::{Human, Seen};
+pub use human::{Human, Reaction, Seen};
 pub use matrix_sdk::ruma::OwnedRoomId;
+pub use matrix_sdk::ruma::events::room::member::MembershipState;
 pub use openai::{FakeOpenAi, SeenRequest};
 pub use proxy::{CountingProxy, Fault};
 pub use synapse::{Synapse, wait_until_up};

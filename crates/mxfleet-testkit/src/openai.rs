@@ -39,16 +39,30 @@ pub struct FakeOpenAi {
 struct AppState {
     requests: Arc<Mutex<Vec<SeenRequest>>>,
     chunk_chars: usize,
+    delay: Duration,
+    text: Option<String>,
 }
 
 impl FakeOpenAi {
     /// Starts a server that answers `openai says: <last user message>` in chunks of
     /// `chunk_chars` characters, a few milliseconds apart.
     pub async fn start(chunk_chars: usize) -> anyhow::Result<FakeOpenAi> {
+        Self::start_with(chunk_chars, Duration::from_millis(3), None).await
+    }
+
+    /// Starts a server that answers `text` (or the default answer) in chunks of `chunk_chars`
+    /// characters, `delay` apart.
+    pub async fn start_with(
+        chunk_chars: usize,
+        delay: Duration,
+        text: Option<String>,
+    ) -> anyhow::Result<FakeOpenAi> {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let state = AppState {
             requests: requests.clone(),
             chunk_chars: chunk_chars.max(1),
+            delay,
+            text,
         };
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
@@ -105,7 +119,13 @@ async fn completions(State(state): State<AppState>, headers: HeaderMap, body: By
                 .map(str::to_owned),
             body: body.clone(),
         });
-    let answer: Vec<char> = FakeOpenAi::answer_for(&last_user).chars().collect();
+    let answer: Vec<char> = state
+        .text
+        .clone()
+        .unwrap_or_else(|| FakeOpenAi::answer_for(&last_user))
+        .chars()
+        .collect();
+    let delay = state.delay;
     let mut events: Vec<String> = vec![chunk(json!({"role": "assistant"}))];
     events.extend(
         answer
@@ -113,9 +133,10 @@ async fn completions(State(state): State<AppState>, headers: HeaderMap, body: By
             .map(|c| chunk(json!({"content": c.iter().collect::<String>()}))),
     );
     events.push("data: [DONE]\n\n".to_owned());
-    let stream = stream::unfold(events.into_iter(), |mut events| async move {
+    let stream = stream::unfold(events.into_iter(), move |mut events| async move {
         let event = events.next()?;
-        tokio::time::sleep(Duration::from_millis(3)).await;
+        tokio::time::sleep(delay).await;
+
         Some((Ok::<_, Infallible>(Bytes::from(event)), events))
     });
     Response::builder()

@@ -51,10 +51,26 @@ impl Synapse {
 
     /// A Synapse of this test's own, with raised rate limits; stopped when dropped.
     pub async fn start_private() -> Result<Synapse> {
+        Self::start_private_with(false).await
+    }
+
+    /// A Synapse of this test's own with Synapse's default rate limits (e.g. 0.2 messages per
+    /// second after a burst of 10); stopped when dropped.
+    pub async fn start_private_default_limits() -> Result<Synapse> {
+        Self::start_private_with(true).await
+    }
+
+    async fn start_private_with(default_limits: bool) -> Result<Synapse> {
         let temp = tempfile::tempdir()?;
         let dir = temp.path().to_path_buf();
         let port = free_port()?;
-        script(&["config", path_str(&dir)?, &port.to_string()]).await?;
+        let port = port.to_string();
+        let mut args = vec!["config", path_str(&dir)?, &port];
+        if default_limits {
+            args.push("default-ratelimits");
+        }
+        script(&args).await?;
+
         let mut synapse = Synapse {
             dir,
             url: format!("http://127.0.0.1:{port}"),

@@ -84,6 +84,9 @@ fn main() -> ExitCode {
                     println!("# configuration is valid (no config file; defaults and environment)")
                 }
             }
+            for warning in &loaded.config.warnings {
+                println!("# warning: {warning}");
+            }
             println!("{}", loaded.describe());
             ExitCode::SUCCESS
         }
@@ -131,6 +134,10 @@ fn run(loaded: Loaded) -> ExitCode {
 
 async fn run_fleet(loaded: Loaded) -> anyhow::Result<()> {
     let config = loaded.config;
+    for warning in &config.warnings {
+        tracing::warn!(key = %warning.key, origin = %warning.origin, "configuration: {}", warning.message);
+    }
+
     let data_dir = config.data_dir.clone();
     prepare_data_dir(&data_dir)?;
     let _lock = DirLock::acquire(&data_dir, "mxfleet.lock").map_err(|e| match e {

@@ -1,0 +1,342 @@
+//! The command backend: a CLI agent spawned for each answer.
+//!
+//! The program runs without a shell. It gets the prompt (or the whole request as JSON) on stdin,
+//! which is then closed; whatever it prints on stdout is the answer, streamed as it comes. A
+//! non-zero exit ends the answer with an error carrying the end of its stderr. The process is
+//! killed when the answer is dropped (the turn was cancelled) or the timeout passes.
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use futures_util::stream;
+use mxfleet_config::{BackendSpec, CommandInput};
+use serde::Serialize;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    process::{Child, ChildStdout, Command},
+    task::JoinHandle,
+    time::Instant,
+};
+
+use crate::{Backend, BackendError, ChatRequest, TextStream};
+
+/// How much stderr is kept for an error message.
+const STDERR_TAIL_BYTES: usize = 2000;
+/// Read size for stdout.
+const READ_CHUNK: usize = 4096;
+
+/// Runs a CLI agent per answer.
+#[derive(Debug, Clone)]
+pub struct CommandBackend {
+    command: Vec<String>,
+    input: CommandInput,
+    working_dir: Option<PathBuf>,
+    model: Option<String>,
+    system_prompt: Option<String>,
+    timeout: Duration,
+}
+
+#[derive(Serialize)]
+struct JsonInput<'a> {
+    #[serde(flatten)]
+    request: &'a ChatRequest,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_prompt: Option<&'a str>,
+}
+
+/// A running agent: dropping it kills the process.
+struct Running {
+    child: Child,
+    stdout: ChildStdout,
+    stderr: JoinHandle<Vec<u8>>,
+    undecoded: Vec<u8>,
+    deadline: Instant,
+    done: bool,
+}
+
+impl CommandBackend {
+    /// Builds the backend from a `command` spec.
+    pub fn new(spec: &BackendSpec) -> Result<Self, BackendError> {
+        let BackendSpec::Command {
+            command,
+            input,
+            working_dir,
+            model,
+            system_prompt,
+            request_timeout_secs,
+        } = spec
+        else {
+            return Err(BackendError::Config("not a command backend".into()));
+        };
+        if command.is_empty() {
+            return Err(BackendError::Config("the command is empty".into()));
+        }
+        Ok(Self {
+            command: command.clone(),
+            input: *input,
+            working_dir: working_dir.clone(),
+            model: model.clone(),
+            system_prompt: system_prompt.clone(),
+            timeout: Duration::from_secs(*request_timeout_secs),
+        })
+    }
+
+    fn spawn(&self, request: &ChatRequest) -> Result<Running, BackendError> {
+        let stdin_bytes = match self.input {
+            CommandInput::Prompt => format!("{}\n", request.last_user_message()).into_bytes(),
+            CommandInput::Json => serde_json::to_vec(&JsonInput {
+                request,
+                model: self.model.as_deref(),
+                system_prompt: self.system_prompt.as_deref(),
+            })
+            .map_err(|e| BackendError::Protocol(e.to_string()))?,
+        };
+        let (program, args) = self
+            .command
+            .split_first()
+            .ok_or_else(|| BackendError::Config("the command is empty".into()))?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(dir) = &self.working_dir {
+            command.current_dir(dir);
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| BackendError::Config(format!("cannot start {program:?}: {e}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            tokio::spawn(async move {
+                // An agent that exits without reading its input is not an error here.
+                let _ = stdin.write_all(&stdin_bytes).await;
+            });
+        }
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| BackendError::Protocol("no stdout pipe".into()))?;
+        let mut stderr = child.stderr.take();
+        let stderr = tokio::spawn(async move {
+            let mut tail = Vec::new();
+            if let Some(stderr) = stderr.as_mut() {
+                let mut buf = [0u8; READ_CHUNK];
+                while let Ok(n) = stderr.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    tail.extend_from_slice(&buf[..n]);
+                    let excess = tail.len().saturating_sub(STDERR_TAIL_BYTES);
+                    tail.drain(..excess);
+                }
+            }
+            tail
+        });
+        Ok(Running {
+            child,
+            stdout,
+            stderr,
+            undecoded: Vec::new(),
+            deadline: Instant::now() + self.timeout,
+            done: false,
+        })
+    }
+}
+
+impl Backend for CommandBackend {
+    fn kind(&self) -> &'static str {
+        "command"
+    }
+
+    fn stream(&self, request: ChatRequest) -> TextStream {
+        match self.spawn(&request) {
+            Ok(running) => Box::pin(stream::unfold(running, next_delta)),
+            Err(e) => Box::pin(stream::once(async move { Err(e) })),
+        }
+    }
+}
+
+async fn next_delta(mut r: Running) -> Option<(Result<String, BackendError>, Running)> {
+    if r.done {
+        return None;
+    }
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let read = tokio::time::timeout_at(r.deadline, r.stdout.read(&mut buf)).await;
+        let n = match read {
+            Err(_) => {
+                r.done = true;
+                let _ = r.child.start_kill();
+                return Some((Err(BackendError::Timeout), r));
+            }
+            Ok(Err(e)) => {
+                r.done = true;
+                return Some((
+                    Err(BackendError::Network(format!("reading stdout: {e}"))),
+                    r,
+                ));
+            }
+            Ok(Ok(n)) => n,
+        };
+        if n == 0 {
+            r.done = true;
+            return finish(r).await;
+        }
+        r.undecoded.extend_from_slice(&buf[..n]);
+        let text = take_utf8(&mut r.undecoded);
+        if !text.is_empty() {
+            return Some((Ok(text), r));
+        }
+    }
+}
+
+/// At the end of stdout: wait for the exit status within the deadline.
+async fn finish(mut r: Running) -> Option<(Result<String, BackendError>, Running)> {
+    let status = match tokio::time::timeout_at(r.deadline, r.child.wait()).await {
+        Err(_) => {
+            let _ = r.child.start_kill();
+            return Some((Err(BackendError::Timeout), r));
+        }
+        Ok(Err(e)) => return Some((Err(BackendError::Network(format!("waiting: {e}"))), r)),
+        Ok(Ok(status)) => status,
+    };
+    if !status.success() {
+        let tail = (&mut r.stderr).await.unwrap_or_default();
+        let tail = String::from_utf8_lossy(&tail).trim().to_owned();
+        let detail = if tail.is_empty() {
+            "no stderr output".into()
+        } else {
+            tail
+        };
+        return Some((
+            Err(BackendError::Protocol(format!(
+                "agent exited with {status}: {detail}"
+            ))),
+            r,
+        ));
+    }
+    let rest = String::from_utf8_lossy(&std::mem::take(&mut r.undecoded)).into_owned();
+    (!rest.is_empty()).then_some((Ok(rest), r))
+}
+
+/// Takes the longest valid UTF-8 prefix of `bytes`, keeping an incomplete character at the end
+/// for the next read. Invalid sequences become U+FFFD.
+fn take_utf8(bytes: &mut Vec<u8>) -> String {
+    let valid_up_to = match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => bytes.len(),
+    };
+    let head: Vec<u8> = bytes.drain(..valid_up_to).collect();
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+    use crate::{ChatMessage, Role, collect};
+
+    fn backend(command: &[&str], input: CommandInput, timeout_secs: u64) -> CommandBackend {
+        CommandBackend {
+            command: command.iter().map(|s| (*s).to_owned()).collect(),
+            input,
+            working_dir: None,
+            model: Some("m1".into()),
+            system_prompt: None,
+            timeout: Duration::from_secs(timeout_secs),
+        }
+    }
+
+    fn request(text: &str) -> ChatRequest {
+        ChatRequest {
+            messages: vec![ChatMessage {
+                role: Role::User,
+                content: text.into(),
+                ..ChatMessage::default()
+            }],
+            room_id: "!r:x".into(),
+            ..ChatRequest::default()
+        }
+    }
+
+    #[test]
+    fn split_utf8_characters_wait_for_their_last_byte() {
+        let mut bytes = "aé".as_bytes()[..2].to_vec();
+        assert_eq!(take_utf8(&mut bytes), "a");
+        bytes.extend_from_slice(&"é".as_bytes()[1..]);
+        assert_eq!(take_utf8(&mut bytes), "é");
+        assert!(bytes.is_empty());
+    }
+
+    #[tokio::test]
+    async fn stdin_prompt_in_stdout_answer_out() {
+        let b = backend(
+            &["sh", "-c", "read line; echo \"you said: $line\""],
+            CommandInput::Prompt,
+            10,
+        );
+        let answer = collect(&b, request("hello")).await;
+        assert_eq!(answer.ok().as_deref(), Some("you said: hello\n"));
+    }
+
+    #[tokio::test]
+    async fn json_input_carries_the_conversation_and_model() {
+        let b = backend(&["cat"], CommandInput::Json, 10);
+        let answer = collect(&b, request("hi")).await.unwrap_or_default();
+        let value: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+        assert_eq!(value["messages"][0]["content"], "hi");
+        assert_eq!(value["model"], "m1");
+        assert_eq!(value["room_id"], "!r:x");
+    }
+
+    #[tokio::test]
+    async fn failures_and_timeouts_are_errors() {
+        let b = backend(
+            &["sh", "-c", "echo oops >&2; exit 3"],
+            CommandInput::Prompt,
+            10,
+        );
+        let e = collect(&b, request("x")).await;
+        assert!(matches!(e, Err(BackendError::Protocol(m)) if m.contains("oops")));
+        let b = backend(&["sleep", "30"], CommandInput::Prompt, 1);
+        assert!(matches!(
+            collect(&b, request("x")).await,
+            Err(BackendError::Timeout)
+        ));
+        let b = backend(&["/nonexistent/agent"], CommandInput::Prompt, 1);
+        assert!(matches!(
+            collect(&b, request("x")).await,
+            Err(BackendError::Config(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_answer_kills_the_agent() {
+        let dir = tempfile_dir();
+        let marker = dir.join("still-running");
+        let script = format!("echo started; sleep 2; touch {}", marker.display());
+        let b = backend(&["sh", "-c", &script], CommandInput::Prompt, 30);
+        let mut stream = b.stream(request("x"));
+        assert_eq!(
+            stream.next().await.and_then(Result::ok).as_deref(),
+            Some("started\n")
+        );
+        drop(stream);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            !marker.exists(),
+            "the agent kept running after the turn was dropped"
+        );
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("mxfleet-cmd-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    }
+}
