@@ -317,6 +317,9 @@ async fn handle(ctx: &ReplyContext, message: InboundMessage) {
     )
     .await;
 
+    // The outcome is recorded before the cues are cleaned up: a redaction held back by a 429
+    // must not leave a delivered answer pending.
+    record(ctx, &message, &key, outcome, true).await;
     if let Some(typing) = typing {
         typing.abort();
         let _ = room.typing_notice(false).await;
@@ -326,8 +329,6 @@ async fn handle(ctx: &ReplyContext, message: InboundMessage) {
     {
         warn!(error = %e, "could not remove the ack reaction");
     }
-
-    record(ctx, &message, &key, outcome, true).await;
 }
 
 /// Hands the answer to the `StreamEditor` (or streams it here if the editor is restarting).
@@ -398,6 +399,7 @@ async fn record(
                 edits = d.edits,
                 first_visible_ms = d.first_visible.map(|t| t.as_millis() as u64),
                 backend_error = d.backend_error.as_deref(),
+                rate_limited = d.rate_limited,
                 "answered"
             );
             ctx.board.update(&ctx.account, |s| s.replies_out += 1);

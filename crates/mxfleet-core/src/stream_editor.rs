@@ -24,7 +24,7 @@ use mxfleet_matrix::{
     FailureClass, MatrixFailure, Placement, edit_content,
     format::{cut, render_markdown},
     matrix_sdk::{Room, ruma::OwnedEventId},
-    message_content, send_content, transaction_id,
+    message_content, send_content, send_content_once, transaction_id,
 };
 use mxfleet_store::{Draft, DraftPart, Store};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -68,6 +68,8 @@ pub(crate) struct Delivered {
     pub(crate) first_visible: Option<Duration>,
     /// The backend's error, if the stream ended with one.
     pub(crate) backend_error: Option<String>,
+    /// Sends and edits the homeserver refused with 429.
+    pub(crate) rate_limited: u32,
 }
 
 /// Where a delivery's sends go: Matrix in production, a recorder in tests.
@@ -219,6 +221,7 @@ pub(crate) async fn deliver<S: AnswerSink>(
         parts: w.parts.len(),
         edits: w.parts.iter().map(|p| p.edits).sum(),
         first_visible: w.first_visible,
+        rate_limited: w.rate_limited,
         text: w.text,
         backend_error,
     })
@@ -238,6 +241,7 @@ struct Writer<'a> {
     first_token: Option<Instant>,
     first_visible: Option<Duration>,
     first_event_id: Option<String>,
+    rate_limited: u32,
 }
 
 #[derive(Debug, Default)]
@@ -259,6 +263,7 @@ impl<'a> Writer<'a> {
             first_token: None,
             first_visible: None,
             first_event_id: None,
+            rate_limited: 0,
         }
     }
 
@@ -399,6 +404,7 @@ impl<'a> Writer<'a> {
                     attempt += 1;
                     let wait = match f.class {
                         FailureClass::RateLimited(after) => {
+                            self.rate_limited += 1;
                             after.unwrap_or(DEFAULT_RATE_LIMIT_WAIT)
                         }
                         FailureClass::Transient => {
@@ -465,7 +471,7 @@ impl AnswerSink for MatrixSink {
             (p, _) => p.clone(),
         };
         let content = message_content(&render_markdown(text), &placement);
-        let event_id = send_content(&self.room, content, txn_id, "sending the answer").await?;
+        let event_id = send_content_once(&self.room, content, txn_id, "sending the answer").await?;
         let stored = &mut self.draft.parts[part];
         stored.event_id = Some(event_id.to_string());
         stored.shown = text.to_owned();
@@ -477,7 +483,7 @@ impl AnswerSink for MatrixSink {
         let original = self.event_id(part)?;
         let txn_id = transaction_id(&self.answering, &format!("{part}.e{n}"));
         let content = edit_content(&original, &render_markdown(text));
-        send_content(&self.room, content, txn_id, "editing the answer").await?;
+        send_content_once(&self.room, content, txn_id, "editing the answer").await?;
         let stored = &mut self.draft.parts[part];
         stored.shown = text.to_owned();
         stored.edits = n;

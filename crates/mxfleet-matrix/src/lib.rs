@@ -19,5 +19,6 @@ pub use failure::{FailureClass, MatrixFailure};
 pub use inbound::{InboundMessage, MentionList, Normalised, normalise};
 pub use matrix_sdk;
 pub use outbound::{
-    Placement, edit_content, message_content, react, redact, send_content, transaction_id,
+    Placement, edit_content, message_content, react, redact, send_content, send_content_once,
+    transaction_id,
 };

@@ -5,8 +5,11 @@
 //! with the same transaction id lands once. Transaction ids are derived from the event being
 //! answered (`mxfleet.<event>.<part>`, `…e<n>` for edits, `…ack` for the reaction).
 
+use std::time::Duration;
+
 use matrix_sdk::{
     Room,
+    config::RequestConfig,
     ruma::{
         EventId, OwnedEventId, OwnedTransactionId,
         events::{
@@ -82,7 +85,8 @@ pub fn edit_content(original: &EventId, text: &Formatted) -> RoomMessageEventCon
     new.make_replacement(ReplacementMetadata::new(original.to_owned(), None))
 }
 
-/// Sends `content` with `txn_id`; returns the event id.
+/// Sends `content` with `txn_id`; returns the event id. matrix-sdk retries 429s and server
+/// errors itself (see `SDK_RETRY_LIMIT`).
 pub async fn send_content(
     room: &Room,
     content: impl Into<AnyMessageLikeEventContent>,
@@ -92,6 +96,27 @@ pub async fn send_content(
     let content: AnyMessageLikeEventContent = content.into();
     room.send(content)
         .with_transaction_id(txn_id)
+        .await
+        .map(|r| r.response.event_id)
+        .map_err(|e| MatrixFailure::from_sdk(what, &e))
+}
+
+/// Sends `content` once, without matrix-sdk's retries: a 429 comes back as
+/// [`crate::FailureClass::RateLimited`] at once, so a streaming caller can keep collecting text
+/// and decide when to try again.
+pub async fn send_content_once(
+    room: &Room,
+    content: impl Into<AnyMessageLikeEventContent>,
+    txn_id: OwnedTransactionId,
+    what: &str,
+) -> Result<OwnedEventId, MatrixFailure> {
+    let content: AnyMessageLikeEventContent = content.into();
+    let config = RequestConfig::new()
+        .timeout(Duration::from_secs(30))
+        .disable_retry();
+    room.send(content)
+        .with_transaction_id(txn_id)
+        .with_request_config(config)
         .await
         .map(|r| r.response.event_id)
         .map_err(|e| MatrixFailure::from_sdk(what, &e))

@@ -16,6 +16,7 @@ mod human;
 mod openai;
 mod proxy;
 mod synapse;
+mod webhook;
 
 use std::path::PathBuf;
 
@@ -28,6 +29,7 @@ pub use matrix_sdk::ruma::events::room::member::MembershipState;
 pub use openai::{FakeOpenAi, SeenRequest};
 pub use proxy::{CountingProxy, Fault};
 pub use synapse::{Synapse, wait_until_up};
+pub use webhook::FakeWebhook;
 
 /// A random lower-case name with `prefix`.
 pub fn random_name(prefix: &str) -> String {

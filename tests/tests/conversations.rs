@@ -1,0 +1,487 @@
+//! End-to-end tests of conversations: the gate, streaming edits, threads, cues, commands and
+//! backends, asserted on what a real matrix-sdk client sees from the real `mxfleet` binary.
+
+#![recursion_limit = "256"]
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use mxfleet_testkit::{FakeOpenAi, FakeWebhook, FleetProcess, Human, MembershipState, Synapse};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An account table for `user_id` with `extra` keys (policies, streaming, …).
+fn account(
+    id: &str,
+    homeserver: &str,
+    (user_id, password): &(String, String),
+    extra: &str,
+) -> String {
+    format!(
+        "[accounts.{id}]\nhomeserver = {homeserver:?}\nuser_id = {user_id:?}\npassword = {password:?}\n{extra}\n\n"
+    )
+}
+
+fn openai_backend(name: &str, llm: &FakeOpenAi) -> String {
+    format!(
+        "[backends.{name}]\nkind = \"openai\"\nbase_url = {:?}\nmodel = \"base-model\"\n\n",
+        llm.base_url
+    )
+}
+
+async fn human(synapse: &Synapse) -> Result<Human> {
+    let (id, pw) = synapse.fresh_user("human").await?;
+    Human::login(synapse.url(), &id, &pw).await
+}
+
+/// Lets the bot misbehave for a while before counting.
+async fn settle() {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn in_rooms_only_mentions_are_answered_and_at_room_is_not_one() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let human = human(synapse).await?;
+    let extra = "backend = \"echo\"\nroom_policy = \"open\"\nmention_mode = \"mention\"";
+    let mut fleet = FleetProcess::new(&account("bot", synapse.url(), &bot, extra))?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let room = human.room_with(&[&bot.0], false).await?;
+
+    human.send(&room, "nobody is mentioned here").await?;
+    human
+        .send_mentioning(&room, "@room look at this", &[], true)
+        .await?;
+    let asked = human
+        .send_mentioning(&room, "bot, a question", &[&bot.0], false)
+        .await?;
+    let answer = human
+        .expect_final_text(&room, &bot.0, "bot, a question", TIMEOUT)
+        .await?;
+    assert_eq!(
+        answer.in_reply_to.as_deref(),
+        Some(asked.as_str()),
+        "rich reply"
+    );
+    // The text fallback: the MXID in the body, no m.mentions.
+    let fallback = format!("{} what about this", bot.0);
+    human.send(&room, &fallback).await?;
+    human
+        .expect_final_text(&room, &bot.0, &fallback, TIMEOUT)
+        .await?;
+    settle().await;
+    let said: Vec<String> = human
+        .seen_from(&room, &bot.0)
+        .iter()
+        .map(|s| human.current_text(s))
+        .collect();
+    assert_eq!(said, ["bot, a question", fallback.as_str()]);
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn invites_and_dms_follow_the_allowlists() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let friend = human(synapse).await?;
+    let stranger = human(synapse).await?;
+    let extra = format!(
+        "backend = \"echo\"\ndm_policy = \"allowlist\"\nuser_allowlist = [{:?}]\nroom_policy = \"allowlist\"",
+        friend.user_id.as_str()
+    );
+    let mut fleet = FleetProcess::new(&account("bot", synapse.url(), &bot, &extra))?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+
+    // A stranger's DM and the friend's (not allowlisted) group room: rejected.
+    let stranger_dm = stranger.create_room(&[&bot.0], true).await?;
+    let group = friend.create_room(&[&bot.0], false).await?;
+    stranger
+        .wait_membership(&stranger_dm, &bot.0, MembershipState::Leave, TIMEOUT)
+        .await?;
+    friend
+        .wait_membership(&group, &bot.0, MembershipState::Leave, TIMEOUT)
+        .await?;
+    // The friend's DM is joined and answered.
+    let dm = friend.dm(&bot.0).await?;
+    friend.send(&dm, "hello friend").await?;
+    friend
+        .expect_final_text(&dm, &bot.0, "hello friend", TIMEOUT)
+        .await?;
+    assert!(stranger.seen_from(&stranger_dm, &bot.0).is_empty());
+    let log = fleet.all_logs();
+    ensure!(log.contains("invite rejected"), "no rejection logged");
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_streamed_answer_is_one_message_edited_in_place_with_cues() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let human = human(synapse).await?;
+    let text: String = (1..=12)
+        .map(|i| format!("Paragraph {i} has **bold** words and `code`, streamed slowly.\n\n"))
+        .collect();
+    let text = text.trim_end().to_owned();
+    let llm = FakeOpenAi::start_with(7, Duration::from_millis(12), Some(text.clone())).await?;
+    let extra = "backend = \"llm\"\ndm_policy = \"open\"\nstream_min_initial_chars = 20\nedit_throttle_ms = 300\nmax_edits_per_message = 6";
+    let config = format!(
+        "{}{}",
+        openai_backend("llm", &llm),
+        account("bot", synapse.url(), &bot, extra)
+    );
+    let mut fleet = FleetProcess::new(&config)?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let dm = human.dm(&bot.0).await?;
+    let asked = human.send(&dm, "tell me a long story").await?;
+
+    // The ack reaction appears while the answer streams…
+    let ack = human
+        .wait_for("ack reaction", TIMEOUT, |h| {
+            h.reactions_on(&asked)
+                .into_iter()
+                .find(|r| r.sender == bot.0 && r.key == "👀")
+        })
+        .await?;
+    let original = human.expect_final_text(&dm, &bot.0, &text, TIMEOUT).await?;
+    // …and is redacted once it is done.
+    human
+        .wait_for("ack redaction", TIMEOUT, |h| {
+            h.was_redacted(&ack.event_id).then_some(())
+        })
+        .await?;
+
+    assert_eq!(
+        human.seen_from(&dm, &bot.0).len(),
+        1,
+        "one message, edited in place"
+    );
+    assert!(
+        original.body.len() < text.len(),
+        "the first send came early"
+    );
+    let edits = human.edits_of(&original.event_id);
+    ensure!(
+        (2..=6).contains(&edits.len()),
+        "{} edits (bound 6)",
+        edits.len()
+    );
+    let last = edits.last().context("no edit")?;
+    assert_eq!(last.body, text, "the final edit holds the full text");
+    let html = last.formatted.as_deref().unwrap_or_default();
+    assert!(
+        html.contains("<strong>bold</strong>") && html.contains("<code>code</code>"),
+        "{html}"
+    );
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_threaded_question_is_answered_in_the_thread_with_its_history() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let human = human(synapse).await?;
+    let llm =
+        FakeOpenAi::start_with(5, Duration::from_millis(2), Some("It is cheese.".into())).await?;
+    let extra = format!(
+        "backend = \"llm\"\nroom_policy = \"open\"\nmention_mode = \"mention\"\n\n[accounts.bot.user_overrides.{:?}]\nmodel = \"user-model\"",
+        human.user_id.as_str()
+    );
+    let config = format!(
+        "{}{}",
+        openai_backend("llm", &llm),
+        account("bot", synapse.url(), &bot, &extra)
+    );
+    let mut fleet = FleetProcess::new(&config)?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let room = human.room_with(&[&bot.0], false).await?;
+
+    let root = human
+        .send(&room, "Thread root: the topic is cheese")
+        .await?;
+    human
+        .send_in_thread(&room, &root, "first detail: cheddar", &[])
+        .await?;
+    human
+        .send_in_thread(&room, &root, "what is the topic?", &[&bot.0])
+        .await?;
+    let answer = human
+        .expect_final_text(&room, &bot.0, "It is cheese.", TIMEOUT)
+        .await?;
+    assert_eq!(answer.thread_root.as_deref(), Some(root.as_str()));
+
+    let requests = llm.requests();
+    assert_eq!(requests.len(), 1, "only the mention was answered");
+    let body = &requests[0].body;
+    assert_eq!(
+        body["model"], "user-model",
+        "the user override routes the model"
+    );
+    let contents: Vec<&str> = body["messages"]
+        .as_array()
+        .context("messages")?
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    let joined = contents.join("\n");
+    for earlier in [
+        "the topic is cheese",
+        "first detail: cheddar",
+        "what is the topic?",
+    ] {
+        assert!(
+            joined.contains(earlier),
+            "backend did not see {earlier:?}: {contents:?}"
+        );
+    }
+    assert!(
+        contents
+            .last()
+            .is_some_and(|c| c.ends_with("what is the topic?"))
+    );
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn commands_answer_directly_and_new_forgets_the_conversation() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let human = human(synapse).await?;
+    let llm = FakeOpenAi::start(50).await?;
+    let config = format!(
+        "{}{}",
+        openai_backend("llm", &llm),
+        account(
+            "bot",
+            synapse.url(),
+            &bot,
+            "backend = \"llm\"\ndm_policy = \"open\""
+        )
+    );
+    let mut fleet = FleetProcess::new(&config)?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let dm = human.dm(&bot.0).await?;
+
+    let said = |needle: &'static str| {
+        let dm = dm.clone();
+        let bot = bot.0.clone();
+        move |h: &Human| {
+            h.seen_from(&dm, &bot)
+                .into_iter()
+                .find(|s| h.current_text(s).contains(needle))
+        }
+    };
+    human.send(&dm, "!help").await?;
+    human
+        .wait_for("help", TIMEOUT, said("`!new` starts"))
+        .await?;
+    human.send(&dm, "!status").await?;
+    human
+        .wait_for("status", TIMEOUT, said("base-model"))
+        .await?;
+    human.send(&dm, "!frobnicate").await?;
+    human
+        .wait_for("unknown", TIMEOUT, said("Unknown command `!frobnicate`"))
+        .await?;
+    assert!(
+        llm.requests().is_empty(),
+        "commands never reach the backend"
+    );
+
+    human.send(&dm, "remember the word pineapple").await?;
+    human
+        .wait_for("answer 1", TIMEOUT, said("openai says: remember"))
+        .await?;
+    human.send(&dm, "what was the word?").await?;
+    human
+        .wait_for("answer 2", TIMEOUT, said("openai says: what was"))
+        .await?;
+    human.send(&dm, "!new").await?;
+    human
+        .wait_for("reset", TIMEOUT, said("Started a new conversation"))
+        .await?;
+    human.send(&dm, "fresh start").await?;
+    human
+        .wait_for("answer 3", TIMEOUT, said("openai says: fresh"))
+        .await?;
+
+    let requests = llm.requests();
+    assert_eq!(requests.len(), 3);
+    let text = |i: usize| requests[i].body["messages"].to_string();
+    assert!(
+        text(1).contains("pineapple"),
+        "memory carries the conversation: {}",
+        text(1)
+    );
+    assert!(
+        !text(2).contains("pineapple"),
+        "!new forgot it: {}",
+        text(2)
+    );
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn webhook_and_command_backends_answer() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let hook_bot = synapse.fresh_user("hookbot").await?;
+    let cli_bot = synapse.fresh_user("clibot").await?;
+    let human = human(synapse).await?;
+    let hook = FakeWebhook::start().await?;
+    let config = format!(
+        "[backends.hook]\nkind = \"webhook\"\nurl = {:?}\ntoken = \"hook-secret\"\n\n\
+         [backends.cli]\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"read line; printf 'cli heard: %s' \\\"$line\\\"\"]\n\n{}{}",
+        hook.url,
+        account(
+            "hook",
+            synapse.url(),
+            &hook_bot,
+            "backend = \"hook\"\ndm_policy = \"open\""
+        ),
+        account(
+            "cli",
+            synapse.url(),
+            &cli_bot,
+            "backend = \"cli\"\ndm_policy = \"open\""
+        ),
+    );
+    let mut fleet = FleetProcess::new(&config)?;
+    fleet.start().await?;
+    fleet.wait_state("hook", "syncing", TIMEOUT).await?;
+    fleet.wait_state("cli", "syncing", TIMEOUT).await?;
+    let dm_hook = human.dm(&hook_bot.0).await?;
+    let dm_cli = human.dm(&cli_bot.0).await?;
+    human.send(&dm_hook, "ping over http").await?;
+    human.send(&dm_cli, "ping over stdin").await?;
+    human
+        .expect_final_text(
+            &dm_hook,
+            &hook_bot.0,
+            "agent heard: ping over http",
+            TIMEOUT,
+        )
+        .await?;
+    human
+        .expect_final_text(&dm_cli, &cli_bot.0, "cli heard: ping over stdin", TIMEOUT)
+        .await?;
+    let requests = hook.requests();
+    assert_eq!(
+        requests[0].authorization.as_deref(),
+        Some("Bearer hook-secret")
+    );
+    assert_eq!(requests[0].body["room_id"], dm_hook.as_str());
+    assert_eq!(requests[0].body["sender"], human.user_id.as_str());
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_answer_cut_short_by_a_crash_is_finished_as_interrupted() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let human = human(synapse).await?;
+    let text = "word ".repeat(400);
+    let llm = FakeOpenAi::start_with(5, Duration::from_millis(40), Some(text)).await?;
+    let extra = "backend = \"llm\"\ndm_policy = \"open\"\nstream_min_initial_chars = 10\nedit_throttle_ms = 200";
+    let config = format!(
+        "{}{}",
+        openai_backend("llm", &llm),
+        account("bot", synapse.url(), &bot, extra)
+    );
+    let mut fleet = FleetProcess::new(&config)?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let dm = human.dm(&bot.0).await?;
+    human.send(&dm, "a long one please").await?;
+    // Killed while the answer streams (it takes ~16 s).
+    let original = human
+        .wait_for("first part", TIMEOUT, |h| {
+            h.seen_from(&dm, &bot.0).into_iter().next()
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    fleet.kill().await?;
+    fleet.start().await?;
+    let finished = human
+        .wait_for("interrupted edit", TIMEOUT, |h| {
+            h.edits_of(&original.event_id)
+                .into_iter()
+                .find(|e| e.body.contains("interrupted"))
+        })
+        .await?;
+    assert!(finished.body.starts_with("word word"), "{}", finished.body);
+    settle().await;
+    assert_eq!(
+        human.seen_from(&dm, &bot.0).len(),
+        1,
+        "not answered a second time"
+    );
+    assert_eq!(llm.requests().len(), 1);
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_synapse_default_rate_limits_a_long_stream_ends_with_the_full_text() -> Result<()> {
+    let synapse = Synapse::start_private_default_limits().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let human = human(&synapse).await?;
+    let text: String = (1..=40)
+        .map(|i| format!("Line {i} of a long answer that keeps coming.\n"))
+        .collect();
+    let text = text.trim_end().to_owned();
+    let llm = FakeOpenAi::start_with(10, Duration::from_millis(15), Some(text.clone())).await?;
+    // Aggressive streaming so the homeserver's 429s are certain.
+    let extra = "backend = \"llm\"\ndm_policy = \"open\"\nstream_min_initial_chars = 5\nedit_throttle_ms = 100\nmax_edits_per_message = 100";
+    let config = format!(
+        "{}{}",
+        openai_backend("llm", &llm),
+        account("bot", synapse.url(), &bot, extra)
+    );
+    let mut fleet = FleetProcess::new(&config)?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let dm = human.dm(&bot.0).await?;
+    human.send(&dm, "go").await?;
+    human
+        .expect_final_text(&dm, &bot.0, &text, Duration::from_secs(120))
+        .await?;
+    assert_eq!(human.seen_from(&dm, &bot.0).len(), 1);
+    // The outcome is logged once the last edit landed.
+    let mut rate_limited = None;
+    for _ in 0..100 {
+        rate_limited = fleet
+            .all_logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find_map(|v| v["fields"]["rate_limited"].as_u64());
+        if rate_limited.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rate_limited = rate_limited.unwrap_or_default();
+    ensure!(
+        rate_limited > 0,
+        "the homeserver never rate-limited the stream; the test proves nothing: {}",
+        fleet
+            .all_logs()
+            .lines()
+            .filter(|l| l.contains("answered"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    fleet.stop().await?;
+    Ok(())
+}
