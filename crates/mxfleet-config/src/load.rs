@@ -214,6 +214,8 @@ pub struct ConversationSpec {
     pub ack_reaction: Option<String>,
     /// Typing notices while working.
     pub typing_notices: bool,
+    /// Cues wait this long and are skipped if the answer is visible by then.
+    pub cue_delay_ms: u64,
     /// Read receipts for handled messages.
     pub read_receipts: bool,
     /// Earlier messages the backend sees.
@@ -988,6 +990,7 @@ impl Checker<'_> {
             reply_to_message: a.reply_to_message,
             ack_reaction: (!reaction.is_empty()).then(|| reaction.to_owned()),
             typing_notices: a.typing_notices,
+            cue_delay_ms: a.cue_delay_ms,
             read_receipts: a.read_receipts,
             history_max_messages: a.history_max_messages,
         }

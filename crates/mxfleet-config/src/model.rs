@@ -267,6 +267,10 @@ pub struct AccountConfig {
     /// Reaction put on a message while it is being answered; empty disables it.
     #[serde(default = "defaults::ack_reaction")]
     pub ack_reaction: String,
+    /// Send the ack reaction and typing notices only if the answer is not visible after this
+    /// long (0: at once, on receipt). Saves two events per fast answer.
+    #[serde(default)]
+    pub cue_delay_ms: u64,
     /// Show "typing…" while an answer is being prepared.
     #[serde(default = "defaults::enabled")]
     pub typing_notices: bool,

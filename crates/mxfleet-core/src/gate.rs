@@ -276,6 +276,7 @@ mod tests {
             reply_to_message: true,
             ack_reaction: None,
             typing_notices: true,
+            cue_delay_ms: 0,
             read_receipts: false,
             history_max_messages: 10,
         }

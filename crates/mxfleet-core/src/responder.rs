@@ -9,7 +9,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -268,26 +271,54 @@ async fn handle(ctx: &ReplyContext, message: InboundMessage) {
             ..stream_settings(ctx)
         };
         let answer: mxfleet_backend::TextStream = Box::pin(stream::iter([Ok(text)]));
-        let outcome = stream_answer(ctx, &room, &message, placement, answer, settings).await;
+        let outcome = stream_answer(ctx, &room, &message, placement, answer, settings, None).await;
         return record(ctx, &message, &key, outcome, false).await;
     }
 
-    let ack = match &conv.ack_reaction {
-        Some(key) => {
-            let txn = transaction_id(&message.event_id, "ack");
-            match react(&room, &event_id, key, txn).await {
-                Ok(id) => Some(id),
-                Err(e) => {
-                    warn!(error = %e, "could not add the ack reaction");
-                    None
+    // Cues go out beside the answer, not before it: the backend is asked at once. With
+    // `cue_delay_ms`, they are skipped when the answer is visible by then.
+    let visible = Arc::new(AtomicBool::new(false));
+    // Cue tasks outlive the message's span (which ends with the answer); they get their own.
+    let cue_span =
+        info_span!(parent: None, "cues", account = %ctx.account, event_id = %message.event_id);
+    let cue_delay = Duration::from_millis(conv.cue_delay_ms);
+    let wait_for_cue = {
+        let visible = visible.clone();
+        move || {
+            let visible = visible.clone();
+            async move {
+                if !cue_delay.is_zero() {
+                    tokio::time::sleep(cue_delay).await;
                 }
+                !visible.load(Ordering::Relaxed)
             }
         }
-        None => None,
     };
+    let ack = conv.ack_reaction.clone().map(|key| {
+        let (room, event_id) = (room.clone(), event_id.clone());
+        let txn = transaction_id(&message.event_id, "ack");
+        let wanted = wait_for_cue();
+        tokio::spawn(
+            async move {
+                if !wanted.await {
+                    return None;
+                }
+                react(&room, &event_id, &key, txn)
+                    .await
+                    .inspect_err(|e| warn!(error = %e, "could not add the ack reaction"))
+                    .ok()
+            }
+            .instrument(cue_span.clone()),
+        )
+    });
+
     let typing = conv.typing_notices.then(|| {
         let room = room.clone();
+        let wanted = wait_for_cue();
         tokio::spawn(async move {
+            if !wanted.await {
+                return;
+            }
             loop {
                 if let Err(e) = room.typing_notice(true).await {
                     debug!(error = %e, "typing notice not sent");
@@ -314,21 +345,34 @@ async fn handle(ctx: &ReplyContext, message: InboundMessage) {
         placement,
         answer,
         stream_settings(ctx),
+        Some(visible),
     )
     .await;
 
     // The outcome is recorded before the cues are cleaned up: a redaction held back by a 429
     // must not leave a delivered answer pending.
     record(ctx, &message, &key, outcome, true).await;
-    if let Some(typing) = typing {
-        typing.abort();
-        let _ = room.typing_notice(false).await;
-    }
-    if let Some(ack) = ack
-        && let Err(e) = redact(&room, &ack, transaction_id(&message.event_id, "ack.redact")).await
-    {
-        warn!(error = %e, "could not remove the ack reaction");
-    }
+    // Cleaning up the cues does not hold up the room's next message.
+    let txn = transaction_id(&message.event_id, "ack.redact");
+    tokio::spawn(
+        async move {
+            if let Some(typing) = typing {
+                // A finished task never started typing (the answer came first).
+                let skipped = typing.is_finished();
+                typing.abort();
+                if !skipped {
+                    let _ = room.typing_notice(false).await;
+                }
+            }
+            if let Some(ack) = ack
+                && let Ok(Some(ack)) = ack.await
+                && let Err(e) = redact(&room, &ack, txn).await
+            {
+                warn!(error = %e, "could not remove the ack reaction");
+            }
+        }
+        .instrument(cue_span.clone()),
+    );
 }
 
 /// Hands the answer to the `StreamEditor` (or streams it here if the editor is restarting).
@@ -339,6 +383,7 @@ async fn stream_answer(
     placement: Placement,
     answer: mxfleet_backend::TextStream,
     settings: StreamSettings,
+    visible: Option<Arc<AtomicBool>>,
 ) -> Result<Delivered, MatrixFailure> {
     let mut sink = MatrixSink {
         room: room.clone(),
@@ -350,6 +395,7 @@ async fn stream_answer(
             room_id: message.room_id.clone(),
             parts: Vec::new(),
         },
+        visible,
     };
     let editor = ctx
         .editor

@@ -15,7 +15,14 @@
 //! The actor owns the running deliveries of its account: stopping it (account stop) aborts them,
 //! and their drafts are finished on the next start.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::StreamExt;
 use mxfleet_backend::TextStream;
@@ -432,6 +439,8 @@ pub(crate) struct MatrixSink {
     pub(crate) answering: String,
     pub(crate) placement: Placement,
     pub(crate) draft: Draft,
+    /// Set once the first message is out (the cues watch it).
+    pub(crate) visible: Option<Arc<AtomicBool>>,
 }
 
 impl MatrixSink {
@@ -472,6 +481,9 @@ impl AnswerSink for MatrixSink {
         };
         let content = message_content(&render_markdown(text), &placement);
         let event_id = send_content_once(&self.room, content, txn_id, "sending the answer").await?;
+        if let Some(visible) = &self.visible {
+            visible.store(true, Ordering::Relaxed);
+        }
         let stored = &mut self.draft.parts[part];
         stored.event_id = Some(event_id.to_string());
         stored.shown = text.to_owned();
