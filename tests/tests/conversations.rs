@@ -22,11 +22,23 @@ fn account(
     )
 }
 
-fn openai_backend(name: &str, llm: &FakeOpenAi) -> String {
+/// A backend `llm` on `llm` and the account `bot` using it with `extra` keys.
+fn llm_bot(llm: &FakeOpenAi, homeserver: &str, bot: &(String, String), extra: &str) -> String {
     format!(
-        "[backends.{name}]\nkind = \"openai\"\nbase_url = {:?}\nmodel = \"base-model\"\n\n",
-        llm.base_url
+        "[backends.llm]\nkind = \"openai\"\nbase_url = {:?}\nmodel = \"base-model\"\n\n{}",
+        llm.base_url,
+        account("bot", homeserver, bot, extra)
     )
+}
+
+/// Starts a fleet on `config` and waits until `accounts` are syncing.
+async fn running(config: &str, accounts: &[&str]) -> Result<FleetProcess> {
+    let mut fleet = FleetProcess::new(config)?;
+    fleet.start().await?;
+    for account in accounts {
+        fleet.wait_state(account, "syncing", TIMEOUT).await?;
+    }
+    Ok(fleet)
 }
 
 async fn human(synapse: &Synapse) -> Result<Human> {
@@ -45,9 +57,7 @@ async fn in_rooms_only_mentions_are_answered_and_at_room_is_not_one() -> Result<
     let bot = synapse.fresh_user("bot").await?;
     let human = human(synapse).await?;
     let extra = "backend = \"echo\"\nroom_policy = \"open\"\nmention_mode = \"mention\"";
-    let mut fleet = FleetProcess::new(&account("bot", synapse.url(), &bot, extra))?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let mut fleet = running(&account("bot", synapse.url(), &bot, extra), &["bot"]).await?;
     let room = human.room_with(&[&bot.0], false).await?;
 
     human.send(&room, "nobody is mentioned here").await?;
@@ -92,9 +102,7 @@ async fn invites_and_dms_follow_the_allowlists() -> Result<()> {
         "backend = \"echo\"\ndm_policy = \"allowlist\"\nuser_allowlist = [{:?}]\nroom_policy = \"allowlist\"",
         friend.user_id.as_str()
     );
-    let mut fleet = FleetProcess::new(&account("bot", synapse.url(), &bot, &extra))?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let mut fleet = running(&account("bot", synapse.url(), &bot, &extra), &["bot"]).await?;
 
     // A stranger's DM and the friend's (not allowlisted) group room: rejected.
     let stranger_dm = stranger.create_room(&[&bot.0], true).await?;
@@ -129,14 +137,8 @@ async fn a_streamed_answer_is_one_message_edited_in_place_with_cues() -> Result<
     let text = text.trim_end().to_owned();
     let llm = FakeOpenAi::start_with(7, Duration::from_millis(12), Some(text.clone())).await?;
     let extra = "backend = \"llm\"\ndm_policy = \"open\"\nstream_min_initial_chars = 20\nedit_throttle_ms = 300\nmax_edits_per_message = 6";
-    let config = format!(
-        "{}{}",
-        openai_backend("llm", &llm),
-        account("bot", synapse.url(), &bot, extra)
-    );
-    let mut fleet = FleetProcess::new(&config)?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let config = llm_bot(&llm, synapse.url(), &bot, extra);
+    let mut fleet = running(&config, &["bot"]).await?;
     let dm = human.dm(&bot.0).await?;
     let asked = human.send(&dm, "tell me a long story").await?;
 
@@ -193,14 +195,8 @@ async fn a_threaded_question_is_answered_in_the_thread_with_its_history() -> Res
         "backend = \"llm\"\nroom_policy = \"open\"\nmention_mode = \"mention\"\n\n[accounts.bot.user_overrides.{:?}]\nmodel = \"user-model\"",
         human.user_id.as_str()
     );
-    let config = format!(
-        "{}{}",
-        openai_backend("llm", &llm),
-        account("bot", synapse.url(), &bot, &extra)
-    );
-    let mut fleet = FleetProcess::new(&config)?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let config = llm_bot(&llm, synapse.url(), &bot, &extra);
+    let mut fleet = running(&config, &["bot"]).await?;
     let room = human.room_with(&[&bot.0], false).await?;
 
     let root = human
@@ -256,19 +252,13 @@ async fn commands_answer_directly_and_new_forgets_the_conversation() -> Result<(
     let bot = synapse.fresh_user("bot").await?;
     let human = human(synapse).await?;
     let llm = FakeOpenAi::start(50).await?;
-    let config = format!(
-        "{}{}",
-        openai_backend("llm", &llm),
-        account(
-            "bot",
-            synapse.url(),
-            &bot,
-            "backend = \"llm\"\ndm_policy = \"open\""
-        )
+    let config = llm_bot(
+        &llm,
+        synapse.url(),
+        &bot,
+        "backend = \"llm\"\ndm_policy = \"open\"",
     );
-    let mut fleet = FleetProcess::new(&config)?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let mut fleet = running(&config, &["bot"]).await?;
     let dm = human.dm(&bot.0).await?;
 
     let said = |needle: &'static str| {
@@ -355,10 +345,7 @@ async fn webhook_and_command_backends_answer() -> Result<()> {
             "backend = \"cli\"\ndm_policy = \"open\""
         ),
     );
-    let mut fleet = FleetProcess::new(&config)?;
-    fleet.start().await?;
-    fleet.wait_state("hook", "syncing", TIMEOUT).await?;
-    fleet.wait_state("cli", "syncing", TIMEOUT).await?;
+    let mut fleet = running(&config, &["hook", "cli"]).await?;
     let dm_hook = human.dm(&hook_bot.0).await?;
     let dm_cli = human.dm(&cli_bot.0).await?;
     human.send(&dm_hook, "ping over http").await?;
@@ -393,14 +380,8 @@ async fn an_answer_cut_short_by_a_crash_is_finished_as_interrupted() -> Result<(
     let text = "word ".repeat(400);
     let llm = FakeOpenAi::start_with(5, Duration::from_millis(40), Some(text)).await?;
     let extra = "backend = \"llm\"\ndm_policy = \"open\"\nstream_min_initial_chars = 10\nedit_throttle_ms = 200";
-    let config = format!(
-        "{}{}",
-        openai_backend("llm", &llm),
-        account("bot", synapse.url(), &bot, extra)
-    );
-    let mut fleet = FleetProcess::new(&config)?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let config = llm_bot(&llm, synapse.url(), &bot, extra);
+    let mut fleet = running(&config, &["bot"]).await?;
     let dm = human.dm(&bot.0).await?;
     human.send(&dm, "a long one please").await?;
     // Killed while the answer streams (it takes ~16 s).
@@ -443,14 +424,8 @@ async fn with_synapse_default_rate_limits_a_long_stream_ends_with_the_full_text(
     let llm = FakeOpenAi::start_with(10, Duration::from_millis(15), Some(text.clone())).await?;
     // Aggressive streaming so the homeserver's 429s are certain.
     let extra = "backend = \"llm\"\ndm_policy = \"open\"\nstream_min_initial_chars = 5\nedit_throttle_ms = 100\nmax_edits_per_message = 100";
-    let config = format!(
-        "{}{}",
-        openai_backend("llm", &llm),
-        account("bot", synapse.url(), &bot, extra)
-    );
-    let mut fleet = FleetProcess::new(&config)?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let config = llm_bot(&llm, synapse.url(), &bot, extra);
+    let mut fleet = running(&config, &["bot"]).await?;
     let dm = human.dm(&bot.0).await?;
     human.send(&dm, "go").await?;
     human

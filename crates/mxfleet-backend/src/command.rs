@@ -9,7 +9,6 @@ use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use futures_util::stream;
 use mxfleet_config::{BackendSpec, CommandInput};
-use serde::Serialize;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     process::{Child, ChildStdout, Command},
@@ -17,7 +16,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{Backend, BackendError, ChatRequest, TextStream};
+use crate::{Backend, BackendError, ChatRequest, RoutedRequest, TextStream};
 
 /// How much stderr is kept for an error message.
 const STDERR_TAIL_BYTES: usize = 2000;
@@ -33,16 +32,6 @@ pub struct CommandBackend {
     model: Option<String>,
     system_prompt: Option<String>,
     timeout: Duration,
-}
-
-#[derive(Serialize)]
-struct JsonInput<'a> {
-    #[serde(flatten)]
-    request: &'a ChatRequest,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    model: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    system_prompt: Option<&'a str>,
 }
 
 /// A running agent: dropping it kills the process.
@@ -85,7 +74,7 @@ impl CommandBackend {
     fn spawn(&self, request: &ChatRequest) -> Result<Running, BackendError> {
         let stdin_bytes = match self.input {
             CommandInput::Prompt => format!("{}\n", request.last_user_message()).into_bytes(),
-            CommandInput::Json => serde_json::to_vec(&JsonInput {
+            CommandInput::Json => serde_json::to_vec(&RoutedRequest {
                 request,
                 model: self.model.as_deref(),
                 system_prompt: self.system_prompt.as_deref(),

@@ -137,6 +137,63 @@ pub trait Backend: Send + Sync + 'static {
     fn stream(&self, request: ChatRequest) -> TextStream;
 }
 
+/// A request as sent to agents that take the whole conversation as JSON (webhook, command):
+/// the request's fields plus the route's `model` and `system_prompt`, when set.
+#[derive(Serialize)]
+pub(crate) struct RoutedRequest<'a> {
+    #[serde(flatten)]
+    pub(crate) request: &'a ChatRequest,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) system_prompt: Option<&'a str>,
+}
+
+/// An HTTP client with the whole-request `timeout` and a 10 s connect timeout.
+pub(crate) fn http_client(timeout_secs: u64) -> Result<reqwest::Client, BackendError> {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(timeout_secs))
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| BackendError::Config(e.to_string()))
+}
+
+/// How much of an error body is kept in [`BackendError::Status`].
+const ERROR_EXCERPT_CHARS: usize = 300;
+
+/// A `POST` of `body` as JSON accepting `accept`, with `bearer` as its token if set.
+pub(crate) fn post_json(
+    client: &reqwest::Client,
+    url: &str,
+    body: &impl Serialize,
+    accept: &str,
+    bearer: Option<&mxfleet_config::Secret>,
+) -> Result<reqwest::RequestBuilder, BackendError> {
+    let body = serde_json::to_vec(body).map_err(|e| BackendError::Protocol(e.to_string()))?;
+    let builder = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", accept)
+        .body(body);
+    Ok(match bearer {
+        Some(token) => builder.bearer_auth(token.expose()),
+        None => builder,
+    })
+}
+
+/// The error of a non-2xx response: its status and the start of its body.
+pub(crate) async fn status_error(response: reqwest::Response) -> BackendError {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    let detail = text.chars().take(ERROR_EXCERPT_CHARS).collect();
+    BackendError::Status { status, detail }
+}
+
+/// A stream that only yields `error`.
+pub(crate) fn failed(error: BackendError) -> TextStream {
+    Box::pin(futures_util::stream::once(async move { Err(error) }))
+}
+
 /// Builds the backend described by `spec`.
 pub fn build(spec: &BackendSpec) -> Result<Arc<dyn Backend>, BackendError> {
     Ok(match spec {

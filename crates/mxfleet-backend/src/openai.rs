@@ -5,17 +5,17 @@
 //! `chat.completion.chunk` whose `choices[0].delta.content` is the next piece of text; `[DONE]`
 //! ends the stream. An `{"error": …}` event or a non-2xx status ends it with an error.
 
-use std::{collections::VecDeque, pin::Pin, time::Duration};
+use std::{collections::VecDeque, pin::Pin};
 
 use futures_util::{Stream, StreamExt, stream};
 use mxfleet_config::{BackendSpec, Secret};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{Backend, BackendError, ChatRequest, Role, TextStream, sse::SseDecoder};
-
-/// How much of an error body is kept in [`BackendError::Status`].
-const ERROR_EXCERPT_CHARS: usize = 300;
+use crate::{
+    Backend, BackendError, ChatRequest, Role, TextStream, failed, post_json, sse::SseDecoder,
+    status_error,
+};
 
 /// An OpenAI-compatible streaming chat backend.
 #[derive(Debug, Clone)]
@@ -68,11 +68,7 @@ impl OpenAiBackend {
         else {
             return Err(BackendError::Config("not an openai backend".into()));
         };
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(*request_timeout_secs))
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| BackendError::Config(e.to_string()))?;
+        let client = crate::http_client(*request_timeout_secs)?;
         let endpoint = format!(
             "{}/chat/completions",
             base_url.as_str().trim_end_matches('/')
@@ -109,23 +105,17 @@ impl Backend for OpenAiBackend {
             messages,
             stream: true,
         };
-        let body = match serde_json::to_vec(&body) {
-            Ok(body) => body,
-            Err(e) => {
-                return Box::pin(stream::once(async move {
-                    Err(BackendError::Protocol(e.to_string()))
-                }));
-            }
+        let accept = "text/event-stream";
+        let builder = match post_json(
+            &self.client,
+            &self.endpoint,
+            &body,
+            accept,
+            self.api_key.as_ref(),
+        ) {
+            Ok(builder) => builder,
+            Err(e) => return failed(e),
         };
-        let mut builder = self
-            .client
-            .post(&self.endpoint)
-            .header("content-type", "application/json")
-            .header("accept", "text/event-stream")
-            .body(body);
-        if let Some(key) = &self.api_key {
-            builder = builder.bearer_auth(key.expose());
-        }
         Box::pin(stream::unfold(Stage::Connect(builder), advance))
     }
 }
@@ -138,13 +128,7 @@ async fn advance(mut stage: Stage) -> Option<(Result<String, BackendError>, Stag
             Stage::Connect(builder) => match builder.send().await {
                 Err(e) => return Some((Err(transport_error(&e)), Stage::Finished)),
                 Ok(response) if !response.status().is_success() => {
-                    let status = response.status().as_u16();
-                    let text = response.text().await.unwrap_or_default();
-                    let detail = text.chars().take(ERROR_EXCERPT_CHARS).collect();
-                    return Some((
-                        Err(BackendError::Status { status, detail }),
-                        Stage::Finished,
-                    ));
+                    return Some((Err(status_error(response).await), Stage::Finished));
                 }
                 Ok(response) => Stage::Read {
                     body: Box::pin(response.bytes_stream()),

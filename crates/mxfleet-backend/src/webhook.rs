@@ -9,19 +9,16 @@
 //!
 //! An object with an `error` field ends the answer with that error.
 
-use std::{collections::VecDeque, pin::Pin, time::Duration};
+use std::{collections::VecDeque, pin::Pin};
 
 use futures_util::{Stream, StreamExt, stream};
 use mxfleet_config::{BackendSpec, Secret, StreamFormat};
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    Backend, BackendError, ChatRequest, TextStream, openai::transport_error, sse::SseDecoder,
+    Backend, BackendError, ChatRequest, RoutedRequest, TextStream, failed, openai::transport_error,
+    post_json, sse::SseDecoder, status_error,
 };
-
-/// How much of an error body is kept in [`BackendError::Status`].
-const ERROR_EXCERPT_CHARS: usize = 300;
 
 /// A backend that POSTs conversations to an external agent.
 #[derive(Debug, Clone)]
@@ -32,16 +29,6 @@ pub struct WebhookBackend {
     format: StreamFormat,
     model: Option<String>,
     system_prompt: Option<String>,
-}
-
-#[derive(Serialize)]
-struct WebhookRequest<'a> {
-    #[serde(flatten)]
-    request: &'a ChatRequest,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    model: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    system_prompt: Option<&'a str>,
 }
 
 type Body = Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
@@ -77,11 +64,7 @@ impl WebhookBackend {
         else {
             return Err(BackendError::Config("not a webhook backend".into()));
         };
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(*request_timeout_secs))
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| BackendError::Config(e.to_string()))?;
+        let client = crate::http_client(*request_timeout_secs)?;
         Ok(Self {
             client,
             url: url.to_string(),
@@ -99,39 +82,21 @@ impl Backend for WebhookBackend {
     }
 
     fn stream(&self, request: ChatRequest) -> TextStream {
-        let body = WebhookRequest {
+        let body = RoutedRequest {
             request: &request,
             model: self.model.as_deref(),
             system_prompt: self.system_prompt.as_deref(),
         };
-        let body = match serde_json::to_vec(&body) {
-            Ok(body) => body,
-            Err(e) => {
-                return Box::pin(stream::once(async move {
-                    Err(BackendError::Protocol(e.to_string()))
-                }));
-            }
+        let accept = "text/event-stream, application/x-ndjson, application/json, text/plain";
+        let builder = match post_json(&self.client, &self.url, &body, accept, self.token.as_ref()) {
+            Ok(builder) => builder,
+            Err(e) => return failed(e),
         };
-        let mut builder = self
-            .client
-            .post(&self.url)
-            .header("content-type", "application/json")
-            .header(
-                "accept",
-                "text/event-stream, application/x-ndjson, application/json, text/plain",
-            )
-            .body(body);
-        if let Some(token) = &self.token {
-            builder = builder.bearer_auth(token.expose());
-        }
         let format = self.format;
         let start = async move {
             let response = builder.send().await.map_err(|e| transport_error(&e))?;
             if !response.status().is_success() {
-                let status = response.status().as_u16();
-                let text = response.text().await.unwrap_or_default();
-                let detail = text.chars().take(ERROR_EXCERPT_CHARS).collect();
-                return Err(BackendError::Status { status, detail });
+                return Err(status_error(response).await);
             }
             let content_type = response
                 .headers()

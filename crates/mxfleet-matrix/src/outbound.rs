@@ -93,12 +93,7 @@ pub async fn send_content(
     txn_id: OwnedTransactionId,
     what: &str,
 ) -> Result<OwnedEventId, MatrixFailure> {
-    let content: AnyMessageLikeEventContent = content.into();
-    room.send(content)
-        .with_transaction_id(txn_id)
-        .await
-        .map(|r| r.response.event_id)
-        .map_err(|e| MatrixFailure::from_sdk(what, &e))
+    send(room, content.into(), txn_id, what, None).await
 }
 
 /// Sends `content` once, without matrix-sdk's retries: a 429 comes back as
@@ -110,13 +105,24 @@ pub async fn send_content_once(
     txn_id: OwnedTransactionId,
     what: &str,
 ) -> Result<OwnedEventId, MatrixFailure> {
-    let content: AnyMessageLikeEventContent = content.into();
     let config = RequestConfig::new()
         .timeout(Duration::from_secs(30))
         .disable_retry();
-    room.send(content)
-        .with_transaction_id(txn_id)
-        .with_request_config(config)
+    send(room, content.into(), txn_id, what, Some(config)).await
+}
+
+async fn send(
+    room: &Room,
+    content: AnyMessageLikeEventContent,
+    txn_id: OwnedTransactionId,
+    what: &str,
+    config: Option<RequestConfig>,
+) -> Result<OwnedEventId, MatrixFailure> {
+    let mut request = room.send(content).with_transaction_id(txn_id);
+    if let Some(config) = config {
+        request = request.with_request_config(config);
+    }
+    request
         .await
         .map(|r| r.response.event_id)
         .map_err(|e| MatrixFailure::from_sdk(what, &e))
