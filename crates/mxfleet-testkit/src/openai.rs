@@ -26,18 +26,47 @@ pub struct SeenRequest {
     pub body: Value,
 }
 
+/// The requests a fake server received, shared with its handlers.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RequestLog(Arc<Mutex<Vec<SeenRequest>>>);
+
+impl RequestLog {
+    /// Records a request.
+    pub(crate) fn record(&self, headers: &HeaderMap, body: Value) {
+        let authorization = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(SeenRequest {
+                authorization,
+                body,
+            });
+    }
+
+    /// Everything recorded so far.
+    pub(crate) fn all(&self) -> Vec<SeenRequest> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// The fake server; stops when dropped.
 #[derive(Debug)]
 pub struct FakeOpenAi {
     /// Base URL including `/v1`.
     pub base_url: String,
-    requests: Arc<Mutex<Vec<SeenRequest>>>,
+    requests: RequestLog,
     task: tokio::task::JoinHandle<()>,
 }
 
 #[derive(Clone)]
 struct AppState {
-    requests: Arc<Mutex<Vec<SeenRequest>>>,
+    requests: RequestLog,
     chunk_chars: usize,
     delay: Duration,
     text: Option<String>,
@@ -57,7 +86,7 @@ impl FakeOpenAi {
         delay: Duration,
         text: Option<String>,
     ) -> anyhow::Result<FakeOpenAi> {
-        let requests = Arc::new(Mutex::new(Vec::new()));
+        let requests = RequestLog::default();
         let state = AppState {
             requests: requests.clone(),
             chunk_chars: chunk_chars.max(1),
@@ -82,10 +111,7 @@ impl FakeOpenAi {
 
     /// Requests received so far.
     pub fn requests(&self) -> Vec<SeenRequest> {
-        self.requests
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.requests.all()
     }
 }
 
@@ -108,17 +134,7 @@ async fn completions(State(state): State<AppState>, headers: HeaderMap, body: By
         .and_then(|m| m["content"].as_str())
         .unwrap_or_default()
         .to_owned();
-    state
-        .requests
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .push(SeenRequest {
-            authorization: headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            body: body.clone(),
-        });
+    state.requests.record(&headers, body.clone());
     let answer: Vec<char> = state
         .text
         .clone()

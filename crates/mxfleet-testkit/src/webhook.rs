@@ -1,7 +1,5 @@
 //! A small agent behind a webhook: answers `agent heard: <last user message>` as NDJSON deltas.
 
-use std::sync::{Arc, Mutex};
-
 use axum::{
     Router,
     body::{Body, Bytes},
@@ -12,21 +10,21 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use crate::SeenRequest;
+use crate::{SeenRequest, openai::RequestLog};
 
 /// The fake agent; stops when dropped.
 #[derive(Debug)]
 pub struct FakeWebhook {
     /// The URL to POST to.
     pub url: String,
-    requests: Arc<Mutex<Vec<SeenRequest>>>,
+    requests: RequestLog,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl FakeWebhook {
     /// Starts the agent on a loopback port.
     pub async fn start() -> anyhow::Result<FakeWebhook> {
-        let requests = Arc::new(Mutex::new(Vec::new()));
+        let requests = RequestLog::default();
         let app = Router::new()
             .route("/hook", post(answer))
             .with_state(requests.clone());
@@ -40,10 +38,7 @@ impl FakeWebhook {
 
     /// Requests received so far.
     pub fn requests(&self) -> Vec<SeenRequest> {
-        self.requests
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.requests.all()
     }
 }
 
@@ -53,11 +48,7 @@ impl Drop for FakeWebhook {
     }
 }
 
-async fn answer(
-    State(requests): State<Arc<Mutex<Vec<SeenRequest>>>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn answer(State(requests): State<RequestLog>, headers: HeaderMap, body: Bytes) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or_default();
     let last = body["messages"]
         .as_array()
@@ -65,16 +56,7 @@ async fn answer(
         .and_then(|m| m["content"].as_str())
         .unwrap_or_default()
         .to_owned();
-    requests
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .push(SeenRequest {
-            authorization: headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            body,
-        });
+    requests.record(&headers, body);
     let lines = format!(
         "{}\n{}\n",
         json!({"delta": "agent heard: "}),
