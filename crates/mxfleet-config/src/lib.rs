@@ -11,13 +11,13 @@ mod model;
 mod secret;
 
 pub use load::{
-    AccountAuth, AccountSpec, BUILTIN_ECHO, BackendSpec, CONFIG_FILE_ENV, ConfigError, ConfigIssue,
-    ConversationSpec, DEFAULT_CONFIG_FILE, ENV_PREFIX, Flags, Loaded, Route, Sources, ValidConfig,
-    default_device_id, is_valid_account_id, load,
+    AccountAuth, AccountSpec, AdminSpec, BUILTIN_ECHO, BackendSpec, CONFIG_FILE_ENV, ConfigError,
+    ConfigIssue, ConversationSpec, DEFAULT_CONFIG_FILE, ENV_PREFIX, Flags, Loaded, Route, Sources,
+    ValidConfig, default_device_id, is_valid_account_id, load,
 };
 pub use model::{
-    AccessPolicy, AccountConfig, AutoJoin, BackendConfig, CommandInput, Config, LogConfig,
-    LogFormat, MentionMode, RestartConfig, RouteOverride, StreamFormat, StreamMode,
+    AccessPolicy, AccountConfig, AdminConfig, AutoJoin, BackendConfig, CommandInput, Config,
+    LogConfig, LogFormat, MentionMode, RestartConfig, RouteOverride, StreamFormat, StreamMode,
 };
 
 pub use secret::{REDACTED, Secret};

@@ -21,8 +21,9 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::{
-    AccessPolicy, AccountConfig, AutoJoin, BackendConfig, CommandInput, Config, LogConfig,
-    LogFormat, MentionMode, RestartConfig, RouteOverride, Secret, StreamFormat, StreamMode,
+    AccessPolicy, AccountConfig, AdminConfig, AutoJoin, BackendConfig, CommandInput, Config,
+    LogConfig, LogFormat, MentionMode, RestartConfig, RouteOverride, Secret, StreamFormat,
+    StreamMode,
 };
 
 /// The environment variable prefix.
@@ -83,12 +84,23 @@ pub struct ValidConfig {
     pub shutdown_timeout_secs: u64,
     /// Restart schedule.
     pub restart: RestartConfig,
+    /// The admin API, when a token is configured.
+    pub admin: Option<AdminSpec>,
     /// Accounts by id, disabled ones included.
     pub accounts: BTreeMap<String, AccountSpec>,
     /// The file that was read, if any.
     pub config_file: Option<PathBuf>,
     /// Settings that are valid but probably not what was meant (e.g. an empty allowlist).
     pub warnings: Vec<ConfigIssue>,
+}
+
+/// The admin API's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminSpec {
+    /// Listen address.
+    pub bind: std::net::SocketAddr,
+    /// The bearer token.
+    pub token: Secret,
 }
 
 /// How an account authenticates.
@@ -194,6 +206,12 @@ pub struct ConversationSpec {
     pub mention_mode: MentionMode,
     /// Whether `@room` counts as a mention.
     pub allow_room_mentions: bool,
+    /// One-time-code self-approval of unknown DM senders.
+    pub otp_self_approval: bool,
+    /// Validity of a one-time code.
+    pub otp_ttl_secs: u64,
+    /// Lockout after 3 wrong codes.
+    pub otp_cooldown_secs: u64,
     /// Users allowed to DM the bot.
     pub user_allowlist: Vec<String>,
     /// Rooms (ids or aliases) the bot talks in.
@@ -335,6 +353,7 @@ struct TopLevel {
     log: LogConfig,
     shutdown_timeout_secs: u64,
     restart: RestartConfig,
+    admin: AdminConfig,
 }
 
 fn layered(sources: &Sources, issues: &mut Vec<ConfigIssue>) -> (Figment, Option<PathBuf>) {
@@ -803,11 +822,33 @@ fn validate(
         }
     }
 
+    let admin_token = check.secret("admin", "token", &raw.admin.token, &raw.admin.token_file);
+    let admin_bind = raw.admin.bind.parse::<std::net::SocketAddr>();
+    if admin_bind.is_err() {
+        check.fail(
+            "admin.bind",
+            "must be an address with a port, e.g. 127.0.0.1:8787",
+        );
+    }
+    if let Ok(bind) = &admin_bind
+        && !bind.ip().is_loopback()
+        && admin_token.is_some()
+    {
+        check.warn(
+            "admin.bind",
+            "is not a loopback address: the admin API is plain HTTP; put it behind TLS",
+        );
+    }
+    let admin = match (admin_bind, admin_token) {
+        (Ok(bind), Some(token)) => Some(AdminSpec { bind, token }),
+        _ => None,
+    };
     ValidConfig {
         data_dir: raw.data_dir.clone(),
         log: raw.log.clone(),
         shutdown_timeout_secs: raw.shutdown_timeout_secs,
         restart: raw.restart.clone(),
+        admin,
         accounts,
         config_file: config_file.clone(),
         warnings: std::mem::take(&mut check.warnings),
@@ -937,7 +978,27 @@ impl Checker<'_> {
                 &format!("{room:?} is not a room id (!id:server) or alias (#name:server)"),
             );
         }
-        if a.enabled && a.dm_policy == AccessPolicy::Allowlist && a.user_allowlist.is_empty() {
+        self.require(
+            (10..=86_400).contains(&a.otp_ttl_secs),
+            &format!("{key}.otp_ttl_secs"),
+            "must be between 10 and 86400",
+        );
+        self.require(
+            a.otp_cooldown_secs <= 86_400,
+            &format!("{key}.otp_cooldown_secs"),
+            "must be at most 86400",
+        );
+        if a.otp_self_approval && a.dm_policy != AccessPolicy::Allowlist {
+            self.warn(
+                &format!("{key}.otp_self_approval"),
+                "has no effect unless dm_policy is \"allowlist\"",
+            );
+        }
+        if a.enabled
+            && a.dm_policy == AccessPolicy::Allowlist
+            && a.user_allowlist.is_empty()
+            && !a.otp_self_approval
+        {
             self.warn(
                 &format!("{key}.dm_policy"),
                 "is \"allowlist\" but user_allowlist is empty: nobody can DM this bot",
@@ -980,6 +1041,9 @@ impl Checker<'_> {
             room_policy: a.room_policy,
             mention_mode: a.mention_mode,
             allow_room_mentions: a.allow_room_mentions,
+            otp_self_approval: a.otp_self_approval,
+            otp_ttl_secs: a.otp_ttl_secs,
+            otp_cooldown_secs: a.otp_cooldown_secs,
             user_allowlist: a.user_allowlist.clone(),
             room_allowlist: a.room_allowlist.clone(),
             auto_join: a.auto_join,

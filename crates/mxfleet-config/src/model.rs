@@ -30,9 +30,37 @@ pub struct Config {
     /// Named AI backends; accounts refer to them by name. `echo` is built in.
     #[serde(default)]
     pub backends: BTreeMap<String, BackendConfig>,
+    /// The admin HTTP API.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// One table per bot account, keyed by a lower-case account id.
     #[serde(default)]
     pub accounts: BTreeMap<String, AccountConfig>,
+}
+
+/// The admin HTTP API: on when a token is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on; loopback unless you put it behind TLS and a firewall.
+    #[serde(default = "defaults::admin_bind")]
+    pub bind: String,
+    /// Bearer token every route requires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// A file holding the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            bind: defaults::admin_bind(),
+            token: None,
+            token_file: None,
+        }
+    }
 }
 
 /// Logging options.
@@ -240,6 +268,16 @@ pub struct AccountConfig {
     /// Whether an `@room` mention counts as mentioning the bot.
     #[serde(default)]
     pub allow_room_mentions: bool,
+    /// Under `dm_policy = "allowlist"`, unknown DM senders may approve themselves with a
+    /// one-time code that only the operator sees.
+    #[serde(default)]
+    pub otp_self_approval: bool,
+    /// How long a one-time code stays valid.
+    #[serde(default = "defaults::otp_ttl_secs")]
+    pub otp_ttl_secs: u64,
+    /// How long a sender is locked out after 3 wrong codes.
+    #[serde(default = "defaults::otp_cooldown_secs")]
+    pub otp_cooldown_secs: u64,
     /// Users who may DM the bot under `dm_policy = "allowlist"` (full Matrix user ids).
     #[serde(default)]
     pub user_allowlist: Vec<String>,
@@ -360,6 +398,7 @@ impl Default for Config {
             shutdown_timeout_secs: defaults::shutdown_timeout_secs(),
             restart: RestartConfig::default(),
             backends: BTreeMap::new(),
+            admin: AdminConfig::default(),
             accounts: BTreeMap::new(),
         }
     }
@@ -457,6 +496,15 @@ pub(crate) mod defaults {
     }
     pub(crate) fn history_max_messages() -> usize {
         20
+    }
+    pub(crate) fn otp_ttl_secs() -> u64 {
+        600
+    }
+    pub(crate) fn otp_cooldown_secs() -> u64 {
+        300
+    }
+    pub(crate) fn admin_bind() -> String {
+        "127.0.0.1:8787".into()
     }
     pub(crate) fn webhook_format() -> super::StreamFormat {
         super::StreamFormat::Auto

@@ -9,7 +9,7 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use mxfleet_backend::Backend;
-use mxfleet_config::{AccountAuth, AccountSpec};
+use mxfleet_config::{AccessPolicy, AccountAuth, AccountSpec};
 use mxfleet_matrix::{
     Connection, FailureClass, InboundMessage, MatrixFailure, connect, matrix_sdk::ruma::OwnedRoomId,
 };
@@ -20,7 +20,8 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::{
     gate::{self, Access, InviteVerdict, RoomFacts},
-    responder::{EditorHandle, Responder, ResponderArgs},
+    otp::{OtpArgs, OtpGate, OtpMsg, OtpPolicy},
+    responder::{EditorHandle, JoinedDms, OtpHandle, Responder, ResponderArgs},
     restart::{RestartPolicy, RestartTracker},
     status::{AccountState, ChildState, StatusBoard},
     stream_editor::{EditorMsg, StreamEditor},
@@ -78,6 +79,8 @@ pub(crate) struct AccountRuntime {
     responder: Option<Responder>,
     tracker: RestartTracker,
     editor: EditorHandle,
+    otp: OtpHandle,
+    joined_dms: JoinedDms,
     access: Access,
 }
 
@@ -104,6 +107,8 @@ impl Actor for AccountActor {
             responder: None,
             tracker,
             editor: EditorHandle::default(),
+            otp: OtpHandle::default(),
+            joined_dms: JoinedDms::default(),
             access: Access::default(),
         })
     }
@@ -179,6 +184,11 @@ impl Actor for AccountActor {
                 warn!(account = %state.args.spec.id, %error, "stream editor crashed; restarting it");
                 state.spawn_editor(&myself).await;
             }
+            SupervisionEvent::ActorFailed(cell, error) if state.is_otp_gate(&cell) => {
+                // Its state is all in redb: a new gate carries on where it stopped.
+                warn!(account = %state.args.spec.id, %error, "OTP gate crashed; restarting it");
+                state.spawn_otp_gate(&myself).await;
+            }
             _ => {}
         }
         Ok(())
@@ -206,11 +216,20 @@ impl Actor for AccountActor {
         if let Some(editor) = editor {
             editor.stop(Some(REASON_STOPPED.into()));
         }
+        let gate = state
+            .otp
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(gate) = gate {
+            gate.stop(Some(REASON_STOPPED.into()));
+        }
         let id = &state.args.spec.id;
-        state
-            .args
-            .board
-            .update(id, |s| s.sync = ChildState::Stopped);
+        state.args.board.update(id, |s| {
+            s.sync = ChildState::Stopped;
+            s.stream_editor = ChildState::Stopped;
+            s.otp_gate = s.otp_gate.map(|_| ChildState::Stopped);
+        });
         if state
             .args
             .board
@@ -270,6 +289,25 @@ impl AccountRuntime {
         if self.current_editor().is_none() {
             self.spawn_editor(myself).await;
         }
+        let conv = &self.args.spec.conversation;
+        let wants_otp = conv.otp_self_approval && conv.dm_policy == AccessPolicy::Allowlist;
+        let otp_running = self
+            .otp
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some();
+        if wants_otp && !otp_running {
+            self.spawn_otp_gate(myself).await;
+        }
+        let encryption = match self.args.spec.auth {
+            AccountAuth::Password(_) => "available (own device and crypto store)",
+            AccountAuth::AccessToken(_) => {
+                "unavailable: access-token login has no device keys (use a password)"
+            }
+        };
+        self.args
+            .board
+            .update(self.id(), |s| s.encryption = Some(encryption.to_owned()));
         self.access = Access::new(
             &self.args.spec.conversation,
             resolve_aliases(
@@ -287,6 +325,8 @@ impl AccountRuntime {
             board: self.args.board.clone(),
             access: self.access.clone(),
             editor: self.editor.clone(),
+            otp: self.otp.clone(),
+            joined_dms: self.joined_dms.clone(),
         });
         // Messages claimed but never answered: by a previous process, or queued in the
         // responder drained above (a reconnect after a soft logout).
@@ -459,10 +499,59 @@ impl AccountRuntime {
                 None
             }
         };
+        let state = if editor.is_some() {
+            ChildState::Running
+        } else {
+            ChildState::Stopped
+        };
+        self.args
+            .board
+            .update(self.id(), |s| s.stream_editor = state);
         *self
             .editor
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = editor;
+    }
+
+    fn is_otp_gate(&self, cell: &ractor::ActorCell) -> bool {
+        self.otp
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|g| g.get_id() == cell.get_id())
+    }
+
+    /// Starts the `OtpGate` child; without one, unknown senders' DMs stay pending.
+    async fn spawn_otp_gate(&mut self, myself: &ActorRef<AccountMsg>) {
+        let conv = &self.args.spec.conversation;
+        let args = OtpArgs {
+            account: self.args.spec.id.clone(),
+            store: self.args.store.clone(),
+            policy: OtpPolicy {
+                ttl: Duration::from_secs(conv.otp_ttl_secs),
+                cooldown: Duration::from_secs(conv.otp_cooldown_secs),
+            },
+        };
+        let gate: Option<ActorRef<OtpMsg>> =
+            match Actor::spawn_linked(None, OtpGate, args, myself.get_cell()).await {
+                Ok((gate, _)) => Some(gate),
+                Err(e) => {
+                    warn!(error = %e, "could not start the OTP gate");
+                    None
+                }
+            };
+        let state = if gate.is_some() {
+            ChildState::Running
+        } else {
+            ChildState::Restarting
+        };
+        self.args
+            .board
+            .update(self.id(), |s| s.otp_gate = Some(state));
+        *self
+            .otp
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = gate;
     }
 
     /// Joins or rejects each invite as `auto_join` and the access policies say.
@@ -474,6 +563,7 @@ impl AccountRuntime {
             let client = connection.client.clone();
             let conversation = self.args.spec.conversation.clone();
             let access = self.access.clone();
+            let joined_dms = self.joined_dms.clone();
             let span =
                 info_span!(parent: None, "invite", account = %self.args.spec.id, room = %room_id);
             tokio::spawn(
@@ -501,7 +591,15 @@ impl AccountRuntime {
                                 .retry(ExponentialBuilder::default().with_min_delay(Duration::from_millis(500)).with_max_times(JOIN_ATTEMPTS))
                                 .await
                             {
-                                Ok(_) => info!(%inviter, dm = facts.is_dm, "joined room on invite"),
+                                Ok(_) => {
+                                    if facts.is_dm {
+                                        joined_dms
+                                            .write()
+                                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                            .insert(room_id.to_string());
+                                    }
+                                    info!(%inviter, dm = facts.is_dm, "joined room on invite");
+                                }
                                 Err(e) => warn!(error = %MatrixFailure::from_sdk("joining", &e), "could not join invited room"),
                             }
                         }

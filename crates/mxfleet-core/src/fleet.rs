@@ -11,7 +11,8 @@ use futures_util::future::join_all;
 use mxfleet_config::{AccountSpec, ValidConfig};
 use mxfleet_store::{Store, now_ms};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::time::Instant;
+use serde::{Deserialize, Serialize};
+use tokio::{sync::oneshot, time::Instant};
 use tracing::{error, info, warn};
 
 use crate::{
@@ -39,11 +40,65 @@ pub struct FleetArgs {
 pub enum FleetMsg {
     /// (Re)start an account after its backoff.
     StartAccount(String),
+    /// An operator's start, stop or restart of one account.
+    Control {
+        /// The account id.
+        account: String,
+        /// What to do.
+        action: Control,
+        /// The outcome.
+        reply: oneshot::Sender<Result<(), ControlError>>,
+    },
+    /// Apply a new configuration: start added accounts, stop removed ones, restart changed ones.
+    Reload {
+        /// The new, validated configuration.
+        config: Box<ValidConfig>,
+        /// What changed.
+        reply: oneshot::Sender<ReloadReport>,
+    },
+}
+
+/// An operator action on one account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Control {
+    /// Start it (also after `auth_failed`, `failed` or an operator stop), with a fresh backoff.
+    Start,
+    /// Stop it and keep it stopped until started.
+    Stop,
+    /// Stop it and start it again.
+    Restart,
+}
+
+/// Why an operator action was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// No such account in the configuration.
+    #[error("no account {0:?} in the configuration")]
+    Unknown(String),
+    /// The account is configured with `enabled = false`.
+    #[error("account {0:?} is disabled in the configuration (enabled = false)")]
+    Disabled(String),
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// Accounts started because they are new.
+    pub added: Vec<String>,
+    /// Accounts stopped because they are gone (or now disabled).
+    pub removed: Vec<String>,
+    /// Accounts restarted because their settings changed.
+    pub restarted: Vec<String>,
+    /// Accounts left running untouched.
+    pub unchanged: Vec<String>,
 }
 
 /// The fleet supervisor's state.
 pub struct FleetState {
     slots: BTreeMap<String, Slot>,
+    /// Every configured account, disabled ones included, as last loaded.
+    configured: BTreeMap<String, AccountSpec>,
     store: Store,
     board: StatusBoard,
     data_dir: PathBuf,
@@ -55,6 +110,8 @@ struct Slot {
     spec: Arc<AccountSpec>,
     actor: Option<ActorRef<AccountMsg>>,
     tracker: RestartTracker,
+    /// Stopped by the operator: not started again until the operator says so.
+    held: bool,
 }
 
 impl Actor for FleetSupervisor {
@@ -67,36 +124,20 @@ impl Actor for FleetSupervisor {
         myself: ActorRef<FleetMsg>,
         args: FleetArgs,
     ) -> Result<FleetState, ActorProcessingErr> {
-        let policy = RestartPolicy::from(&args.config.restart);
-        let mut slots = BTreeMap::new();
-        for (id, spec) in args.config.accounts {
-            if !spec.enabled {
-                args.board.transition(&id, AccountState::Disabled, None);
-                continue;
-            }
-            // Known before the account connects, so no bot answers a sibling that is starting.
-            args.board.transition(&id, AccountState::Starting, None);
-            let configured = spec.user_id.clone();
-            args.board.update(&id, |s| s.user_id = configured);
-            myself.cast(FleetMsg::StartAccount(id.clone()))?;
-            slots.insert(
-                id,
-                Slot {
-                    spec: Arc::new(spec),
-                    actor: None,
-                    tracker: RestartTracker::new(policy.clone()),
-                },
-            );
-        }
-        info!(accounts = slots.len(), "fleet starting");
-        Ok(FleetState {
-            slots,
+        let mut state = FleetState {
+            slots: BTreeMap::new(),
+            configured: args.config.accounts.clone(),
             store: args.store,
             board: args.board,
             data_dir: args.config.data_dir,
-            policy,
+            policy: RestartPolicy::from(&args.config.restart),
             shutdown_deadline: Duration::from_secs(args.config.shutdown_timeout_secs),
-        })
+        };
+        for (id, spec) in args.config.accounts {
+            state.add_slot(&myself, id, spec)?;
+        }
+        info!(accounts = state.slots.len(), "fleet starting");
+        Ok(state)
     }
 
     async fn handle(
@@ -105,8 +146,21 @@ impl Actor for FleetSupervisor {
         message: FleetMsg,
         state: &mut FleetState,
     ) -> Result<(), ActorProcessingErr> {
-        let FleetMsg::StartAccount(id) = message;
-        state.start_account(&myself, &id).await;
+        match message {
+            FleetMsg::StartAccount(id) => state.start_account(&myself, &id).await,
+            FleetMsg::Control {
+                account,
+                action,
+                reply,
+            } => {
+                let outcome = state.control(&myself, &account, action).await;
+                let _ = reply.send(outcome);
+            }
+            FleetMsg::Reload { config, reply } => {
+                let report = state.reload(&myself, *config).await?;
+                let _ = reply.send(report);
+            }
+        }
         Ok(())
     }
 
@@ -169,11 +223,130 @@ impl Actor for FleetSupervisor {
 }
 
 impl FleetState {
+    /// Registers `spec` and, if it is enabled, starts it.
+    fn add_slot(
+        &mut self,
+        myself: &ActorRef<FleetMsg>,
+        id: String,
+        spec: AccountSpec,
+    ) -> Result<(), ActorProcessingErr> {
+        if !spec.enabled {
+            self.board.transition(&id, AccountState::Disabled, None);
+            return Ok(());
+        }
+        // Known before the account connects, so no bot answers a sibling that is starting.
+        self.board.transition(&id, AccountState::Starting, None);
+        let configured = spec.user_id.clone();
+        self.board.update(&id, |s| s.user_id = configured);
+        myself.cast(FleetMsg::StartAccount(id.clone()))?;
+        let slot = Slot {
+            spec: Arc::new(spec),
+            actor: None,
+            tracker: RestartTracker::new(self.policy.clone()),
+            held: false,
+        };
+        self.slots.insert(id, slot);
+        Ok(())
+    }
+
+    /// Stops `id`'s actor (if running) and waits for it, within the shutdown deadline.
+    async fn stop_actor(&mut self, id: &str) {
+        let Some(actor) = self.slots.get_mut(id).and_then(|slot| slot.actor.take()) else {
+            return;
+        };
+        let deadline = self.shutdown_deadline;
+        if actor
+            .stop_and_wait(Some(REASON_STOPPED.into()), Some(deadline))
+            .await
+            .is_err()
+        {
+            warn!(account = %id, "account did not stop within the deadline; killing it");
+            actor.kill();
+        }
+    }
+
+    async fn control(
+        &mut self,
+        myself: &ActorRef<FleetMsg>,
+        id: &str,
+        action: Control,
+    ) -> Result<(), ControlError> {
+        match self.configured.get(id) {
+            None => return Err(ControlError::Unknown(id.to_owned())),
+            Some(spec) if !spec.enabled => return Err(ControlError::Disabled(id.to_owned())),
+            Some(_) => {}
+        }
+        info!(account = %id, ?action, "operator action");
+        if matches!(action, Control::Stop | Control::Restart) {
+            if let Some(slot) = self.slots.get_mut(id) {
+                slot.held = true;
+            }
+            self.stop_actor(id).await;
+            self.board.transition(id, AccountState::Stopped, None);
+        }
+        if matches!(action, Control::Start | Control::Restart)
+            && let Some(slot) = self.slots.get_mut(id)
+        {
+            slot.held = false;
+            slot.tracker = RestartTracker::new(self.policy.clone());
+            self.start_account(myself, id).await;
+        }
+        Ok(())
+    }
+
+    /// Applies `config`: accounts whose spec is unchanged are not touched.
+    async fn reload(
+        &mut self,
+        myself: &ActorRef<FleetMsg>,
+        config: ValidConfig,
+    ) -> Result<ReloadReport, ActorProcessingErr> {
+        let mut report = ReloadReport::default();
+        self.policy = RestartPolicy::from(&config.restart);
+        self.shutdown_deadline = Duration::from_secs(config.shutdown_timeout_secs);
+        let old = std::mem::take(&mut self.configured);
+        for id in old.keys().filter(|id| !config.accounts.contains_key(*id)) {
+            self.stop_actor(id).await;
+            self.slots.remove(id);
+            self.board.remove(id);
+            report.removed.push(id.clone());
+        }
+        for (id, spec) in &config.accounts {
+            match old.get(id) {
+                Some(previous) if previous == spec => report.unchanged.push(id.clone()),
+                Some(_) => {
+                    self.stop_actor(id).await;
+                    self.slots.remove(id);
+                    if spec.enabled {
+                        report.restarted.push(id.clone());
+                    } else {
+                        report.removed.push(id.clone());
+                    }
+                    self.add_slot(myself, id.clone(), spec.clone())?;
+                }
+                None => {
+                    if spec.enabled {
+                        report.added.push(id.clone());
+                    }
+                    self.add_slot(myself, id.clone(), spec.clone())?;
+                }
+            }
+        }
+        self.configured = config.accounts;
+        info!(
+            added = ?report.added,
+            removed = ?report.removed,
+            restarted = ?report.restarted,
+            unchanged = report.unchanged.len(),
+            "configuration reloaded"
+        );
+        Ok(report)
+    }
+
     async fn start_account(&mut self, myself: &ActorRef<FleetMsg>, id: &str) {
         let Some(slot) = self.slots.get_mut(id) else {
             return;
         };
-        if slot.actor.is_some() {
+        if slot.actor.is_some() || slot.held {
             return;
         }
         let backend = match mxfleet_backend::build(&slot.spec.backend) {

@@ -10,6 +10,9 @@ use std::collections::HashSet;
 use mxfleet_config::{AccessPolicy, AutoJoin, ConversationSpec, MentionMode};
 use mxfleet_matrix::InboundMessage;
 
+/// The reason given for a DM from a sender outside `user_allowlist` (the OTP gate's cue).
+pub(crate) const NOT_ALLOWLISTED: &str = "sender not in user_allowlist";
+
 /// What the gate knows about the room a message or invite is in.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RoomFacts {
@@ -96,7 +99,7 @@ pub(crate) fn decide(
         return match conv.dm_policy {
             AccessPolicy::Disabled => Verdict::Ignore("dm_policy is disabled"),
             AccessPolicy::Allowlist if !access.users.contains(&message.sender) => {
-                Verdict::Ignore("sender not in user_allowlist")
+                Verdict::Ignore(NOT_ALLOWLISTED)
             }
             AccessPolicy::Allowlist | AccessPolicy::Open => Verdict::Answer,
         };
@@ -139,7 +142,8 @@ pub(crate) fn decide_invite(
     let policy_ok = if room.is_dm {
         match conv.dm_policy {
             AccessPolicy::Open => true,
-            AccessPolicy::Allowlist => access.users.contains(inviter),
+            // With self-approval, a stranger's DM is where the one-time code is asked for.
+            AccessPolicy::Allowlist => access.users.contains(inviter) || conv.otp_self_approval,
             AccessPolicy::Disabled => false,
         }
     } else {
@@ -266,6 +270,9 @@ mod tests {
             room_policy: AccessPolicy::Open,
             mention_mode: MentionMode::Mention,
             allow_room_mentions: false,
+            otp_self_approval: false,
+            otp_ttl_secs: 600,
+            otp_cooldown_secs: 300,
             user_allowlist: vec!["@friend:hs".into()],
             room_allowlist: vec!["!ok:hs".into(), "#ok:hs".into()],
             auto_join: AutoJoin::Always,
@@ -512,6 +519,22 @@ mod tests {
         );
         assert_eq!(
             decide_invite(&c, &access(&c), &group_ok, "@stranger:hs"),
+            InviteVerdict::Join
+        );
+        assert!(matches!(
+            decide_invite(&c, &access(&c), &group_other, "@stranger:hs"),
+            InviteVerdict::Reject(_)
+        ));
+
+        // OTP self-approval lets strangers' DMs in (to ask for the code), not their rooms.
+        let c = ConversationSpec {
+            dm_policy: AccessPolicy::Allowlist,
+            room_policy: AccessPolicy::Allowlist,
+            otp_self_approval: true,
+            ..conv()
+        };
+        assert_eq!(
+            decide_invite(&c, &access(&c), &dm, "@stranger:hs"),
             InviteVerdict::Join
         );
         assert!(matches!(

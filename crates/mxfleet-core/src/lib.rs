@@ -14,6 +14,7 @@ mod account;
 mod commands;
 mod fleet;
 mod gate;
+mod otp;
 mod responder;
 pub mod restart;
 pub mod status;
@@ -23,7 +24,9 @@ mod sync;
 use ractor::{Actor, ActorRef};
 
 pub use account::{REASON_AUTH_FAILED, REASON_FAILED, REASON_STOPPED};
-pub use fleet::{FleetArgs, FleetMsg, FleetState, FleetSupervisor};
+pub use fleet::{
+    Control, ControlError, FleetArgs, FleetMsg, FleetState, FleetSupervisor, ReloadReport,
+};
 pub use status::{AccountState, AccountStatus, FleetStatus, StatusBoard, read_status_file};
 
 /// Spawns the fleet supervisor under the name `fleet`.

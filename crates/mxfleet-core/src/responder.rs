@@ -43,6 +43,7 @@ use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 use crate::{
     commands::{self, Command},
     gate::{self, Access, Me, RoomFacts, Verdict},
+    otp::{self, OtpMsg, OtpOutcome},
     status::StatusBoard,
     stream_editor::{
         Delivered, EditorMsg, MAX_PART_BYTES, MatrixSink, StreamJob, StreamSettings, deliver,
@@ -55,6 +56,11 @@ const TYPING_REFRESH: Duration = Duration::from_secs(3);
 
 /// The account's current `StreamEditor`, replaced when the editor is restarted.
 pub(crate) type EditorHandle = Arc<RwLock<Option<ActorRef<EditorMsg>>>>;
+/// The account's current `OtpGate`, if self-approval is on.
+pub(crate) type OtpHandle = Arc<RwLock<Option<ActorRef<OtpMsg>>>>;
+/// Rooms this process joined from a DM invite. matrix-sdk marks them direct in the account
+/// data, but that round trip can finish after the first message arrives.
+pub(crate) type JoinedDms = Arc<RwLock<std::collections::HashSet<String>>>;
 
 /// The reply workers of one account.
 pub(crate) struct Responder {
@@ -74,6 +80,8 @@ pub(crate) struct ResponderArgs {
     pub(crate) board: StatusBoard,
     pub(crate) access: Access,
     pub(crate) editor: EditorHandle,
+    pub(crate) otp: OtpHandle,
+    pub(crate) joined_dms: JoinedDms,
 }
 
 struct ReplyContext {
@@ -86,6 +94,8 @@ struct ReplyContext {
     store: Store,
     board: StatusBoard,
     editor: EditorHandle,
+    otp: OtpHandle,
+    joined_dms: JoinedDms,
     catch_up_max_age_ms: u64,
 }
 
@@ -118,6 +128,8 @@ impl Responder {
             store: args.store,
             board: args.board,
             editor: args.editor,
+            otp: args.otp,
+            joined_dms: args.joined_dms,
         });
         let (stop, _) = watch::channel(false);
         Self {
@@ -231,18 +243,34 @@ async fn handle(ctx: &ReplyContext, message: InboundMessage) {
         Err(e) => warn!(error = %e, "could not read the draft; answering afresh"),
     }
 
-    let facts = room_facts(&room).await;
+    let mut facts = room_facts(&room).await;
+    facts.is_dm |= ctx
+        .joined_dms
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .contains(room.room_id().as_str());
     let me = Me {
         user_id: ctx.user_id.to_string(),
         display_name: member_name(&room, ctx.user_id.as_str()).await,
     };
-    if let Verdict::Ignore(reason) =
-        gate::decide(&ctx.spec.conversation, &ctx.access, &facts, &me, &message)
-    {
-        debug!(reason, "not answered");
-        return skip(ctx, &message.event_id, reason).await;
-    }
     let conv = &ctx.spec.conversation;
+    match gate::decide(conv, &ctx.access, &facts, &me, &message) {
+        Verdict::Answer => {}
+        Verdict::Ignore(gate::NOT_ALLOWLISTED) if conv.otp_self_approval => {
+            match ctx.store.is_approved(&ctx.account, &message.sender).await {
+                Ok(true) => {}
+                Ok(false) => return otp_gate(ctx, &room, &message).await,
+                Err(e) => {
+                    warn!(error = %e, "could not read approvals; message left pending");
+                    return;
+                }
+            }
+        }
+        Verdict::Ignore(reason) => {
+            debug!(reason, "not answered");
+            return skip(ctx, &message.event_id, reason).await;
+        }
+    }
     let Ok(event_id) = OwnedEventId::try_from(message.event_id.as_str()) else {
         return skip(ctx, &message.event_id, "bad event id").await;
     };
@@ -338,6 +366,7 @@ async fn handle(ctx: &ReplyContext, message: InboundMessage) {
     };
     debug!(backend = %route.name, turns = request.messages.len(), "asking the backend");
     let answer = route.backend.stream(request);
+    let started = std::time::Instant::now();
     let outcome = stream_answer(
         ctx,
         &room,
@@ -349,6 +378,11 @@ async fn handle(ctx: &ReplyContext, message: InboundMessage) {
     )
     .await;
 
+    let backend_ms = started.elapsed().as_millis() as u64;
+    ctx.board.update(&ctx.account, |s| {
+        s.backend_ms_total += backend_ms;
+        s.backend_answers += 1;
+    });
     // The outcome is recorded before the cues are cleaned up: a redaction held back by a 429
     // must not leave a delivered answer pending.
     record(ctx, &message, &key, outcome, true).await;
@@ -481,6 +515,54 @@ async fn record(
             error!(error = %e, "could not send the answer; it stays pending until the next start")
         }
     }
+}
+
+/// A DM from an unknown sender under OTP self-approval: the `OtpGate` decides, the sender gets
+/// its answer (never the code).
+async fn otp_gate(ctx: &ReplyContext, room: &Room, message: &InboundMessage) {
+    let gate = ctx
+        .otp
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let Some(gate) = gate else {
+        warn!("OTP gate not running; message left pending");
+        return;
+    };
+    let (reply, outcome) = oneshot::channel();
+    let check = OtpMsg::Check {
+        sender: message.sender.clone(),
+        room_id: message.room_id.clone(),
+        body: message.body.clone(),
+        reply,
+    };
+    if gate.cast(check).is_err() {
+        warn!("OTP gate gone; message left pending");
+        return;
+    }
+    let outcome = match outcome.await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => return warn!(error = %e, "OTP gate failed; message left pending"),
+        Err(_) => return warn!("OTP gate stopped; message left pending"),
+    };
+    if matches!(outcome, OtpOutcome::Challenged { .. }) {
+        ctx.board.update(&ctx.account, |s| s.otp_challenges += 1);
+    }
+    let Some(text) = otp::reply_text(&outcome) else {
+        return skip(
+            ctx,
+            &message.event_id,
+            "OTP gate: no reply (locked out or throttled)",
+        )
+        .await;
+    };
+    let settings = StreamSettings {
+        mode: StreamMode::Off,
+        ..stream_settings(ctx)
+    };
+    let answer: mxfleet_backend::TextStream = Box::pin(stream::iter([Ok(text)]));
+    let outcome = stream_answer(ctx, room, message, Placement::Plain, answer, settings, None).await;
+    record(ctx, message, "", outcome, false).await;
 }
 
 async fn resume_interrupted(

@@ -86,6 +86,53 @@ pub struct AccountStatus {
     pub replies_out: u64,
     /// Messages skipped as older than `catch_up_max_age_secs`.
     pub skipped_old: u64,
+    /// The state of the `StreamEditor` child.
+    #[serde(default = "stopped")]
+    pub stream_editor: ChildState,
+    /// The state of the `OtpGate` child (`None`: self-approval is off).
+    #[serde(default)]
+    pub otp_gate: Option<ChildState>,
+    /// One-time-code challenges issued.
+    #[serde(default)]
+    pub otp_challenges: u64,
+    /// Total time backends took for the answers so far (request to last token), in ms.
+    #[serde(default)]
+    pub backend_ms_total: u64,
+    /// Answers timed in `backend_ms_total`.
+    #[serde(default)]
+    pub backend_answers: u64,
+    /// Whether the account can read encrypted rooms, and why not.
+    #[serde(default)]
+    pub encryption: Option<String>,
+}
+
+fn stopped() -> ChildState {
+    ChildState::Stopped
+}
+
+impl AccountStatus {
+    fn new(state: AccountState, now: u64) -> Self {
+        Self {
+            state,
+            since_ms: now,
+            user_id: None,
+            device_id: None,
+            last_error: None,
+            restarts: 0,
+            backoff_until_ms: None,
+            last_sync_ms: None,
+            sync: ChildState::Stopped,
+            messages_in: 0,
+            replies_out: 0,
+            skipped_old: 0,
+            stream_editor: ChildState::Stopped,
+            otp_gate: None,
+            otp_challenges: 0,
+            backend_ms_total: 0,
+            backend_answers: 0,
+            encryption: None,
+        }
+    }
 }
 
 /// The state of a child actor.
@@ -152,20 +199,7 @@ impl StatusBoard {
             .status
             .accounts
             .entry(account.to_owned())
-            .or_insert_with(|| AccountStatus {
-                state,
-                since_ms: now,
-                user_id: None,
-                device_id: None,
-                last_error: None,
-                restarts: 0,
-                backoff_until_ms: None,
-                last_sync_ms: None,
-                sync: ChildState::Stopped,
-                messages_in: 0,
-                replies_out: 0,
-                skipped_old: 0,
-            });
+            .or_insert_with(|| AccountStatus::new(state, now));
         let previous = entry.state;
         if previous != state {
             entry.since_ms = now;
@@ -200,6 +234,13 @@ impl StatusBoard {
             change(entry);
             board.dirty = true;
         }
+    }
+
+    /// Forgets `account` (removed from the configuration).
+    pub fn remove(&self, account: &str) {
+        let mut board = self.lock();
+        board.status.accounts.remove(account);
+        board.dirty = true;
     }
 
     /// Whether `user_id` belongs to one of the fleet's own accounts. Bots of one fleet never

@@ -30,6 +30,8 @@ const SYNC_POSITIONS: TableDefinition<&str, &str> = TableDefinition::new("sync_p
 const INBOX: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("inbox");
 const DRAFTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("drafts");
 const MEMORY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("memory");
+const OTP: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("otp_challenges");
+const APPROVED: TableDefinition<(&str, &str), u64> = TableDefinition::new("approved_senders");
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +184,37 @@ pub struct Memory {
     pub reset_at_ms: u64,
     /// The most recent turns, oldest first.
     pub turns: Vec<Turn>,
+}
+
+/// A one-time-code challenge of an unknown DM sender. The code is a secret: it is shown to the
+/// operator only (CLI, admin API), never logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OtpChallenge {
+    /// The six digits.
+    pub code: String,
+    /// The DM the challenge was issued in.
+    pub room_id: String,
+    /// When it was issued (ms since the Unix epoch).
+    pub issued_ms: u64,
+    /// When it stops being valid.
+    pub expires_ms: u64,
+    /// Wrong codes since the challenge was issued or the last lockout ended.
+    pub attempts: u32,
+    /// Locked out until then after too many wrong codes.
+    pub locked_until_ms: Option<u64>,
+}
+
+impl fmt::Debug for OtpChallenge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtpChallenge")
+            .field("code", &"[redacted]")
+            .field("room_id", &self.room_id)
+            .field("issued_ms", &self.issued_ms)
+            .field("expires_ms", &self.expires_ms)
+            .field("attempts", &self.attempts)
+            .field("locked_until_ms", &self.locked_until_ms)
+            .finish()
+    }
 }
 
 /// mxfleet's database. Cheap to clone.
@@ -437,6 +470,102 @@ impl Store {
         .await
     }
 
+    /// The OTP challenge of `sender` on `account`, if any.
+    pub async fn otp_challenge(
+        &self,
+        account: &str,
+        sender: &str,
+    ) -> Result<Option<OtpChallenge>, StoreError> {
+        let key = (account.to_owned(), sender.to_owned());
+        self.blocking(move |s| s.get_pair_json(OTP, "otp_challenges", &key))
+            .await
+    }
+
+    /// Saves (`Some`) or removes (`None`) the OTP challenge of `sender`.
+    pub async fn set_otp_challenge(
+        &self,
+        account: &str,
+        sender: &str,
+        challenge: Option<&OtpChallenge>,
+    ) -> Result<(), StoreError> {
+        let (account, sender) = (account.to_owned(), sender.to_owned());
+        let bytes = challenge.map(to_json);
+        self.blocking(move |s| {
+            s.write(|tx| {
+                let mut table = tx.open_table(OTP)?;
+                let key = (account.as_str(), sender.as_str());
+                match &bytes {
+                    Some(bytes) => {
+                        table.insert(key, bytes.as_slice())?;
+                    }
+                    None => {
+                        table.remove(key)?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Every OTP challenge, of one account or all: `(account, sender, challenge)`.
+    pub async fn otp_challenges(
+        &self,
+        account: Option<&str>,
+    ) -> Result<Vec<(String, String, OtpChallenge)>, StoreError> {
+        let account = account.map(str::to_owned);
+        self.blocking(move |s| {
+            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
+            let table = tx.open_table(OTP).map_err(|e| s.err(e))?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(|e| s.err(e))? {
+                let (key, value) = row.map_err(|e| s.err(e))?;
+                let (owner, sender) = key.value();
+                if account.as_deref().is_some_and(|a| a != owner) {
+                    continue;
+                }
+                if let Ok(challenge) = serde_json::from_slice(value.value()) {
+                    out.push((owner.to_owned(), sender.to_owned(), challenge));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Approves `sender` on `account` (and drops its challenge), in one transaction.
+    pub async fn approve_sender(
+        &self,
+        account: &str,
+        sender: &str,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        let (account, sender) = (account.to_owned(), sender.to_owned());
+        self.blocking(move |s| {
+            s.write(|tx| {
+                let key = (account.as_str(), sender.as_str());
+                tx.open_table(APPROVED)?.insert(key, at_ms)?;
+                tx.open_table(OTP)?.remove(key)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Whether `sender` was approved on `account` (by a one-time code).
+    pub async fn is_approved(&self, account: &str, sender: &str) -> Result<bool, StoreError> {
+        let (account, sender) = (account.to_owned(), sender.to_owned());
+        self.blocking(move |s| {
+            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
+            let table = tx.open_table(APPROVED).map_err(|e| s.err(e))?;
+            let found = table
+                .get((account.as_str(), sender.as_str()))
+                .map_err(|e| s.err(e))?;
+            Ok(found.is_some())
+        })
+        .await
+    }
+
     /// Records how an inbox entry ended.
     pub async fn finish(
         &self,
@@ -490,6 +619,8 @@ impl Store {
             tx.open_table(INBOX)?;
             tx.open_table(DRAFTS)?;
             tx.open_table(MEMORY)?;
+            tx.open_table(OTP)?;
+            tx.open_table(APPROVED)?;
             Ok(())
         })
     }

@@ -36,12 +36,7 @@ impl FleetProcess {
     pub fn with_binary(accounts_toml: &str, binary: PathBuf) -> Result<FleetProcess> {
         let dir = tempfile::Builder::new().prefix("mxfleet-test-").tempdir()?;
         let config = dir.path().join("mxfleet.toml");
-        let data_dir = dir.path().join("data");
-        let body = format!(
-            "data_dir = {:?}\nshutdown_timeout_secs = 10\n\n{accounts_toml}",
-            data_dir.display().to_string()
-        );
-        std::fs::write(&config, body)?;
+        std::fs::write(&config, config_text(dir.path(), accounts_toml))?;
         Ok(FleetProcess {
             dir,
             config,
@@ -61,6 +56,12 @@ impl FleetProcess {
     /// The config file.
     pub fn config_path(&self) -> &Path {
         &self.config
+    }
+
+    /// Replaces the config file's content (same data dir), e.g. before a reload.
+    pub fn rewrite_config(&self, accounts_toml: &str) -> Result<()> {
+        std::fs::write(&self.config, config_text(self.dir.path(), accounts_toml))?;
+        Ok(())
     }
 
     /// The data directory.
@@ -194,6 +195,13 @@ impl FleetProcess {
         }
         command
     }
+}
+
+fn config_text(dir: &Path, accounts_toml: &str) -> String {
+    format!(
+        "data_dir = {:?}\nshutdown_timeout_secs = 10\n\n{accounts_toml}",
+        dir.join("data").display().to_string()
+    )
 }
 
 /// The `mxfleet` binary: `MXFLEET_BIN`, or the one next to the test executable's directory.

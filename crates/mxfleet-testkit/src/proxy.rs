@@ -1,5 +1,5 @@
-//! An HTTP proxy in front of Synapse that records every request path, so tests can count
-//! `/login` calls or requests made after a failure.
+//! An HTTP proxy in front of Synapse that records every request (method, path and query), so
+//! tests can count `/login` calls, see a `/sync`'s timeout, or requests made after a failure.
 
 use std::sync::{Arc, Mutex};
 
@@ -77,11 +77,15 @@ impl CountingProxy {
             .clone()
     }
 
-    /// How many requests had a path ending in `suffix`.
+    /// How many requests had a path (query left out) ending in `suffix`.
     pub fn count_ending(&self, suffix: &str) -> usize {
         self.requests()
             .iter()
-            .filter(|p| p.ends_with(suffix))
+            .filter(|p| {
+                p.split('?')
+                    .next()
+                    .is_some_and(|path| path.ends_with(suffix))
+            })
             .count()
     }
 }
@@ -103,7 +107,10 @@ async fn forward(
         .paths
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .push(format!("{method} {}", uri.path()));
+        .push(format!(
+            "{method} {}",
+            uri.path_and_query().map_or("/", |p| p.as_str())
+        ));
     let fault = state
         .fault
         .lock()

@@ -1,12 +1,16 @@
 //! The `mxfleet` command: run many Matrix bot accounts in one process.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+mod doctor;
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use mxfleet_config::{Flags, Loaded, LogFormat, Sources};
-use mxfleet_core::{FleetArgs, StatusBoard, read_status_file, start_fleet};
+use mxfleet_admin::{AdminClient, AdminState, ClientError, ConfigLoader, reload_config};
+use mxfleet_config::{ConfigError, ConfigIssue, Flags, Loaded, LogFormat, Sources};
+use mxfleet_core::{FleetArgs, FleetMsg, StatusBoard, read_status_file, start_fleet};
 use mxfleet_store::{DirLock, Store, StoreError, now_ms};
+use ractor::ActorRef;
 use tracing::{error, info, warn};
 
 /// Finished inbox entries older than this are pruned at start.
@@ -42,12 +46,46 @@ enum Command {
     Run,
     /// Validate the configuration and print it merged, secrets redacted, with each value's origin.
     Check,
-    /// Print each account's state from the data directory's status file.
+    /// Print each account's state: from the admin API of the running fleet, else from the data
+    /// directory's status file.
     Status {
         /// Print the raw JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// Start an account (also one that is stopped, failed or auth_failed) in the running fleet.
+    Start {
+        /// The account id.
+        account: String,
+    },
+    /// Stop an account in the running fleet; it stays stopped until started.
+    Stop {
+        /// The account id.
+        account: String,
+    },
+    /// Restart an account in the running fleet; the others are not touched.
+    Restart {
+        /// The account id.
+        account: String,
+    },
+    /// One-time-code challenges of unknown DM senders.
+    Otp {
+        #[command(subcommand)]
+        command: OtpCommand,
+    },
+    /// Make the running fleet re-read its configuration (like SIGHUP).
+    Reload,
+    /// Check one account without a running fleet: homeserver, session, store, encryption.
+    Doctor {
+        /// The account id.
+        account: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OtpCommand {
+    /// List pending challenges with their codes (give a code to the sender out of band).
+    List,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -91,11 +129,19 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Status { json } => status(&loaded, json),
-        Command::Run => run(loaded),
+        Command::Run => run(loaded, sources),
+        Command::Start { account } => control(&loaded, &account, "start"),
+        Command::Stop { account } => control(&loaded, &account, "stop"),
+        Command::Restart { account } => control(&loaded, &account, "restart"),
+        Command::Otp {
+            command: OtpCommand::List,
+        } => otp_list(&loaded),
+        Command::Reload => reload(&loaded),
+        Command::Doctor { account } => doctor::run(&loaded, &account),
     }
 }
 
-fn run(loaded: Loaded) -> ExitCode {
+fn run(loaded: Loaded, sources: Sources) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -114,7 +160,7 @@ fn run(loaded: Loaded) -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
-        match run_fleet(loaded).await {
+        match run_fleet(loaded, sources).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 let locked = e
@@ -132,7 +178,7 @@ fn run(loaded: Loaded) -> ExitCode {
     })
 }
 
-async fn run_fleet(loaded: Loaded) -> anyhow::Result<()> {
+async fn run_fleet(loaded: Loaded, sources: Sources) -> anyhow::Result<()> {
     let config = loaded.config;
     for warning in &config.warnings {
         tracing::warn!(key = %warning.key, origin = %warning.origin, "configuration: {}", warning.message);
@@ -163,13 +209,36 @@ async fn run_fleet(loaded: Loaded) -> anyhow::Result<()> {
     let writer = board.spawn_writer(&data_dir);
     let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs);
     info!(accounts = config.accounts.len(), data_dir = %data_dir.display(), "mxfleet starting");
+    let admin = config.admin.clone();
     let (fleet, handle) = start_fleet(FleetArgs {
         config,
-        store,
+        store: store.clone(),
         board: board.clone(),
     })
     .await
     .context("cannot start the fleet supervisor")?;
+
+    let loader = config_loader(sources, data_dir.clone(), admin.clone());
+    let _admin_task = match admin {
+        Some(spec) => {
+            let state = AdminState {
+                board: board.clone(),
+                store,
+                fleet: fleet.clone(),
+                token: spec.token.clone(),
+                loader: loader.clone(),
+            };
+            let (_, task) = mxfleet_admin::serve(spec.bind, state)
+                .await
+                .with_context(|| format!("cannot listen on admin.bind {}", spec.bind))?;
+            Some(AbortOnDrop(task))
+        }
+        None => {
+            info!("admin API off (set admin.token to enable it)");
+            None
+        }
+    };
+    let _reloads = AbortOnDrop(tokio::spawn(reload_on_sighup(fleet.clone(), loader)));
 
     let mut handle = handle;
     tokio::select! {
@@ -194,6 +263,70 @@ async fn run_fleet(loaded: Loaded) -> anyhow::Result<()> {
     board.flush(&data_dir).await;
     info!("mxfleet stopped");
     Ok(())
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Loads the configuration from the same sources as at start; a reload may not move the data
+/// directory or change the admin API (both need a restart).
+fn config_loader(
+    sources: Sources,
+    data_dir: PathBuf,
+    admin: Option<mxfleet_config::AdminSpec>,
+) -> ConfigLoader {
+    Arc::new(move || {
+        let config = mxfleet_config::load(&sources)?.config;
+        let mut issues = Vec::new();
+        if config.data_dir != data_dir {
+            issues.push(ConfigIssue {
+                key: "data_dir".into(),
+                message: format!(
+                    "cannot change while running (still {}); restart mxfleet to move it",
+                    data_dir.display()
+                ),
+                origin: "reload".into(),
+            });
+        }
+        if config.admin != admin {
+            issues.push(ConfigIssue {
+                key: "admin".into(),
+                message: "cannot change while running; restart mxfleet to apply it".into(),
+                origin: "reload".into(),
+            });
+        }
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { issues })
+        }
+    })
+}
+
+/// Applies the configuration anew on every SIGHUP.
+async fn reload_on_sighup(fleet: ActorRef<FleetMsg>, loader: ConfigLoader) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP; reload through the admin API only");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        info!("SIGHUP: reloading the configuration");
+        match reload_config(&fleet, &loader).await {
+            Ok(report) => info!(?report, "reload applied"),
+            Err(problems) => {
+                for problem in &problems {
+                    error!(%problem, "reload rejected; the fleet keeps running as it was");
+                }
+            }
+        }
+    }
 }
 
 /// Creates the data directory private to this user (it holds access tokens and store keys),
@@ -239,6 +372,141 @@ async fn shutdown_signal() -> &'static str {
 }
 
 fn status(loaded: &Loaded, json: bool) -> ExitCode {
+    if let Some(spec) = &loaded.config.admin {
+        match block_on(AdminClient::new(spec).get("/accounts")) {
+            Ok(accounts) => return print_accounts(&accounts, json),
+            Err(e) => eprintln!("mxfleet: {e}; showing the status file instead"),
+        }
+    }
+    status_from_file(loaded, json)
+}
+
+fn print_accounts(accounts: &serde_json::Value, json: bool) -> ExitCode {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(accounts).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<16} {:<12} {:<34} {:>8} {:>6} {:>6} {:>8}  LAST ERROR",
+        "ACCOUNT", "STATE", "CHILDREN", "SYNC LAG", "IN", "OUT", "RESTARTS"
+    );
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    for a in accounts.as_array().into_iter().flatten() {
+        let children: Vec<String> = a["children"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| format!("{k}={}", text(v)))
+            .collect();
+        let lag = a["sync_lag_secs"]
+            .as_f64()
+            .map_or("-".to_owned(), |l| format!("{l:.1}s"));
+        println!(
+            "{:<16} {:<12} {:<34} {:>8} {:>6} {:>6} {:>8}  {}",
+            text(&a["id"]),
+            text(&a["state"]),
+            children.join(" "),
+            lag,
+            a["messages_in"],
+            a["replies_out"],
+            a["restarts"],
+            text(&a["last_error"]),
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// Sends an operator action to the running fleet.
+fn control(loaded: &Loaded, account: &str, action: &str) -> ExitCode {
+    with_admin(loaded, |client| async move {
+        client
+            .post(&format!("/accounts/{account}/{action}"))
+            .await?;
+        println!("{action}: {account}");
+        Ok(())
+    })
+}
+
+fn otp_list(loaded: &Loaded) -> ExitCode {
+    with_admin(loaded, |client| async move {
+        let challenges = client.get("/otp").await?;
+        let list = challenges.as_array().cloned().unwrap_or_default();
+        if list.is_empty() {
+            println!("no pending challenges");
+            return Ok(());
+        }
+        println!(
+            "{:<16} {:<36} {:<8} {:>10} {:>8}  LOCKED",
+            "ACCOUNT", "SENDER", "CODE", "EXPIRES", "ATTEMPTS"
+        );
+        let now = now_ms();
+        for c in list {
+            let left = |ms: &serde_json::Value| {
+                ms.as_u64()
+                    .map(|t| format!("{}s", t.saturating_sub(now) / 1000))
+                    .unwrap_or_else(|| "-".into())
+            };
+            println!(
+                "{:<16} {:<36} {:<8} {:>10} {:>8}  {}",
+                c["account"].as_str().unwrap_or("-"),
+                c["sender"].as_str().unwrap_or("-"),
+                c["code"].as_str().unwrap_or("-"),
+                left(&c["expires_ms"]),
+                c["attempts"],
+                left(&c["locked_until_ms"]),
+            );
+        }
+        Ok(())
+    })
+}
+
+fn reload(loaded: &Loaded) -> ExitCode {
+    with_admin(loaded, |client| async move {
+        let report = client.post("/reload").await?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+        Ok(())
+    })
+}
+
+/// Runs `f` against the running fleet's admin API; exit 1 with the error if it fails.
+fn with_admin<F, Fut>(loaded: &Loaded, f: F) -> ExitCode
+where
+    F: FnOnce(AdminClient) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ClientError>>,
+{
+    let Some(spec) = &loaded.config.admin else {
+        eprintln!(
+            "mxfleet: the admin API is not configured: set admin.token (or admin.token_file) \
+             and restart the fleet"
+        );
+        return ExitCode::FAILURE;
+    };
+    match block_on(f(AdminClient::new(spec))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mxfleet: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a future on a small runtime (CLI commands).
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(|rt| rt.block_on(future))
+        .unwrap_or_else(|e| panic!("cannot start a runtime: {e}"))
+}
+
+fn status_from_file(loaded: &Loaded, json: bool) -> ExitCode {
     let data_dir = &loaded.config.data_dir;
     let status = match read_status_file(data_dir) {
         Ok(status) => status,

@@ -1,0 +1,341 @@
+//! `OtpGate`: self-approval of unknown DM senders with a one-time code only the operator sees.
+//!
+//! With `dm_policy = "allowlist"` and `otp_self_approval = true`, a DM from a sender who is
+//! neither allowlisted nor approved gets a challenge: a random six-digit code is stored for the
+//! sender, and the sender is told to ask the operator for it (`mxfleet otp list`, `GET /otp`).
+//! The code itself is never sent to the sender, logged or traced. Sending the right code approves
+//! the sender for good; three wrong codes lock the sender out for `otp_cooldown_secs`; codes
+//! expire after `otp_ttl_secs`; a new challenge is issued at most once a minute per sender.
+//! Everything lives in redb, so challenges, attempts, lockouts and approvals survive restarts.
+//! One actor per account handles a sender's messages one at a time, so attempts cannot race.
+
+use std::time::Duration;
+
+use mxfleet_store::{OtpChallenge, Store, StoreError, now_ms};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rand::Rng;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+/// Wrong codes before a lockout.
+pub(crate) const MAX_ATTEMPTS: u32 = 3;
+/// The least time between two challenges for one sender.
+pub(crate) const MIN_REISSUE: Duration = Duration::from_secs(60);
+
+/// The timing rules of the gate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OtpPolicy {
+    pub(crate) ttl: Duration,
+    pub(crate) cooldown: Duration,
+}
+
+/// What the gate decided about a message from an unknown sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OtpOutcome {
+    /// The right code: the sender is approved from now on.
+    Approved,
+    /// A new challenge was issued; the sender is told to ask the operator.
+    Challenged { expires_in: Duration },
+    /// A wrong code.
+    Wrong { attempts_left: u32 },
+    /// Locked out; `just_now` when this message caused it (told once, then silence).
+    LockedOut { for_: Duration, just_now: bool },
+    /// A challenge is pending and the message is not a code.
+    Pending,
+    /// No challenge may be issued yet (rate limit); stay silent.
+    Throttled,
+}
+
+/// Decides one message of an unknown sender against its stored challenge. Returns the record to
+/// store (`None` removes it) and the outcome; `fresh_code` makes a new code when one is needed.
+pub(crate) fn step(
+    policy: OtpPolicy,
+    record: Option<OtpChallenge>,
+    body: &str,
+    room_id: &str,
+    now: u64,
+    fresh_code: impl FnOnce() -> String,
+) -> (Option<OtpChallenge>, OtpOutcome) {
+    let ms = |d: Duration| d.as_millis() as u64;
+    if let Some(mut r) = record {
+        if let Some(until) = r.locked_until_ms {
+            if now < until {
+                let for_ = Duration::from_millis(until - now);
+                return (
+                    Some(r),
+                    OtpOutcome::LockedOut {
+                        for_,
+                        just_now: false,
+                    },
+                );
+            }
+            r.locked_until_ms = None;
+            r.attempts = 0;
+        }
+        if now < r.expires_ms {
+            let Some(code) = as_code(body) else {
+                return (Some(r), OtpOutcome::Pending);
+            };
+            if constant_time_eq(code.as_bytes(), r.code.as_bytes()) {
+                return (None, OtpOutcome::Approved);
+            }
+            r.attempts += 1;
+            if r.attempts >= MAX_ATTEMPTS {
+                r.locked_until_ms = Some(now + ms(policy.cooldown));
+                let outcome = OtpOutcome::LockedOut {
+                    for_: policy.cooldown,
+                    just_now: true,
+                };
+                return (Some(r), outcome);
+            }
+            let attempts_left = MAX_ATTEMPTS - r.attempts;
+            return (Some(r), OtpOutcome::Wrong { attempts_left });
+        }
+        if now < r.issued_ms + ms(MIN_REISSUE) {
+            return (Some(r), OtpOutcome::Throttled);
+        }
+    }
+    let challenge = OtpChallenge {
+        code: fresh_code(),
+        room_id: room_id.to_owned(),
+        issued_ms: now,
+        expires_ms: now + ms(policy.ttl),
+        attempts: 0,
+        locked_until_ms: None,
+    };
+    let outcome = OtpOutcome::Challenged {
+        expires_in: policy.ttl,
+    };
+    (Some(challenge), outcome)
+}
+
+/// A random six-digit code.
+pub(crate) fn random_code() -> String {
+    format!("{:06}", rand::rng().random_range(0..1_000_000u32))
+}
+
+/// The six digits in `body`, if that is all it holds (spaces allowed around and between).
+fn as_code(body: &str) -> Option<String> {
+    let digits: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    (digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit())).then_some(digits)
+}
+
+/// Compares without an early exit, so timing does not tell how many digits were right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What the sender is told, if anything. The code itself never appears.
+pub(crate) fn reply_text(outcome: &OtpOutcome) -> Option<String> {
+    let minutes = |d: &Duration| d.as_secs().div_ceil(60).max(1);
+    match outcome {
+        OtpOutcome::Approved => Some("Thanks, you are approved: you can talk to me now.".into()),
+        OtpOutcome::Challenged { expires_in } => Some(format!(
+            "Hello! I only talk to people my operator approved. A one-time code was just created \
+             for you: ask the operator of this bot for it and send the 6 digits here. It is valid \
+             for {} minutes.",
+            minutes(expires_in)
+        )),
+        OtpOutcome::Wrong { attempts_left } => Some(format!(
+            "That code is not right. {attempts_left} attempt{} left.",
+            if *attempts_left == 1 { "" } else { "s" }
+        )),
+        OtpOutcome::LockedOut {
+            for_,
+            just_now: true,
+        } => Some(format!(
+            "Too many wrong codes. Try again in {} minutes.",
+            minutes(for_)
+        )),
+        OtpOutcome::Pending => {
+            Some("Please send the 6-digit code the operator of this bot gives you.".into())
+        }
+        OtpOutcome::LockedOut {
+            just_now: false, ..
+        }
+        | OtpOutcome::Throttled => None,
+    }
+}
+
+/// The gate actor of one account.
+pub(crate) struct OtpGate;
+
+/// What the gate needs.
+pub(crate) struct OtpArgs {
+    pub(crate) account: String,
+    pub(crate) store: Store,
+    pub(crate) policy: OtpPolicy,
+}
+
+/// Messages of the gate.
+pub(crate) enum OtpMsg {
+    /// A DM from a sender who is neither allowlisted nor approved.
+    Check {
+        sender: String,
+        room_id: String,
+        body: String,
+        reply: oneshot::Sender<Result<OtpOutcome, StoreError>>,
+    },
+}
+
+impl Actor for OtpGate {
+    type Msg = OtpMsg;
+    type State = OtpArgs;
+    type Arguments = OtpArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<OtpMsg>,
+        args: OtpArgs,
+    ) -> Result<OtpArgs, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<OtpMsg>,
+        message: OtpMsg,
+        state: &mut OtpArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        let OtpMsg::Check {
+            sender,
+            room_id,
+            body,
+            reply,
+        } = message;
+        let outcome = check(state, &sender, &room_id, &body).await;
+        match &outcome {
+            Ok(o) => info!(account = %state.account, %sender, outcome = ?o, "OTP gate"),
+            Err(e) => {
+                warn!(account = %state.account, %sender, error = %e, "OTP gate storage failed")
+            }
+        }
+        let _ = reply.send(outcome);
+        Ok(())
+    }
+}
+
+async fn check(
+    state: &OtpArgs,
+    sender: &str,
+    room_id: &str,
+    body: &str,
+) -> Result<OtpOutcome, StoreError> {
+    let record = state.store.otp_challenge(&state.account, sender).await?;
+    let now = now_ms();
+    let (record, outcome) = step(state.policy, record, body, room_id, now, random_code);
+    if outcome == OtpOutcome::Approved {
+        state
+            .store
+            .approve_sender(&state.account, sender, now)
+            .await?;
+    } else {
+        state
+            .store
+            .set_otp_challenge(&state.account, sender, record.as_ref())
+            .await?;
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: OtpPolicy = OtpPolicy {
+        ttl: Duration::from_secs(600),
+        cooldown: Duration::from_secs(300),
+    };
+    const S: u64 = 1000;
+
+    fn run(
+        record: Option<OtpChallenge>,
+        body: &str,
+        now: u64,
+    ) -> (Option<OtpChallenge>, OtpOutcome) {
+        step(POLICY, record, body, "!dm:hs", now, || "123456".into())
+    }
+
+    #[test]
+    fn a_stranger_is_challenged_and_the_right_code_approves() {
+        let (record, outcome) = run(None, "hi there", 0);
+        assert_eq!(
+            outcome,
+            OtpOutcome::Challenged {
+                expires_in: POLICY.ttl
+            }
+        );
+        let record = record.expect("a challenge");
+        assert_eq!(
+            (record.code.as_str(), record.expires_ms),
+            ("123456", 600 * S)
+        );
+        let (record, outcome) = run(Some(record), "hello?", 10 * S);
+        assert_eq!(outcome, OtpOutcome::Pending);
+        let (record, outcome) = run(record, " 123 456 ", 20 * S);
+        assert_eq!((record, outcome), (None, OtpOutcome::Approved));
+    }
+
+    #[test]
+    fn three_wrong_codes_lock_out_until_the_cooldown_ends() {
+        let (r, _) = run(None, "hi", 0);
+        let (r, o) = run(r, "000000", S);
+        assert_eq!(o, OtpOutcome::Wrong { attempts_left: 2 });
+        let (r, o) = run(r, "000001", 2 * S);
+        assert_eq!(o, OtpOutcome::Wrong { attempts_left: 1 });
+        let (r, o) = run(r, "000002", 3 * S);
+        assert_eq!(
+            o,
+            OtpOutcome::LockedOut {
+                for_: POLICY.cooldown,
+                just_now: true
+            }
+        );
+        // Even the right code is refused during the lockout, silently.
+        let (r, o) = run(r, "123456", 100 * S);
+        assert!(matches!(
+            o,
+            OtpOutcome::LockedOut {
+                just_now: false,
+                ..
+            }
+        ));
+        // After it, the (still valid) code works.
+        let (r, o) = run(r, "123456", 304 * S);
+        assert_eq!((r, o), (None, OtpOutcome::Approved));
+    }
+
+    #[test]
+    fn codes_expire_and_reissues_are_rate_limited() {
+        let short = OtpPolicy {
+            ttl: Duration::from_secs(30),
+            ..POLICY
+        };
+        let (r, _) = step(short, None, "hi", "!dm:hs", 0, || "111111".into());
+        // Expired, but within a minute of the last challenge: silence.
+        let (r, o) = step(short, r, "111111", "!dm:hs", 40 * S, || "222222".into());
+        assert_eq!(o, OtpOutcome::Throttled);
+        // After a minute: a new code; the old one is gone.
+        let (r, o) = step(short, r, "111111", "!dm:hs", 61 * S, || "222222".into());
+        assert!(matches!(o, OtpOutcome::Challenged { .. }));
+        assert_eq!(r.map(|r| r.code).as_deref(), Some("222222"));
+    }
+
+    #[test]
+    fn replies_never_contain_the_code_and_codes_are_six_digits() {
+        for _ in 0..50 {
+            let code = random_code();
+            assert!(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()));
+        }
+        let (r, o) = run(None, "hi", 0);
+        let code = r.map(|r| r.code).unwrap_or_default();
+        assert!(!reply_text(&o).unwrap_or_default().contains(&code));
+        assert!(constant_time_eq(b"123456", b"123456") && !constant_time_eq(b"123456", b"123457"));
+        assert!(!constant_time_eq(b"12345", b"123456"));
+        assert_eq!(as_code("12345"), None);
+        assert_eq!(as_code("12345a"), None);
+    }
+}

@@ -1,0 +1,465 @@
+//! End-to-end tests of operating the fleet: the admin API and its token, the OTP gate, per-account
+//! restarts, hot reload, the CLI and the status page — real Synapse, real binary, real clients.
+
+#![recursion_limit = "256"]
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use mxfleet_testkit::{CountingProxy, FleetProcess, Human, Synapse, free_port};
+use serde_json::Value;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const TOKEN: &str = "test-admin-token-0123456789";
+
+/// An `[admin]` table on a free loopback port; returns it and the API's base URL.
+fn admin() -> Result<(String, String)> {
+    let port = free_port()?;
+    Ok((
+        format!("[admin]\nbind = \"127.0.0.1:{port}\"\ntoken = {TOKEN:?}\n\n"),
+        format!("http://127.0.0.1:{port}"),
+    ))
+}
+
+fn account(id: &str, homeserver: &str, (user, password): &(String, String), extra: &str) -> String {
+    format!(
+        "[accounts.{id}]\nhomeserver = {homeserver:?}\nuser_id = {user:?}\npassword = {password:?}\nbackend = \"echo\"\ndm_policy = \"open\"\n{extra}\n\n"
+    )
+}
+
+/// `method path` with `token`; returns the status and the body as JSON (or a JSON string).
+async fn call(method: &str, url: &str, token: Option<&str>) -> Result<(u16, Value)> {
+    let client = reqwest::Client::new();
+    let mut request = match method {
+        "POST" => client.post(url),
+        _ => client.get(url),
+    };
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let text = response.text().await?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok((status, body))
+}
+
+async fn running(config: &str, accounts: &[&str]) -> Result<FleetProcess> {
+    let mut fleet = FleetProcess::new(config)?;
+    fleet.start().await?;
+    for account in accounts {
+        fleet.wait_state(account, "syncing", TIMEOUT).await?;
+    }
+    Ok(fleet)
+}
+
+#[tokio::test]
+async fn the_admin_api_needs_its_token_and_reports_the_fleet() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let (admin, api) = admin()?;
+    let config = format!("{admin}{}", account("bot", synapse.url(), &bot, ""));
+    let mut fleet = running(&config, &["bot"]).await?;
+
+    for path in ["/health", "/metrics", "/accounts", "/accounts/bot", "/otp"] {
+        let url = format!("{api}{path}");
+        assert_eq!(
+            call("GET", &url, None).await?.0,
+            401,
+            "{path} without a token"
+        );
+        assert_eq!(
+            call("GET", &url, Some("wrong")).await?.0,
+            401,
+            "{path} with a wrong token"
+        );
+    }
+    assert_eq!(
+        call("POST", &format!("{api}/reload"), Some("wrong"))
+            .await?
+            .0,
+        401
+    );
+    assert_eq!(
+        call("POST", &format!("{api}/accounts/bot/stop"), None)
+            .await?
+            .0,
+        401
+    );
+
+    let (status, health) = call("GET", &format!("{api}/health"), Some(TOKEN)).await?;
+    assert_eq!((status, &health["syncing"]), (200, &Value::from(1)));
+    let (_, one) = call("GET", &format!("{api}/accounts/bot"), Some(TOKEN)).await?;
+    assert_eq!(one["state"], "syncing");
+    assert_eq!(one["children"]["sync"], "running");
+    assert_eq!(one["children"]["stream_editor"], "running");
+    assert!(
+        one["encryption"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("available"))
+    );
+    assert_eq!(
+        call("GET", &format!("{api}/accounts/nope"), Some(TOKEN))
+            .await?
+            .0,
+        404
+    );
+    let (_, metrics) = call("GET", &format!("{api}/metrics"), Some(TOKEN)).await?;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    for line in [
+        "mxfleet_account_state{account=\"bot\",state=\"syncing\"} 1",
+        "mxfleet_account_restarts_total{account=\"bot\"} 0",
+        "mxfleet_sync_lag_seconds{account=\"bot\"}",
+        "mxfleet_messages_in_total{account=\"bot\"} 0",
+        "mxfleet_backend_seconds_count{account=\"bot\"} 0",
+    ] {
+        ensure!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
+    // The status page's shell is static and public; everything it shows needs the token.
+    let (status, page) = call("GET", &format!("{api}/"), None).await?;
+    assert_eq!(status, 200);
+    ensure!(page.as_str().is_some_and(|p| p.contains("Admin token")));
+    ensure!(
+        !fleet.all_logs().contains(TOKEN),
+        "the admin token reached the logs"
+    );
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_senders_approve_themselves_with_the_operators_code() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let (human_id, human_pw) = synapse.fresh_user("stranger").await?;
+    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
+    let (admin, api) = admin()?;
+    let extra = "dm_policy = \"allowlist\"\notp_self_approval = true\notp_cooldown_secs = 4";
+    let config = format!(
+        "{admin}[accounts.bot]\nhomeserver = {:?}\nuser_id = {:?}\npassword = {:?}\nbackend = \"echo\"\n{extra}\n",
+        synapse.url(),
+        bot.0,
+        bot.1
+    );
+    let mut fleet = running(&config, &["bot"]).await?;
+    let dm = human.dm(&bot.0).await?;
+
+    let said = |needle: &'static str| {
+        let (dm, bot) = (dm.clone(), bot.0.clone());
+        move |h: &Human| {
+            h.seen_from(&dm, &bot)
+                .into_iter()
+                .find(|s| h.current_text(s).contains(needle))
+        }
+    };
+    human.send(&dm, "hello, can we talk?").await?;
+    human
+        .wait_for("challenge", TIMEOUT, said("ask the operator"))
+        .await
+        .with_context(|| fleet.log_tail(40))?;
+
+    // The code is visible to the operator only: API and CLI.
+    let (_, pending) = call("GET", &format!("{api}/otp"), Some(TOKEN)).await?;
+    let code = pending
+        .as_array()
+        .and_then(|l| l.iter().find(|c| c["sender"] == human_id.as_str()))
+        .and_then(|c| c["code"].as_str())
+        .context("no challenge listed")?
+        .to_owned();
+    ensure!(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()));
+    let listed = fleet.run_command(&["otp", "list"]).await?;
+    ensure!(
+        String::from_utf8_lossy(&listed.stdout).contains(&code),
+        "CLI does not list the code"
+    );
+    let seen: Vec<String> = human
+        .all_from(&dm, &bot.0)
+        .iter()
+        .map(|s| s.body.clone())
+        .collect();
+    ensure!(
+        !seen.iter().any(|b| b.contains(&code)),
+        "the sender saw the code"
+    );
+
+    // Three wrong codes lock the sender out; the right code is then refused until the cooldown.
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    human.send(&dm, wrong).await?;
+    human
+        .wait_for("wrong 1", TIMEOUT, said("2 attempts left"))
+        .await?;
+    human.send(&dm, wrong).await?;
+    human
+        .wait_for("wrong 2", TIMEOUT, said("1 attempt left"))
+        .await?;
+    human.send(&dm, wrong).await?;
+    human
+        .wait_for("lockout", TIMEOUT, said("Too many wrong codes"))
+        .await?;
+    let before = human.seen_from(&dm, &bot.0).len();
+    human.send(&dm, &code).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        human.seen_from(&dm, &bot.0).len(),
+        before,
+        "locked out: no answer"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    human.send(&dm, &code).await?;
+    human
+        .wait_for("approval", TIMEOUT, said("you are approved"))
+        .await?;
+    human.send(&dm, "now a real question").await?;
+    human
+        .expect_final_text(&dm, &bot.0, "now a real question", TIMEOUT)
+        .await?;
+
+    // The approval survives a restart.
+    fleet.stop().await?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    human.send(&dm, "still approved?").await?;
+    human
+        .expect_final_text(&dm, &bot.0, "still approved?", TIMEOUT)
+        .await?;
+    ensure!(
+        !fleet.all_logs().contains(&code),
+        "the code reached the logs"
+    );
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn restarting_one_account_leaves_the_others_sync_alone() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let (a, b) = (
+        synapse.fresh_user("abot").await?,
+        synapse.fresh_user("bbot").await?,
+    );
+    let (human_id, human_pw) = synapse.fresh_user("human").await?;
+    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
+    // B's traffic goes through a proxy that records every request with its query.
+    let proxy = CountingProxy::start(synapse.url()).await?;
+    let (admin, api) = admin()?;
+    let config = format!(
+        "{admin}{}{}",
+        account("a", synapse.url(), &a, ""),
+        account("b", &proxy.url, &b, "")
+    );
+    let mut fleet = running(&config, &["a", "b"]).await?;
+    let dm_b = human.dm(&b.0).await?;
+    let b_before = fleet.status().context("status")?["accounts"]["b"].clone();
+    let requests_before = proxy.requests().len();
+
+    let (status, _) = call("POST", &format!("{api}/accounts/a/restart"), Some(TOKEN)).await?;
+    assert_eq!(status, 200);
+    fleet.wait_state("a", "syncing", TIMEOUT).await?;
+    let restarted = fleet.run_command(&["restart", "a"]).await?;
+    ensure!(
+        restarted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restarted.stderr)
+    );
+    fleet.wait_state("a", "syncing", TIMEOUT).await?;
+    human.send(&dm_b, "b, are you still there?").await?;
+    human
+        .expect_final_text(&dm_b, &b.0, "b, are you still there?", TIMEOUT)
+        .await?;
+
+    // B never left `syncing`, was never restarted, and never began a new sync run (each run's
+    // first /sync has timeout=0; the running loop long-polls).
+    let b_after = fleet.status().context("status")?["accounts"]["b"].clone();
+    assert_eq!(b_after["since_ms"], b_before["since_ms"]);
+    assert_eq!(
+        (b_after["state"].as_str(), b_after["restarts"].as_u64()),
+        (Some("syncing"), Some(0))
+    );
+    let fresh_syncs: Vec<String> = proxy.requests()[requests_before..]
+        .iter()
+        .filter(|r| r.contains("/sync?") && r.contains("timeout=0"))
+        .cloned()
+        .collect();
+    ensure!(
+        fresh_syncs.is_empty(),
+        "b restarted its sync: {fresh_syncs:?}"
+    );
+
+    // Stop and start through the CLI; unknown accounts are refused.
+    let stop = fleet.run_command(&["stop", "a"]).await?;
+    ensure!(stop.status.success());
+    fleet.wait_state("a", "stopped", TIMEOUT).await?;
+    let start = fleet.run_command(&["start", "a"]).await?;
+    ensure!(start.status.success());
+    fleet.wait_state("a", "syncing", TIMEOUT).await?;
+    let unknown = fleet.run_command(&["restart", "nope"]).await?;
+    ensure!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("404"));
+    let table = fleet.run_command(&["status"]).await?;
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    ensure!(
+        table.contains("stream_editor=running") && table.lines().count() == 3,
+        "{table}"
+    );
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn reload_adds_accounts_and_a_broken_config_changes_nothing() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let (a, b) = (
+        synapse.fresh_user("abot").await?,
+        synapse.fresh_user("bbot").await?,
+    );
+    let (human_id, human_pw) = synapse.fresh_user("human").await?;
+    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
+    let (admin, api) = admin()?;
+    let only_a = format!("{admin}{}", account("a", synapse.url(), &a, ""));
+    let mut fleet = running(&only_a, &["a"]).await?;
+    let a_since = fleet.status().context("status")?["accounts"]["a"]["since_ms"].clone();
+
+    // Add b: it starts and answers; a is untouched.
+    fleet.rewrite_config(&format!("{only_a}{}", account("b", synapse.url(), &b, "")))?;
+    let out = fleet.run_command(&["reload"]).await?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report["added"], serde_json::json!(["b"]));
+    assert_eq!(report["unchanged"], serde_json::json!(["a"]));
+    fleet.wait_state("b", "syncing", TIMEOUT).await?;
+    let dm = human.dm(&b.0).await?;
+    human.send(&dm, "hello new bot").await?;
+    human
+        .expect_final_text(&dm, &b.0, "hello new bot", TIMEOUT)
+        .await?;
+    assert_eq!(
+        fleet.status().context("status")?["accounts"]["a"]["since_ms"],
+        a_since
+    );
+
+    // A broken config is rejected whole, by the API and by SIGHUP, and nothing changes.
+    fleet.rewrite_config(&format!(
+        "{only_a}[accounts.c]\nhomeserver = \"not a url\"\nbackend = \"echo\"\nmention_mode = \"sometimes\"\n"
+    ))?;
+    // The CLI reads the same file and refuses before it asks the fleet…
+    let out = fleet.run_command(&["reload"]).await?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    ensure!(stderr.contains("accounts.c.mention_mode"), "{stderr}");
+    // …and the fleet itself rejects it through the API, naming every problem.
+    let (status, body) = call("POST", &format!("{api}/reload"), Some(TOKEN)).await?;
+    assert_eq!(status, 422);
+    let body = body.to_string();
+    for needle in [
+        "accounts.c.homeserver",
+        "accounts.c.mention_mode",
+        "nothing changed",
+    ] {
+        ensure!(body.contains(needle), "no {needle:?} in {body}");
+    }
+    let pid = fleet.pid().context("pid")?;
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()?;
+    ensure!(hup.success());
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !fleet.all_logs().contains("reload rejected") {
+        if tokio::time::Instant::now() > deadline {
+            bail!("SIGHUP with a broken config logged no rejection");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = fleet.status().context("status")?;
+    assert_eq!(
+        status["accounts"]["b"]["state"], "syncing",
+        "b kept running"
+    );
+    assert!(status["accounts"].get("c").is_none());
+    human.send(&dm, "still here after the bad reload?").await?;
+    human
+        .expect_final_text(&dm, &b.0, "still here after the bad reload?", TIMEOUT)
+        .await?;
+
+    // Removing b stops it.
+    fleet.rewrite_config(&only_a)?;
+    let out = fleet.run_command(&["reload"]).await?;
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report["removed"], serde_json::json!(["b"]));
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_status_page_shows_the_accounts_in_a_real_browser() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let (a, b) = (
+        synapse.fresh_user("abot").await?,
+        synapse.fresh_user("bbot").await?,
+    );
+    let (admin, api) = admin()?;
+    let config = format!(
+        "{admin}{}{}",
+        account("alpha", synapse.url(), &a, ""),
+        account("beta", synapse.url(), &b, "")
+    );
+    let mut fleet = running(&config, &["alpha", "beta"]).await?;
+    let chromium = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|c| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok()
+        })
+        .context("chromium is not installed (scripts/test.sh installs it)")?;
+    let url = format!("{api}/#token={TOKEN}");
+    let profile = tempfile_dir("chromium-profile")?;
+    let headless = |extra: &[&str]| {
+        let mut args = vec![
+            "--headless".to_owned(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            format!("--user-data-dir={}", profile.display()),
+            "--virtual-time-budget=5000".into(),
+            "--window-size=1280,600".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args.push(url.clone());
+        std::process::Command::new(chromium).args(args).output()
+    };
+    let dom = headless(&["--dump-dom"])?;
+    let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
+    for needle in [
+        "data-account=\"alpha\"",
+        "data-account=\"beta\"",
+        "state syncing",
+        "2 accounts, 2 syncing",
+    ] {
+        ensure!(
+            dom.contains(needle),
+            "no {needle:?} in the rendered page:\n{dom}"
+        );
+    }
+    let artifacts = mxfleet_testkit::repo_root().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts)?;
+    let shot = artifacts.join("status-page.png");
+    let arg = format!("--screenshot={}", shot.display());
+    headless(&[&arg])?;
+    ensure!(
+        std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000),
+        "no screenshot at {}",
+        shot.display()
+    );
+    fleet.stop().await?;
+    Ok(())
+}
+
+fn tempfile_dir(name: &str) -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("mxfleet-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
