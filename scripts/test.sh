@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
 # Runs mxfleet's whole test suite: unit tests and end-to-end tests against a real Synapse.
 #
-# Installs Synapse into a virtualenv if needed (scripts/setup-synapse.sh), starts one shared
-# Synapse on a free loopback port with raised rate limits, runs every test in parallel with
-# cargo-nextest (cargo test if it is missing), and stops Synapse again.
+# Installs Synapse into a virtualenv if needed (scripts/setup-synapse.sh) and Debian's chromium
+# (for the status page test) if missing, starts one shared Synapse on a free loopback port with
+# raised rate limits, runs every test in parallel with cargo-nextest (cargo test if it is
+# missing), and stops Synapse again. The status page's screenshot lands in target/test-artifacts/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/setup-synapse.sh >/dev/null
+# The status page is tested in headless Chromium (Debian's package).
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+  elif command -v sudo >/dev/null; then
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+  else
+    echo "chromium is missing and cannot be installed (no root): the status page test will fail" >&2
+  fi
+fi
 echo "==> building"
 cargo build --workspace --all-targets --locked
 
