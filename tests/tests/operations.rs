@@ -463,3 +463,59 @@ fn tempfile_dir(name: &str) -> Result<std::path::PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+#[tokio::test]
+async fn doctor_checks_an_account_without_a_running_fleet() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let config = format!(
+        "{}[accounts.down]\nhomeserver = \"http://127.0.0.1:{}\"\naccess_token = \"nope\"\nbackend = \"echo\"\n",
+        account("bot", synapse.url(), &bot, ""),
+        free_port()?
+    );
+    let mut fleet = FleetProcess::new(&config)?;
+
+    // Before the first run: reachable, no session yet (and no login attempted).
+    let out = fleet.run_command(&["doctor", "bot"]).await?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "{text}");
+    ensure!(
+        text.contains("PASS  homeserver") && text.contains("WARN  session: no stored session"),
+        "{text}"
+    );
+
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let out = fleet.run_command(&["doctor", "bot"]).await?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        text.contains("a fleet is running on this data dir"),
+        "{text}"
+    );
+    fleet.stop().await?;
+
+    // After it: the stored session is checked with whoami.
+    let out = fleet.run_command(&["doctor", "bot"]).await?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(out.status.success(), "{text}");
+    let whoami = format!(
+        "PASS  whoami: stored session: {}, device MXFLEET_BOT",
+        bot.0
+    );
+    ensure!(text.contains(&whoami), "{text}");
+    ensure!(text.contains("PASS  encryption"), "{text}");
+
+    // An unreachable homeserver fails with the fix, and exit 1.
+    let out = fleet.run_command(&["doctor", "down"]).await?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    ensure!(
+        text.contains("FAIL  homeserver") && text.contains("fix: check `homeserver`"),
+        "{text}"
+    );
+    ensure!(
+        !text.contains(&bot.1),
+        "the password reached doctor's output"
+    );
+    Ok(())
+}
