@@ -8,6 +8,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use matrix_sdk::{
     Client, Room,
+    deserialized_responses::EncryptionInfo,
     config::SyncSettings,
     ruma::{
         OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
@@ -21,8 +22,10 @@ use matrix_sdk::{
                 message::{
                     MessageType, OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
                 },
+                encryption::RoomEncryptionEventContent,
                 redaction::OriginalSyncRoomRedactionEvent,
             },
+            InitialStateEvent,
         },
     },
 };
@@ -47,6 +50,8 @@ pub struct Seen {
     pub thread_root: Option<String>,
     /// The event it replies to, if any.
     pub in_reply_to: Option<String>,
+    /// Whether it arrived encrypted (and was decrypted by the human's client).
+    pub encrypted: bool,
 }
 
 /// A reaction the human's client saw.
@@ -93,7 +98,7 @@ impl Human {
         let record = Arc::new(Mutex::new(Record::default()));
         let arrived = Arc::new(Notify::new());
         let (sink, bell) = (record.clone(), arrived.clone());
-        client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, room: Room| {
+        client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, room: Room, encryption: Option<EncryptionInfo>| {
             let (sink, bell) = (sink.clone(), bell.clone());
             async move {
                 let (replaces, thread_root, in_reply_to, content) = match &ev.content.relates_to {
@@ -134,6 +139,7 @@ impl Human {
                     replaces,
                     thread_root,
                     in_reply_to,
+                    encrypted: encryption.is_some(),
                 };
                 lock(&sink).messages.push(seen);
                 bell.notify_waiters();
@@ -203,9 +209,33 @@ impl Human {
         Ok(room_id)
     }
 
+    /// Creates an end-to-end encrypted DM with `bot` and waits until the bot has joined.
+    pub async fn encrypted_dm(&self, bot: &str) -> Result<OwnedRoomId> {
+        let room_id = self.create_room_with(&[bot], true, true).await?;
+        self.wait_joined(&room_id, bot, Duration::from_secs(30))
+            .await?;
+        Ok(room_id)
+    }
+
     /// Creates a room (a DM if `direct`) inviting `invitees`, without waiting for them.
     pub async fn create_room(&self, invitees: &[&str], direct: bool) -> Result<OwnedRoomId> {
+        self.create_room_with(invitees, direct, false).await
+    }
+
+    /// Creates a room, encrypted from the start if `encrypted`.
+    pub async fn create_room_with(
+        &self,
+        invitees: &[&str],
+        direct: bool,
+        encrypted: bool,
+    ) -> Result<OwnedRoomId> {
         let mut request = CreateRoomRequest::new();
+        if encrypted {
+            let event = InitialStateEvent::with_empty_state_key(
+                RoomEncryptionEventContent::with_recommended_defaults(),
+            );
+            request.initial_state = vec![event.to_raw_any()];
+        }
         request.invite = invitees
             .iter()
             .map(|b| OwnedUserId::try_from(*b))

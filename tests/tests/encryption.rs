@@ -1,0 +1,48 @@
+//! End-to-end tests of encrypted conversations: the human is a matrix-sdk client with its own
+//! device and keys; the bot must read and answer in encrypted rooms.
+
+#![recursion_limit = "256"]
+
+use std::time::Duration;
+
+use anyhow::Result;
+use mxfleet_testkit::{FleetProcess, Human, Synapse};
+
+const TIMEOUT: Duration = Duration::from_secs(45);
+
+fn account(id: &str, homeserver: &str, (user, password): &(String, String), extra: &str) -> String {
+    format!(
+        "[accounts.{id}]\nhomeserver = {homeserver:?}\nuser_id = {user:?}\npassword = {password:?}\nbackend = \"echo\"\ndm_policy = \"open\"\n{extra}\n\n"
+    )
+}
+
+#[tokio::test]
+async fn an_encrypted_dm_is_read_and_answered_encrypted_across_restarts() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let (human_id, human_pw) = synapse.fresh_user("human").await?;
+    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
+    let mut fleet = FleetProcess::new(&account("bot", synapse.url(), &bot, ""))?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let dm = human.encrypted_dm(&bot.0).await?;
+
+    for round in 0..3 {
+        let text = format!("secret message {round}");
+        human.send(&dm, &text).await?;
+        let answer = human.expect_final_text(&dm, &bot.0, &text, TIMEOUT).await?;
+        assert!(answer.encrypted, "round {round}: the answer came in plaintext");
+        fleet.stop().await?;
+        fleet.start().await?;
+        fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    }
+    let logs = fleet.all_logs();
+    assert!(
+        !logs.contains("One time key") && !logs.contains("already exists"),
+        "key upload errors across restarts"
+    );
+    let status = fleet.status().unwrap_or_default();
+    assert_eq!(status["accounts"]["bot"]["device_id"], "MXFLEET_BOT");
+    fleet.stop().await?;
+    Ok(())
+}
