@@ -31,7 +31,10 @@ async fn an_encrypted_dm_is_read_and_answered_encrypted_across_restarts() -> Res
         let text = format!("secret message {round}");
         human.send(&dm, &text).await?;
         let answer = human.expect_final_text(&dm, &bot.0, &text, TIMEOUT).await?;
-        assert!(answer.encrypted, "round {round}: the answer came in plaintext");
+        assert!(
+            answer.encrypted,
+            "round {round}: the answer came in plaintext"
+        );
         fleet.stop().await?;
         fleet.start().await?;
         fleet.wait_state("bot", "syncing", TIMEOUT).await?;
@@ -43,6 +46,52 @@ async fn an_encrypted_dm_is_read_and_answered_encrypted_across_restarts() -> Res
     );
     let status = fleet.status().unwrap_or_default();
     assert_eq!(status["accounts"]["bot"]["device_id"], "MXFLEET_BOT");
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_undecryptable_message_gets_one_notice_per_session_and_no_answer() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let (human_id, human_pw) = synapse.fresh_user("human").await?;
+    // This human's client withholds its room keys from unverified devices: the bot's.
+    let human = Human::login_with(synapse.url(), &human_id, &human_pw, true).await?;
+    let mut fleet = FleetProcess::new(&account("bot", synapse.url(), &bot, ""))?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let dm = human.encrypted_dm(&bot.0).await?;
+
+    human.send(&dm, "you cannot read this").await?;
+    human.send(&dm, "nor this").await?;
+    let notice = human
+        .wait_for("notice", TIMEOUT, |h| {
+            h.seen_from(&dm, &bot.0)
+                .into_iter()
+                .find(|s| s.body.contains("could not decrypt"))
+        })
+        .await?;
+    assert!(notice.encrypted, "the notice went out in plaintext");
+    // Both messages counted, one notice for the session, and nothing was answered.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let status = fleet.status().unwrap_or_default();
+        if status["accounts"]["bot"]["undecryptable"] == 2 {
+            assert_eq!(status["accounts"]["bot"]["undecryptable_notices"], 1);
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "not counted: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(human.seen_from(&dm, &bot.0).len(), 1, "only the notice");
+    assert_eq!(
+        fleet.status().unwrap_or_default()["accounts"]["bot"]["state"],
+        "syncing"
+    );
     fleet.stop().await?;
     Ok(())
 }

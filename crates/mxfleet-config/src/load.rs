@@ -238,6 +238,8 @@ pub struct ConversationSpec {
     pub read_receipts: bool,
     /// Earlier messages the backend sees.
     pub history_max_messages: usize,
+    /// Cooldown of undecryptable-message notices per room and session.
+    pub utd_notice_cooldown_secs: u64,
 }
 
 /// A validated account.
@@ -1057,6 +1059,7 @@ impl Checker<'_> {
             cue_delay_ms: a.cue_delay_ms,
             read_receipts: a.read_receipts,
             history_max_messages: a.history_max_messages,
+            utd_notice_cooldown_secs: a.utd_notice_cooldown_secs,
         }
     }
 

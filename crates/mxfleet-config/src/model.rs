@@ -315,6 +315,10 @@ pub struct AccountConfig {
     /// Send a read receipt for each message the bot handles.
     #[serde(default)]
     pub read_receipts: bool,
+    /// After a notice about an undecryptable message, no other notice for the same room and
+    /// Megolm session for this long.
+    #[serde(default = "defaults::utd_notice_cooldown_secs")]
+    pub utd_notice_cooldown_secs: u64,
     /// How many earlier messages of the room or thread the backend sees.
     #[serde(default = "defaults::history_max_messages")]
     pub history_max_messages: usize,
@@ -496,6 +500,9 @@ pub(crate) mod defaults {
     }
     pub(crate) fn history_max_messages() -> usize {
         20
+    }
+    pub(crate) fn utd_notice_cooldown_secs() -> u64 {
+        3600
     }
     pub(crate) fn otp_ttl_secs() -> u64 {
         600

@@ -11,7 +11,8 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use mxfleet_backend::Backend;
 use mxfleet_config::{AccessPolicy, AccountAuth, AccountSpec};
 use mxfleet_matrix::{
-    Connection, FailureClass, InboundMessage, MatrixFailure, connect, matrix_sdk::ruma::OwnedRoomId,
+    Connection, FailureClass, InboundMessage, MatrixFailure, Undecryptable, connect,
+    matrix_sdk::ruma::OwnedRoomId,
 };
 use mxfleet_store::{InboxEntry, Store, now_ms};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -62,12 +63,14 @@ pub(crate) enum AccountMsg {
     Connected(Result<Connection, MatrixFailure>),
     /// Spawn the sync child.
     StartSync,
-    /// A sync batch committed new messages or invites.
+    /// A sync batch committed new messages or invites, or met undecryptable events.
     Synced {
         /// Newly claimed messages.
         fresh: Vec<InboxEntry<InboundMessage>>,
         /// Rooms the bot is invited to.
         invites: Vec<OwnedRoomId>,
+        /// Events that could not be decrypted.
+        utds: Vec<Undecryptable>,
     },
 }
 
@@ -130,9 +133,15 @@ impl Actor for AccountActor {
                     state.on_failure(&myself, failure, Retry::Connect).await
                 }
                 AccountMsg::StartSync => state.start_sync(&myself).await,
-                AccountMsg::Synced { fresh, invites } => {
+                AccountMsg::Synced {
+                    fresh,
+                    invites,
+                    utds,
+                } => {
                     state.join_invites(invites);
                     if let Some(responder) = state.responder.as_mut() {
+                        utds.into_iter()
+                            .for_each(|utd| responder.report_undecryptable(utd));
                         fresh
                             .into_iter()
                             .for_each(|entry| responder.dispatch(entry));

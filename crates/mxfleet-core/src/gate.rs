@@ -121,6 +121,33 @@ pub(crate) fn decide(
     }
 }
 
+/// Whether the bot talks with `sender` in `room` at all (the access policies, mentions aside):
+/// where it may post notices about messages it could not read.
+pub(crate) fn may_talk(
+    conv: &ConversationSpec,
+    access: &Access,
+    room: &RoomFacts,
+    me: &Me,
+    sender: &str,
+) -> bool {
+    let always = ConversationSpec {
+        mention_mode: MentionMode::Always,
+        ..conv.clone()
+    };
+    let probe = InboundMessage {
+        room_id: room.room_id.clone(),
+        event_id: String::new(),
+        sender: sender.to_owned(),
+        body: String::new(),
+        origin_server_ts_ms: 0,
+        thread_root: None,
+        formatted_body: None,
+        mentions: None,
+        reply_to: None,
+    };
+    decide(&always, access, room, me, &probe) == Verdict::Answer
+}
+
 /// Decides what to do with an invite from `inviter` to `room`.
 pub(crate) fn decide_invite(
     conv: &ConversationSpec,
@@ -286,6 +313,7 @@ mod tests {
             cue_delay_ms: 0,
             read_receipts: false,
             history_max_messages: 10,
+            utd_notice_cooldown_secs: 3600,
         }
     }
 

@@ -18,19 +18,22 @@ use std::{
 
 use futures_util::stream;
 use mxfleet_backend::{Backend, ChatMessage, ChatRequest, Role};
-use mxfleet_config::{AccountSpec, StreamMode};
+use mxfleet_config::{AccountAuth, AccountSpec, StreamMode};
 use mxfleet_matrix::{
-    InboundMessage, MatrixFailure, Normalised, Placement,
+    InboundMessage, MatrixFailure, Normalised, Placement, Undecryptable,
     matrix_sdk::{
         Client, Room,
         room::{IncludeRelations, MessagesOptions, RelationsOptions},
         ruma::{
             OwnedEventId, OwnedRoomId, OwnedUserId, UInt,
             api::client::receipt::create_receipt::v3::ReceiptType,
-            events::{receipt::ReceiptThread, relation::RelationType},
+            events::{
+                receipt::ReceiptThread, relation::RelationType,
+                room::message::RoomMessageEventContent,
+            },
         },
     },
-    normalise, react, redact, transaction_id,
+    normalise, react, redact, send_content, transaction_id,
 };
 use mxfleet_store::{Draft, InboxEntry, InboxState, Store, Turn, now_ms};
 use ractor::ActorRef;
@@ -65,6 +68,8 @@ pub(crate) type JoinedDms = Arc<RwLock<std::collections::HashSet<String>>>;
 /// The reply workers of one account.
 pub(crate) struct Responder {
     context: Arc<ReplyContext>,
+    /// When the last undecryptable-message notice went out, per (room, Megolm session).
+    utd_notices: HashMap<(String, String), std::time::Instant>,
     queues: HashMap<String, mpsc::UnboundedSender<InboxEntry<InboundMessage>>>,
     workers: JoinSet<()>,
     stop: watch::Sender<bool>,
@@ -134,6 +139,7 @@ impl Responder {
         let (stop, _) = watch::channel(false);
         Self {
             context,
+            utd_notices: HashMap::new(),
             queues: HashMap::new(),
             workers: JoinSet::new(),
             stop,
@@ -175,6 +181,37 @@ impl Responder {
             error!(account = %self.context.account, "room worker is gone; message left pending");
             self.queues.remove(&room);
         }
+    }
+
+    /// Counts an undecryptable message and, at most once per room and Megolm session within
+    /// `utd_notice_cooldown_secs`, says so in the room (where the bot talks with the sender).
+    /// The room is never left over it; the sync retries decryption when keys arrive.
+    pub(crate) fn report_undecryptable(&mut self, utd: Undecryptable) {
+        let ctx = self.context.clone();
+        ctx.board.update(&ctx.account, |s| s.undecryptable += 1);
+        if ctx.board.is_fleet_user(&utd.sender) {
+            return;
+        }
+        // An access-token account can never decrypt: one notice per room is enough.
+        let token_account = matches!(ctx.spec.auth, AccountAuth::AccessToken(_));
+        let session = match (token_account, &utd.session_id) {
+            (true, _) => String::new(),
+            (false, Some(session)) => session.clone(),
+            (false, None) => utd.sender.clone(),
+        };
+        let key = (utd.room_id.clone(), session);
+        let cooldown = Duration::from_secs(ctx.spec.conversation.utd_notice_cooldown_secs);
+        let now = std::time::Instant::now();
+        if self
+            .utd_notices
+            .get(&key)
+            .is_some_and(|last| now.duration_since(*last) < cooldown)
+        {
+            return;
+        }
+        self.utd_notices.insert(key, now);
+        let span = info_span!(parent: None, "undecryptable", account = %ctx.account, room = %utd.room_id, event_id = %utd.event_id);
+        tokio::spawn(async move { post_utd_notice(&ctx, utd).await }.instrument(span));
     }
 
     fn record_skip(&self, event_id: String, reason: String) {
@@ -563,6 +600,73 @@ async fn otp_gate(ctx: &ReplyContext, room: &Room, message: &InboundMessage) {
     let answer: mxfleet_backend::TextStream = Box::pin(stream::iter([Ok(text)]));
     let outcome = stream_answer(ctx, room, message, Placement::Plain, answer, settings, None).await;
     record(ctx, message, "", outcome, false).await;
+}
+
+async fn post_utd_notice(ctx: &ReplyContext, utd: Undecryptable) {
+    let Some(room) = OwnedRoomId::try_from(utd.room_id.as_str())
+        .ok()
+        .and_then(|id| ctx.client.get_room(&id))
+    else {
+        return;
+    };
+    let mut facts = room_facts(&room).await;
+    facts.is_dm |= ctx
+        .joined_dms
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .contains(room.room_id().as_str());
+    let me = Me {
+        user_id: ctx.user_id.to_string(),
+        display_name: None,
+    };
+    if !gate::may_talk(
+        &ctx.spec.conversation,
+        &ctx.access,
+        &facts,
+        &me,
+        &utd.sender,
+    ) {
+        debug!("no notice: the bot does not talk with this sender here");
+        return;
+    }
+    let device = ctx
+        .client
+        .device_id()
+        .map_or_else(|| "?".to_owned(), ToString::to_string);
+    let name = member_name(&room, &utd.sender).await;
+    let who = gate::sanitize_display_name(name.as_deref(), &utd.sender);
+    let text = if matches!(ctx.spec.auth, AccountAuth::AccessToken(_)) {
+        warn!(
+            "an encrypted message arrived, but access-token accounts cannot decrypt: \
+             switch this account to password login to read encrypted rooms"
+        );
+        format!(
+            "🔒 I cannot read encrypted messages here (this bot account logs in with an access \
+             token, which has no encryption keys), so I have not read {who}'s message. Ask the \
+             operator to switch it to password login."
+        )
+    } else {
+        format!(
+            "🔒 I could not decrypt a message from {who}: its keys have not reached my device \
+             ({device}) yet. I will answer it as soon as they arrive. If this keeps happening, \
+             verify this bot's device or send the message again."
+        )
+    };
+    let content = RoomMessageEventContent::notice_plain(text);
+    let txn = transaction_id(&utd.event_id, "utd");
+    match send_content(
+        &room,
+        content,
+        txn,
+        "posting an undecryptable-message notice",
+    )
+    .await
+    {
+        Ok(_) => ctx
+            .board
+            .update(&ctx.account, |s| s.undecryptable_notices += 1),
+        Err(e) => warn!(error = %e, "could not post the undecryptable-message notice"),
+    }
 }
 
 async fn resume_interrupted(

@@ -95,6 +95,12 @@ pub struct AccountStatus {
     /// One-time-code challenges issued.
     #[serde(default)]
     pub otp_challenges: u64,
+    /// Messages that could not be decrypted when they arrived.
+    #[serde(default)]
+    pub undecryptable: u64,
+    /// Notices posted about them.
+    #[serde(default)]
+    pub undecryptable_notices: u64,
     /// Total time backends took for the answers so far (request to last token), in ms.
     #[serde(default)]
     pub backend_ms_total: u64,
@@ -128,6 +134,8 @@ impl AccountStatus {
             stream_editor: ChildState::Stopped,
             otp_gate: None,
             otp_challenges: 0,
+            undecryptable: 0,
+            undecryptable_notices: 0,
             backend_ms_total: 0,
             backend_answers: 0,
             encryption: None,

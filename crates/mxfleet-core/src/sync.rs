@@ -19,13 +19,18 @@ use mxfleet_matrix::{
     matrix_sdk::{
         Client,
         config::SyncSettings,
-        ruma::{OwnedRoomId, OwnedUserId, api::client::filter::FilterDefinition},
+        ruma::{
+            OwnedRoomId, OwnedUserId,
+            api::client::filter::FilterDefinition,
+            events::{AnySyncTimelineEvent, room::encrypted::OriginalSyncRoomEncryptedEvent},
+            serde::Raw,
+        },
     },
     normalise,
 };
 use mxfleet_store::{InboxEntry, InboxState, Store, now_ms};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::task::JoinHandle;
+use tokio::{task::JoinHandle, time::Instant};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
@@ -117,6 +122,7 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
     let stall_after = long_poll + REQUEST_MARGIN + Duration::from_secs(args.spec.sync_stall_secs);
     let filter = FilterDefinition::with_lazy_loading();
     let mut healthy = false;
+    let mut retries = DecryptionRetries::default();
 
     loop {
         let first_sync = token.is_none();
@@ -143,6 +149,7 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
             };
 
         let mut entries = Vec::new();
+        let mut utds = Vec::new();
         if first_sync {
             info!(
                 rooms = response.rooms.joined.len(),
@@ -153,11 +160,23 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
                 for event in &update.timeline.events {
                     match normalise(room_id, event, &args.user_id) {
                         Normalised::Message(message) => entries.push(claim(message)),
+                        Normalised::Undecryptable(utd) => {
+                            warn!(%room_id, event_id = %utd.event_id, sender = %utd.sender, reason = %utd.reason, "could not decrypt a message; retried when keys arrive");
+                            retries.remember(room_id, event.raw().clone());
+                            utds.push(utd);
+                        }
                         Normalised::Ignored(reason) => debug!(%room_id, reason, "event ignored"),
                         Normalised::Malformed { event_id, reason } => {
                             warn!(%room_id, event_id = event_id.as_deref().unwrap_or("?"), %reason, "malformed event skipped")
                         }
                     }
+                }
+            }
+            // Keys may have arrived (to-device, or from the backup): try the earlier failures.
+            if retries.due(!response.to_device.is_empty()) {
+                for message in retries.retry(&args.client, &args.user_id).await {
+                    info!(event_id = %message.event_id, "decrypted a message that had failed before");
+                    entries.push(claim(message));
                 }
             }
         }
@@ -179,15 +198,77 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
             healthy = true;
             args.board.transition(account, AccountState::Syncing, None);
         }
-        let news = !(fresh.is_empty() && invites.is_empty());
+        let news = !(fresh.is_empty() && invites.is_empty() && utds.is_empty());
         if news
             && args
                 .parent
-                .cast(AccountMsg::Synced { fresh, invites })
+                .cast(AccountMsg::Synced {
+                    fresh,
+                    invites,
+                    utds,
+                })
                 .is_err()
         {
             return MatrixFailure::new(FailureClass::Transient, "the account actor is gone");
         }
+    }
+}
+
+/// Events that failed to decrypt, tried again when keys may have arrived: after a sync that
+/// carried to-device events (room keys, forwarded keys), and every 30 s (keys downloaded from the
+/// server-side backup arrive without one). Bounded in number and age.
+#[derive(Default)]
+struct DecryptionRetries {
+    pending: Vec<(OwnedRoomId, Raw<AnySyncTimelineEvent>, Instant)>,
+    last_try: Option<Instant>,
+}
+
+impl DecryptionRetries {
+    const MAX: usize = 256;
+    const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+    const INTERVAL: Duration = Duration::from_secs(30);
+
+    fn remember(&mut self, room_id: &OwnedRoomId, raw: Raw<AnySyncTimelineEvent>) {
+        if self.pending.len() >= Self::MAX {
+            self.pending.remove(0);
+        }
+        self.pending.push((room_id.clone(), raw, Instant::now()));
+    }
+
+    fn due(&mut self, keys_may_have_arrived: bool) -> bool {
+        let now = Instant::now();
+        self.pending
+            .retain(|(_, _, at)| now.duration_since(*at) < Self::MAX_AGE);
+        let interval_passed = self
+            .last_try
+            .is_none_or(|t| now.duration_since(t) >= Self::INTERVAL);
+        !self.pending.is_empty() && (keys_may_have_arrived || interval_passed)
+    }
+
+    /// Tries every pending event; returns the ones that now decrypt to messages.
+    async fn retry(&mut self, client: &Client, own_user: &OwnedUserId) -> Vec<InboundMessage> {
+        self.last_try = Some(Instant::now());
+        let mut decrypted = Vec::new();
+        let mut still = Vec::new();
+        for (room_id, raw, at) in std::mem::take(&mut self.pending) {
+            let Some(room) = client.get_room(&room_id) else {
+                continue;
+            };
+            let encrypted = raw.cast_ref_unchecked::<OriginalSyncRoomEncryptedEvent>();
+            match room.decrypt_event(encrypted, None).await {
+                Ok(event) => match normalise(&room_id, &event, own_user) {
+                    Normalised::Message(message) => decrypted.push(message),
+                    Normalised::Undecryptable(_) => still.push((room_id, raw, at)),
+                    _ => {}
+                },
+                Err(e) => {
+                    debug!(%room_id, error = %e, "decryption retry failed");
+                    still.push((room_id, raw, at));
+                }
+            }
+        }
+        self.pending = still;
+        decrypted
     }
 }
 
@@ -197,5 +278,32 @@ fn claim(message: InboundMessage) -> InboxEntry<InboundMessage> {
         claimed_at_ms: now_ms(),
         state: InboxState::Pending,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mxfleet_matrix::matrix_sdk::ruma::owned_room_id;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_decryptions_are_retried_when_keys_may_have_arrived_or_every_30_s() {
+        let mut retries = DecryptionRetries::default();
+        assert!(!retries.due(true), "nothing pending");
+        let raw = Raw::from_json(
+            serde_json::value::to_raw_value(&serde_json::json!({"type": "m.room.encrypted"}))
+                .unwrap_or_else(|_| Box::<serde_json::value::RawValue>::default()),
+        );
+        retries.remember(&owned_room_id!("!r:hs"), raw);
+        assert!(retries.due(false), "first try at once");
+        retries.last_try = Some(Instant::now());
+        assert!(!retries.due(false));
+        assert!(retries.due(true), "to-device events may carry the keys");
+        tokio::time::advance(DecryptionRetries::INTERVAL).await;
+        assert!(retries.due(false), "the backup may have delivered them");
+        tokio::time::advance(DecryptionRetries::MAX_AGE).await;
+        assert!(!retries.due(true), "given up after a day");
+        assert!(retries.pending.is_empty());
     }
 }

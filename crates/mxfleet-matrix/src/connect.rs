@@ -11,6 +11,7 @@ use matrix_sdk::{
     Client, SessionMeta, SessionTokens, SqliteStoreConfig,
     authentication::matrix::MatrixSession,
     config::RequestConfig,
+    encryption::{BackupDownloadStrategy, EncryptionSettings},
     ruma::{OwnedDeviceId, OwnedUserId},
 };
 use mxfleet_config::{AccountAuth, AccountSpec};
@@ -69,6 +70,12 @@ pub async fn connect(
         // The configured URL is authoritative: a fresh login must not switch to the server's
         // advertised base URL while restored sessions use the configured one.
         .respect_login_well_known(false)
+        // Keys for a message that fails to decrypt are fetched from the server-side key backup
+        // (once the backup key is known, after a recovery-key import).
+        .with_encryption_settings(EncryptionSettings {
+            backup_download_strategy: BackupDownloadStrategy::AfterDecryptionFailure,
+            ..EncryptionSettings::default()
+        })
         .sqlite_store_with_config_and_cache_path(store_config, None::<&std::path::Path>)
         .request_config(
             RequestConfig::new()

@@ -54,11 +54,28 @@ pub struct MentionList {
     pub room: bool,
 }
 
+/// An encrypted event the account could not decrypt (yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undecryptable {
+    /// The room.
+    pub room_id: String,
+    /// The event id.
+    pub event_id: String,
+    /// Who sent it.
+    pub sender: String,
+    /// The Megolm session it was encrypted with, if known.
+    pub session_id: Option<String>,
+    /// Why it failed (matrix-sdk's reason).
+    pub reason: String,
+}
+
 /// What a timeline event turned out to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Normalised {
     /// A message to handle.
     Message(InboundMessage),
+    /// An encrypted event that could not be decrypted.
+    Undecryptable(Undecryptable),
     /// Not for the bot; the reason is for debug logs.
     Ignored(&'static str),
     /// The event could not be read.
@@ -72,8 +89,28 @@ pub enum Normalised {
 
 /// Normalises one timeline event of `room_id` as seen by `own_user`.
 pub fn normalise(room_id: &RoomId, event: &TimelineEvent, own_user: &UserId) -> Normalised {
-    if let TimelineEventKind::UnableToDecrypt { .. } = &event.kind {
-        return Normalised::Ignored("undecryptable");
+    if let TimelineEventKind::UnableToDecrypt {
+        event: raw,
+        utd_info,
+    } = &event.kind
+    {
+        let field = |name: &str| raw.get_field::<String>(name).ok().flatten();
+        let (Some(event_id), Some(sender)) = (field("event_id"), field("sender")) else {
+            return Normalised::Malformed {
+                event_id: field("event_id"),
+                reason: "undecryptable event without event id or sender".into(),
+            };
+        };
+        if sender == own_user.as_str() {
+            return Normalised::Ignored("own undecryptable message");
+        }
+        return Normalised::Undecryptable(Undecryptable {
+            room_id: room_id.to_string(),
+            event_id,
+            sender,
+            session_id: utd_info.session_id.clone(),
+            reason: format!("{:?}", utd_info.reason),
+        });
     }
     let raw = event.raw();
     let parsed = match raw.deserialize() {

@@ -16,7 +16,7 @@ pub mod outbound;
 
 pub use connect::{Connection, account_dir, connect};
 pub use failure::{FailureClass, MatrixFailure};
-pub use inbound::{InboundMessage, MentionList, Normalised, normalise};
+pub use inbound::{InboundMessage, MentionList, Normalised, Undecryptable, normalise};
 pub use matrix_sdk;
 pub use outbound::{
     Placement, edit_content, message_content, react, redact, send_content, send_content_once,

@@ -118,6 +118,7 @@ async fn send(
     what: &str,
     config: Option<RequestConfig>,
 ) -> Result<OwnedEventId, MatrixFailure> {
+    refuse_plaintext(room, what).await?;
     let mut request = room.send(content).with_transaction_id(txn_id);
     if let Some(config) = config {
         request = request.with_request_config(config);
@@ -149,6 +150,26 @@ pub async fn redact(
         .await
         .map(|_| ())
         .map_err(|e| MatrixFailure::from_http("redacting", &e))
+}
+
+/// Fails unless this client can encrypt for `room` when it is encrypted. matrix-sdk encrypts on
+/// its own; this check (the room's current encryption state, fetched if unknown, and an Olm
+/// machine on our side) makes sure no answer, error or notice goes out in plaintext if either
+/// is missing.
+async fn refuse_plaintext(room: &Room, what: &str) -> Result<(), MatrixFailure> {
+    let state = room.latest_encryption_state().await.map_err(|e| {
+        MatrixFailure::from_sdk(&format!("{what}: reading the room's encryption"), &e)
+    })?;
+    if !state.is_encrypted() {
+        return Ok(());
+    }
+    if room.client().encryption().ed25519_key().await.is_none() {
+        return Err(MatrixFailure::new(
+            crate::FailureClass::Fatal,
+            format!("{what}: refused, the room is encrypted and this account cannot encrypt"),
+        ));
+    }
+    Ok(())
 }
 
 fn plain_or_html(text: &Formatted) -> RoomMessageEventContent {

@@ -8,24 +8,23 @@ use std::{
 use anyhow::{Context, Result, bail};
 use matrix_sdk::{
     Client, Room,
-    deserialized_responses::EncryptionInfo,
     config::SyncSettings,
+    deserialized_responses::EncryptionInfo,
     ruma::{
         OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
         api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset},
         events::{
-            Mentions,
+            InitialStateEvent, Mentions,
             reaction::OriginalSyncReactionEvent,
             relation::Thread,
             room::{
+                encryption::RoomEncryptionEventContent,
                 member::MembershipState,
                 message::{
                     MessageType, OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
                 },
-                encryption::RoomEncryptionEventContent,
                 redaction::OriginalSyncRoomRedactionEvent,
             },
-            InitialStateEvent,
         },
     },
 };
@@ -89,7 +88,24 @@ pub struct Human {
 impl Human {
     /// Logs `user_id` in and starts syncing in the background.
     pub async fn login(homeserver: &str, user_id: &str, password: &str) -> Result<Human> {
-        let client = Client::builder().homeserver_url(homeserver).build().await?;
+        Self::login_with(homeserver, user_id, password, false).await
+    }
+
+    /// Like [`Human::login`]; with `only_trusted_devices`, the client shares its room keys only
+    /// with devices it verified, so an unverified bot cannot decrypt what it sends.
+    pub async fn login_with(
+        homeserver: &str,
+        user_id: &str,
+        password: &str,
+        only_trusted_devices: bool,
+    ) -> Result<Human> {
+        let mut builder = Client::builder().homeserver_url(homeserver);
+        if only_trusted_devices {
+            builder = builder.with_room_key_recipient_strategy(
+                matrix_sdk_base::crypto::CollectStrategy::OnlyTrustedDevices,
+            );
+        }
+        let client = builder.build().await?;
         client
             .matrix_auth()
             .login_username(user_id, password)
@@ -98,53 +114,58 @@ impl Human {
         let record = Arc::new(Mutex::new(Record::default()));
         let arrived = Arc::new(Notify::new());
         let (sink, bell) = (record.clone(), arrived.clone());
-        client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, room: Room, encryption: Option<EncryptionInfo>| {
-            let (sink, bell) = (sink.clone(), bell.clone());
-            async move {
-                let (replaces, thread_root, in_reply_to, content) = match &ev.content.relates_to {
-                    Some(Relation::Replacement(r)) => (
-                        Some(r.event_id.to_string()),
-                        None,
-                        None,
-                        (
-                            r.new_content.msgtype.body().to_owned(),
-                            html_of(&r.new_content.msgtype),
+        client.add_event_handler(
+            move |ev: OriginalSyncRoomMessageEvent,
+                  room: Room,
+                  encryption: Option<EncryptionInfo>| {
+                let (sink, bell) = (sink.clone(), bell.clone());
+                async move {
+                    let (replaces, thread_root, in_reply_to, content) = match &ev.content.relates_to
+                    {
+                        Some(Relation::Replacement(r)) => (
+                            Some(r.event_id.to_string()),
+                            None,
+                            None,
+                            (
+                                r.new_content.msgtype.body().to_owned(),
+                                html_of(&r.new_content.msgtype),
+                            ),
                         ),
-                    ),
-                    Some(Relation::Thread(t)) => (
-                        None,
-                        Some(t.event_id.to_string()),
-                        t.in_reply_to.as_ref().map(|r| r.event_id.to_string()),
-                        (ev.content.body().to_owned(), html_of(&ev.content.msgtype)),
-                    ),
-                    Some(Relation::Reply(r)) => (
-                        None,
-                        None,
-                        Some(r.in_reply_to.event_id.to_string()),
-                        (ev.content.body().to_owned(), html_of(&ev.content.msgtype)),
-                    ),
-                    _ => (
-                        None,
-                        None,
-                        None,
-                        (ev.content.body().to_owned(), html_of(&ev.content.msgtype)),
-                    ),
-                };
-                let seen = Seen {
-                    room_id: room.room_id().to_string(),
-                    sender: ev.sender.to_string(),
-                    body: content.0,
-                    formatted: content.1,
-                    event_id: ev.event_id.to_string(),
-                    replaces,
-                    thread_root,
-                    in_reply_to,
-                    encrypted: encryption.is_some(),
-                };
-                lock(&sink).messages.push(seen);
-                bell.notify_waiters();
-            }
-        });
+                        Some(Relation::Thread(t)) => (
+                            None,
+                            Some(t.event_id.to_string()),
+                            t.in_reply_to.as_ref().map(|r| r.event_id.to_string()),
+                            (ev.content.body().to_owned(), html_of(&ev.content.msgtype)),
+                        ),
+                        Some(Relation::Reply(r)) => (
+                            None,
+                            None,
+                            Some(r.in_reply_to.event_id.to_string()),
+                            (ev.content.body().to_owned(), html_of(&ev.content.msgtype)),
+                        ),
+                        _ => (
+                            None,
+                            None,
+                            None,
+                            (ev.content.body().to_owned(), html_of(&ev.content.msgtype)),
+                        ),
+                    };
+                    let seen = Seen {
+                        room_id: room.room_id().to_string(),
+                        sender: ev.sender.to_string(),
+                        body: content.0,
+                        formatted: content.1,
+                        event_id: ev.event_id.to_string(),
+                        replaces,
+                        thread_root,
+                        in_reply_to,
+                        encrypted: encryption.is_some(),
+                    };
+                    lock(&sink).messages.push(seen);
+                    bell.notify_waiters();
+                }
+            },
+        );
         let (sink, bell) = (record.clone(), arrived.clone());
         client.add_event_handler(move |ev: OriginalSyncReactionEvent| {
             let (sink, bell) = (sink.clone(), bell.clone());
