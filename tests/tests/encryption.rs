@@ -95,3 +95,38 @@ async fn an_undecryptable_message_gets_one_notice_per_session_and_no_answer() ->
     fleet.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_lost_crypto_store_fails_fast_until_a_new_device_is_allowed() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let (human_id, human_pw) = synapse.fresh_user("human").await?;
+    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
+    let config = account("bot", synapse.url(), &bot, "");
+    let mut fleet = FleetProcess::new(&config)?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    fleet.stop().await?;
+
+    std::fs::remove_dir_all(fleet.data_dir().join("accounts/bot/matrix"))?;
+    fleet.start().await?;
+    let failed = fleet.wait_state("bot", "failed", TIMEOUT).await?;
+    let error = failed["last_error"].as_str().unwrap_or_default().to_owned();
+    anyhow::ensure!(
+        error.contains("crypto store of device MXFLEET_BOT is missing") && error.contains("allow_new_device"),
+        "{error}"
+    );
+    fleet.stop().await?;
+
+    fleet.rewrite_config(&account("bot", synapse.url(), &bot, "allow_new_device = true"))?;
+    fleet.start().await?;
+    let running = fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let device = running["device_id"].as_str().unwrap_or_default().to_owned();
+    anyhow::ensure!(device.starts_with("MXFLEET_BOT_") && device != "MXFLEET_BOT", "{device}");
+    let dm = human.encrypted_dm(&bot.0).await?;
+    human.send(&dm, "hello new device").await?;
+    let answer = human.expect_final_text(&dm, &bot.0, "hello new device", TIMEOUT).await?;
+    assert!(answer.encrypted);
+    fleet.stop().await?;
+    Ok(())
+}

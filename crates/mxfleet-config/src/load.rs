@@ -257,6 +257,8 @@ pub struct AccountSpec {
     pub device_id: String,
     /// Device display name.
     pub device_display_name: String,
+    /// Whether a lost crypto store may be replaced by a new device.
+    pub allow_new_device: bool,
     /// Configured store passphrase, if any.
     pub store_passphrase: Option<Secret>,
     /// Name of the backend.
@@ -809,6 +811,7 @@ fn validate(
                         .device_display_name
                         .clone()
                         .unwrap_or_else(|| format!("mxfleet {id}")),
+                    allow_new_device: account.allow_new_device,
                     store_passphrase: passphrase,
                     backend_name: account.backend.clone(),
                     backend,

@@ -225,6 +225,10 @@ pub struct AccountConfig {
     /// The device id for password login; defaults to `MXFLEET_<ACCOUNT ID>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
+    /// If the account's crypto store is gone while its session is known, log in as a new device
+    /// instead of failing (the old device's keys are lost either way).
+    #[serde(default)]
+    pub allow_new_device: bool,
     /// The device's display name; defaults to `mxfleet <account id>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_display_name: Option<String>,

@@ -51,6 +51,30 @@ pub async fn connect(
     data_dir: &std::path::Path,
 ) -> Result<Connection, MatrixFailure> {
     let store_dir = account_dir(data_dir, &spec.id).join("matrix");
+    // Checked before the client is built: building creates the store files, and a fresh crypto
+    // store under a known device would give that device a second identity.
+    let crypto_store_existed = store_dir.join(CRYPTO_STORE_FILE).exists();
+    let stored = store
+        .session(&spec.id)
+        .await
+        .map_err(|e| MatrixFailure::new(FailureClass::Fatal, e.to_string()))?;
+    if let (AccountAuth::Password(_), Some(session), false, false) = (
+        &spec.auth,
+        &stored,
+        crypto_store_existed,
+        spec.allow_new_device,
+    ) {
+        return Err(MatrixFailure::new(
+            FailureClass::Fatal,
+            format!(
+                "the crypto store of device {} is missing ({} has no {CRYPTO_STORE_FILE}): the \
+                 device's encryption keys are lost. Restore the store from a backup, or set \
+                 allow_new_device = true to log in as a new device",
+                session.device_id,
+                store_dir.display()
+            ),
+        ));
+    }
     let mut store_config = SqliteStoreConfig::with_low_memory_config(&store_dir);
     store_config = match &spec.store_passphrase {
         Some(passphrase) => store_config.passphrase(Some(passphrase.expose())),
@@ -94,12 +118,20 @@ pub async fn connect(
             )
         })?;
 
-    let stored = store
-        .session(&spec.id)
-        .await
-        .map_err(|e| MatrixFailure::new(FailureClass::Fatal, e.to_string()))?;
-
     match (&spec.auth, stored) {
+        (AccountAuth::Password(password), Some(session)) if !crypto_store_existed => {
+            let device_id = new_device_id(&spec.device_id);
+            warn!(
+                old_device = %session.device_id,
+                new_device = %device_id,
+                "crypto store lost; allow_new_device is set: logging in as a new device"
+            );
+            store
+                .delete_session(&spec.id)
+                .await
+                .map_err(|e| MatrixFailure::new(FailureClass::Fatal, e.to_string()))?;
+            login_with_password(spec, store, client, password.expose(), &device_id).await
+        }
         (AccountAuth::Password(_), Some(session)) if !session.needs_relogin => {
             restore(client, session).await
         }
@@ -304,6 +336,14 @@ fn store_failure(context: &str, error: &matrix_sdk::Error) -> MatrixFailure {
         );
     }
     failure
+}
+
+/// The crypto store's file inside an account's store directory.
+const CRYPTO_STORE_FILE: &str = "matrix-sdk-crypto.sqlite3";
+
+/// A fresh device id next to `base` (`<base>_<6 hex digits>`), for a replaced device.
+fn new_device_id(base: &str) -> String {
+    format!("{base}_{:06X}", rand::random::<u32>() & 0xFF_FFFF)
 }
 
 /// Prefix of a generated store key as kept in the database (`key:` + 64 hex digits).
