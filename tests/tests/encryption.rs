@@ -113,20 +113,111 @@ async fn a_lost_crypto_store_fails_fast_until_a_new_device_is_allowed() -> Resul
     let failed = fleet.wait_state("bot", "failed", TIMEOUT).await?;
     let error = failed["last_error"].as_str().unwrap_or_default().to_owned();
     anyhow::ensure!(
-        error.contains("crypto store of device MXFLEET_BOT is missing") && error.contains("allow_new_device"),
+        error.contains("crypto store of device MXFLEET_BOT is missing")
+            && error.contains("allow_new_device"),
         "{error}"
     );
     fleet.stop().await?;
 
-    fleet.rewrite_config(&account("bot", synapse.url(), &bot, "allow_new_device = true"))?;
+    fleet.rewrite_config(&account(
+        "bot",
+        synapse.url(),
+        &bot,
+        "allow_new_device = true",
+    ))?;
     fleet.start().await?;
     let running = fleet.wait_state("bot", "syncing", TIMEOUT).await?;
     let device = running["device_id"].as_str().unwrap_or_default().to_owned();
-    anyhow::ensure!(device.starts_with("MXFLEET_BOT_") && device != "MXFLEET_BOT", "{device}");
+    anyhow::ensure!(
+        device.starts_with("MXFLEET_BOT_") && device != "MXFLEET_BOT",
+        "{device}"
+    );
     let dm = human.encrypted_dm(&bot.0).await?;
     human.send(&dm, "hello new device").await?;
-    let answer = human.expect_final_text(&dm, &bot.0, "hello new device", TIMEOUT).await?;
+    let answer = human
+        .expect_final_text(&dm, &bot.0, "hello new device", TIMEOUT)
+        .await?;
     assert!(answer.encrypted);
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bot_owned_device_is_signed_by_the_bots_identity_once() -> Result<()> {
+    use matrix_sdk::ruma::{OwnedDeviceId, OwnedUserId};
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let (human_id, human_pw) = synapse.fresh_user("human").await?;
+    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
+    let mut fleet = FleetProcess::new(&account(
+        "bot",
+        synapse.url(),
+        &bot,
+        "ownership_mode = \"bot_owned\"",
+    ))?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+
+    let bot_user = OwnedUserId::try_from(bot.0.as_str())?;
+    let device: OwnedDeviceId = "MXFLEET_BOT".into();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        // Fresh from the server each time: the bootstrap runs beside the sync.
+        let identity = human
+            .client
+            .encryption()
+            .request_user_identity(&bot_user)
+            .await?;
+        let signed = match identity {
+            Some(_) => human
+                .client
+                .encryption()
+                .get_device(&bot_user, &device)
+                .await?
+                .is_some_and(|d| d.is_cross_signed_by_owner()),
+            None => false,
+        };
+        if signed {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the bot's device was never signed: {:?}",
+            fleet.status()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let status = fleet.status().unwrap_or_default();
+    let ownership = status["accounts"]["bot"]["ownership"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    anyhow::ensure!(ownership.contains("bootstrapped now"), "{ownership}");
+
+    // Idempotent: a restart finds the keys and asks nothing of the server.
+    fleet.stop().await?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let status = fleet.status().unwrap_or_default();
+        let ownership = status["accounts"]["bot"]["ownership"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if ownership.contains("set up, device signed") {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "after restart: {ownership}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::ensure!(
+        !fleet.all_logs().contains(&bot.1),
+        "the password reached the logs"
+    );
     fleet.stop().await?;
     Ok(())
 }

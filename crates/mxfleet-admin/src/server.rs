@@ -369,6 +369,7 @@ fn view(id: String, status: AccountStatus) -> AccountView {
         "sync": status.sync,
         "stream_editor": status.stream_editor,
         "otp_gate": status.otp_gate,
+        "crypto": status.crypto,
     });
     AccountView {
         id,

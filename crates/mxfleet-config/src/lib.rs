@@ -17,7 +17,8 @@ pub use load::{
 };
 pub use model::{
     AccessPolicy, AccountConfig, AdminConfig, AutoJoin, BackendConfig, CommandInput, Config,
-    LogConfig, LogFormat, MentionMode, RestartConfig, RouteOverride, StreamFormat, StreamMode,
+    LogConfig, LogFormat, MentionMode, OwnershipMode, RestartConfig, RouteOverride, StreamFormat,
+    StreamMode,
 };
 
 pub use secret::{REDACTED, Secret};

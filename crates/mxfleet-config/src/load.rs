@@ -22,8 +22,8 @@ use url::Url;
 
 use crate::{
     AccessPolicy, AccountConfig, AdminConfig, AutoJoin, BackendConfig, CommandInput, Config,
-    LogConfig, LogFormat, MentionMode, RestartConfig, RouteOverride, Secret, StreamFormat,
-    StreamMode,
+    LogConfig, LogFormat, MentionMode, OwnershipMode, RestartConfig, RouteOverride, Secret,
+    StreamFormat, StreamMode,
 };
 
 /// The environment variable prefix.
@@ -259,6 +259,8 @@ pub struct AccountSpec {
     pub device_display_name: String,
     /// Whether a lost crypto store may be replaced by a new device.
     pub allow_new_device: bool,
+    /// Who manages the cross-signing identity.
+    pub ownership_mode: OwnershipMode,
     /// Configured store passphrase, if any.
     pub store_passphrase: Option<Secret>,
     /// Name of the backend.
@@ -686,6 +688,15 @@ fn validate(
         );
 
         let password = check.secret(&key, "password", &account.password, &account.password_file);
+        if account.ownership_mode == OwnershipMode::BotOwned
+            && account.password.is_none()
+            && account.password_file.is_none()
+        {
+            check.fail(
+                &format!("{key}.ownership_mode"),
+                "bot_owned needs password login (the password answers the cross-signing upload)",
+            );
+        }
         let token = check.secret(
             &key,
             "access_token",
@@ -812,6 +823,7 @@ fn validate(
                         .clone()
                         .unwrap_or_else(|| format!("mxfleet {id}")),
                     allow_new_device: account.allow_new_device,
+                    ownership_mode: account.ownership_mode,
                     store_passphrase: passphrase,
                     backend_name: account.backend.clone(),
                     backend,

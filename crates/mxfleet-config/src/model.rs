@@ -225,6 +225,10 @@ pub struct AccountConfig {
     /// The device id for password login; defaults to `MXFLEET_<ACCOUNT ID>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
+    /// Who manages the account's cross-signing identity: `user_managed` (the owner verifies the
+    /// bot's device from their client) or `bot_owned` (the bot bootstraps it with its password).
+    #[serde(default)]
+    pub ownership_mode: OwnershipMode,
     /// If the account's crypto store is gone while its session is known, log in as a new device
     /// instead of failing (the old device's keys are lost either way).
     #[serde(default)]
@@ -332,6 +336,17 @@ pub struct AccountConfig {
     /// Backend/model overrides per user id; they win over room overrides.
     #[serde(default)]
     pub user_overrides: BTreeMap<String, RouteOverride>,
+}
+
+/// Who manages an account's cross-signing identity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnershipMode {
+    /// Leave cross-signing to the account's owner.
+    #[default]
+    UserManaged,
+    /// The bot creates its identity and signs its own device.
+    BotOwned,
 }
 
 /// Who may use the bot in DMs or rooms.

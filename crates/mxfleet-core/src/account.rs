@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::{
+    crypto::{CryptoActor, CryptoArgs, CryptoMsg},
     gate::{self, Access, InviteVerdict, RoomFacts},
     otp::{OtpArgs, OtpGate, OtpMsg, OtpPolicy},
     responder::{EditorHandle, JoinedDms, OtpHandle, Responder, ResponderArgs},
@@ -84,6 +85,7 @@ pub(crate) struct AccountRuntime {
     editor: EditorHandle,
     otp: OtpHandle,
     joined_dms: JoinedDms,
+    crypto: Option<ActorRef<CryptoMsg>>,
     access: Access,
 }
 
@@ -112,6 +114,7 @@ impl Actor for AccountActor {
             editor: EditorHandle::default(),
             otp: OtpHandle::default(),
             joined_dms: JoinedDms::default(),
+            crypto: None,
             access: Access::default(),
         })
     }
@@ -193,6 +196,16 @@ impl Actor for AccountActor {
                 warn!(account = %state.args.spec.id, %error, "stream editor crashed; restarting it");
                 state.spawn_editor(&myself).await;
             }
+            SupervisionEvent::ActorFailed(cell, error)
+                if state
+                    .crypto
+                    .as_ref()
+                    .is_some_and(|c| c.get_id() == cell.get_id()) =>
+            {
+                warn!(account = %state.args.spec.id, %error, "crypto actor crashed; restarting it");
+                state.crypto = None;
+                state.spawn_crypto(&myself).await;
+            }
             SupervisionEvent::ActorFailed(cell, error) if state.is_otp_gate(&cell) => {
                 // Its state is all in redb: a new gate carries on where it stopped.
                 warn!(account = %state.args.spec.id, %error, "OTP gate crashed; restarting it");
@@ -225,6 +238,9 @@ impl Actor for AccountActor {
         if let Some(editor) = editor {
             editor.stop(Some(REASON_STOPPED.into()));
         }
+        if let Some(crypto) = state.crypto.take() {
+            crypto.stop(Some(REASON_STOPPED.into()));
+        }
         let gate = state
             .otp
             .write()
@@ -238,6 +254,7 @@ impl Actor for AccountActor {
             s.sync = ChildState::Stopped;
             s.stream_editor = ChildState::Stopped;
             s.otp_gate = s.otp_gate.map(|_| ChildState::Stopped);
+            s.crypto = s.crypto.map(|_| ChildState::Stopped);
         });
         if state
             .args
@@ -356,6 +373,12 @@ impl AccountRuntime {
 
         self.responder = Some(responder);
         self.connection = Some(connection);
+        if matches!(self.args.spec.auth, AccountAuth::Password(_)) {
+            if let Some(old) = self.crypto.take() {
+                old.stop(None);
+            }
+            self.spawn_crypto(myself).await;
+        }
         let _ = myself.cast(AccountMsg::StartSync);
     }
 
@@ -520,6 +543,32 @@ impl AccountRuntime {
             .editor
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = editor;
+    }
+
+    /// Starts the `CryptoActor` for the current connection.
+    async fn spawn_crypto(&mut self, myself: &ActorRef<AccountMsg>) {
+        let Some(connection) = &self.connection else {
+            return;
+        };
+        let args = CryptoArgs {
+            spec: self.args.spec.clone(),
+            client: connection.client.clone(),
+            user_id: connection.user_id.clone(),
+            board: self.args.board.clone(),
+        };
+        let state = match Actor::spawn_linked(None, CryptoActor, args, myself.get_cell()).await {
+            Ok((crypto, _)) => {
+                self.crypto = Some(crypto);
+                ChildState::Running
+            }
+            Err(e) => {
+                warn!(error = %e, "could not start the crypto actor");
+                ChildState::Stopped
+            }
+        };
+        self.args
+            .board
+            .update(self.id(), |s| s.crypto = Some(state));
     }
 
     fn is_otp_gate(&self, cell: &ractor::ActorCell) -> bool {

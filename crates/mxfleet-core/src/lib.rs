@@ -12,6 +12,7 @@
 
 mod account;
 mod commands;
+mod crypto;
 mod fleet;
 mod gate;
 mod otp;

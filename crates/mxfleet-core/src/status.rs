@@ -110,6 +110,12 @@ pub struct AccountStatus {
     /// Whether the account can read encrypted rooms, and why not.
     #[serde(default)]
     pub encryption: Option<String>,
+    /// The state of the `CryptoActor` child (`None` for access-token accounts).
+    #[serde(default)]
+    pub crypto: Option<ChildState>,
+    /// How the device's cross-signing ownership stands.
+    #[serde(default)]
+    pub ownership: Option<String>,
 }
 
 fn stopped() -> ChildState {
@@ -139,6 +145,8 @@ impl AccountStatus {
             backend_ms_total: 0,
             backend_answers: 0,
             encryption: None,
+            crypto: None,
+            ownership: None,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! Always import matrix-sdk's ruma through `matrix_sdk::ruma`, never a separate `ruma`.
 
 pub mod connect;
+pub mod crypto;
 pub mod failure;
 pub mod format;
 pub mod inbound;
