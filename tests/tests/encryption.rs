@@ -221,3 +221,131 @@ async fn a_bot_owned_device_is_signed_by_the_bots_identity_once() -> Result<()> 
     fleet.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn sas_verification_by_chat_needs_the_users_verify_yes() -> Result<()> {
+    use futures_util::StreamExt;
+    use matrix_sdk::{
+        encryption::verification::{SasState, VerificationRequestState},
+        ruma::{OwnedDeviceId, OwnedUserId},
+    };
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let (human_id, human_pw) = synapse.fresh_user("human").await?;
+    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
+    let extra = format!("user_allowlist = [{human_id:?}]\nverification_timeout_secs = 60");
+    let mut fleet = FleetProcess::new(&account("bot", synapse.url(), &bot, &extra))?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let dm = human.encrypted_dm(&bot.0).await?;
+    human.send(&dm, "hello before verifying").await?;
+    human
+        .expect_final_text(&dm, &bot.0, "hello before verifying", TIMEOUT)
+        .await?;
+
+    // The human starts a verification of the bot's device, then the emoji comparison.
+    let bot_user = OwnedUserId::try_from(bot.0.as_str())?;
+    let device_id: OwnedDeviceId = "MXFLEET_BOT".into();
+    let device = human
+        .client
+        .encryption()
+        .get_device(&bot_user, &device_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the human does not know the bot's device"))?;
+    assert!(!device.is_verified());
+    let request = device.request_verification().await?;
+    let mut changes = request.changes();
+    let ready = tokio::time::timeout(TIMEOUT, async {
+        while let Some(state) = changes.next().await {
+            if matches!(state, VerificationRequestState::Ready { .. }) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .map_err(|_| {
+        let log: Vec<String> = fleet
+            .all_logs()
+            .lines()
+            .filter(|l| l.contains("erif"))
+            .map(str::to_owned)
+            .collect();
+        anyhow::anyhow!("no Ready within {TIMEOUT:?}; bot log: {log:#?}")
+    })?;
+    anyhow::ensure!(ready, "the bot never accepted the request");
+    let sas = request
+        .start_sas()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no SAS"))?;
+    let mut sas_changes = sas.changes();
+    tokio::time::timeout(TIMEOUT, async {
+        while let Some(state) = sas_changes.next().await {
+            if matches!(state, SasState::KeysExchanged { .. }) {
+                break;
+            }
+        }
+    })
+    .await
+    .map_err(|_| {
+        let log: Vec<String> = fleet
+            .all_logs()
+            .lines()
+            .filter(|l| l.contains("erif") || l.contains("WARN"))
+            .map(str::to_owned)
+            .collect();
+        anyhow::anyhow!(
+            "no keys exchanged within {TIMEOUT:?}; sas state {:?}; bot log: {log:#?}",
+            sas.state()
+        )
+    })?;
+    let emojis = sas.emoji().ok_or_else(|| anyhow::anyhow!("no emoji"))?;
+
+    // The bot shows the same seven emoji in the chat…
+    let shown = human
+        .wait_for("emoji in the chat", TIMEOUT, |h| {
+            h.seen_from(&dm, &bot.0)
+                .into_iter()
+                .find(|s| s.body.contains("Compare these emoji"))
+        })
+        .await?;
+    for emoji in &emojis {
+        anyhow::ensure!(
+            shown.body.contains(emoji.symbol),
+            "{} missing in {}",
+            emoji.symbol,
+            shown.body
+        );
+    }
+    // …and does not confirm by itself: our confirmation alone does not finish it.
+    sas.confirm().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    anyhow::ensure!(!sas.is_done(), "the bot confirmed without `verify yes`");
+
+    human.send(&dm, "verify yes").await?;
+    tokio::time::timeout(TIMEOUT, async {
+        while !sas.is_done() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await?;
+    let device = human
+        .client
+        .encryption()
+        .get_device(&bot_user, &device_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("device gone"))?;
+    anyhow::ensure!(
+        device.is_verified(),
+        "the bot's device is not verified in the human's view"
+    );
+    human
+        .wait_for("done message", TIMEOUT, |h| {
+            h.seen_from(&dm, &bot.0)
+                .into_iter()
+                .find(|s| s.body.contains("Verified"))
+        })
+        .await?;
+    fleet.stop().await?;
+    Ok(())
+}

@@ -261,6 +261,8 @@ pub struct AccountSpec {
     pub allow_new_device: bool,
     /// Who manages the cross-signing identity.
     pub ownership_mode: OwnershipMode,
+    /// Cancel unfinished verifications after this long.
+    pub verification_timeout_secs: u64,
     /// Configured store passphrase, if any.
     pub store_passphrase: Option<Secret>,
     /// Name of the backend.
@@ -824,6 +826,7 @@ fn validate(
                         .unwrap_or_else(|| format!("mxfleet {id}")),
                     allow_new_device: account.allow_new_device,
                     ownership_mode: account.ownership_mode,
+                    verification_timeout_secs: account.verification_timeout_secs,
                     store_passphrase: passphrase,
                     backend_name: account.backend.clone(),
                     backend,

@@ -229,6 +229,9 @@ pub struct AccountConfig {
     /// bot's device from their client) or `bot_owned` (the bot bootstraps it with its password).
     #[serde(default)]
     pub ownership_mode: OwnershipMode,
+    /// A device verification not finished within this long is cancelled.
+    #[serde(default = "defaults::verification_timeout_secs")]
+    pub verification_timeout_secs: u64,
     /// If the account's crypto store is gone while its session is known, log in as a new device
     /// instead of failing (the old device's keys are lost either way).
     #[serde(default)]
@@ -519,6 +522,9 @@ pub(crate) mod defaults {
     }
     pub(crate) fn history_max_messages() -> usize {
         20
+    }
+    pub(crate) fn verification_timeout_secs() -> u64 {
+        300
     }
     pub(crate) fn utd_notice_cooldown_secs() -> u64 {
         3600

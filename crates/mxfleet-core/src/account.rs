@@ -20,10 +20,10 @@ use tokio::time::Instant;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::{
-    crypto::{CryptoActor, CryptoArgs, CryptoMsg},
+    crypto::{CryptoActor, CryptoArgs},
     gate::{self, Access, InviteVerdict, RoomFacts},
     otp::{OtpArgs, OtpGate, OtpMsg, OtpPolicy},
-    responder::{EditorHandle, JoinedDms, OtpHandle, Responder, ResponderArgs},
+    responder::{CryptoHandle, EditorHandle, JoinedDms, OtpHandle, Responder, ResponderArgs},
     restart::{RestartPolicy, RestartTracker},
     status::{AccountState, ChildState, StatusBoard},
     stream_editor::{EditorMsg, StreamEditor},
@@ -85,7 +85,7 @@ pub(crate) struct AccountRuntime {
     editor: EditorHandle,
     otp: OtpHandle,
     joined_dms: JoinedDms,
-    crypto: Option<ActorRef<CryptoMsg>>,
+    crypto: CryptoHandle,
     access: Access,
 }
 
@@ -114,7 +114,7 @@ impl Actor for AccountActor {
             editor: EditorHandle::default(),
             otp: OtpHandle::default(),
             joined_dms: JoinedDms::default(),
-            crypto: None,
+            crypto: CryptoHandle::default(),
             access: Access::default(),
         })
     }
@@ -196,14 +196,8 @@ impl Actor for AccountActor {
                 warn!(account = %state.args.spec.id, %error, "stream editor crashed; restarting it");
                 state.spawn_editor(&myself).await;
             }
-            SupervisionEvent::ActorFailed(cell, error)
-                if state
-                    .crypto
-                    .as_ref()
-                    .is_some_and(|c| c.get_id() == cell.get_id()) =>
-            {
+            SupervisionEvent::ActorFailed(cell, error) if state.is_crypto(&cell) => {
                 warn!(account = %state.args.spec.id, %error, "crypto actor crashed; restarting it");
-                state.crypto = None;
                 state.spawn_crypto(&myself).await;
             }
             SupervisionEvent::ActorFailed(cell, error) if state.is_otp_gate(&cell) => {
@@ -238,7 +232,12 @@ impl Actor for AccountActor {
         if let Some(editor) = editor {
             editor.stop(Some(REASON_STOPPED.into()));
         }
-        if let Some(crypto) = state.crypto.take() {
+        let crypto = state
+            .crypto
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(crypto) = crypto {
             crypto.stop(Some(REASON_STOPPED.into()));
         }
         let gate = state
@@ -353,6 +352,7 @@ impl AccountRuntime {
             editor: self.editor.clone(),
             otp: self.otp.clone(),
             joined_dms: self.joined_dms.clone(),
+            crypto: self.crypto.clone(),
         });
         // Messages claimed but never answered: by a previous process, or queued in the
         // responder drained above (a reconnect after a soft logout).
@@ -374,9 +374,6 @@ impl AccountRuntime {
         self.responder = Some(responder);
         self.connection = Some(connection);
         if matches!(self.args.spec.auth, AccountAuth::Password(_)) {
-            if let Some(old) = self.crypto.take() {
-                old.stop(None);
-            }
             self.spawn_crypto(myself).await;
         }
         let _ = myself.cast(AccountMsg::StartSync);
@@ -556,19 +553,37 @@ impl AccountRuntime {
             user_id: connection.user_id.clone(),
             board: self.args.board.clone(),
         };
-        let state = match Actor::spawn_linked(None, CryptoActor, args, myself.get_cell()).await {
-            Ok((crypto, _)) => {
-                self.crypto = Some(crypto);
-                ChildState::Running
-            }
-            Err(e) => {
-                warn!(error = %e, "could not start the crypto actor");
-                ChildState::Stopped
-            }
-        };
+        let old = self
+            .crypto
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(old) = old {
+            old.stop(None);
+        }
+        let (actor, state) =
+            match Actor::spawn_linked(None, CryptoActor, args, myself.get_cell()).await {
+                Ok((crypto, _)) => (Some(crypto), ChildState::Running),
+                Err(e) => {
+                    warn!(error = %e, "could not start the crypto actor");
+                    (None, ChildState::Stopped)
+                }
+            };
+        *self
+            .crypto
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = actor;
         self.args
             .board
             .update(self.id(), |s| s.crypto = Some(state));
+    }
+
+    fn is_crypto(&self, cell: &ractor::ActorCell) -> bool {
+        self.crypto
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|c| c.get_id() == cell.get_id())
     }
 
     fn is_otp_gate(&self, cell: &ractor::ActorCell) -> bool {

@@ -11,6 +11,21 @@ pub(crate) enum Command {
     Status,
     /// Anything else starting with `!`: answered with the help text.
     Unknown(String),
+    /// `verify yes|no|show|cancel`: drives a device verification.
+    Verify(VerifyWord),
+}
+
+/// The words of a verification by chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VerifyWord {
+    /// The emoji match: confirm.
+    Yes,
+    /// They do not: cancel as a mismatch.
+    No,
+    /// Show the emoji again.
+    Show,
+    /// Stop the verification.
+    Cancel,
 }
 
 /// The help text.
@@ -18,6 +33,7 @@ pub(crate) const HELP: &str = "Commands:\n\
 - `!help` shows this help\n\
 - `!new` starts a new conversation (forgets the earlier messages of this room or thread)\n\
 - `!status` shows this bot's state, backend and model\n\
+- `verify yes`, `verify no`, `verify show`, `verify cancel` drive a device verification you started\n\
 \n\
 Anything else is answered by the AI backend.";
 
@@ -34,6 +50,17 @@ pub(crate) fn parse(body: &str, user_id: &str, display_name: Option<&str>) -> Op
                 .trim_start();
             break;
         }
+    }
+    let lower_text = text.trim().to_lowercase();
+    if let Some(word) = lower_text.strip_prefix("verify ") {
+        let word = match word.trim() {
+            "yes" => VerifyWord::Yes,
+            "no" => VerifyWord::No,
+            "show" => VerifyWord::Show,
+            "cancel" => VerifyWord::Cancel,
+            _ => return None,
+        };
+        return Some(Command::Verify(word));
     }
     let rest = text.strip_prefix('!')?;
     if rest.starts_with(char::is_whitespace) {
@@ -74,5 +101,15 @@ mod tests {
         assert_eq!(p("hello !help"), None);
         assert_eq!(p("!"), None);
         assert_eq!(p("! help"), None);
+        assert_eq!(p("verify yes"), Some(Command::Verify(VerifyWord::Yes)));
+        assert_eq!(
+            p("Helper: Verify SHOW"),
+            Some(Command::Verify(VerifyWord::Show))
+        );
+        assert_eq!(
+            p("verify cancel "),
+            Some(Command::Verify(VerifyWord::Cancel))
+        );
+        assert_eq!(p("verify the facts please"), None);
     }
 }

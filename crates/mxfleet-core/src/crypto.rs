@@ -1,20 +1,48 @@
-//! `CryptoActor`: the account's device ownership (cross-signing), one per password account.
+//! `CryptoActor`: the account's device ownership (cross-signing) and verification by chat, one
+//! per password account.
 //!
 //! With `ownership_mode = "bot_owned"` it makes the bot own its cross-signing identity and sign
 //! its device (see `mxfleet_matrix::crypto`), retrying transient failures every 30 s; with
 //! `user_managed` it leaves cross-signing alone and puts what the owner needs to verify the
 //! device (user id, device id, display name) in the status.
+//!
+//! Verification: a request (to-device, or in a room) from a user in `user_allowlist` (or the
+//! bot's own user) is accepted; once the keys are exchanged the bot posts the seven SAS emoji in
+//! the chat (the request's room, or the DM with that user) and waits: `verify yes` confirms,
+//! `verify no` reports a mismatch, `verify show` repeats the emoji, `verify cancel` stops. The
+//! bot never confirms on its own. Requests from anyone else are declined; a flow not finished
+//! within `verification_timeout_secs` is cancelled.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use futures_util::StreamExt;
 use mxfleet_config::{AccountAuth, AccountSpec, OwnershipMode};
 use mxfleet_matrix::{
     FailureClass,
     crypto::ensure_bot_owned,
-    matrix_sdk::{Client, ruma::OwnedUserId},
+    matrix_sdk::{
+        Client, Room,
+        encryption::verification::{
+            SasState, SasVerification, Verification, VerificationRequest, VerificationRequestState,
+        },
+        event_handler::EventHandlerHandle,
+        ruma::{
+            OwnedRoomId, OwnedUserId,
+            events::{
+                key::verification::request::ToDeviceKeyVerificationRequestEvent,
+                room::message::{
+                    MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent,
+                },
+            },
+        },
+    },
+    send_content, transaction_id,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
 use tracing::{info, warn};
+
+use crate::commands::VerifyWord;
 
 use crate::status::StatusBoard;
 
@@ -32,73 +60,443 @@ pub(crate) struct CryptoArgs {
     pub(crate) board: StatusBoard,
 }
 
+/// Its state: the arguments, the event handlers it registered, the verification flows.
+pub(crate) struct CryptoState {
+    args: CryptoArgs,
+    handlers: Vec<EventHandlerHandle>,
+    flows: HashMap<OwnedUserId, Flow>,
+}
+
+/// One verification in progress, per user.
+struct Flow {
+    flow_id: String,
+    request: VerificationRequest,
+    sas: Option<SasVerification>,
+    room: Option<Room>,
+    emojis: Option<String>,
+}
+
 /// Its messages.
 pub(crate) enum CryptoMsg {
     /// Make sure the ownership mode holds.
     Ensure,
+    /// A verification request arrived (from the event handlers).
+    Request {
+        user: OwnedUserId,
+        flow_id: String,
+        room: Option<OwnedRoomId>,
+    },
+    /// A flow moved on (from its watcher task).
+    Update {
+        user: OwnedUserId,
+        flow_id: String,
+        update: FlowUpdate,
+    },
+    /// A `verify …` word from the chat; the answer to post goes back.
+    Word {
+        user: OwnedUserId,
+        word: VerifyWord,
+        reply: oneshot::Sender<String>,
+    },
+    /// The flow's time is up.
+    Timeout { user: OwnedUserId, flow_id: String },
+}
+
+/// What a watcher saw.
+pub(crate) enum FlowUpdate {
+    Sas(SasVerification),
+    Emojis(String),
+    Done,
+    Cancelled(String),
 }
 
 impl Actor for CryptoActor {
     type Msg = CryptoMsg;
-    type State = CryptoArgs;
+    type State = CryptoState;
     type Arguments = CryptoArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<CryptoMsg>,
         args: CryptoArgs,
-    ) -> Result<CryptoArgs, ActorProcessingErr> {
+    ) -> Result<CryptoState, ActorProcessingErr> {
         myself.cast(CryptoMsg::Ensure)?;
-        Ok(args)
+        // Event handlers only forward (matrix-sdk awaits them inside the sync).
+        let me = myself.clone();
+        let to_device =
+            args.client
+                .add_event_handler(move |ev: ToDeviceKeyVerificationRequestEvent| {
+                    let me = me.clone();
+                    async move {
+                        let _ = me.cast(CryptoMsg::Request {
+                            user: ev.sender,
+                            flow_id: ev.content.transaction_id.to_string(),
+                            room: None,
+                        });
+                    }
+                });
+        let me = myself.clone();
+        let in_room =
+            args.client
+                .add_event_handler(move |ev: OriginalSyncRoomMessageEvent, room: Room| {
+                    let me = me.clone();
+                    async move {
+                        if let MessageType::VerificationRequest(_) = &ev.content.msgtype {
+                            let _ = me.cast(CryptoMsg::Request {
+                                user: ev.sender,
+                                flow_id: ev.event_id.to_string(),
+                                room: Some(room.room_id().to_owned()),
+                            });
+                        }
+                    }
+                });
+        Ok(CryptoState {
+            args,
+            handlers: vec![to_device, in_room],
+            flows: HashMap::new(),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<CryptoMsg>,
+        state: &mut CryptoState,
+    ) -> Result<(), ActorProcessingErr> {
+        for handle in state.handlers.drain(..) {
+            state.args.client.remove_event_handler(handle);
+        }
+        Ok(())
     }
 
     async fn handle(
         &self,
         myself: ActorRef<CryptoMsg>,
         message: CryptoMsg,
-        state: &mut CryptoArgs,
+        state: &mut CryptoState,
     ) -> Result<(), ActorProcessingErr> {
-        let CryptoMsg::Ensure = message;
-        let account = state.spec.id.as_str();
-        let line = match (&state.spec.ownership_mode, &state.spec.auth) {
-            (OwnershipMode::BotOwned, AccountAuth::Password(password)) => {
-                match ensure_bot_owned(&state.client, &state.user_id, password.expose()).await {
-                    Ok(ownership) => {
-                        info!(
-                            account,
-                            ownership = ownership.describe(),
-                            "device ownership"
-                        );
-                        ownership.describe().to_owned()
-                    }
-                    Err(f)
-                        if matches!(
-                            f.class,
-                            FailureClass::Transient | FailureClass::RateLimited(_)
-                        ) =>
-                    {
-                        warn!(account, error = %f, "cross-signing bootstrap failed; retrying in 30 s");
-                        ractor::time::send_after(RETRY, myself.get_cell(), || CryptoMsg::Ensure);
-                        format!("bot_owned: bootstrap failed, retrying: {f}")
-                    }
-                    Err(f) => {
-                        warn!(account, error = %f, "cross-signing bootstrap failed");
-                        format!("bot_owned: bootstrap failed: {f}")
-                    }
+        match message {
+            CryptoMsg::Ensure => ensure_ownership(&myself, &state.args).await,
+            CryptoMsg::Request {
+                user,
+                flow_id,
+                room,
+            } => state.on_request(&myself, user, flow_id, room).await,
+            CryptoMsg::Update {
+                user,
+                flow_id,
+                update,
+            } => state.on_update(user, flow_id, update).await,
+            CryptoMsg::Word { user, word, reply } => {
+                let text = state.on_word(&user, word).await;
+                let _ = reply.send(text);
+            }
+            CryptoMsg::Timeout { user, flow_id } => {
+                if state.flows.get(&user).is_some_and(|f| f.flow_id == flow_id)
+                    && let Some(flow) = state.flows.remove(&user)
+                {
+                    let _ = flow.request.cancel().await;
+                    post(
+                        &flow.room,
+                        &flow.flow_id,
+                        "timeout",
+                        "⌛ The verification timed out and was cancelled.",
+                    )
+                    .await;
                 }
             }
-            _ => {
-                let device = state
-                    .client
-                    .device_id()
-                    .map_or_else(|| "?".to_owned(), ToString::to_string);
-                format!(
-                    "user_managed: verify device {device} (\"{}\") of {} from the owner's client",
-                    state.spec.device_display_name, state.user_id
-                )
-            }
-        };
-        state.board.update(account, |s| s.ownership = Some(line));
+        }
         Ok(())
+    }
+}
+
+async fn ensure_ownership(myself: &ActorRef<CryptoMsg>, state: &CryptoArgs) {
+    let account = state.spec.id.as_str();
+    let line = match (&state.spec.ownership_mode, &state.spec.auth) {
+        (OwnershipMode::BotOwned, AccountAuth::Password(password)) => {
+            match ensure_bot_owned(&state.client, &state.user_id, password.expose()).await {
+                Ok(ownership) => {
+                    info!(
+                        account,
+                        ownership = ownership.describe(),
+                        "device ownership"
+                    );
+                    ownership.describe().to_owned()
+                }
+                Err(f)
+                    if matches!(
+                        f.class,
+                        FailureClass::Transient | FailureClass::RateLimited(_)
+                    ) =>
+                {
+                    warn!(account, error = %f, "cross-signing bootstrap failed; retrying in 30 s");
+                    ractor::time::send_after(RETRY, myself.get_cell(), || CryptoMsg::Ensure);
+                    format!("bot_owned: bootstrap failed, retrying: {f}")
+                }
+                Err(f) => {
+                    warn!(account, error = %f, "cross-signing bootstrap failed");
+                    format!("bot_owned: bootstrap failed: {f}")
+                }
+            }
+        }
+        _ => {
+            let device = state
+                .client
+                .device_id()
+                .map_or_else(|| "?".to_owned(), ToString::to_string);
+            format!(
+                "user_managed: verify device {device} (\"{}\") of {} from the owner's client",
+                state.spec.device_display_name, state.user_id
+            )
+        }
+    };
+    state.board.update(account, |s| s.ownership = Some(line));
+}
+
+impl CryptoState {
+    /// Whether `user` may verify with the bot: `user_allowlist`, or the bot's own user.
+    fn trusted(&self, user: &OwnedUserId) -> bool {
+        *user == self.args.user_id
+            || self
+                .args
+                .spec
+                .conversation
+                .user_allowlist
+                .iter()
+                .any(|u| u == user.as_str())
+    }
+
+    async fn on_request(
+        &mut self,
+        myself: &ActorRef<CryptoMsg>,
+        user: OwnedUserId,
+        flow_id: String,
+        room: Option<OwnedRoomId>,
+    ) {
+        let account = self.args.spec.id.as_str();
+        let encryption = self.args.client.encryption();
+        let Some(request) = encryption.get_verification_request(&user, &flow_id).await else {
+            return;
+        };
+        if !self.trusted(&user) {
+            info!(account, %user, "verification request declined: not in user_allowlist");
+            let _ = request.cancel().await;
+            return;
+        }
+        if let Some(old) = self.flows.remove(&user) {
+            let _ = old.request.cancel().await;
+        }
+        // Watch before accepting: the other side may start the emoji flow the moment it sees
+        // the acceptance, before a watcher started afterwards would be listening.
+        spawn_watcher(
+            myself.clone(),
+            user.clone(),
+            flow_id.clone(),
+            request.clone(),
+        );
+        if let Err(e) = request.accept().await {
+            warn!(account, %user, error = %e, "could not accept the verification request");
+            return;
+        }
+        info!(account, %user, "verification request accepted");
+        let room = match room {
+            Some(id) => self.args.client.get_room(&id),
+            None => dm_with(&self.args.client, &user).await,
+        };
+        post(
+            &room,
+            &flow_id,
+            "accepted",
+            "🔐 Verification request accepted. Start the emoji comparison; I will show the emoji here.",
+        )
+        .await;
+        let timeout = Duration::from_secs(self.args.spec.verification_timeout_secs);
+        let (u, f) = (user.clone(), flow_id.clone());
+        ractor::time::send_after(timeout, myself.get_cell(), move || CryptoMsg::Timeout {
+            user: u,
+            flow_id: f,
+        });
+        self.flows.insert(
+            user,
+            Flow {
+                flow_id,
+                request,
+                sas: None,
+                room,
+                emojis: None,
+            },
+        );
+    }
+
+    async fn on_update(&mut self, user: OwnedUserId, flow_id: String, update: FlowUpdate) {
+        let Some(flow) = self.flows.get_mut(&user).filter(|f| f.flow_id == flow_id) else {
+            return;
+        };
+        match update {
+            FlowUpdate::Sas(sas) => flow.sas = Some(sas),
+            FlowUpdate::Emojis(text) => {
+                flow.emojis = Some(text.clone());
+                let message = format!(
+                    "🔐 Compare these emoji with the ones on your screen:\n\n{text}\n\n\
+                     Send `verify yes` if they match, `verify no` if they do not, `verify cancel` \
+                     to stop."
+                );
+                post(&flow.room, &flow.flow_id, "emoji", &message).await;
+            }
+            FlowUpdate::Done => {
+                info!(account = %self.args.spec.id, %user, "verification done");
+                post(
+                    &flow.room,
+                    &flow.flow_id,
+                    "done",
+                    "✅ Verified: your device and mine now trust each other.",
+                )
+                .await;
+                self.flows.remove(&user);
+            }
+            FlowUpdate::Cancelled(reason) => {
+                info!(account = %self.args.spec.id, %user, %reason, "verification cancelled");
+                post(
+                    &flow.room,
+                    &flow.flow_id,
+                    "cancelled",
+                    &format!("Verification cancelled: {reason}"),
+                )
+                .await;
+                self.flows.remove(&user);
+            }
+        }
+    }
+
+    async fn on_word(&mut self, user: &OwnedUserId, word: VerifyWord) -> String {
+        let Some(flow) = self.flows.get(user) else {
+            return "There is no verification in progress with you. Start one from your client \
+                    (verify this bot's device, or the bot's user)."
+                .into();
+        };
+        match (word, &flow.sas, &flow.emojis) {
+            (VerifyWord::Show, _, Some(text)) => format!("The emoji to compare:\n\n{text}"),
+            (VerifyWord::Show, _, None) => {
+                "Waiting for your client to start the emoji comparison.".into()
+            }
+            (VerifyWord::Yes, Some(sas), Some(_)) => match sas.confirm().await {
+                Ok(()) => "Confirmed on my side; waiting for your client to finish.".into(),
+                Err(e) => format!("Could not confirm: {e}"),
+            },
+            (VerifyWord::No, Some(sas), Some(_)) => {
+                let _ = sas.mismatch().await;
+                self.flows.remove(user);
+                "Cancelled: the emoji did not match. Do not trust this device; start again if it was a mistake.".into()
+            }
+            (VerifyWord::Yes | VerifyWord::No, _, _) => {
+                "There are no emoji to compare yet: start the emoji comparison in your client."
+                    .into()
+            }
+            (VerifyWord::Cancel, sas, _) => {
+                match sas {
+                    Some(sas) => {
+                        let _ = sas.cancel().await;
+                    }
+                    None => {
+                        let _ = flow.request.cancel().await;
+                    }
+                }
+                self.flows.remove(user);
+                "Verification cancelled.".into()
+            }
+        }
+    }
+}
+
+/// Follows a request (and its SAS flow) and reports each step to the actor.
+fn spawn_watcher(
+    me: ActorRef<CryptoMsg>,
+    user: OwnedUserId,
+    flow_id: String,
+    request: VerificationRequest,
+) {
+    let send = move |update: FlowUpdate| {
+        let _ = me.cast(CryptoMsg::Update {
+            user: user.clone(),
+            flow_id: flow_id.clone(),
+            update,
+        });
+    };
+    // Subscribed before the task runs, and the current state first: no step is missed.
+    let changes = request.changes();
+    let current = request.state();
+    tokio::spawn(async move {
+        let mut states = futures_util::stream::iter([current]).chain(changes);
+        while let Some(state) = states.next().await {
+            match state {
+                VerificationRequestState::Transitioned {
+                    verification: Verification::SasV1(sas),
+                } => {
+                    if let Err(e) = sas.accept().await {
+                        send(FlowUpdate::Cancelled(format!("could not accept: {e}")));
+                        return;
+                    }
+                    send(FlowUpdate::Sas(sas.clone()));
+                    let sas_changes = sas.changes();
+                    let mut sas_states =
+                        futures_util::stream::iter([sas.state()]).chain(sas_changes);
+                    while let Some(s) = sas_states.next().await {
+                        match s {
+                            SasState::KeysExchanged { .. } => {
+                                let text = sas.emoji().map_or_else(
+                                    || "(the other client offered no emoji)".to_owned(),
+                                    |emojis| {
+                                        emojis
+                                            .iter()
+                                            .map(|e| format!("{} {}", e.symbol, e.description))
+                                            .collect::<Vec<_>>()
+                                            .join("  ·  ")
+                                    },
+                                );
+                                send(FlowUpdate::Emojis(text));
+                            }
+                            SasState::Done { .. } => return send(FlowUpdate::Done),
+                            SasState::Cancelled(info) => {
+                                return send(FlowUpdate::Cancelled(info.reason().to_owned()));
+                            }
+                            _ => {}
+                        }
+                    }
+                    return;
+                }
+                VerificationRequestState::Done => return send(FlowUpdate::Done),
+                VerificationRequestState::Cancelled(info) => {
+                    return send(FlowUpdate::Cancelled(info.reason().to_owned()));
+                }
+                _ => {}
+            }
+        }
+    });
+}
+
+/// The DM with `user`: from the account data, else a joined two-member room with them.
+async fn dm_with(client: &Client, user: &OwnedUserId) -> Option<Room> {
+    if let Some(room) = client.get_dm_room(user) {
+        return Some(room);
+    }
+    for room in client.joined_rooms() {
+        if room.joined_members_count() == 2
+            && room.get_member_no_sync(user).await.ok().flatten().is_some()
+        {
+            return Some(room);
+        }
+    }
+    None
+}
+
+/// Posts `text` as a notice (encrypted in an encrypted room), with a stable transaction id.
+async fn post(room: &Option<Room>, flow_id: &str, step: &str, text: &str) {
+    let Some(room) = room else {
+        warn!(step, "no room to post the verification step in");
+        return;
+    };
+    let content = RoomMessageEventContent::notice_plain(text);
+    let txn = transaction_id(flow_id, &format!("verify.{step}"));
+    if let Err(e) = send_content(room, content, txn, "posting a verification step").await {
+        warn!(step, error = %e, "could not post the verification step");
     }
 }

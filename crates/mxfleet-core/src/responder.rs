@@ -45,6 +45,7 @@ use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
 use crate::{
     commands::{self, Command},
+    crypto::CryptoMsg,
     gate::{self, Access, Me, RoomFacts, Verdict},
     otp::{self, OtpMsg, OtpOutcome},
     status::StatusBoard,
@@ -61,6 +62,8 @@ const TYPING_REFRESH: Duration = Duration::from_secs(3);
 pub(crate) type EditorHandle = Arc<RwLock<Option<ActorRef<EditorMsg>>>>;
 /// The account's current `OtpGate`, if self-approval is on.
 pub(crate) type OtpHandle = Arc<RwLock<Option<ActorRef<OtpMsg>>>>;
+/// The account's current `CryptoActor` (password accounts).
+pub(crate) type CryptoHandle = Arc<RwLock<Option<ActorRef<CryptoMsg>>>>;
 /// Rooms this process joined from a DM invite. matrix-sdk marks them direct in the account
 /// data, but that round trip can finish after the first message arrives.
 pub(crate) type JoinedDms = Arc<RwLock<std::collections::HashSet<String>>>;
@@ -87,6 +90,7 @@ pub(crate) struct ResponderArgs {
     pub(crate) editor: EditorHandle,
     pub(crate) otp: OtpHandle,
     pub(crate) joined_dms: JoinedDms,
+    pub(crate) crypto: CryptoHandle,
 }
 
 struct ReplyContext {
@@ -101,6 +105,7 @@ struct ReplyContext {
     editor: EditorHandle,
     otp: OtpHandle,
     joined_dms: JoinedDms,
+    crypto: CryptoHandle,
     catch_up_max_age_ms: u64,
 }
 
@@ -135,6 +140,7 @@ impl Responder {
             editor: args.editor,
             otp: args.otp,
             joined_dms: args.joined_dms,
+            crypto: args.crypto,
         });
         let (stop, _) = watch::channel(false);
         Self {
@@ -698,6 +704,7 @@ async fn run_command(
 ) -> String {
     match command {
         Command::Help => commands::HELP.to_owned(),
+        Command::Verify(word) => verify_word(ctx, message, *word).await,
         Command::Unknown(word) => format!("Unknown command `!{word}`.\n\n{}", commands::HELP),
         Command::New => match ctx
             .store
@@ -735,6 +742,30 @@ async fn run_command(
             )
         }
     }
+}
+
+/// Hands a `verify …` word to the `CryptoActor`; returns what to answer.
+async fn verify_word(
+    ctx: &ReplyContext,
+    message: &InboundMessage,
+    word: commands::VerifyWord,
+) -> String {
+    let crypto = ctx
+        .crypto
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let (Some(crypto), Ok(user)) = (crypto, OwnedUserId::try_from(message.sender.as_str())) else {
+        return "This bot account cannot verify devices (it does not own an encryption device)."
+            .into();
+    };
+    let (reply, answer) = oneshot::channel();
+    if crypto.cast(CryptoMsg::Word { user, word, reply }).is_err() {
+        return "Verification is not available right now; try again in a moment.".into();
+    }
+    answer.await.unwrap_or_else(|_| {
+        "Verification is not available right now; try again in a moment.".into()
+    })
 }
 
 /// The conversation for the backend: remembered turns plus the thread's (or room's) recent

@@ -15,10 +15,10 @@ use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::Subscribe
 pub const SERVICE_NAME: &str = "mxfleet";
 
 /// Added to a log filter that says nothing about matrix-sdk: its INFO lines are per-request
-/// chatter, and its HTTP client logs expected 404s as errors. mxfleet logs its own classified
-/// failures.
+/// chatter, its HTTP client logs expected 404s as errors, and its backup task warns at every
+/// room key while no key backup is set up. mxfleet logs its own classified failures.
 const QUIET_MATRIX_SDK: &str = "matrix_sdk=warn,matrix_sdk_base=warn,matrix_sdk_crypto=warn,\
-matrix_sdk_sqlite=warn,matrix_sdk::http_client=off";
+matrix_sdk_sqlite=warn,matrix_sdk::http_client=off,matrix_sdk_crypto::backups=error";
 
 /// Errors setting up telemetry.
 #[derive(Debug, thiserror::Error)]

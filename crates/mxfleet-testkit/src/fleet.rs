@@ -12,7 +12,8 @@ use tokio::process::{Child, Command};
 
 /// The log filter of fleets under test: mxfleet's debug lines, matrix-sdk's warnings.
 const FLEET_LOG_FILTER: &str = "info,mxfleet_core=debug,matrix_sdk=warn,matrix_sdk_base=warn,\
-                                matrix_sdk_crypto=warn,matrix_sdk::http_client=off";
+                                matrix_sdk_crypto=warn,matrix_sdk::http_client=off,\
+                                matrix_sdk_crypto::backups=error";
 
 /// A fleet process and its files.
 
