@@ -27,7 +27,8 @@ async fn an_encrypted_dm_is_read_and_answered_encrypted_across_restarts() -> Res
     fleet.wait_state("bot", "syncing", TIMEOUT).await?;
     let dm = human.encrypted_dm(&bot.0).await?;
 
-    for round in 0..3 {
+    // Five restarts, each followed by a new message that must be read and answered encrypted.
+    for round in 0..5 {
         let text = format!("secret message {round}");
         human.send(&dm, &text).await?;
         let answer = human.expect_final_text(&dm, &bot.0, &text, TIMEOUT).await?;
@@ -346,6 +347,201 @@ async fn sas_verification_by_chat_needs_the_users_verify_yes() -> Result<()> {
                 .find(|s| s.body.contains("Verified"))
         })
         .await?;
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn after_a_store_wipe_the_recovery_key_makes_old_messages_readable() -> Result<()> {
+    use mxfleet_testkit::FakeOpenAi;
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let (human_id, human_pw) = synapse.fresh_user("human").await?;
+    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
+    let llm = FakeOpenAi::start(50).await?;
+    let backend = format!(
+        "[backends.llm]\nkind = \"openai\"\nbase_url = {:?}\nmodel = \"m\"\n\n",
+        llm.base_url
+    );
+    let bot_config = |extra: &str| {
+        let mut table = account(
+            "bot",
+            synapse.url(),
+            &bot,
+            &format!("ownership_mode = \"bot_owned\"\n{extra}"),
+        );
+        table = table.replace("backend = \"echo\"", "backend = \"llm\"");
+        format!("{backend}{table}")
+    };
+    let mut fleet = FleetProcess::new(&bot_config(""))?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !fleet.status().unwrap_or_default()["accounts"]["bot"]["recovery"]
+        .as_str()
+        .is_some_and(|r| r.starts_with("set up now"))
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "recovery never set up: {:?}",
+            fleet.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dm = human.encrypted_dm(&bot.0).await?;
+    human
+        .send(&dm, "remember: the password is swordfish")
+        .await?;
+    human
+        .wait_for("first answer", TIMEOUT, |h| {
+            h.seen_from(&dm, &bot.0).into_iter().next()
+        })
+        .await?;
+    // Give the key backup time to upload the room key.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fleet.stop().await?;
+
+    let shown = fleet.run_command(&["recovery-key", "bot"]).await?;
+    anyhow::ensure!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    let key = String::from_utf8_lossy(&shown.stdout).trim().to_owned();
+    anyhow::ensure!(
+        key.split_whitespace().count() >= 12,
+        "not a recovery key: {key:?}"
+    );
+    anyhow::ensure!(
+        !fleet.all_logs().contains(&key),
+        "the recovery key reached the logs"
+    );
+
+    // The store is lost; the operator allows a new device and gives the recovery key.
+    std::fs::remove_dir_all(fleet.data_dir().join("accounts/bot/matrix"))?;
+    fleet.rewrite_config(&bot_config(&format!(
+        "allow_new_device = true\nrecovery_key = {key:?}"
+    )))?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+
+    // The history the backend sees includes the message from before the wipe, decrypted with a
+    // key from the backup (downloaded after the first failure, hence a few tries; the human's
+    // client may also need a moment to share its keys with the new device).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut round = 0;
+    loop {
+        round += 1;
+        let question = format!("what was the password? ({round})");
+        human.send(&dm, &question).await?;
+        let _ = human
+            .wait_for("answer", Duration::from_secs(10), |h| {
+                h.seen_from(&dm, &bot.0)
+                    .into_iter()
+                    .find(|s| h.current_text(s).contains(&question))
+            })
+            .await;
+        let last = llm
+            .requests()
+            .last()
+            .map(|r| r.body["messages"].to_string())
+            .unwrap_or_default();
+        if last.contains("swordfish") {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the old message never became readable: {last}; status {:?}",
+            fleet.status()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let status = fleet.status().unwrap_or_default();
+    let recovery = status["accounts"]["bot"]["recovery"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    anyhow::ensure!(recovery.starts_with("recovered"), "{recovery}");
+    let ownership = status["accounts"]["bot"]["ownership"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    anyhow::ensure!(ownership.contains("set up, device signed"), "{ownership}");
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn in_an_encrypted_room_only_mentions_are_answered() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let (human_id, human_pw) = synapse.fresh_user("human").await?;
+    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
+    let extra = "room_policy = \"open\"\nmention_mode = \"mention\"";
+    let mut fleet = FleetProcess::new(&account("bot", synapse.url(), &bot, extra))?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let room = human.create_room_with(&[&bot.0], false, true).await?;
+    human.wait_joined(&room, &bot.0, TIMEOUT).await?;
+
+    human.send(&room, "just chatting, no bot here").await?;
+    human
+        .send_mentioning(&room, "bot, what do you say?", &[&bot.0], false)
+        .await?;
+    let answer = human
+        .expect_final_text(&room, &bot.0, "bot, what do you say?", TIMEOUT)
+        .await?;
+    assert!(answer.encrypted);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        human.seen_from(&room, &bot.0).len(),
+        1,
+        "the unmentioned message was answered"
+    );
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn verification_requests_from_strangers_are_declined() -> Result<()> {
+    use futures_util::StreamExt;
+    use matrix_sdk::{
+        encryption::verification::VerificationRequestState,
+        ruma::{OwnedDeviceId, OwnedUserId},
+    };
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let (human_id, human_pw) = synapse.fresh_user("stranger").await?;
+    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
+    // DMs are open, but the stranger is not in user_allowlist: no verification.
+    let mut fleet = FleetProcess::new(&account("bot", synapse.url(), &bot, ""))?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let dm = human.encrypted_dm(&bot.0).await?;
+    human.send(&dm, "hi").await?;
+    human.expect_final_text(&dm, &bot.0, "hi", TIMEOUT).await?;
+    let bot_user = OwnedUserId::try_from(bot.0.as_str())?;
+    let device_id: OwnedDeviceId = "MXFLEET_BOT".into();
+    let device = human
+        .client
+        .encryption()
+        .get_device(&bot_user, &device_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no device"))?;
+    let request = device.request_verification().await?;
+    let mut changes = request.changes();
+    let cancelled = tokio::time::timeout(TIMEOUT, async {
+        while let Some(state) = changes.next().await {
+            match state {
+                VerificationRequestState::Cancelled(_) => return true,
+                VerificationRequestState::Ready { .. } => return false,
+                _ => {}
+            }
+        }
+        false
+    })
+    .await?;
+    anyhow::ensure!(cancelled, "the stranger's request was not declined");
     fleet.stop().await?;
     Ok(())
 }

@@ -263,6 +263,8 @@ pub struct AccountSpec {
     pub ownership_mode: OwnershipMode,
     /// Cancel unfinished verifications after this long.
     pub verification_timeout_secs: u64,
+    /// The secret-storage recovery key, if configured.
+    pub recovery_key: Option<Secret>,
     /// Configured store passphrase, if any.
     pub store_passphrase: Option<Secret>,
     /// Name of the backend.
@@ -711,6 +713,20 @@ fn validate(
             &account.store_passphrase,
             &account.store_passphrase_file,
         );
+        let recovery_key = check.secret(
+            &key,
+            "recovery_key",
+            &account.recovery_key,
+            &account.recovery_key_file,
+        );
+        if let (Some(recovery), Some(password)) = (&recovery_key, &password)
+            && recovery.expose() == password.expose()
+        {
+            check.fail(
+                &format!("{key}.recovery_key"),
+                "must not be the account password (a recovery key is its own secret)",
+            );
+        }
         let auth = match (password, token) {
             (Some(p), None) => {
                 if account.user_id.is_none() {
@@ -827,6 +843,7 @@ fn validate(
                     allow_new_device: account.allow_new_device,
                     ownership_mode: account.ownership_mode,
                     verification_timeout_secs: account.verification_timeout_secs,
+                    recovery_key,
                     store_passphrase: passphrase,
                     backend_name: account.backend.clone(),
                     backend,

@@ -229,6 +229,14 @@ pub struct AccountConfig {
     /// bot's device from their client) or `bot_owned` (the bot bootstraps it with its password).
     #[serde(default)]
     pub ownership_mode: OwnershipMode,
+    /// The recovery key of the account's secret storage (not the password): restores
+    /// cross-signing and the key backup on a new device. Generated and kept in the data dir when
+    /// `bot_owned` sets recovery up and none is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_key: Option<Secret>,
+    /// A file holding the recovery key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_key_file: Option<PathBuf>,
     /// A device verification not finished within this long is cancelled.
     #[serde(default = "defaults::verification_timeout_secs")]
     pub verification_timeout_secs: u64,

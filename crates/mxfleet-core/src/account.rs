@@ -552,6 +552,7 @@ impl AccountRuntime {
             client: connection.client.clone(),
             user_id: connection.user_id.clone(),
             board: self.args.board.clone(),
+            store: self.args.store.clone(),
         };
         let old = self
             .crypto

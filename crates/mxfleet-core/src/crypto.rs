@@ -18,8 +18,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use futures_util::StreamExt;
 use mxfleet_config::{AccountAuth, AccountSpec, OwnershipMode};
 use mxfleet_matrix::{
-    FailureClass,
-    crypto::ensure_bot_owned,
+    FailureClass, MatrixFailure,
+    crypto::{RecoveryOutcome, ensure_bot_owned, ensure_recovery},
     matrix_sdk::{
         Client, Room,
         encryption::verification::{
@@ -42,6 +42,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use mxfleet_store::Store;
+
 use crate::commands::VerifyWord;
 
 use crate::status::StatusBoard;
@@ -58,6 +60,7 @@ pub(crate) struct CryptoArgs {
     pub(crate) client: Client,
     pub(crate) user_id: OwnedUserId,
     pub(crate) board: StatusBoard,
+    pub(crate) store: Store,
 }
 
 /// Its state: the arguments, the event handlers it registered, the verification flows.
@@ -213,7 +216,23 @@ async fn ensure_ownership(myself: &ActorRef<CryptoMsg>, state: &CryptoArgs) {
     let account = state.spec.id.as_str();
     let line = match (&state.spec.ownership_mode, &state.spec.auth) {
         (OwnershipMode::BotOwned, AccountAuth::Password(password)) => {
-            match ensure_bot_owned(&state.client, &state.user_id, password.expose()).await {
+            // Recovery first: on a new device it restores the identity a bootstrap would
+            // otherwise find foreign.
+            let recovered = match recovery(state, false).await {
+                Ok(outcome) => outcome.is_some(),
+                Err(f) => {
+                    warn!(account, error = %f, "recovery failed");
+                    false
+                }
+            };
+            let owned = ensure_bot_owned(&state.client, &state.user_id, password.expose()).await;
+            if owned.is_ok()
+                && !recovered
+                && let Err(f) = recovery(state, true).await
+            {
+                warn!(account, error = %f, "setting up recovery failed");
+            }
+            match owned {
                 Ok(ownership) => {
                     info!(
                         account,
@@ -250,6 +269,43 @@ async fn ensure_ownership(myself: &ActorRef<CryptoMsg>, state: &CryptoArgs) {
         }
     };
     state.board.update(account, |s| s.ownership = Some(line));
+}
+
+/// Imports secrets with the known recovery key (configured, else kept in the data dir) if this
+/// device lacks them; with `create`, sets recovery up if the account has none and keeps the key.
+async fn recovery(
+    state: &CryptoArgs,
+    create: bool,
+) -> Result<Option<RecoveryOutcome>, MatrixFailure> {
+    let account = state.spec.id.as_str();
+    let kept = match &state.spec.recovery_key {
+        Some(key) => Some(key.expose().to_owned()),
+        None => state.store.recovery_key(account).await.map_err(|e| {
+            MatrixFailure::new(
+                FailureClass::Fatal,
+                format!("reading the recovery key: {e}"),
+            )
+        })?,
+    };
+    let Some(outcome) = ensure_recovery(&state.client, kept.as_deref(), create).await? else {
+        return Ok(None);
+    };
+    if let RecoveryOutcome::Created(key) = &outcome {
+        state
+            .store
+            .save_recovery_key(account, key)
+            .await
+            .map_err(|e| {
+                MatrixFailure::new(
+                    FailureClass::Fatal,
+                    format!("keeping the recovery key: {e}"),
+                )
+            })?;
+    }
+    info!(account, recovery = outcome.describe(), "recovery");
+    let line = outcome.describe().to_owned();
+    state.board.update(account, |s| s.recovery = Some(line));
+    Ok(Some(outcome))
 }
 
 impl CryptoState {

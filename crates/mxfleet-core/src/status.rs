@@ -116,6 +116,9 @@ pub struct AccountStatus {
     /// How the device's cross-signing ownership stands.
     #[serde(default)]
     pub ownership: Option<String>,
+    /// How secret storage and the key backup stand (never the key).
+    #[serde(default)]
+    pub recovery: Option<String>,
 }
 
 fn stopped() -> ChildState {
@@ -147,6 +150,7 @@ impl AccountStatus {
             encryption: None,
             crypto: None,
             ownership: None,
+            recovery: None,
         }
     }
 }

@@ -88,3 +88,72 @@ pub async fn ensure_bot_owned(
     }
     Ok(Ownership::Bootstrapped)
 }
+
+/// How secret storage and the key backup stand after [`ensure_recovery`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryOutcome {
+    /// Set up, with every secret on this device.
+    Enabled,
+    /// Secrets (cross-signing keys, backup key) were imported with the recovery key.
+    Recovered,
+    /// Recovery was set up now; keep this key (a secret).
+    Created(String),
+    /// Secret storage exists but this device lacks its secrets and no recovery key is known.
+    NeedsKey,
+}
+
+impl RecoveryOutcome {
+    /// A line for status and logs (never the key).
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Self::Enabled => "enabled: secret storage and key backup",
+            Self::Recovered => {
+                "recovered with the recovery key: cross-signing and key backup restored"
+            }
+            Self::Created(_) => "set up now: key backup on, recovery key kept in the data dir",
+            Self::NeedsKey => {
+                "secret storage exists but this device lacks its secrets: set recovery_key (or \
+                 `mxfleet recovery-key import`)"
+            }
+        }
+    }
+}
+
+/// Imports the secrets with `key` when secret storage exists but this device lacks them (a new
+/// device, a lost store); with `create`, sets recovery (secret storage + key backup) up when the
+/// account has none. Call before [`ensure_bot_owned`]: a recovered identity needs no bootstrap.
+pub async fn ensure_recovery(
+    client: &Client,
+    key: Option<&str>,
+    create: bool,
+) -> Result<Option<RecoveryOutcome>, MatrixFailure> {
+    use matrix_sdk::encryption::recovery::RecoveryState;
+    let encryption = client.encryption();
+    encryption.wait_for_e2ee_initialization_tasks().await;
+    let recovery = encryption.recovery();
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        MatrixFailure::new(FailureClass::Transient, format!("{what}: {e}"))
+    };
+    match (recovery.state(), key) {
+        (RecoveryState::Enabled, _) => Ok(Some(RecoveryOutcome::Enabled)),
+        (RecoveryState::Incomplete, Some(key)) => {
+            recovery.recover(key).await.map_err(|e| {
+                MatrixFailure::new(
+                    FailureClass::Fatal,
+                    format!("recovering with the recovery key: {e} (is it the right key?)"),
+                )
+            })?;
+            Ok(Some(RecoveryOutcome::Recovered))
+        }
+        (RecoveryState::Incomplete, None) => Ok(Some(RecoveryOutcome::NeedsKey)),
+        (RecoveryState::Disabled, _) if create => {
+            let key = recovery
+                .enable()
+                .wait_for_backups_to_upload()
+                .await
+                .map_err(|e| failed("setting up recovery", &e))?;
+            Ok(Some(RecoveryOutcome::Created(key)))
+        }
+        (RecoveryState::Disabled | RecoveryState::Unknown, _) => Ok(None),
+    }
+}

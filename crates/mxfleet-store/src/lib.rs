@@ -32,6 +32,7 @@ const DRAFTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("draft
 const MEMORY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("memory");
 const OTP: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("otp_challenges");
 const APPROVED: TableDefinition<(&str, &str), u64> = TableDefinition::new("approved_senders");
+const RECOVERY_KEYS: TableDefinition<&str, &str> = TableDefinition::new("recovery_keys");
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -293,6 +294,31 @@ impl Store {
                 let fresh = generate();
                 table.insert(account.as_str(), fresh.as_str())?;
                 Ok(fresh)
+            })
+        })
+        .await
+    }
+
+    /// The recovery key mxfleet created for `account` (a secret), if any.
+    pub async fn recovery_key(&self, account: &str) -> Result<Option<String>, StoreError> {
+        let account = account.to_owned();
+        self.blocking(move |s| {
+            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
+            let table = tx.open_table(RECOVERY_KEYS).map_err(|e| s.err(e))?;
+            let value = table.get(account.as_str()).map_err(|e| s.err(e))?;
+            Ok(value.map(|v| v.value().to_owned()))
+        })
+        .await
+    }
+
+    /// Keeps the recovery key of `account` (created by mxfleet, or imported by the operator).
+    pub async fn save_recovery_key(&self, account: &str, key: &str) -> Result<(), StoreError> {
+        let (account, key) = (account.to_owned(), key.to_owned());
+        self.blocking(move |s| {
+            s.write(|tx| {
+                tx.open_table(RECOVERY_KEYS)?
+                    .insert(account.as_str(), key.as_str())?;
+                Ok(())
             })
         })
         .await
@@ -621,6 +647,7 @@ impl Store {
             tx.open_table(MEMORY)?;
             tx.open_table(OTP)?;
             tx.open_table(APPROVED)?;
+            tx.open_table(RECOVERY_KEYS)?;
             Ok(())
         })
     }

@@ -80,6 +80,14 @@ enum Command {
         /// The account id.
         account: String,
     },
+    /// Show the recovery key mxfleet keeps for an account, or import one (fleet stopped).
+    RecoveryKey {
+        /// The account id.
+        account: String,
+        /// Keep this key for the account instead (read from stdin with `-`).
+        #[arg(long, value_name = "KEY")]
+        import: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +146,7 @@ fn main() -> ExitCode {
         } => otp_list(&loaded),
         Command::Reload => reload(&loaded),
         Command::Doctor { account } => doctor::run(&loaded, &account),
+        Command::RecoveryKey { account, import } => recovery_key(&loaded, &account, import),
     }
 }
 
@@ -473,6 +482,66 @@ fn reload(loaded: &Loaded) -> ExitCode {
         );
         Ok(())
     })
+}
+
+/// `mxfleet recovery-key`: the key is a secret, printed only on request, never logged.
+fn recovery_key(loaded: &Loaded, account: &str, import: Option<String>) -> ExitCode {
+    if !loaded.config.accounts.contains_key(account) {
+        eprintln!("mxfleet: no account {account:?} in the configuration");
+        return ExitCode::FAILURE;
+    }
+    let path = loaded.config.data_dir.join("mxfleet.redb");
+    let store = match Store::open(&path) {
+        Ok(store) => store,
+        Err(StoreError::Locked { .. }) => {
+            eprintln!(
+                "mxfleet: the fleet is running on this data dir; stop it first (the database is exclusive)"
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("mxfleet: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let import = match import.as_deref() {
+        Some("-") => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() {
+                eprintln!("mxfleet: could not read the key from stdin");
+                return ExitCode::FAILURE;
+            }
+            Some(line.trim().to_owned())
+        }
+        other => other.map(str::to_owned),
+    };
+    let outcome = block_on(async {
+        match import {
+            Some(key) if key.is_empty() => Err("the key is empty".to_owned()),
+            Some(key) => store
+                .save_recovery_key(account, &key)
+                .await
+                .map(|()| "kept; the next start recovers with it".to_owned())
+                .map_err(|e| e.to_string()),
+            None => match store.recovery_key(account).await {
+                Ok(Some(key)) => Ok(key),
+                Ok(None) => Err(format!(
+                    "no recovery key kept for {account} (bot_owned sets one up; or set recovery_key)"
+                )),
+                Err(e) => Err(e.to_string()),
+            },
+        }
+    });
+    match outcome {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mxfleet: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs `f` against the running fleet's admin API; exit 1 with the error if it fails.
