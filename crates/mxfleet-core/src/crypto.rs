@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use mxfleet_config::{AccountAuth, AccountSpec, OwnershipMode};
 use mxfleet_matrix::{
     FailureClass, MatrixFailure,
-    crypto::{RecoveryOutcome, ensure_bot_owned, ensure_recovery},
+    crypto::{Ownership, RecoveryOutcome, ensure_bot_owned, ensure_recovery},
     matrix_sdk::{
         Client, Room,
         encryption::verification::{
@@ -234,12 +234,12 @@ async fn ensure_ownership(myself: &ActorRef<CryptoMsg>, state: &CryptoArgs) {
             }
             match owned {
                 Ok(ownership) => {
-                    info!(
-                        account,
-                        ownership = ownership.describe(),
-                        "device ownership"
-                    );
-                    ownership.describe().to_owned()
+                    let line = ownership.describe();
+                    info!(account, ownership = %line, "device ownership");
+                    if matches!(ownership, Ownership::NeedsApproval(_)) {
+                        ractor::time::send_after(RETRY, myself.get_cell(), || CryptoMsg::Ensure);
+                    }
+                    line
                 }
                 Err(f)
                     if matches!(

@@ -10,7 +10,9 @@ use matrix_sdk::{
     Client,
     ruma::{
         OwnedUserId,
-        api::client::uiaa::{AuthData, MatrixUserIdentifier, Password, UserIdentifier},
+        api::client::uiaa::{
+            AuthData, AuthType, MatrixUserIdentifier, Password, UiaaInfo, UserIdentifier,
+        },
     },
 };
 
@@ -25,11 +27,19 @@ pub enum Ownership {
     Bootstrapped,
     /// The account has an identity on the server whose private keys are not on this device.
     ForeignIdentity,
+    /// The server wants the upload approved out of band (OAuth / MAS) at this URL first.
+    NeedsApproval(String),
 }
 
 impl Ownership {
     /// A line for status and logs.
-    pub fn describe(&self) -> &'static str {
+    pub fn describe(&self) -> String {
+        if let Self::NeedsApproval(url) = self {
+            return format!(
+                "bot_owned: the homeserver wants the cross-signing upload approved: open {url} \
+                 signed in as the bot's user; mxfleet retries every 30 s"
+            );
+        }
         match self {
             Self::AlreadyOwned => "bot_owned: cross-signing set up, device signed",
             Self::Bootstrapped => "bot_owned: cross-signing bootstrapped now, device signed",
@@ -38,7 +48,9 @@ impl Ownership {
                  its keys are not on this device; import its recovery key, or reset the identity \
                  from another client"
             }
+            Self::NeedsApproval(_) => "",
         }
+        .to_owned()
     }
 }
 
@@ -73,6 +85,9 @@ pub async fn ensure_bot_owned(
             let Some(info) = e.as_uiaa_response() else {
                 return Err(MatrixFailure::from_sdk("bootstrapping cross-signing", &e));
             };
+            if let Some(url) = approval_url(info) {
+                return Ok(Ownership::NeedsApproval(url));
+            }
             let mut step = Password::new(
                 UserIdentifier::Matrix(MatrixUserIdentifier::from(user_id.clone())),
                 password.to_owned(),
@@ -87,6 +102,23 @@ pub async fn ensure_bot_owned(
         }
     }
     Ok(Ownership::Bootstrapped)
+}
+
+/// The approval URL of a server that authorises the cross-signing upload out of band (the
+/// `m.oauth` / `org.matrix.cross_signing_reset` stage), when no password stage is offered.
+pub fn approval_url(info: &UiaaInfo) -> Option<String> {
+    let password = info
+        .flows
+        .iter()
+        .any(|f| f.stages.contains(&AuthType::Password));
+    if password {
+        return None;
+    }
+    let params: serde_json::Value = serde_json::from_str(info.params.as_ref()?.get()).ok()?;
+    ["m.oauth", "org.matrix.cross_signing_reset"]
+        .iter()
+        .find_map(|stage| params[*stage]["url"].as_str())
+        .map(str::to_owned)
 }
 
 /// How secret storage and the key backup stand after [`ensure_recovery`].
@@ -155,5 +187,35 @@ pub async fn ensure_recovery(
             Ok(Some(RecoveryOutcome::Created(key)))
         }
         (RecoveryState::Disabled | RecoveryState::Unknown, _) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(json: serde_json::Value) -> UiaaInfo {
+        serde_json::from_value(json).unwrap_or_else(|e| panic!("bad UIAA fixture: {e}"))
+    }
+
+    #[test]
+    fn an_oauth_only_upload_surfaces_its_approval_url() {
+        let oauth = info(serde_json::json!({
+            "flows": [{"stages": ["org.matrix.cross_signing_reset"]}],
+            "params": {"org.matrix.cross_signing_reset": {"url": "https://auth.example/reset"}},
+            "session": "s"
+        }));
+        assert_eq!(
+            approval_url(&oauth).as_deref(),
+            Some("https://auth.example/reset")
+        );
+        let password = info(serde_json::json!({
+            "flows": [{"stages": ["m.login.password"]}],
+            "params": {},
+            "session": "s"
+        }));
+        assert_eq!(approval_url(&password), None);
+        let url = Ownership::NeedsApproval("https://auth.example/reset".into()).describe();
+        assert!(url.contains("https://auth.example/reset"));
     }
 }
