@@ -77,8 +77,10 @@ async fn an_undecryptable_message_gets_one_notice_per_session_and_no_answer() ->
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
         let status = fleet.status().unwrap_or_default();
-        if status["accounts"]["bot"]["undecryptable"] == 2 {
-            assert_eq!(status["accounts"]["bot"]["undecryptable_notices"], 1);
+        // The notice is counted once it is sent, a moment after the event.
+        if status["accounts"]["bot"]["undecryptable"] == 2
+            && status["accounts"]["bot"]["undecryptable_notices"] == 1
+        {
             break;
         }
         anyhow::ensure!(
@@ -89,6 +91,11 @@ async fn an_undecryptable_message_gets_one_notice_per_session_and_no_answer() ->
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(human.seen_from(&dm, &bot.0).len(), 1, "only the notice");
+    assert_eq!(
+        fleet.status().unwrap_or_default()["accounts"]["bot"]["undecryptable_notices"],
+        1,
+        "one notice per session"
+    );
     assert_eq!(
         fleet.status().unwrap_or_default()["accounts"]["bot"]["state"],
         "syncing"
@@ -188,12 +195,23 @@ async fn a_bot_owned_device_is_signed_by_the_bots_identity_once() -> Result<()> 
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let status = fleet.status().unwrap_or_default();
-    let ownership = status["accounts"]["bot"]["ownership"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    anyhow::ensure!(ownership.contains("bootstrapped now"), "{ownership}");
+    // status.json is flushed every 250 ms: wait for it to say so too.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let status = fleet.status().unwrap_or_default();
+        let ownership = status["accounts"]["bot"]["ownership"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if ownership.contains("bootstrapped now") {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "ownership: {ownership:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Idempotent: a restart finds the keys and asks nothing of the server.
     fleet.stop().await?;
@@ -542,6 +560,130 @@ async fn verification_requests_from_strangers_are_declined() -> Result<()> {
     })
     .await?;
     anyhow::ensure!(cancelled, "the stranger's request was not declined");
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn nothing_the_bot_sends_into_an_encrypted_room_is_plaintext() -> Result<()> {
+    use mxfleet_testkit::FakeOpenAi;
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let (human_id, human_pw) = synapse.fresh_user("human").await?;
+    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
+    // A streamed answer (send + edits), the ack reaction and its redaction, a command's answer.
+    let text = "A long answer, streamed in pieces so that it is edited several times. ".repeat(6);
+    let llm = FakeOpenAi::start_with(
+        6,
+        Duration::from_millis(10),
+        Some(text.trim_end().to_owned()),
+    )
+    .await?;
+    let config = format!(
+        "[backends.llm]\nkind = \"openai\"\nbase_url = {:?}\nmodel = \"m\"\n\n{}",
+        llm.base_url,
+        account(
+            "bot",
+            synapse.url(),
+            &bot,
+            "stream_min_initial_chars = 10\nedit_throttle_ms = 100"
+        )
+        .replace("backend = \"echo\"", "backend = \"llm\"")
+    );
+    let mut fleet = FleetProcess::new(&config)?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let dm = human.encrypted_dm(&bot.0).await?;
+    human.send(&dm, "tell me").await?;
+    let answer = human
+        .expect_final_text(&dm, &bot.0, text.trim_end(), TIMEOUT)
+        .await?;
+    assert!(
+        !human.edits_of(&answer.event_id).is_empty(),
+        "the answer was not streamed"
+    );
+    human.send(&dm, "!help").await?;
+    human
+        .wait_for("help", TIMEOUT, |h| {
+            h.seen_from(&dm, &bot.0)
+                .into_iter()
+                .find(|s| s.body.contains("Commands:"))
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let admin = synapse.admin_token().await?;
+    let events = synapse.admin_room_events(&admin, dm.as_str()).await?;
+    let from_bot: Vec<&str> = events
+        .iter()
+        .filter(|(sender, kind)| *sender == bot.0 && !kind.starts_with("m.room.member"))
+        .map(|(_, kind)| kind.as_str())
+        .collect();
+    anyhow::ensure!(
+        from_bot
+            .iter()
+            .filter(|k| **k == "m.room.encrypted")
+            .count()
+            >= 4,
+        "{from_bot:?}"
+    );
+    // Reactions and redactions are not encryptable by the spec; everything else must be.
+    for kind in &from_bot {
+        anyhow::ensure!(
+            matches!(
+                *kind,
+                "m.room.encrypted" | "m.reaction" | "m.room.redaction"
+            ),
+            "the bot sent a {kind} event into an encrypted room: {from_bot:?}"
+        );
+    }
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_access_token_account_says_once_that_it_cannot_read_encrypted_rooms() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let (bot_id, bot_pw) = synapse.fresh_user("tokenbot").await?;
+    let (token, _device) = synapse.login_token(&bot_id, &bot_pw).await?;
+    let (human_id, human_pw) = synapse.fresh_user("human").await?;
+    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
+    let config = format!(
+        "[accounts.tok]\nhomeserver = {:?}\naccess_token = {token:?}\nbackend = \"echo\"\ndm_policy = \"open\"\n",
+        synapse.url()
+    );
+    let mut fleet = FleetProcess::new(&config)?;
+    fleet.start().await?;
+    let status = fleet.wait_state("tok", "syncing", TIMEOUT).await?;
+    anyhow::ensure!(
+        status["encryption"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("unavailable")),
+        "{status}"
+    );
+    let dm = human.encrypted_dm(&bot_id).await?;
+    human.send(&dm, "a secret for a token bot").await?;
+    human.send(&dm, "and another").await?;
+    human
+        .wait_for("notice", TIMEOUT, |h| {
+            h.seen_from(&dm, &bot_id)
+                .into_iter()
+                .find(|s| s.body.contains("cannot read encrypted messages"))
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let said: Vec<String> = human
+        .seen_from(&dm, &bot_id)
+        .into_iter()
+        .map(|s| s.body)
+        .collect();
+    assert_eq!(said.len(), 1, "one notice, no answers: {said:?}");
+    anyhow::ensure!(
+        fleet
+            .all_logs()
+            .contains("access-token accounts cannot decrypt"),
+        "no warning logged"
+    );
     fleet.stop().await?;
     Ok(())
 }

@@ -13,9 +13,9 @@
 use std::{panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use futures_util::FutureExt;
-use mxfleet_config::AccountSpec;
+use mxfleet_config::{AccountAuth, AccountSpec};
 use mxfleet_matrix::{
-    FailureClass, InboundMessage, MatrixFailure, Normalised,
+    FailureClass, InboundMessage, MatrixFailure, Normalised, Undecryptable,
     matrix_sdk::{
         Client,
         config::SyncSettings,
@@ -123,6 +123,7 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
     let filter = FilterDefinition::with_lazy_loading();
     let mut healthy = false;
     let mut retries = DecryptionRetries::default();
+    let reads_encrypted = matches!(args.spec.auth, AccountAuth::Password(_));
 
     loop {
         let first_sync = token.is_none();
@@ -159,6 +160,19 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
             for (room_id, update) in &response.rooms.joined {
                 for event in &update.timeline.events {
                     match normalise(room_id, event, &args.user_id) {
+                        // An access-token account's device keys are not its own: whatever
+                        // matrix-sdk managed to decrypt is not treated as read.
+                        Normalised::Message(message)
+                            if !reads_encrypted && event.encryption_info().is_some() =>
+                        {
+                            utds.push(Undecryptable {
+                                room_id: message.room_id,
+                                event_id: message.event_id,
+                                sender: message.sender,
+                                session_id: None,
+                                reason: "access-token account".into(),
+                            });
+                        }
                         Normalised::Message(message) => entries.push(claim(message)),
                         Normalised::Undecryptable(utd) => {
                             warn!(%room_id, event_id = %utd.event_id, sender = %utd.sender, reason = %utd.reason, "could not decrypt a message; retried when keys arrive");

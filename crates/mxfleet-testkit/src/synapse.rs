@@ -214,6 +214,34 @@ impl Synapse {
         Ok(())
     }
 
+    /// The room's events as the server stores them (encrypted ones stay encrypted), newest
+    /// first, through the admin API: `(sender, type)` pairs.
+    pub async fn admin_room_events(
+        &self,
+        admin_token: &str,
+        room_id: &str,
+    ) -> Result<Vec<(String, String)>> {
+        let value = reqwest::Client::new()
+            .get(format!(
+                "{}/_synapse/admin/v1/rooms/{room_id}/messages?dir=b&limit=1000",
+                self.url
+            ))
+            .bearer_auth(admin_token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json_value()
+            .await?;
+        let chunk = value["chunk"].as_array().context("no chunk")?;
+        Ok(chunk
+            .iter()
+            .map(|e| {
+                let field = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+                (field("sender"), field("type"))
+            })
+            .collect())
+    }
+
     /// The device ids of a user, through the admin API.
     pub async fn admin_devices(&self, admin_token: &str, user_id: &str) -> Result<Vec<String>> {
         let value = reqwest::Client::new()
