@@ -687,3 +687,87 @@ async fn an_access_token_account_says_once_that_it_cannot_read_encrypted_rooms()
     fleet.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn verify_show_repeats_the_emoji_and_verify_no_cancels() -> Result<()> {
+    use futures_util::StreamExt;
+    use matrix_sdk::{
+        encryption::verification::{SasState, VerificationRequestState},
+        ruma::{OwnedDeviceId, OwnedUserId},
+    };
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let (human_id, human_pw) = synapse.fresh_user("human").await?;
+    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
+    let extra = format!("user_allowlist = [{human_id:?}]");
+    let mut fleet = FleetProcess::new(&account("bot", synapse.url(), &bot, &extra))?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let dm = human.encrypted_dm(&bot.0).await?;
+    human.send(&dm, "verify show").await?;
+    human
+        .wait_for("no flow yet", TIMEOUT, |h| {
+            h.seen_from(&dm, &bot.0)
+                .into_iter()
+                .find(|s| s.body.contains("no verification in progress"))
+        })
+        .await?;
+
+    let bot_user = OwnedUserId::try_from(bot.0.as_str())?;
+    let device_id: OwnedDeviceId = "MXFLEET_BOT".into();
+    let device = human
+        .client
+        .encryption()
+        .get_device(&bot_user, &device_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no device"))?;
+    let request = device.request_verification().await?;
+    let mut changes = request.changes();
+    tokio::time::timeout(TIMEOUT, async {
+        while let Some(state) = changes.next().await {
+            if matches!(state, VerificationRequestState::Ready { .. }) {
+                break;
+            }
+        }
+    })
+    .await?;
+    let sas = request
+        .start_sas()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no SAS"))?;
+    human
+        .wait_for("emoji", TIMEOUT, |h| {
+            h.seen_from(&dm, &bot.0)
+                .into_iter()
+                .find(|s| s.body.contains("Compare these emoji"))
+        })
+        .await?;
+    let emojis = sas.emoji().ok_or_else(|| anyhow::anyhow!("no emoji"))?;
+    human.send(&dm, "verify show").await?;
+    let shown = human
+        .wait_for("shown again", TIMEOUT, |h| {
+            h.seen_from(&dm, &bot.0)
+                .into_iter()
+                .find(|s| s.body.contains("The emoji to compare"))
+        })
+        .await?;
+    anyhow::ensure!(
+        emojis.iter().all(|e| shown.body.contains(e.symbol)),
+        "{}",
+        shown.body
+    );
+
+    human.send(&dm, "verify no").await?;
+    let mut sas_changes = sas.changes();
+    tokio::time::timeout(TIMEOUT, async {
+        while !sas.is_cancelled() {
+            if let Some(SasState::Cancelled(_)) = sas_changes.next().await {
+                break;
+            }
+        }
+    })
+    .await?;
+    anyhow::ensure!(!device.is_verified(), "a mismatch verified the device");
+    fleet.stop().await?;
+    Ok(())
+}
