@@ -16,6 +16,48 @@ fn account(id: &str, homeserver: &str, (user, password): &(String, String), extr
     )
 }
 
+/// The human's view of the bot's device (`MXFLEET_BOT`).
+async fn bot_device(
+    human: &Human,
+    bot: &str,
+) -> Result<matrix_sdk::encryption::identities::Device> {
+    let bot_user = matrix_sdk::ruma::OwnedUserId::try_from(bot)?;
+    let device_id: matrix_sdk::ruma::OwnedDeviceId = "MXFLEET_BOT".into();
+    human
+        .client
+        .encryption()
+        .get_device(&bot_user, &device_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the human does not know the bot's device"))
+}
+
+/// Requests a verification of `device`, waits until the bot accepts it, and starts the emoji
+/// comparison.
+async fn start_emoji_flow(
+    device: &matrix_sdk::encryption::identities::Device,
+) -> Result<matrix_sdk::encryption::verification::SasVerification> {
+    use futures_util::StreamExt;
+    use matrix_sdk::encryption::verification::VerificationRequestState;
+    let request = device.request_verification().await?;
+    let mut changes = request.changes();
+    let ready = tokio::time::timeout(TIMEOUT, async {
+        while let Some(state) = changes.next().await {
+            match state {
+                VerificationRequestState::Ready { .. } => return true,
+                VerificationRequestState::Cancelled(_) => return false,
+                _ => {}
+            }
+        }
+        false
+    })
+    .await?;
+    anyhow::ensure!(ready, "the bot did not accept the verification request");
+    request
+        .start_sas()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no emoji flow"))
+}
+
 #[tokio::test]
 async fn an_encrypted_dm_is_read_and_answered_encrypted_across_restarts() -> Result<()> {
     let synapse = Synapse::shared().await?;
@@ -244,10 +286,7 @@ async fn a_bot_owned_device_is_signed_by_the_bots_identity_once() -> Result<()> 
 #[tokio::test]
 async fn sas_verification_by_chat_needs_the_users_verify_yes() -> Result<()> {
     use futures_util::StreamExt;
-    use matrix_sdk::{
-        encryption::verification::{SasState, VerificationRequestState},
-        ruma::{OwnedDeviceId, OwnedUserId},
-    };
+    use matrix_sdk::encryption::verification::SasState;
     let synapse = Synapse::shared().await?;
     let bot = synapse.fresh_user("bot").await?;
     let (human_id, human_pw) = synapse.fresh_user("human").await?;
@@ -263,40 +302,9 @@ async fn sas_verification_by_chat_needs_the_users_verify_yes() -> Result<()> {
         .await?;
 
     // The human starts a verification of the bot's device, then the emoji comparison.
-    let bot_user = OwnedUserId::try_from(bot.0.as_str())?;
-    let device_id: OwnedDeviceId = "MXFLEET_BOT".into();
-    let device = human
-        .client
-        .encryption()
-        .get_device(&bot_user, &device_id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("the human does not know the bot's device"))?;
+    let device = bot_device(&human, &bot.0).await?;
     assert!(!device.is_verified());
-    let request = device.request_verification().await?;
-    let mut changes = request.changes();
-    let ready = tokio::time::timeout(TIMEOUT, async {
-        while let Some(state) = changes.next().await {
-            if matches!(state, VerificationRequestState::Ready { .. }) {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .map_err(|_| {
-        let log: Vec<String> = fleet
-            .all_logs()
-            .lines()
-            .filter(|l| l.contains("erif"))
-            .map(str::to_owned)
-            .collect();
-        anyhow::anyhow!("no Ready within {TIMEOUT:?}; bot log: {log:#?}")
-    })?;
-    anyhow::ensure!(ready, "the bot never accepted the request");
-    let sas = request
-        .start_sas()
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no SAS"))?;
+    let sas = start_emoji_flow(&device).await?;
     let mut sas_changes = sas.changes();
     tokio::time::timeout(TIMEOUT, async {
         while let Some(state) = sas_changes.next().await {
@@ -348,12 +356,7 @@ async fn sas_verification_by_chat_needs_the_users_verify_yes() -> Result<()> {
         }
     })
     .await?;
-    let device = human
-        .client
-        .encryption()
-        .get_device(&bot_user, &device_id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("device gone"))?;
+    let device = bot_device(&human, &bot.0).await?;
     anyhow::ensure!(
         device.is_verified(),
         "the bot's device is not verified in the human's view"
@@ -523,10 +526,7 @@ async fn in_an_encrypted_room_only_mentions_are_answered() -> Result<()> {
 #[tokio::test]
 async fn verification_requests_from_strangers_are_declined() -> Result<()> {
     use futures_util::StreamExt;
-    use matrix_sdk::{
-        encryption::verification::VerificationRequestState,
-        ruma::{OwnedDeviceId, OwnedUserId},
-    };
+    use matrix_sdk::encryption::verification::VerificationRequestState;
     let synapse = Synapse::shared().await?;
     let bot = synapse.fresh_user("bot").await?;
     let (human_id, human_pw) = synapse.fresh_user("stranger").await?;
@@ -538,14 +538,7 @@ async fn verification_requests_from_strangers_are_declined() -> Result<()> {
     let dm = human.encrypted_dm(&bot.0).await?;
     human.send(&dm, "hi").await?;
     human.expect_final_text(&dm, &bot.0, "hi", TIMEOUT).await?;
-    let bot_user = OwnedUserId::try_from(bot.0.as_str())?;
-    let device_id: OwnedDeviceId = "MXFLEET_BOT".into();
-    let device = human
-        .client
-        .encryption()
-        .get_device(&bot_user, &device_id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no device"))?;
+    let device = bot_device(&human, &bot.0).await?;
     let request = device.request_verification().await?;
     let mut changes = request.changes();
     let cancelled = tokio::time::timeout(TIMEOUT, async {
@@ -691,10 +684,7 @@ async fn an_access_token_account_says_once_that_it_cannot_read_encrypted_rooms()
 #[tokio::test]
 async fn verify_show_repeats_the_emoji_and_verify_no_cancels() -> Result<()> {
     use futures_util::StreamExt;
-    use matrix_sdk::{
-        encryption::verification::{SasState, VerificationRequestState},
-        ruma::{OwnedDeviceId, OwnedUserId},
-    };
+    use matrix_sdk::encryption::verification::SasState;
     let synapse = Synapse::shared().await?;
     let bot = synapse.fresh_user("bot").await?;
     let (human_id, human_pw) = synapse.fresh_user("human").await?;
@@ -713,28 +703,8 @@ async fn verify_show_repeats_the_emoji_and_verify_no_cancels() -> Result<()> {
         })
         .await?;
 
-    let bot_user = OwnedUserId::try_from(bot.0.as_str())?;
-    let device_id: OwnedDeviceId = "MXFLEET_BOT".into();
-    let device = human
-        .client
-        .encryption()
-        .get_device(&bot_user, &device_id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no device"))?;
-    let request = device.request_verification().await?;
-    let mut changes = request.changes();
-    tokio::time::timeout(TIMEOUT, async {
-        while let Some(state) = changes.next().await {
-            if matches!(state, VerificationRequestState::Ready { .. }) {
-                break;
-            }
-        }
-    })
-    .await?;
-    let sas = request
-        .start_sas()
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no SAS"))?;
+    let device = bot_device(&human, &bot.0).await?;
+    let sas = start_emoji_flow(&device).await?;
     human
         .wait_for("emoji", TIMEOUT, |h| {
             h.seen_from(&dm, &bot.0)

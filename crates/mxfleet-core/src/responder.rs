@@ -286,12 +286,7 @@ async fn handle(ctx: &ReplyContext, message: InboundMessage) {
         Err(e) => warn!(error = %e, "could not read the draft; answering afresh"),
     }
 
-    let mut facts = room_facts(&room).await;
-    facts.is_dm |= ctx
-        .joined_dms
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .contains(room.room_id().as_str());
+    let facts = room_facts(ctx, &room).await;
     let me = Me {
         user_id: ctx.user_id.to_string(),
         display_name: member_name(&room, ctx.user_id.as_str()).await,
@@ -615,12 +610,7 @@ async fn post_utd_notice(ctx: &ReplyContext, utd: Undecryptable) {
     else {
         return;
     };
-    let mut facts = room_facts(&room).await;
-    facts.is_dm |= ctx
-        .joined_dms
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .contains(room.room_id().as_str());
+    let facts = room_facts(ctx, &room).await;
     let me = Me {
         user_id: ctx.user_id.to_string(),
         display_name: None,
@@ -933,11 +923,19 @@ fn stream_settings(ctx: &ReplyContext) -> StreamSettings {
     }
 }
 
-async fn room_facts(room: &Room) -> RoomFacts {
-    let is_dm = room.is_direct().await.unwrap_or_else(|e| {
+/// What the gate needs to know about `room`. A room is a DM when the account data says so, or
+/// when this process joined it from a DM invite (the account data may lag behind).
+async fn room_facts(ctx: &ReplyContext, room: &Room) -> RoomFacts {
+    let direct = room.is_direct().await.unwrap_or_else(|e| {
         warn!(error = %e, "could not tell whether the room is a DM; treating it as a group room");
         false
     });
+    let is_dm = direct
+        || ctx
+            .joined_dms
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(room.room_id().as_str());
     let aliases = room
         .canonical_alias()
         .into_iter()
