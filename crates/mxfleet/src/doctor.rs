@@ -32,9 +32,9 @@ impl Report {
                 "FAIL"
             }
         };
-        println!("{tag}  {check}: {detail}");
+        out!("{tag}  {check}: {detail}");
         if let (Some(fix), false) = (fix, matches!(verdict, Verdict::Pass)) {
-            println!("      fix: {fix}");
+            out!("      fix: {fix}");
         }
     }
 }

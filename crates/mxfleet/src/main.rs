@@ -1,5 +1,13 @@
 //! The `mxfleet` command: run many Matrix bot accounts in one process.
 
+/// `println!` that ignores a closed stdout (`mxfleet check | head` must not panic).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod doctor;
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
@@ -125,15 +133,15 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check => {
             match &loaded.config.config_file {
-                Some(file) => println!("# configuration is valid (file: {})", file.display()),
+                Some(file) => out!("# configuration is valid (file: {})", file.display()),
                 None => {
-                    println!("# configuration is valid (no config file; defaults and environment)")
+                    out!("# configuration is valid (no config file; defaults and environment)")
                 }
             }
             for warning in &loaded.config.warnings {
-                println!("# warning: {warning}");
+                out!("# warning: {warning}");
             }
-            println!("{}", loaded.describe());
+            out!("{}", loaded.describe());
             ExitCode::SUCCESS
         }
         Command::Status { json } => status(&loaded, json),
@@ -392,15 +400,21 @@ fn status(loaded: &Loaded, json: bool) -> ExitCode {
 
 fn print_accounts(accounts: &serde_json::Value, json: bool) -> ExitCode {
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(accounts).unwrap_or_default()
         );
         return ExitCode::SUCCESS;
     }
-    println!(
+    out!(
         "{:<16} {:<12} {:<34} {:>8} {:>6} {:>6} {:>8}  LAST ERROR",
-        "ACCOUNT", "STATE", "CHILDREN", "SYNC LAG", "IN", "OUT", "RESTARTS"
+        "ACCOUNT",
+        "STATE",
+        "CHILDREN",
+        "SYNC LAG",
+        "IN",
+        "OUT",
+        "RESTARTS"
     );
     let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
     for a in accounts.as_array().into_iter().flatten() {
@@ -414,7 +428,7 @@ fn print_accounts(accounts: &serde_json::Value, json: bool) -> ExitCode {
         let lag = a["sync_lag_secs"]
             .as_f64()
             .map_or("-".to_owned(), |l| format!("{l:.1}s"));
-        println!(
+        out!(
             "{:<16} {:<12} {:<34} {:>8} {:>6} {:>6} {:>8}  {}",
             text(&a["id"]),
             text(&a["state"]),
@@ -435,7 +449,7 @@ fn control(loaded: &Loaded, account: &str, action: &str) -> ExitCode {
         client
             .post(&format!("/accounts/{account}/{action}"))
             .await?;
-        println!("{action}: {account}");
+        out!("{action}: {account}");
         Ok(())
     })
 }
@@ -445,12 +459,16 @@ fn otp_list(loaded: &Loaded) -> ExitCode {
         let challenges = client.get("/otp").await?;
         let list = challenges.as_array().cloned().unwrap_or_default();
         if list.is_empty() {
-            println!("no pending challenges");
+            out!("no pending challenges");
             return Ok(());
         }
-        println!(
+        out!(
             "{:<16} {:<36} {:<8} {:>10} {:>8}  LOCKED",
-            "ACCOUNT", "SENDER", "CODE", "EXPIRES", "ATTEMPTS"
+            "ACCOUNT",
+            "SENDER",
+            "CODE",
+            "EXPIRES",
+            "ATTEMPTS"
         );
         let now = now_ms();
         for c in list {
@@ -459,7 +477,7 @@ fn otp_list(loaded: &Loaded) -> ExitCode {
                     .map(|t| format!("{}s", t.saturating_sub(now) / 1000))
                     .unwrap_or_else(|| "-".into())
             };
-            println!(
+            out!(
                 "{:<16} {:<36} {:<8} {:>10} {:>8}  {}",
                 c["account"].as_str().unwrap_or("-"),
                 c["sender"].as_str().unwrap_or("-"),
@@ -476,7 +494,7 @@ fn otp_list(loaded: &Loaded) -> ExitCode {
 fn reload(loaded: &Loaded) -> ExitCode {
     with_admin(loaded, |client| async move {
         let report = client.post("/reload").await?;
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
@@ -534,7 +552,7 @@ fn recovery_key(loaded: &Loaded, account: &str, import: Option<String>) -> ExitC
     });
     match outcome {
         Ok(text) => {
-            println!("{text}");
+            out!("{text}");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -589,24 +607,29 @@ fn status_from_file(loaded: &Loaded, json: bool) -> ExitCode {
     };
     let running = DirLock::acquire(data_dir, "mxfleet.lock").is_err();
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&status).unwrap_or_default()
         );
         return ExitCode::SUCCESS;
     }
-    println!(
+    out!(
         "fleet pid {} {} (status updated {} s ago)",
         status.pid,
         if running { "running" } else { "not running" },
         now_ms().saturating_sub(status.updated_ms) / 1000
     );
-    println!(
+    out!(
         "{:<20} {:<12} {:<8} {:>8} {:>8} {:>8}  LAST ERROR",
-        "ACCOUNT", "STATE", "SYNC", "RESTARTS", "IN", "OUT"
+        "ACCOUNT",
+        "STATE",
+        "SYNC",
+        "RESTARTS",
+        "IN",
+        "OUT"
     );
     for (id, s) in &status.accounts {
-        println!(
+        out!(
             "{:<20} {:<12} {:<8} {:>8} {:>8} {:>8}  {}",
             id,
             format!("{:?}", s.state).to_lowercase(),
