@@ -20,7 +20,7 @@ use futures_util::stream;
 use mxfleet_backend::{Backend, ChatMessage, ChatRequest, Role};
 use mxfleet_config::{AccountAuth, AccountSpec, StreamMode};
 use mxfleet_matrix::{
-    InboundMessage, MatrixFailure, Normalised, Placement, Undecryptable,
+    InboundMessage, MatrixFailure, Normalised, Placement, Undecryptable, ensure_can_send,
     matrix_sdk::{
         Client, Room,
         room::{IncludeRelations, MessagesOptions, RelationsOptions},
@@ -468,6 +468,7 @@ async fn stream_answer(
             parts: Vec::new(),
         },
         visible,
+        own_keys: !matches!(ctx.spec.auth, AccountAuth::AccessToken(_)),
     };
     let editor = ctx
         .editor
@@ -648,6 +649,13 @@ async fn post_utd_notice(ctx: &ReplyContext, utd: Undecryptable) {
              verify this bot's device or send the message again."
         )
     };
+    let own_keys = !matches!(ctx.spec.auth, AccountAuth::AccessToken(_));
+    if let Err(e) = ensure_can_send(&room, own_keys, "the undecryptable-message notice").await {
+        // An access-token account cannot speak in an encrypted room either; the status and
+        // this log line are where it says so.
+        warn!(error = %e, "not sent");
+        return;
+    }
     let content = RoomMessageEventContent::notice_plain(text);
     let txn = transaction_id(&utd.event_id, "utd");
     match send_content(

@@ -28,7 +28,7 @@ use futures_util::StreamExt;
 use mxfleet_backend::TextStream;
 use mxfleet_config::StreamMode;
 use mxfleet_matrix::{
-    FailureClass, MatrixFailure, Placement, edit_content,
+    FailureClass, MatrixFailure, Placement, edit_content, ensure_can_send,
     format::{cut, render_markdown},
     matrix_sdk::{Room, ruma::OwnedEventId},
     message_content, send_content, send_content_once, transaction_id,
@@ -441,6 +441,9 @@ pub(crate) struct MatrixSink {
     pub(crate) draft: Draft,
     /// Set once the first message is out (the cues watch it).
     pub(crate) visible: Option<Arc<AtomicBool>>,
+    /// Whether the account's device keys are its own (false: access token; encrypted rooms are
+    /// refused).
+    pub(crate) own_keys: bool,
 }
 
 impl MatrixSink {
@@ -468,6 +471,7 @@ impl MatrixSink {
 
 impl AnswerSink for MatrixSink {
     async fn send_new(&mut self, part: usize, text: &str) -> Result<String, MatrixFailure> {
+        ensure_can_send(&self.room, self.own_keys, "sending the answer").await?;
         let txn_id = transaction_id(&self.answering, &part.to_string());
         if self.draft.parts.len() <= part {
             self.draft.parts.resize_with(part + 1, DraftPart::default);

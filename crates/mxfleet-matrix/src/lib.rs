@@ -20,6 +20,6 @@ pub use failure::{FailureClass, MatrixFailure};
 pub use inbound::{InboundMessage, MentionList, Normalised, Undecryptable, normalise};
 pub use matrix_sdk;
 pub use outbound::{
-    Placement, edit_content, message_content, react, redact, send_content, send_content_once,
-    transaction_id,
+    Placement, edit_content, ensure_can_send, message_content, react, redact, send_content,
+    send_content_once, transaction_id,
 };

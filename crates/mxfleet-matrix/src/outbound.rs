@@ -118,7 +118,7 @@ async fn send(
     what: &str,
     config: Option<RequestConfig>,
 ) -> Result<OwnedEventId, MatrixFailure> {
-    refuse_plaintext(room, what).await?;
+    ensure_can_send(room, true, what).await?;
     let mut request = room.send(content).with_transaction_id(txn_id);
     if let Some(config) = config {
         request = request.with_request_config(config);
@@ -155,15 +155,16 @@ pub async fn redact(
 /// Fails unless this client can encrypt for `room` when it is encrypted. matrix-sdk encrypts on
 /// its own; this check (the room's current encryption state, fetched if unknown, and an Olm
 /// machine on our side) makes sure no answer, error or notice goes out in plaintext if either
-/// is missing.
-async fn refuse_plaintext(room: &Room, what: &str) -> Result<(), MatrixFailure> {
+/// is missing. `own_keys = false` (an access-token account, whose device keys are not ours)
+/// refuses every encrypted room: what it would send could not be trusted or decrypted.
+pub async fn ensure_can_send(room: &Room, own_keys: bool, what: &str) -> Result<(), MatrixFailure> {
     let state = room.latest_encryption_state().await.map_err(|e| {
         MatrixFailure::from_sdk(&format!("{what}: reading the room's encryption"), &e)
     })?;
     if !state.is_encrypted() {
         return Ok(());
     }
-    if room.client().encryption().ed25519_key().await.is_none() {
+    if !own_keys || room.client().encryption().ed25519_key().await.is_none() {
         return Err(MatrixFailure::new(
             crate::FailureClass::Fatal,
             format!("{what}: refused, the room is encrypted and this account cannot encrypt"),
