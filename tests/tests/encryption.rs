@@ -665,7 +665,9 @@ async fn an_access_token_account_neither_reads_nor_sends_in_encrypted_rooms() ->
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     anyhow::ensure!(
-        fleet.all_logs().contains("access-token accounts cannot decrypt"),
+        fleet
+            .all_logs()
+            .contains("access-token accounts cannot decrypt"),
         "no warning logged"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
