@@ -30,6 +30,9 @@ use crate::{
 pub const ENV_PREFIX: &str = "MXFLEET_";
 /// The environment variable naming the config file.
 pub const CONFIG_FILE_ENV: &str = "MXFLEET_CONFIG";
+/// `MXFLEET_…` variables that belong to mxfleet's tools, not to the configuration: the config
+/// file's name, the test harness's binary, the scripts' Synapse venv and dev port.
+const TOOL_VARIABLES: &[&str] = &["config", "bin", "synapse_venv", "dev_port"];
 /// The config file read when neither `--config` nor `MXFLEET_CONFIG` names one.
 pub const DEFAULT_CONFIG_FILE: &str = "config/mxfleet.toml";
 /// The backend every config has without declaring it.
@@ -392,7 +395,11 @@ fn layered(sources: &Sources, issues: &mut Vec<ConfigIssue>) -> (Figment, Option
         None
     };
 
-    figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]));
+    figment = figment.merge(
+        Env::prefixed(ENV_PREFIX)
+            .split("__")
+            .ignore(TOOL_VARIABLES),
+    );
 
     let mut flags = Dict::new();
     let flag = &sources.flags;

@@ -351,6 +351,10 @@ fn conversation_keys_have_safe_defaults_and_are_validated() {
             backend = "echo"
             "#,
         )?;
+        // The scripts' and harness's own variables are not configuration keys.
+        jail.set_env("MXFLEET_SYNAPSE_VENV", "/opt/venv");
+        jail.set_env("MXFLEET_DEV_PORT", "8009");
+        jail.set_env("MXFLEET_BIN", "/usr/bin/mxfleet");
         let loaded = load(&sources("conv.toml")).map_err(|e| e.to_string())?;
         let c = &loaded.config.accounts["a"].conversation;
         assert_eq!(
