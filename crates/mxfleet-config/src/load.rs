@@ -395,11 +395,7 @@ fn layered(sources: &Sources, issues: &mut Vec<ConfigIssue>) -> (Figment, Option
         None
     };
 
-    figment = figment.merge(
-        Env::prefixed(ENV_PREFIX)
-            .split("__")
-            .ignore(TOOL_VARIABLES),
-    );
+    figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(TOOL_VARIABLES));
 
     let mut flags = Dict::new();
     let flag = &sources.flags;
