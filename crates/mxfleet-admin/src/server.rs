@@ -20,7 +20,7 @@ use axum::{
     response::{Html, IntoResponse, Response},
     routing::{get, post},
 };
-use mxfleet_config::{ConfigError, Secret, ValidConfig};
+use mxfleet_config::{ConfigError, Secret, ValidConfig, constant_time_eq};
 use mxfleet_core::{AccountStatus, Control, ControlError, FleetMsg, StatusBoard};
 use mxfleet_store::{Store, now_ms};
 use ractor::ActorRef;
@@ -393,12 +393,4 @@ fn unavailable() -> Response {
         Json(json!({"error": "the fleet is shutting down"})),
     )
         .into_response()
-}
-
-/// Compares without an early exit, so timing does not tell how much of a token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -21,7 +21,7 @@ pub use model::{
     StreamMode,
 };
 
-pub use secret::{REDACTED, Secret};
+pub use secret::{REDACTED, Secret, constant_time_eq};
 
 #[cfg(test)]
 mod tests;

@@ -92,6 +92,15 @@ impl de::Visitor<'_> for SecretVisitor {
     }
 }
 
+/// Compares without an early exit, so timing does not tell how much of a secret (token, code)
+/// was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ use crate::{
     responder::{CryptoHandle, EditorHandle, JoinedDms, OtpHandle, Responder, ResponderArgs},
     restart::{RestartPolicy, RestartTracker},
     status::{AccountState, ChildState, StatusBoard},
-    stream_editor::{EditorMsg, StreamEditor},
+    stream_editor::StreamEditor,
     sync::{SyncActor, SyncArgs},
 };
 
@@ -190,17 +190,17 @@ impl Actor for AccountActor {
                 warn!(account = %state.args.spec.id, ?reason, "sync actor stopped; restarting it");
                 myself.cast(AccountMsg::StartSync)?;
             }
-            SupervisionEvent::ActorFailed(cell, error) if state.is_editor(&cell) => {
+            SupervisionEvent::ActorFailed(cell, error) if state.editor.is(&cell) => {
                 // Deliveries in flight are lost with it; their drafts are finished at the next
                 // start, and their messages stay pending.
                 warn!(account = %state.args.spec.id, %error, "stream editor crashed; restarting it");
                 state.spawn_editor(&myself).await;
             }
-            SupervisionEvent::ActorFailed(cell, error) if state.is_crypto(&cell) => {
+            SupervisionEvent::ActorFailed(cell, error) if state.crypto.is(&cell) => {
                 warn!(account = %state.args.spec.id, %error, "crypto actor crashed; restarting it");
                 state.spawn_crypto(&myself).await;
             }
-            SupervisionEvent::ActorFailed(cell, error) if state.is_otp_gate(&cell) => {
+            SupervisionEvent::ActorFailed(cell, error) if state.otp.is(&cell) => {
                 // Its state is all in redb: a new gate carries on where it stopped.
                 warn!(account = %state.args.spec.id, %error, "OTP gate crashed; restarting it");
                 state.spawn_otp_gate(&myself).await;
@@ -224,29 +224,13 @@ impl Actor for AccountActor {
         if let Some(responder) = state.responder.take() {
             responder.shutdown(DRAIN_DEADLINE).await;
         }
-        let editor = state
-            .editor
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(editor) = editor {
-            editor.stop(Some(REASON_STOPPED.into()));
-        }
-        let crypto = state
-            .crypto
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(crypto) = crypto {
-            crypto.stop(Some(REASON_STOPPED.into()));
-        }
-        let gate = state
-            .otp
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(gate) = gate {
-            gate.stop(Some(REASON_STOPPED.into()));
+        let children = [
+            state.editor.set(None).map(|c| c.get_cell()),
+            state.crypto.set(None).map(|c| c.get_cell()),
+            state.otp.set(None).map(|c| c.get_cell()),
+        ];
+        for child in children.into_iter().flatten() {
+            child.stop(Some(REASON_STOPPED.into()));
         }
         let id = &state.args.spec.id;
         state.args.board.update(id, |s| {
@@ -311,16 +295,12 @@ impl AccountRuntime {
         if let Some(old) = self.responder.take() {
             old.shutdown(DRAIN_DEADLINE).await;
         }
-        if self.current_editor().is_none() {
+        if self.editor.get().is_none() {
             self.spawn_editor(myself).await;
         }
         let conv = &self.args.spec.conversation;
         let wants_otp = conv.otp_self_approval && conv.dm_policy == AccessPolicy::Allowlist;
-        let otp_running = self
-            .otp
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some();
+        let otp_running = self.otp.get().is_some();
         if wants_otp && !otp_running {
             self.spawn_otp_gate(myself).await;
         }
@@ -507,18 +487,6 @@ impl AccountRuntime {
         Ok(())
     }
 
-    fn is_editor(&self, cell: &ractor::ActorCell) -> bool {
-        self.current_editor()
-            .is_some_and(|e| e.get_id() == cell.get_id())
-    }
-
-    fn current_editor(&self) -> Option<ActorRef<EditorMsg>> {
-        self.editor
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
     /// Starts the `StreamEditor` child; without one, answers are streamed by the room workers.
     async fn spawn_editor(&mut self, myself: &ActorRef<AccountMsg>) {
         let editor = match Actor::spawn_linked(None, StreamEditor, (), myself.get_cell()).await {
@@ -536,10 +504,7 @@ impl AccountRuntime {
         self.args
             .board
             .update(self.id(), |s| s.stream_editor = state);
-        *self
-            .editor
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = editor;
+        self.editor.set(editor);
     }
 
     /// Starts the `CryptoActor` for the current connection.
@@ -554,12 +519,7 @@ impl AccountRuntime {
             board: self.args.board.clone(),
             store: self.args.store.clone(),
         };
-        let old = self
-            .crypto
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
-        if let Some(old) = old {
+        if let Some(old) = self.crypto.set(None) {
             old.stop(None);
         }
         let (actor, state) =
@@ -570,29 +530,10 @@ impl AccountRuntime {
                     (None, ChildState::Stopped)
                 }
             };
-        *self
-            .crypto
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = actor;
+        self.crypto.set(actor);
         self.args
             .board
             .update(self.id(), |s| s.crypto = Some(state));
-    }
-
-    fn is_crypto(&self, cell: &ractor::ActorCell) -> bool {
-        self.crypto
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|c| c.get_id() == cell.get_id())
-    }
-
-    fn is_otp_gate(&self, cell: &ractor::ActorCell) -> bool {
-        self.otp
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|g| g.get_id() == cell.get_id())
     }
 
     /// Starts the `OtpGate` child; without one, unknown senders' DMs stay pending.
@@ -622,10 +563,7 @@ impl AccountRuntime {
         self.args
             .board
             .update(self.id(), |s| s.otp_gate = Some(state));
-        *self
-            .otp
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = gate;
+        self.otp.set(gate);
     }
 
     /// Joins or rejects each invite as `auto_join` and the access policies say.

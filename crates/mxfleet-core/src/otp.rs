@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use mxfleet_config::constant_time_eq;
 use mxfleet_store::{OtpChallenge, Store, StoreError, now_ms};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rand::Rng;
@@ -118,14 +119,6 @@ pub(crate) fn random_code() -> String {
 fn as_code(body: &str) -> Option<String> {
     let digits: String = body.chars().filter(|c| !c.is_whitespace()).collect();
     (digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit())).then_some(digits)
-}
-
-/// Compares without an early exit, so timing does not tell how many digits were right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// What the sender is told, if anything. The code itself never appears.

@@ -59,11 +59,53 @@ use crate::{
 const TYPING_REFRESH: Duration = Duration::from_secs(3);
 
 /// The account's current `StreamEditor`, replaced when the editor is restarted.
-pub(crate) type EditorHandle = Arc<RwLock<Option<ActorRef<EditorMsg>>>>;
+pub(crate) type EditorHandle = ChildHandle<EditorMsg>;
 /// The account's current `OtpGate`, if self-approval is on.
-pub(crate) type OtpHandle = Arc<RwLock<Option<ActorRef<OtpMsg>>>>;
+pub(crate) type OtpHandle = ChildHandle<OtpMsg>;
 /// The account's current `CryptoActor` (password accounts).
-pub(crate) type CryptoHandle = Arc<RwLock<Option<ActorRef<CryptoMsg>>>>;
+pub(crate) type CryptoHandle = ChildHandle<CryptoMsg>;
+
+/// A child actor of the account, shared with the room workers and replaced when the child is
+/// restarted.
+pub(crate) struct ChildHandle<M>(Arc<RwLock<Option<ActorRef<M>>>>);
+
+impl<M> Default for ChildHandle<M> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+impl<M> Clone for ChildHandle<M> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<M> ChildHandle<M> {
+    /// The current child, if one is running.
+    pub(crate) fn get(&self) -> Option<ActorRef<M>> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the child; returns the previous one.
+    pub(crate) fn set(&self, child: Option<ActorRef<M>>) -> Option<ActorRef<M>> {
+        std::mem::replace(
+            &mut *self
+                .0
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            child,
+        )
+    }
+
+    /// Whether `cell` is the current child.
+    pub(crate) fn is(&self, cell: &ractor::ActorCell) -> bool {
+        self.get().is_some_and(|c| c.get_id() == cell.get_id())
+    }
+}
 /// Rooms this process joined from a DM invite. matrix-sdk marks them direct in the account
 /// data, but that round trip can finish after the first message arrives.
 pub(crate) type JoinedDms = Arc<RwLock<std::collections::HashSet<String>>>;
@@ -470,11 +512,7 @@ async fn stream_answer(
         visible,
         own_keys: !matches!(ctx.spec.auth, AccountAuth::AccessToken(_)),
     };
-    let editor = ctx
-        .editor
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let editor = ctx.editor.get();
     let Some(editor) = editor else {
         return deliver(answer, &settings, &mut sink).await;
     };
@@ -559,11 +597,7 @@ async fn record(
 /// A DM from an unknown sender under OTP self-approval: the `OtpGate` decides, the sender gets
 /// its answer (never the code).
 async fn otp_gate(ctx: &ReplyContext, room: &Room, message: &InboundMessage) {
-    let gate = ctx
-        .otp
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let gate = ctx.otp.get();
     let Some(gate) = gate else {
         warn!("OTP gate not running; message left pending");
         return;
@@ -649,8 +683,10 @@ async fn post_utd_notice(ctx: &ReplyContext, utd: Undecryptable) {
              verify this bot's device or send the message again."
         )
     };
-    let own_keys = !matches!(ctx.spec.auth, AccountAuth::AccessToken(_));
-    if let Err(e) = ensure_can_send(&room, own_keys, "the undecryptable-message notice").await {
+    let token_account = matches!(ctx.spec.auth, AccountAuth::AccessToken(_));
+    if token_account
+        && let Err(e) = ensure_can_send(&room, false, "the undecryptable-message notice").await
+    {
         // An access-token account cannot speak in an encrypted room either; the status and
         // this log line are where it says so.
         warn!(error = %e, "not sent");
@@ -748,11 +784,7 @@ async fn verify_word(
     message: &InboundMessage,
     word: commands::VerifyWord,
 ) -> String {
-    let crypto = ctx
-        .crypto
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let crypto = ctx.crypto.get();
     let (Some(crypto), Ok(user)) = (crypto, OwnedUserId::try_from(message.sender.as_str())) else {
         return "This bot account cannot verify devices (it does not own an encryption device)."
             .into();

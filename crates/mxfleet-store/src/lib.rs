@@ -302,13 +302,8 @@ impl Store {
     /// The recovery key mxfleet created for `account` (a secret), if any.
     pub async fn recovery_key(&self, account: &str) -> Result<Option<String>, StoreError> {
         let account = account.to_owned();
-        self.blocking(move |s| {
-            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
-            let table = tx.open_table(RECOVERY_KEYS).map_err(|e| s.err(e))?;
-            let value = table.get(account.as_str()).map_err(|e| s.err(e))?;
-            Ok(value.map(|v| v.value().to_owned()))
-        })
-        .await
+        self.blocking(move |s| s.get_str(RECOVERY_KEYS, &account))
+            .await
     }
 
     /// Keeps the recovery key of `account` (created by mxfleet, or imported by the operator).
@@ -327,13 +322,8 @@ impl Store {
     /// The sync token to continue from; `None` before the first sync of the account.
     pub async fn sync_position(&self, account: &str) -> Result<Option<String>, StoreError> {
         let account = account.to_owned();
-        self.blocking(move |s| {
-            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
-            let table = tx.open_table(SYNC_POSITIONS).map_err(|e| s.err(e))?;
-            let value = table.get(account.as_str()).map_err(|e| s.err(e))?;
-            Ok(value.map(|v| v.value().to_owned()))
-        })
-        .await
+        self.blocking(move |s| s.get_str(SYNC_POSITIONS, &account))
+            .await
     }
 
     /// Commits a sync batch: claims each event not claimed before and moves the sync position
@@ -670,6 +660,17 @@ impl Store {
                 key: key.to_owned(),
                 source,
             })
+    }
+
+    fn get_str(
+        &self,
+        def: TableDefinition<&str, &str>,
+        key: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = tx.open_table(def).map_err(|e| self.err(e))?;
+        let value = table.get(key).map_err(|e| self.err(e))?;
+        Ok(value.map(|v| v.value().to_owned()))
     }
 
     fn get_pair_json<T: DeserializeOwned>(
