@@ -31,6 +31,61 @@ async fn bot_device(
         .ok_or_else(|| anyhow::anyhow!("the human does not know the bot's device"))
 }
 
+/// Waits until the human, asking the server afresh, sees the bot's device signed by the bot's
+/// cross-signing identity.
+async fn wait_device_signed(
+    human: &Human,
+    bot: &str,
+    fleet: &FleetProcess,
+    timeout: Duration,
+) -> Result<()> {
+    let bot_user = matrix_sdk::ruma::OwnedUserId::try_from(bot)?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        // Fresh from the server each time: the bootstrap runs beside the sync.
+        let identity = human
+            .client
+            .encryption()
+            .request_user_identity(&bot_user)
+            .await?;
+        if identity.is_some() && bot_device(human, bot).await?.is_cross_signed_by_owner() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the bot's device was never signed: {:?}",
+            fleet.status()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until the `bot` account's status line `field` (`ownership`, `recovery`) contains
+/// `wanted`; returns the line.
+async fn wait_line(
+    fleet: &FleetProcess,
+    field: &str,
+    wanted: &str,
+    timeout: Duration,
+) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let status = fleet.status().unwrap_or_default();
+        let line = status["accounts"]["bot"][field]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if line.contains(wanted) {
+            return Ok(line);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{field} never said {wanted:?}: {line:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Requests a verification of `device`, waits until the bot accepts it, and starts the emoji
 /// comparison.
 async fn start_emoji_flow(
@@ -194,7 +249,6 @@ async fn a_lost_crypto_store_fails_fast_until_a_new_device_is_allowed() -> Resul
 
 #[tokio::test]
 async fn a_bot_owned_device_is_signed_by_the_bots_identity_once() -> Result<()> {
-    use matrix_sdk::ruma::{OwnedDeviceId, OwnedUserId};
     let synapse = Synapse::shared().await?;
     let bot = synapse.fresh_user("bot").await?;
     let (human_id, human_pw) = synapse.fresh_user("human").await?;
@@ -208,73 +262,81 @@ async fn a_bot_owned_device_is_signed_by_the_bots_identity_once() -> Result<()> 
     fleet.start().await?;
     fleet.wait_state("bot", "syncing", TIMEOUT).await?;
 
-    let bot_user = OwnedUserId::try_from(bot.0.as_str())?;
-    let device: OwnedDeviceId = "MXFLEET_BOT".into();
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        // Fresh from the server each time: the bootstrap runs beside the sync.
-        let identity = human
-            .client
-            .encryption()
-            .request_user_identity(&bot_user)
-            .await?;
-        let signed = match identity {
-            Some(_) => human
-                .client
-                .encryption()
-                .get_device(&bot_user, &device)
-                .await?
-                .is_some_and(|d| d.is_cross_signed_by_owner()),
-            None => false,
-        };
-        if signed {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the bot's device was never signed: {:?}",
-            fleet.status()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_device_signed(&human, &bot.0, &fleet, TIMEOUT).await?;
     // status.json is flushed every 250 ms: wait for it to say so too.
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let status = fleet.status().unwrap_or_default();
-        let ownership = status["accounts"]["bot"]["ownership"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if ownership.contains("bootstrapped now") {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "ownership: {ownership:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_line(&fleet, "ownership", "bootstrapped now", TIMEOUT).await?;
 
-    // Idempotent: a restart finds the keys and asks nothing of the server.
+    // Idempotent: a restart finds the keys, and the server's identity matching them.
     fleet.stop().await?;
     fleet.start().await?;
     fleet.wait_state("bot", "syncing", TIMEOUT).await?;
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let status = fleet.status().unwrap_or_default();
-        let ownership = status["accounts"]["bot"]["ownership"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if ownership.contains("set up, device signed") {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "after restart: {ownership}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_line(&fleet, "ownership", "set up, device signed", TIMEOUT).await?;
+    anyhow::ensure!(
+        !fleet.all_logs().contains(&bot.1),
+        "the password reached the logs"
+    );
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cross_signing_upload_awaiting_approval_is_surfaced_and_retried() -> Result<()> {
+    use mxfleet_testkit::{CountingProxy, Fault};
+    const UPLOAD: &str = "/keys/device_signing/upload";
+    const APPROVE_AT: &str =
+        "https://auth.example.test/account/?action=org.matrix.cross_signing_reset";
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let (human_id, human_pw) = synapse.fresh_user("human").await?;
+    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
+    // A homeserver that delegates its auth (OAuth, MAS) answers the cross-signing upload with
+    // the approval stage instead of a password stage until the user approves (MSC4312); the
+    // proxy in front of Synapse answers so until it is healed.
+    let proxy = CountingProxy::start(synapse.url()).await?;
+    let approval = serde_json::json!({
+        "session": "approval-session",
+        "flows": [{ "stages": ["m.oauth"] }],
+        "params": {
+            "m.oauth": { "url": APPROVE_AT },
+            "org.matrix.cross_signing_reset": { "url": APPROVE_AT },
+        },
+        "msg": "To reset your cross-signing identity, approve it first and then try again.",
+    });
+    proxy.set_fault(Some(Fault {
+        path_suffix: UPLOAD.into(),
+        status: 401,
+        body: approval.to_string(),
+    }));
+    let mut fleet = FleetProcess::new(&account(
+        "bot",
+        &proxy.url,
+        &bot,
+        "ownership_mode = \"bot_owned\"",
+    ))?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+
+    let line = wait_line(&fleet, "ownership", APPROVE_AT, TIMEOUT).await?;
+    anyhow::ensure!(line.contains("approved"), "{line}");
+    anyhow::ensure!(
+        fleet.all_logs().contains(APPROVE_AT),
+        "the approval URL is not in the logs"
+    );
+    let refused = proxy.count_ending(UPLOAD);
+    anyhow::ensure!(refused >= 1, "no upload was tried");
+    // Not signed while the approval is pending, and the bot keeps answering meanwhile.
+    let dm = human.encrypted_dm(&bot.0).await?;
+    human.send(&dm, "still there?").await?;
+    human
+        .expect_final_text(&dm, &bot.0, "still there?", TIMEOUT)
+        .await?;
+    anyhow::ensure!(!bot_device(&human, &bot.0).await?.is_cross_signed_by_owner());
+
+    // The user approves; the next try (every 30 s) uploads the same keys and signs the device.
+    proxy.set_fault(None);
+    wait_device_signed(&human, &bot.0, &fleet, Duration::from_secs(75)).await?;
+    wait_line(&fleet, "ownership", "bootstrapped now", TIMEOUT).await?;
+    anyhow::ensure!(proxy.count_ending(UPLOAD) > refused, "never retried");
     anyhow::ensure!(
         !fleet.all_logs().contains(&bot.1),
         "the password reached the logs"
@@ -397,18 +459,7 @@ async fn after_a_store_wipe_the_recovery_key_makes_old_messages_readable() -> Re
     let mut fleet = FleetProcess::new(&bot_config(""))?;
     fleet.start().await?;
     fleet.wait_state("bot", "syncing", TIMEOUT).await?;
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while !fleet.status().unwrap_or_default()["accounts"]["bot"]["recovery"]
-        .as_str()
-        .is_some_and(|r| r.starts_with("set up now"))
-    {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "recovery never set up: {:?}",
-            fleet.status()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_line(&fleet, "recovery", "set up now", TIMEOUT).await?;
     let dm = human.encrypted_dm(&bot.0).await?;
     human
         .send(&dm, "remember: the password is swordfish")
@@ -488,6 +539,99 @@ async fn after_a_store_wipe_the_recovery_key_makes_old_messages_readable() -> Re
         .unwrap_or_default()
         .to_owned();
     anyhow::ensure!(ownership.contains("set up, device signed"), "{ownership}");
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_message_whose_keys_come_late_is_answered_once_they_arrive() -> Result<()> {
+    use matrix_sdk::{config::SyncSettings, encryption::LocalTrust, ruma::device_id};
+    const TEXT: &str = "a message whose keys come late";
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let (human_id, human_pw) = synapse.fresh_user("human").await?;
+    let bot_user = matrix_sdk::ruma::OwnedUserId::try_from(bot.0.as_str())?;
+
+    // Another device of the bot's user (the operator's own client, say): it set up the
+    // cross-signing identity and the key backup, and it syncs only when the test says.
+    let other = matrix_sdk::Client::builder()
+        .homeserver_url(synapse.url())
+        .build()
+        .await?;
+    other
+        .matrix_auth()
+        .login_username(&bot.0, &bot.1)
+        .device_id("OTHER")
+        .send()
+        .await?;
+    let first = other.sync_once(SyncSettings::default()).await?;
+    other.encryption().bootstrap_cross_signing(None).await?;
+    let recovery_key = other
+        .encryption()
+        .recovery()
+        .enable()
+        .wait_for_backups_to_upload()
+        .await?;
+
+    let mut fleet = FleetProcess::new(&account(
+        "bot",
+        synapse.url(),
+        &bot,
+        &format!("ownership_mode = \"bot_owned\"\nrecovery_key = {recovery_key:?}"),
+    ))?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    wait_line(&fleet, "recovery", "recovered", TIMEOUT).await?;
+
+    // The human's client shares room keys only with devices it trusts: the other one, not the
+    // bot's. The bot cannot read the message when it arrives.
+    let human = Human::login_with(synapse.url(), &human_id, &human_pw, true).await?;
+    human
+        .client
+        .encryption()
+        .request_user_identity(&bot_user)
+        .await?;
+    human
+        .client
+        .encryption()
+        .get_device(&bot_user, device_id!("OTHER"))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the human does not know the other device"))?
+        .set_local_trust(LocalTrust::Verified)
+        .await?;
+    let dm = human.encrypted_dm(&bot.0).await?;
+    human.send(&dm, TEXT).await?;
+    human
+        .wait_for("notice", TIMEOUT, |h| {
+            h.seen_from(&dm, &bot.0)
+                .into_iter()
+                .find(|s| s.body.contains("could not decrypt"))
+        })
+        .await?;
+    anyhow::ensure!(
+        human.count(&dm, &bot.0, TEXT) == 0,
+        "answered without the keys?"
+    );
+
+    // The other device syncs now: it gets the room key and backs it up (it may also forward it
+    // to the bot's device, which asked for it). The bot, retrying, reads and answers.
+    other
+        .sync_once(SyncSettings::default().token(first.next_batch))
+        .await?;
+    other.encryption().backups().wait_for_steady_state().await?;
+    let answer = human
+        .expect_final_text(&dm, &bot.0, TEXT, Duration::from_secs(150))
+        .await?;
+    anyhow::ensure!(answer.encrypted, "the late answer went out in plaintext");
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while fleet.status().unwrap_or_default()["accounts"]["bot"]["decrypted_late"] != 1 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "not counted: {:?}",
+            fleet.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     fleet.stop().await?;
     Ok(())
 }

@@ -226,7 +226,9 @@ async fn ensure_ownership(myself: &ActorRef<CryptoMsg>, state: &CryptoArgs) {
                 }
             };
             let owned = ensure_bot_owned(&state.client, &state.user_id, password.expose()).await;
-            if owned.is_ok()
+            // Secret storage keeps the cross-signing keys: only once the server holds them.
+            let owns = matches!(owned, Ok(Ownership::AlreadyOwned | Ownership::Bootstrapped));
+            if owns
                 && !recovered
                 && let Err(f) = recovery(state, true).await
             {

@@ -101,6 +101,9 @@ pub struct AccountStatus {
     /// Notices posted about them.
     #[serde(default)]
     pub undecryptable_notices: u64,
+    /// Of those messages, the ones decrypted later, once their keys arrived (and answered).
+    #[serde(default)]
+    pub decrypted_late: u64,
     /// Total time backends took for the answers so far (request to last token), in ms.
     #[serde(default)]
     pub backend_ms_total: u64,
@@ -145,6 +148,7 @@ impl AccountStatus {
             otp_challenges: 0,
             undecryptable: 0,
             undecryptable_notices: 0,
+            decrypted_late: 0,
             backend_ms_total: 0,
             backend_answers: 0,
             encryption: None,

@@ -12,7 +12,7 @@
 
 use std::{panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
-use futures_util::FutureExt;
+use futures_util::{FutureExt, Stream, StreamExt};
 use mxfleet_config::{AccountAuth, AccountSpec};
 use mxfleet_matrix::{
     FailureClass, InboundMessage, MatrixFailure, Normalised, Undecryptable,
@@ -124,6 +124,23 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
     let mut healthy = false;
     let mut retries = DecryptionRetries::default();
     let reads_encrypted = matches!(args.spec.auth, AccountAuth::Password(_));
+    // Room keys stored by matrix-sdk, whichever way they came (to-device, forwarded, downloaded
+    // from the backup): earlier failures in their rooms are tried again at once.
+    let mut room_keys = match reads_encrypted {
+        true => args
+            .client
+            .encryption()
+            .room_keys_received_stream()
+            .await
+            .map(|keys| {
+                // `None`: some were missed (the stream lagged), the rooms are unknown.
+                Box::pin(keys.map(|keys| {
+                    keys.ok()
+                        .map(|k| k.into_iter().map(|k| k.room_id).collect())
+                }))
+            }),
+        false => None,
+    };
 
     loop {
         let first_sync = token.is_none();
@@ -137,17 +154,32 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
         if let Some(token) = &token {
             settings = settings.token(token.clone());
         }
-        let response =
-            match tokio::time::timeout(stall_after, args.client.sync_once(settings)).await {
-                Err(_) => {
-                    return MatrixFailure::new(
-                        FailureClass::Transient,
-                        format!("sync stalled: no answer within {} s", stall_after.as_secs()),
-                    );
+        let sync = tokio::time::timeout(stall_after, args.client.sync_once(settings));
+        tokio::pin!(sync);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut sync => break outcome,
+                Some(rooms) = next_room_keys(&mut room_keys), if retries.waiting() => {
+                    if !retries.waits_in(rooms.as_deref()) {
+                        continue;
+                    }
+                    let late = retries.retry(&args.client, &args.user_id).await;
+                    if let Err(failure) = deliver_late(args, token.as_deref(), late).await {
+                        return failure;
+                    }
                 }
-                Ok(Err(e)) => return MatrixFailure::from_sdk("sync", &e),
-                Ok(Ok(response)) => response,
-            };
+            }
+        };
+        let response = match outcome {
+            Err(_) => {
+                return MatrixFailure::new(
+                    FailureClass::Transient,
+                    format!("sync stalled: no answer within {} s", stall_after.as_secs()),
+                );
+            }
+            Ok(Err(e)) => return MatrixFailure::from_sdk("sync", &e),
+            Ok(Ok(response)) => response,
+        };
 
         let mut entries = Vec::new();
         let mut utds = Vec::new();
@@ -188,10 +220,8 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
             }
             // Keys may have arrived (to-device, or from the backup): try the earlier failures.
             if retries.due(!response.to_device.is_empty()) {
-                for message in retries.retry(&args.client, &args.user_id).await {
-                    info!(event_id = %message.event_id, "decrypted a message that had failed before");
-                    entries.push(claim(message));
-                }
+                let late = retries.retry(&args.client, &args.user_id).await;
+                entries.extend(claim_late(args, late));
             }
         }
         let invites: Vec<OwnedRoomId> = response.rooms.invited.keys().cloned().collect();
@@ -228,9 +258,10 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
     }
 }
 
-/// Events that failed to decrypt, tried again when keys may have arrived: after a sync that
-/// carried to-device events (room keys, forwarded keys), and every 30 s (keys downloaded from the
-/// server-side backup arrive without one). Bounded in number and age.
+/// Events that failed to decrypt, tried again when keys may have arrived: when matrix-sdk stores
+/// room keys for their room, after a sync that carried to-device events, and every 30 s (each
+/// failed try also asks matrix-sdk to look in the server-side key backup, which it does with
+/// its own back-off). Bounded in number and age.
 #[derive(Default)]
 struct DecryptionRetries {
     pending: Vec<(OwnedRoomId, Raw<AnySyncTimelineEvent>, Instant)>,
@@ -247,6 +278,16 @@ impl DecryptionRetries {
             self.pending.remove(0);
         }
         self.pending.push((room_id.clone(), raw, Instant::now()));
+    }
+
+    /// Whether any event waits for keys.
+    fn waiting(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Whether an event waits in one of `rooms` (`None`: rooms unknown, say yes).
+    fn waits_in(&self, rooms: Option<&[OwnedRoomId]>) -> bool {
+        rooms.is_none_or(|rooms| self.pending.iter().any(|(room, _, _)| rooms.contains(room)))
     }
 
     fn due(&mut self, keys_may_have_arrived: bool) -> bool {
@@ -286,6 +327,59 @@ impl DecryptionRetries {
     }
 }
 
+/// The rooms of the next batch of stored room keys (`None` inside: unknown). Never resolves
+/// without a stream.
+async fn next_room_keys<S>(stream: &mut Option<S>) -> Option<Option<Vec<OwnedRoomId>>>
+where
+    S: Stream<Item = Option<Vec<OwnedRoomId>>> + Unpin,
+{
+    match stream {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Claims messages that decrypted on a retry (the keys came late), and counts them.
+fn claim_late(
+    args: &SyncArgs,
+    late: Vec<InboundMessage>,
+) -> impl Iterator<Item = InboxEntry<InboundMessage>> {
+    if !late.is_empty() {
+        let n = late.len() as u64;
+        args.board.update(&args.spec.id, |s| s.decrypted_late += n);
+    }
+    late.into_iter().map(|message| {
+        info!(room_id = %message.room_id, event_id = %message.event_id, "decrypted a message that had failed before: its keys came late");
+        claim(message)
+    })
+}
+
+/// Claims and hands on messages decrypted between syncs, at the current sync position.
+async fn deliver_late(
+    args: &SyncArgs,
+    token: Option<&str>,
+    late: Vec<InboundMessage>,
+) -> Result<(), MatrixFailure> {
+    // Retries begin after the first sync, so there is a position to commit at.
+    let Some(token) = token.filter(|_| !late.is_empty()) else {
+        return Ok(());
+    };
+    let entries = claim_late(args, late).collect();
+    let fresh = args
+        .store
+        .commit_sync(&args.spec.id, token, entries)
+        .await
+        .map_err(|e| MatrixFailure::new(FailureClass::Fatal, e.to_string()))?;
+    let synced = AccountMsg::Synced {
+        fresh,
+        invites: Vec::new(),
+        utds: Vec::new(),
+    };
+    args.parent
+        .cast(synced)
+        .map_err(|_| MatrixFailure::new(FailureClass::Transient, "the account actor is gone"))
+}
+
 fn claim(message: InboundMessage) -> InboxEntry<InboundMessage> {
     InboxEntry {
         event_id: message.event_id.clone(),
@@ -316,8 +410,17 @@ mod tests {
         assert!(retries.due(true), "to-device events may carry the keys");
         tokio::time::advance(DecryptionRetries::INTERVAL).await;
         assert!(retries.due(false), "the backup may have delivered them");
+        // Room keys stored for the room (or for unknown rooms) wake the retry; others do not.
+        assert!(retries.waiting());
+        assert!(retries.waits_in(Some(&[owned_room_id!("!r:hs")])));
+        assert!(
+            retries.waits_in(None),
+            "a lagged key stream tries everything"
+        );
+        assert!(!retries.waits_in(Some(&[owned_room_id!("!other:hs")])));
         tokio::time::advance(DecryptionRetries::MAX_AGE).await;
         assert!(!retries.due(true), "given up after a day");
+        assert!(!retries.waiting());
         assert!(retries.pending.is_empty());
     }
 }

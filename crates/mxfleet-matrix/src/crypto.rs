@@ -55,6 +55,10 @@ impl Ownership {
 }
 
 /// Makes the bot own its cross-signing identity (see the module docs).
+///
+/// Judged by the server's view, fetched fresh: the keys in the local store alone prove nothing,
+/// because matrix-sdk keeps a new identity's private keys before its upload succeeds. An upload
+/// refused (approval pending, a network failure) is therefore retried with the same keys.
 pub async fn ensure_bot_owned(
     client: &Client,
     user_id: &OwnedUserId,
@@ -62,24 +66,32 @@ pub async fn ensure_bot_owned(
 ) -> Result<Ownership, MatrixFailure> {
     let encryption = client.encryption();
     encryption.wait_for_e2ee_initialization_tasks().await;
-    if encryption
+    let transient = |what: &str, e: &dyn std::fmt::Display| {
+        MatrixFailure::new(FailureClass::Transient, format!("{what}: {e}"))
+    };
+    // A keys query for our own user: it also clears local private keys the server's identity
+    // does not match (an identity reset elsewhere).
+    let on_server = encryption
+        .request_user_identity(user_id)
+        .await
+        .map_err(|e| transient("reading the identity", &e))?;
+    let keys_here = encryption
         .cross_signing_status()
         .await
-        .is_some_and(|s| s.is_complete())
-    {
-        return Ok(Ownership::AlreadyOwned);
+        .is_some_and(|s| s.is_complete());
+    let device_signed = encryption
+        .get_own_device()
+        .await
+        .map_err(|e| transient("reading the own device", &e))?
+        .is_some_and(|d| d.is_cross_signed_by_owner());
+    match (on_server.is_some(), keys_here, device_signed) {
+        (true, true, true) => return Ok(Ownership::AlreadyOwned),
+        // `bootstrap_cross_signing` would replace it; say so instead.
+        (true, false, _) => return Ok(Ownership::ForeignIdentity),
+        // Not uploaded yet, or uploaded without the device's signature: (re)upload our keys.
+        _ => {}
     }
-    let existing = encryption.get_user_identity(user_id).await.map_err(|e| {
-        MatrixFailure::new(
-            FailureClass::Transient,
-            format!("reading the identity: {e}"),
-        )
-    })?;
-    if existing.is_some() {
-        // `bootstrap_cross_signing_if_needed` would do nothing here; say so instead.
-        return Ok(Ownership::ForeignIdentity);
-    }
-    match encryption.bootstrap_cross_signing_if_needed(None).await {
+    match encryption.bootstrap_cross_signing(None).await {
         Ok(()) => {}
         Err(e) => {
             let Some(info) = e.as_uiaa_response() else {
