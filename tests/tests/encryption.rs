@@ -86,6 +86,25 @@ async fn wait_line(
     }
 }
 
+/// Waits until the emoji flow `sas` is cancelled (by the bot).
+async fn wait_cancelled(
+    sas: &matrix_sdk::encryption::verification::SasVerification,
+    timeout: Duration,
+) -> Result<()> {
+    use futures_util::StreamExt;
+    use matrix_sdk::encryption::verification::SasState;
+    let mut changes = sas.changes();
+    tokio::time::timeout(timeout, async {
+        while !sas.is_cancelled() {
+            if let Some(SasState::Cancelled(_)) = changes.next().await {
+                break;
+            }
+        }
+    })
+    .await?;
+    Ok(())
+}
+
 /// Requests a verification of `device`, waits until the bot accepts it, and starts the emoji
 /// comparison.
 async fn start_emoji_flow(
@@ -828,8 +847,6 @@ async fn an_access_token_account_neither_reads_nor_sends_in_encrypted_rooms() ->
 
 #[tokio::test]
 async fn verify_show_repeats_the_emoji_and_verify_no_cancels() -> Result<()> {
-    use futures_util::StreamExt;
-    use matrix_sdk::encryption::verification::SasState;
     let synapse = Synapse::shared().await?;
     let bot = synapse.fresh_user("bot").await?;
     let (human_id, human_pw) = synapse.fresh_user("human").await?;
@@ -873,16 +890,58 @@ async fn verify_show_repeats_the_emoji_and_verify_no_cancels() -> Result<()> {
     );
 
     human.send(&dm, "verify no").await?;
-    let mut sas_changes = sas.changes();
-    tokio::time::timeout(TIMEOUT, async {
-        while !sas.is_cancelled() {
-            if let Some(SasState::Cancelled(_)) = sas_changes.next().await {
-                break;
-            }
-        }
-    })
-    .await?;
+    wait_cancelled(&sas, TIMEOUT).await?;
     anyhow::ensure!(!device.is_verified(), "a mismatch verified the device");
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn verify_cancel_and_the_timeout_end_a_flow_unverified() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let (human_id, human_pw) = synapse.fresh_user("human").await?;
+    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
+    let extra = format!("user_allowlist = [{human_id:?}]\nverification_timeout_secs = 5");
+    let mut fleet = FleetProcess::new(&account("bot", synapse.url(), &bot, &extra))?;
+    fleet.start().await?;
+    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let dm = human.encrypted_dm(&bot.0).await?;
+    let device = bot_device(&human, &bot.0).await?;
+
+    // `verify cancel` ends the flow at once.
+    let sas = start_emoji_flow(&device).await?;
+    human.send(&dm, "verify cancel").await?;
+    human
+        .wait_for("cancel confirmation", TIMEOUT, |h| {
+            h.seen_from(&dm, &bot.0)
+                .into_iter()
+                .find(|s| s.body == "Verification cancelled.")
+        })
+        .await?;
+    wait_cancelled(&sas, TIMEOUT).await?;
+    anyhow::ensure!(
+        !human
+            .seen_from(&dm, &bot.0)
+            .iter()
+            .any(|s| s.body.contains("timed out")),
+        "cancelled by the timeout, not by the word"
+    );
+
+    // A flow nobody answers is cancelled after verification_timeout_secs, and the bot says so.
+    let sas = start_emoji_flow(&device).await?;
+    human
+        .wait_for("timeout notice", TIMEOUT, |h| {
+            h.seen_from(&dm, &bot.0)
+                .into_iter()
+                .find(|s| s.body.contains("timed out"))
+        })
+        .await?;
+    wait_cancelled(&sas, TIMEOUT).await?;
+    anyhow::ensure!(
+        !bot_device(&human, &bot.0).await?.is_verified(),
+        "an unanswered flow verified the device"
+    );
     fleet.stop().await?;
     Ok(())
 }
