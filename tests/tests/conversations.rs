@@ -36,7 +36,8 @@ async fn running(config: &str, accounts: &[&str]) -> Result<FleetProcess> {
     let mut fleet = FleetProcess::new(config)?;
     fleet.start().await?;
     for account in accounts {
-        fleet.wait_state(account, "syncing", TIMEOUT).await?;
+        let syncing = fleet.wait_state(account, "syncing", TIMEOUT).await;
+        syncing.with_context(|| format!("the fleet's log:\n{}", fleet.all_logs()))?;
     }
     Ok(fleet)
 }
@@ -457,6 +458,127 @@ async fn with_synapse_default_rate_limits_a_long_stream_ends_with_the_full_text(
             .join("\n")
     );
 
+    fleet.stop().await?;
+    Ok(())
+}
+
+/// Waits until `bot`'s answer in `room_id` mentions `question` (group-room answers name the
+/// speaker too).
+async fn answered(
+    human: &Human,
+    room_id: &matrix_sdk::ruma::RoomId,
+    bot: &str,
+    question: &str,
+) -> Result<()> {
+    human
+        .wait_for("answer", TIMEOUT, |h| {
+            h.seen_from(room_id, bot)
+                .into_iter()
+                .find(|s| h.current_text(s).contains(question))
+        })
+        .await?;
+    Ok(())
+}
+
+/// Upgrades `room_id` (as its creator) and returns the replacement room.
+async fn upgrade(
+    human: &Human,
+    room_id: &matrix_sdk::ruma::RoomId,
+) -> Result<matrix_sdk::ruma::OwnedRoomId> {
+    use matrix_sdk::ruma::{RoomVersionId, api::client::room::upgrade_room::v3::Request};
+    let response = human
+        .client
+        .send(Request::new(room_id.to_owned(), RoomVersionId::V11))
+        .await?;
+    Ok(response.replacement_room)
+}
+
+/// Creates a room as `human` with `preset`, inviting `invitees`, claiming `predecessor` in its
+/// creation content if given.
+async fn create_room_as(
+    human: &Human,
+    preset: matrix_sdk::ruma::api::client::room::create_room::v3::RoomPreset,
+    invitees: &[&str],
+    predecessor: Option<&matrix_sdk::ruma::RoomId>,
+) -> Result<matrix_sdk::ruma::OwnedRoomId> {
+    use matrix_sdk::ruma::{OwnedUserId, api::client::room::create_room::v3::Request, serde::Raw};
+    let mut request = Request::new();
+    request.preset = Some(preset);
+    request.invite = invitees
+        .iter()
+        .map(|u| OwnedUserId::try_from(*u))
+        .collect::<Result<_, _>>()?;
+    if let Some(old) = predecessor {
+        let content = serde_json::json!({ "predecessor": { "room_id": old } });
+        request.creation_content = Some(Raw::new(&content)?.cast_unchecked());
+    }
+    Ok(human
+        .client
+        .create_room(request)
+        .await?
+        .room_id()
+        .to_owned())
+}
+
+#[tokio::test]
+async fn upgraded_rooms_are_followed_with_their_memory_and_forged_ones_refused() -> Result<()> {
+    use matrix_sdk::ruma::api::client::room::create_room::v3::RoomPreset;
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let human = human(synapse).await?;
+    let llm = FakeOpenAi::start(50).await?;
+    // Room ids in the allowlist (aliases would move with the upgrade and prove nothing).
+    let public = create_room_as(&human, RoomPreset::PublicChat, &[&bot.0], None).await?;
+    let private = human.create_room(&[&bot.0], false).await?;
+    let extra = format!(
+        "backend = \"llm\"\nroom_policy = \"allowlist\"\nroom_allowlist = [{:?}, {:?}]\nmention_mode = \"always\"",
+        public.as_str(),
+        private.as_str()
+    );
+    let mut fleet = running(&llm_bot(&llm, synapse.url(), &bot, &extra), &["bot"]).await?;
+    human.wait_joined(&public, &bot.0, TIMEOUT).await?;
+    human.wait_joined(&private, &bot.0, TIMEOUT).await?;
+    human.send(&public, "remember the number 4242").await?;
+    answered(&human, &public, &bot.0, "remember the number 4242").await?;
+
+    // A public room's upgrade: the bot joins the new room by itself and remembers.
+    let new_public = upgrade(&human, &public).await?;
+    human.wait_joined(&new_public, &bot.0, TIMEOUT).await?;
+    human.send(&new_public, "which number was it?").await?;
+    answered(&human, &new_public, &bot.0, "which number was it?").await?;
+    let last = llm
+        .requests()
+        .last()
+        .map(|r| r.body["messages"].to_string())
+        .unwrap_or_default();
+    ensure!(
+        last.contains("4242"),
+        "the memory stayed in the old room: {last}"
+    );
+
+    // An invite-only room's upgrade: the bot cannot join alone; the invite that follows (as
+    // Element sends when upgrading) is accepted although the new id is in no allowlist.
+    let new_private = upgrade(&human, &private).await?;
+    human
+        .client
+        .get_room(&new_private)
+        .context("the human is not in the upgraded room")?
+        .invite_user_by_id(&matrix_sdk::ruma::OwnedUserId::try_from(bot.0.as_str())?)
+        .await?;
+    human.wait_joined(&new_private, &bot.0, TIMEOUT).await?;
+    human.send(&new_private, "still here?").await?;
+    answered(&human, &new_private, &bot.0, "still here?").await?;
+
+    // A room that merely claims an allowed room as its predecessor (no tombstone names it) is
+    // an ordinary room outside the allowlist: its invite is rejected.
+    let forged = create_room_as(&human, RoomPreset::PrivateChat, &[&bot.0], Some(&public)).await?;
+    human
+        .wait_membership(&forged, &bot.0, MembershipState::Leave, TIMEOUT)
+        .await?;
+    ensure!(
+        fleet.all_logs().contains("followed the room upgrade"),
+        "no log line for the upgrade"
+    );
     fleet.stop().await?;
     Ok(())
 }

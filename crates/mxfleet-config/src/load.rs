@@ -900,9 +900,21 @@ fn is_user_id(s: &str) -> bool {
     s.len() > 3 && s.starts_with('@') && s[1..].contains(':')
 }
 
-/// Whether `s` looks like a room id or a room alias.
+/// A room alias (`#name:server`) or room id: `!opaque:server`, or `!` and the unpadded
+/// URL-safe base64 hash that room version 12 ids are made of.
 fn is_room_ref(s: &str) -> bool {
-    s.len() > 3 && (s.starts_with('!') || s.starts_with('#')) && s[1..].contains(':')
+    let Some(rest) = s.strip_prefix('!').or_else(|| s.strip_prefix('#')) else {
+        return false;
+    };
+    let has_server = rest
+        .split_once(':')
+        .is_some_and(|(l, r)| !l.is_empty() && !r.is_empty());
+    let v12_id = s.starts_with('!')
+        && rest.len() >= 16
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    !s.contains(char::is_whitespace) && (has_server || v12_id)
 }
 
 /// The device id a password account uses unless `device_id` is set.
@@ -970,12 +982,19 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
+    /// Where `key`'s value came from; a list item (`….room_allowlist.0`) from where its list did.
     fn origin(&self, key: &str) -> String {
         let path: Vec<String> = key.split('.').map(str::to_owned).collect();
-        self.figment.find_metadata(key).map_or_else(
-            || "built-in default".to_owned(),
-            |md| describe_origin(md, &path),
-        )
+        let mut lookup = key;
+        loop {
+            if let Some(md) = self.figment.find_metadata(lookup) {
+                return describe_origin(md, &path);
+            }
+            match lookup.rsplit_once('.') {
+                Some((parent, last)) if last.chars().all(|c| c.is_ascii_digit()) => lookup = parent,
+                _ => return "built-in default".to_owned(),
+            }
+        }
     }
 
     fn fail(&mut self, key: &str, message: &str) {
@@ -1015,7 +1034,10 @@ impl Checker<'_> {
             self.require(
                 is_room_ref(room),
                 &format!("{key}.room_allowlist.{i}"),
-                &format!("{room:?} is not a room id (!id:server) or alias (#name:server)"),
+                &format!(
+                    "{room:?} is not a room id (!id:server, or !id in room version 12) or alias \
+                     (#name:server)"
+                ),
             );
         }
         self.require(

@@ -420,7 +420,7 @@ fn conversation_keys_have_safe_defaults_and_are_validated() {
             access_token = "t"
             provider = "echo"
             user_allowlist = ["alice"]
-            room_allowlist = ["ops"]
+            room_allowlist = ["ops", "!VpnEGRXyeLlgCHg-3vMl2-VJQZGWHPndPW5NH6aWxp0", "!a:hs", "! x:hs"]
             edit_throttle_ms = 1
             ack_reaction = ""
             [accounts.a.user_overrides."@x:hs"]
@@ -431,9 +431,23 @@ fn conversation_keys_have_safe_defaults_and_are_validated() {
             .err()
             .ok_or("expected an error")?;
         let lines = issues(err);
+        // Room version 12 ids have no server part; list items name the file they came from.
+        for fine in ["room_allowlist.1", "room_allowlist.2"] {
+            assert!(
+                !lines.iter().any(|l| l.contains(fine)),
+                "{fine} refused: {lines:#?}"
+            );
+        }
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("room_allowlist.0") && l.contains("bad2.toml")),
+            "{lines:#?}"
+        );
         for expected in [
             "accounts.a.user_allowlist.0: \"alice\" is not a user id",
             "accounts.a.room_allowlist.0: \"ops\" is not a room id",
+            "accounts.a.room_allowlist.3: \"! x:hs\" is not a room id",
             "accounts.a.edit_throttle_ms: must be at least 50",
             "accounts.a.user_overrides.@x:hs.backend: no backend named \"nope\"",
             "backends.hook.url: must be an http(s) URL",

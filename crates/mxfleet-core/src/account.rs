@@ -23,11 +23,12 @@ use crate::{
     crypto::{CryptoActor, CryptoArgs},
     gate::{self, Access, InviteVerdict, RoomFacts},
     otp::{OtpArgs, OtpGate, OtpMsg, OtpPolicy},
-    responder::{CryptoHandle, EditorHandle, JoinedDms, OtpHandle, Responder, ResponderArgs},
+    responder::{self, CryptoHandle, EditorHandle, JoinedDms, OtpHandle, Responder, ResponderArgs},
     restart::{RestartPolicy, RestartTracker},
     status::{AccountState, ChildState, StatusBoard},
     stream_editor::StreamEditor,
     sync::{SyncActor, SyncArgs},
+    upgrades::{self, Upgrade},
 };
 
 /// Stop reason of an account whose credentials were rejected.
@@ -72,6 +73,8 @@ pub(crate) enum AccountMsg {
         invites: Vec<OwnedRoomId>,
         /// Events that could not be decrypted.
         utds: Vec<Undecryptable>,
+        /// Rooms the bot is in that were upgraded to rooms it has not joined.
+        upgrades: Vec<Upgrade>,
     },
 }
 
@@ -140,8 +143,10 @@ impl Actor for AccountActor {
                     fresh,
                     invites,
                     utds,
+                    upgrades,
                 } => {
                     state.join_invites(invites);
+                    state.follow_upgrades(upgrades);
                     if let Some(responder) = state.responder.as_mut() {
                         utds.into_iter()
                             .for_each(|utd| responder.report_undecryptable(utd));
@@ -566,6 +571,46 @@ impl AccountRuntime {
         self.otp.set(gate);
     }
 
+    /// Follows each room upgrade the gate would follow (see `upgrades`).
+    fn follow_upgrades(&self, upgrades: Vec<Upgrade>) {
+        let Some(connection) = &self.connection else {
+            return;
+        };
+        for upgrade in upgrades {
+            let client = connection.client.clone();
+            let store = self.args.store.clone();
+            let spec = self.args.spec.clone();
+            let access = self.access.clone();
+            let joined_dms = self.joined_dms.clone();
+            let span = info_span!(parent: None, "upgrade", account = %spec.id, room = %upgrade.old);
+            tokio::spawn(
+                async move {
+                    let Some(old) = client.get_room(&upgrade.old) else {
+                        return;
+                    };
+                    let dm = responder::is_dm(&old, &joined_dms).await;
+                    let followed = upgrades::follow(
+                        &client,
+                        &store,
+                        &spec.id,
+                        &spec.conversation,
+                        &access,
+                        dm,
+                        upgrade,
+                    )
+                    .await;
+                    if let Some(new) = followed.filter(|_| dm) {
+                        joined_dms
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(new.to_string());
+                    }
+                }
+                .instrument(span),
+            );
+        }
+    }
+
     /// Joins or rejects each invite as `auto_join` and the access policies say.
     fn join_invites(&self, invites: Vec<OwnedRoomId>) {
         let Some(connection) = &self.connection else {
@@ -595,6 +640,7 @@ impl AccountRuntime {
                         room_id: room_id.to_string(),
                         is_dm: room.is_direct().await.unwrap_or(false),
                         aliases: room.canonical_alias().into_iter().map(|a| a.to_string()).collect(),
+                        predecessors: upgrades::confirmed_predecessors(&client, &room),
                     };
                     match gate::decide_invite(&conversation, &access, &facts, &inviter) {
                         InviteVerdict::Join => {

@@ -22,6 +22,8 @@ pub(crate) struct RoomFacts {
     pub(crate) is_dm: bool,
     /// Its canonical and alternative aliases.
     pub(crate) aliases: Vec<String>,
+    /// The rooms it replaces (room upgrades), newest first, each confirmed by its tombstone.
+    pub(crate) predecessors: Vec<String>,
 }
 
 /// Who the bot is, for mention detection.
@@ -79,8 +81,12 @@ impl Access {
         }
     }
 
+    /// Allowed by id or alias, or as the upgrade of an allowed room.
     fn room_allowed(&self, room: &RoomFacts) -> bool {
-        self.rooms.contains(&room.room_id) || room.aliases.iter().any(|a| self.rooms.contains(a))
+        std::iter::once(&room.room_id)
+            .chain(&room.aliases)
+            .chain(&room.predecessors)
+            .any(|r| self.rooms.contains(r))
     }
 }
 
@@ -342,7 +348,7 @@ mod tests {
         RoomFacts {
             room_id: id.into(),
             is_dm,
-            aliases: vec![],
+            ..RoomFacts::default()
         }
     }
 
@@ -442,6 +448,19 @@ mod tests {
         assert_eq!(
             decide(&c, &access(&c), &aliased, &me(), &plain),
             Verdict::Answer
+        );
+        // So does an allowed room's upgrade (the caller confirmed the tombstone).
+        let upgraded = RoomFacts {
+            predecessors: vec!["!new-old:hs".into(), "!ok:hs".into()],
+            ..room("!newest:hs", false)
+        };
+        assert_eq!(
+            decide(&c, &access(&c), &upgraded, &me(), &plain),
+            Verdict::Answer
+        );
+        assert_eq!(
+            decide_invite(&c, &access(&c), &upgraded, "@anyone:hs"),
+            InviteVerdict::Join
         );
     }
 

@@ -21,6 +21,7 @@ pub mod restart;
 pub mod status;
 mod stream_editor;
 mod sync;
+mod upgrades;
 
 use ractor::{Actor, ActorRef};
 

@@ -53,6 +53,7 @@ use crate::{
         Delivered, EditorMsg, MAX_PART_BYTES, MatrixSink, StreamJob, StreamSettings, deliver,
         finish_interrupted,
     },
+    upgrades,
 };
 
 /// How often typing notices are renewed while an answer is prepared.
@@ -963,30 +964,33 @@ fn stream_settings(ctx: &ReplyContext) -> StreamSettings {
     }
 }
 
-/// What the gate needs to know about `room`. A room is a DM when the account data says so, or
-/// when this process joined it from a DM invite (the account data may lag behind).
+/// What the gate needs to know about `room`.
 async fn room_facts(ctx: &ReplyContext, room: &Room) -> RoomFacts {
+    RoomFacts {
+        room_id: room.room_id().to_string(),
+        is_dm: is_dm(room, &ctx.joined_dms).await,
+        aliases: room
+            .canonical_alias()
+            .into_iter()
+            .chain(room.alt_aliases())
+            .map(|a| a.to_string())
+            .collect(),
+        predecessors: upgrades::confirmed_predecessors(&ctx.client, room),
+    }
+}
+
+/// Whether `room` is a DM: the account data says so, or this process joined it from a DM invite
+/// (the account data may lag behind).
+pub(crate) async fn is_dm(room: &Room, joined_dms: &JoinedDms) -> bool {
     let direct = room.is_direct().await.unwrap_or_else(|e| {
         warn!(error = %e, "could not tell whether the room is a DM; treating it as a group room");
         false
     });
-    let is_dm = direct
-        || ctx
-            .joined_dms
+    direct
+        || joined_dms
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(room.room_id().as_str());
-    let aliases = room
-        .canonical_alias()
-        .into_iter()
-        .chain(room.alt_aliases())
-        .map(|a| a.to_string())
-        .collect();
-    RoomFacts {
-        room_id: room.room_id().to_string(),
-        is_dm,
-        aliases,
-    }
+            .contains(room.room_id().as_str())
 }
 
 async fn member_name(room: &Room, user_id: &str) -> Option<String> {
@@ -1059,12 +1063,17 @@ impl Routing {
         }
     }
 
-    /// The user's override, else the room's (by id or alias), else the account's backend.
+    /// The user's override, else the room's (by id, alias, or the id of a room it upgraded),
+    /// else the account's backend.
     fn pick(&self, sender: &str, room: &RoomFacts) -> &RouteBackend {
         self.users
             .get(sender)
-            .or_else(|| self.rooms.get(&room.room_id))
-            .or_else(|| room.aliases.iter().find_map(|a| self.rooms.get(a)))
+            .or_else(|| {
+                std::iter::once(&room.room_id)
+                    .chain(&room.aliases)
+                    .chain(&room.predecessors)
+                    .find_map(|r| self.rooms.get(r))
+            })
             .unwrap_or(&self.default)
     }
 }

@@ -36,6 +36,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::{
     account::AccountMsg,
     status::{AccountState, StatusBoard},
+    upgrades::pending_upgrades,
 };
 
 /// Added to the long-poll timeout (with the per-request timeout) before a sync counts as stalled.
@@ -225,6 +226,7 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
             }
         }
         let invites: Vec<OwnedRoomId> = response.rooms.invited.keys().cloned().collect();
+        let upgrades = pending_upgrades(&args.client, response.rooms.joined.keys());
 
         let fresh = match args
             .store
@@ -242,7 +244,8 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
             healthy = true;
             args.board.transition(account, AccountState::Syncing, None);
         }
-        let news = !(fresh.is_empty() && invites.is_empty() && utds.is_empty());
+        let news =
+            !(fresh.is_empty() && invites.is_empty() && utds.is_empty() && upgrades.is_empty());
         if news
             && args
                 .parent
@@ -250,6 +253,7 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
                     fresh,
                     invites,
                     utds,
+                    upgrades,
                 })
                 .is_err()
         {
@@ -374,6 +378,7 @@ async fn deliver_late(
         fresh,
         invites: Vec::new(),
         utds: Vec::new(),
+        upgrades: Vec::new(),
     };
     args.parent
         .cast(synced)

@@ -448,6 +448,25 @@ impl Store {
         .await
     }
 
+    /// Gives conversation `to` the memory of `from` (a room upgrade), unless `to` has its own.
+    pub async fn inherit_memory(
+        &self,
+        account: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<(), StoreError> {
+        let inherited = self.memory(account, from).await?;
+        if inherited.turns.is_empty() {
+            return Ok(());
+        }
+        self.update_memory(account, to, move |m| {
+            if m.turns.is_empty() {
+                *m = inherited;
+            }
+        })
+        .await
+    }
+
     /// Forgets conversation `key` (`!new`): earlier turns and history are no longer sent.
     pub async fn reset_memory(
         &self,
@@ -869,6 +888,12 @@ mod tests {
             m.turns.iter().map(|t| t.text.as_str()).collect::<Vec<_>>(),
             ["t2", "t3", "t4"]
         );
+        // A room upgrade: the new room inherits the memory, once, never over its own.
+        store.inherit_memory("a", "!r", "!r2").await?;
+        assert_eq!(store.memory("a", "!r2").await?, m);
+        store.remember("a", "!r3", vec![turn(7)], 3).await?;
+        store.inherit_memory("a", "!r", "!r3").await?;
+        assert_eq!(store.memory("a", "!r3").await?.turns, vec![turn(7)]);
         store.reset_memory("a", "!r", 99).await?;
         let m = store.memory("a", "!r").await?;
         assert!(m.turns.is_empty() && m.reset_at_ms == 99);
