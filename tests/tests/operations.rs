@@ -519,3 +519,68 @@ async fn doctor_checks_an_account_without_a_running_fleet() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn two_replicas_split_the_accounts_and_their_bots_never_answer_each_other() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let bot_a = synapse.fresh_user("bot").await?;
+    let bot_b = synapse.fresh_user("bot").await?;
+    let (human_id, human_pw) = synapse.fresh_user("human").await?;
+    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
+    // Group rooms answered without a mention: two echo bots in one room would echo each other
+    // forever if either took the other's answer for a human's message.
+    let extra = "room_policy = \"open\"\nmention_mode = \"always\"";
+    let accounts = format!(
+        "{}{}",
+        account("alice", synapse.url(), &bot_a, extra),
+        account("bob", synapse.url(), &bot_b, extra)
+    );
+    let owner = |id: &str| mxfleet_config::shard_of(id, 2);
+    ensure!(owner("alice") != owner("bob"), "pick ids that hash apart");
+    let mut replicas = Vec::new();
+    for index in 0..2 {
+        let mut fleet = FleetProcess::new(&format!(
+            "[shard]\ncount = 2\nindex = {index}\n\n{accounts}"
+        ))?;
+        fleet.start().await?;
+        replicas.push(fleet);
+    }
+    for id in ["alice", "bob"] {
+        let here = owner(id) as usize;
+        replicas[here].wait_state(id, "syncing", TIMEOUT).await?;
+        let elsewhere = &replicas[1 - here];
+        let status = elsewhere.status().unwrap_or_default();
+        ensure!(
+            status["accounts"].get(id).is_none(),
+            "{id} runs on both replicas: {status}"
+        );
+        let refused = elsewhere.run_command(&["doctor", id]).await?;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        ensure!(
+            !refused.status.success() && stderr.contains(&format!("runs on replica {here} of 2")),
+            "{stderr}"
+        );
+    }
+
+    let room = human.room_with(&[&bot_a.0, &bot_b.0], false).await?;
+    human.send(&room, "hello, both of you").await?;
+    for bot in [&bot_a, &bot_b] {
+        human
+            .wait_for("answer", TIMEOUT, |h| {
+                h.seen_from(&room, &bot.0)
+                    .into_iter()
+                    .find(|s| h.current_text(s).contains("hello, both of you"))
+            })
+            .await?;
+    }
+    // Each answered the human once, and neither answered the other's answer.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for bot in [&bot_a, &bot_b] {
+        let said = human.seen_from(&room, &bot.0).len();
+        ensure!(said == 1, "{} sent {said} messages", bot.0);
+    }
+    for fleet in &mut replicas {
+        fleet.stop().await?;
+    }
+    Ok(())
+}

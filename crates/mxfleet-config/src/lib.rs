@@ -13,12 +13,12 @@ mod secret;
 pub use load::{
     AccountAuth, AccountSpec, AdminSpec, BUILTIN_ECHO, BackendSpec, CONFIG_FILE_ENV, ConfigError,
     ConfigIssue, ConversationSpec, DEFAULT_CONFIG_FILE, ENV_PREFIX, Flags, Loaded, Route, Sources,
-    ValidConfig, default_device_id, is_valid_account_id, load,
+    ValidConfig, default_device_id, is_valid_account_id, load, shard_of,
 };
 pub use model::{
     AccessPolicy, AccountConfig, AdminConfig, AutoJoin, BackendConfig, CommandInput, Config,
-    LogConfig, LogFormat, MentionMode, OwnershipMode, RestartConfig, RouteOverride, StreamFormat,
-    StreamMode,
+    LogConfig, LogFormat, MentionMode, OwnershipMode, RestartConfig, RouteOverride, ShardConfig,
+    StreamFormat, StreamMode,
 };
 
 pub use secret::{REDACTED, Secret, constant_time_eq};

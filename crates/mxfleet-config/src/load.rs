@@ -23,7 +23,7 @@ use url::Url;
 use crate::{
     AccessPolicy, AccountConfig, AdminConfig, AutoJoin, BackendConfig, CommandInput, Config,
     LogConfig, LogFormat, MentionMode, OwnershipMode, RestartConfig, RouteOverride, Secret,
-    StreamFormat, StreamMode,
+    ShardConfig, StreamFormat, StreamMode,
 };
 
 /// The environment variable prefix.
@@ -89,8 +89,13 @@ pub struct ValidConfig {
     pub restart: RestartConfig,
     /// The admin API, when a token is configured.
     pub admin: Option<AdminSpec>,
-    /// Accounts by id, disabled ones included.
+    /// The accounts this replica runs, by id, disabled ones included.
     pub accounts: BTreeMap<String, AccountSpec>,
+    /// Which replica this is.
+    pub shard: ShardConfig,
+    /// The accounts other replicas run (account id → configured user id): their messages are
+    /// the fleet's own, never answered.
+    pub peers: BTreeMap<String, Option<String>>,
     /// The file that was read, if any.
     pub config_file: Option<PathBuf>,
     /// Settings that are valid but probably not what was meant (e.g. an empty allowlist).
@@ -367,6 +372,7 @@ struct TopLevel {
     shutdown_timeout_secs: u64,
     restart: RestartConfig,
     admin: AdminConfig,
+    shard: ShardConfig,
 }
 
 fn layered(sources: &Sources, issues: &mut Vec<ConfigIssue>) -> (Figment, Option<PathBuf>) {
@@ -883,6 +889,33 @@ fn validate(
         (Ok(bind), Some(token)) => Some(AdminSpec { bind, token }),
         _ => None,
     };
+    let shard = raw.shard;
+    check.require(shard.count >= 1, "shard.count", "must be at least 1");
+    check.require(
+        shard.index < shard.count.max(1),
+        "shard.index",
+        &format!("must be below shard.count ({})", shard.count),
+    );
+    let mut peers = BTreeMap::new();
+    if shard.count > 1 {
+        let (owned, others): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut accounts)
+            .into_iter()
+            .partition(|(id, _)| shard_of(id, shard.count) == shard.index);
+        accounts = owned;
+        for (id, spec) in others {
+            if spec.user_id.is_none() {
+                check.warn(
+                    &format!("accounts.{id}.user_id"),
+                    &format!(
+                        "is not set and the account runs on replica {}: this replica cannot \
+                         tell its messages from a human's (bots may answer each other); set it",
+                        shard_of(&id, shard.count)
+                    ),
+                );
+            }
+            peers.insert(id, spec.user_id);
+        }
+    }
     ValidConfig {
         data_dir: raw.data_dir.clone(),
         log: raw.log.clone(),
@@ -890,6 +923,8 @@ fn validate(
         restart: raw.restart.clone(),
         admin,
         accounts,
+        shard,
+        peers,
         config_file: config_file.clone(),
         warnings: std::mem::take(&mut check.warnings),
     }
@@ -915,6 +950,15 @@ fn is_room_ref(s: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     !s.contains(char::is_whitespace) && (has_server || v12_id)
+}
+
+/// The replica (of `count`) that runs `account_id`: FNV-1a (64 bit) of the id, modulo `count`.
+/// Stable across versions and machines, so every replica agrees without talking to the others.
+pub fn shard_of(account_id: &str, count: u32) -> u32 {
+    let hash = account_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    u32::try_from(hash % u64::from(count.max(1))).unwrap_or(0)
 }
 
 /// The device id a password account uses unless `device_id` is set.

@@ -33,6 +33,9 @@ pub struct Config {
     /// The admin HTTP API.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Which of several replicas this process is (scale-out); one replica owns every account.
+    #[serde(default)]
+    pub shard: ShardConfig,
     /// One table per bot account, keyed by a lower-case account id.
     #[serde(default)]
     pub accounts: BTreeMap<String, AccountConfig>,
@@ -59,6 +62,28 @@ impl Default for AdminConfig {
             bind: defaults::admin_bind(),
             token: None,
             token_file: None,
+        }
+    }
+}
+
+/// Scale-out: replica `index` of `count` runs the accounts whose id hashes to `index`
+/// (see [`crate::shard_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    /// How many replicas share the accounts.
+    #[serde(default = "defaults::shard_count")]
+    pub count: u32,
+    /// Which replica this is, from 0 (a StatefulSet pod's ordinal).
+    #[serde(default)]
+    pub index: u32,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        Self {
+            count: defaults::shard_count(),
+            index: 0,
         }
     }
 }
@@ -433,6 +458,7 @@ impl Default for Config {
             restart: RestartConfig::default(),
             backends: BTreeMap::new(),
             admin: AdminConfig::default(),
+            shard: ShardConfig::default(),
             accounts: BTreeMap::new(),
         }
     }
@@ -467,6 +493,9 @@ pub(crate) mod defaults {
 
     pub(crate) fn data_dir() -> PathBuf {
         PathBuf::from("data")
+    }
+    pub(crate) fn shard_count() -> u32 {
+        1
     }
     pub(crate) fn log_level() -> String {
         "info".into()

@@ -461,3 +461,58 @@ fn conversation_keys_have_safe_defaults_and_are_validated() {
         Ok(())
     });
 }
+
+#[test]
+fn shards_split_the_accounts_and_know_each_others_users() {
+    // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c: the assignment must never change between versions.
+    assert_eq!(crate::shard_of("a", u32::MAX), 895_863_001);
+    assert_eq!(crate::shard_of("anything", 1), 0);
+    assert_eq!(
+        crate::shard_of("anything", 0),
+        0,
+        "a zero count is treated as one"
+    );
+    Jail::expect_with(|jail| {
+        jail.create_file("fleet.toml", TWO_ACCOUNTS)?;
+        let mut replicas = Vec::new();
+        for index in 0..2 {
+            jail.set_env("MXFLEET_SHARD__COUNT", "2");
+            jail.set_env("MXFLEET_SHARD__INDEX", index.to_string());
+            let loaded = load(&sources("fleet.toml")).map_err(|e| e.to_string())?;
+            replicas.push(loaded.config);
+        }
+        let owned = |i: usize| replicas[i].accounts.keys().cloned().collect::<Vec<_>>();
+        // bob hashes to replica 0 and alice to 1.
+        assert_eq!(
+            (owned(0), owned(1)),
+            (vec!["bob".to_owned()], vec!["alice".to_owned()])
+        );
+        assert_eq!(
+            replicas[0].peers.get("alice"),
+            Some(&Some("@alice:localhost".to_owned()))
+        );
+        // bob (access token, no user_id) cannot be recognised by replica 1: a warning says so.
+        assert_eq!(replicas[1].peers.get("bob"), Some(&None));
+        assert!(
+            replicas[1]
+                .warnings
+                .iter()
+                .any(|w| w.key == "accounts.bob.user_id" && w.message.contains("replica 0")),
+            "{:?}",
+            replicas[1].warnings
+        );
+
+        jail.set_env("MXFLEET_SHARD__INDEX", "2");
+        let err = load(&sources("fleet.toml"))
+            .err()
+            .ok_or("expected an error")?;
+        assert!(
+            issues(err)
+                .iter()
+                .any(|l| l.contains("shard.index: must be below shard.count (2)")
+                    && l.contains("MXFLEET_SHARD__INDEX")),
+            "the error names the key and the variable"
+        );
+        Ok(())
+    });
+}

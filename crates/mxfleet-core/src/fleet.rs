@@ -133,6 +133,9 @@ impl Actor for FleetSupervisor {
             policy: RestartPolicy::from(&args.config.restart),
             shutdown_deadline: Duration::from_secs(args.config.shutdown_timeout_secs),
         };
+        state
+            .board
+            .set_peers(args.config.peers.into_values().flatten());
         for (id, spec) in args.config.accounts {
             state.add_slot(&myself, id, spec)?;
         }
@@ -301,6 +304,8 @@ impl FleetState {
         config: ValidConfig,
     ) -> Result<ReloadReport, ActorProcessingErr> {
         let mut report = ReloadReport::default();
+        self.board
+            .set_peers(config.peers.values().flatten().cloned());
         self.policy = RestartPolicy::from(&config.restart);
         self.shutdown_deadline = Duration::from_secs(config.shutdown_timeout_secs);
         let old = std::mem::take(&mut self.configured);

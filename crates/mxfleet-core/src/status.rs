@@ -194,6 +194,8 @@ pub struct StatusBoard {
 struct Board {
     status: FleetStatus,
     dirty: bool,
+    /// User ids of the accounts other replicas run (scale-out).
+    peers: std::collections::HashSet<String>,
 }
 
 impl StatusBoard {
@@ -210,6 +212,7 @@ impl StatusBoard {
             inner: Arc::new(Mutex::new(Board {
                 status,
                 dirty: true,
+                peers: Default::default(),
             })),
         }
     }
@@ -267,14 +270,22 @@ impl StatusBoard {
         board.dirty = true;
     }
 
-    /// Whether `user_id` belongs to one of the fleet's own accounts. Bots of one fleet never
-    /// answer each other: two of them in a room would otherwise talk forever.
+    /// Whether `user_id` belongs to one of the fleet's own accounts, here or on another
+    /// replica. Bots of one fleet never answer each other: two of them in a room would otherwise
+    /// talk forever.
     pub fn is_fleet_user(&self, user_id: &str) -> bool {
-        self.lock()
-            .status
-            .accounts
-            .values()
-            .any(|s| s.user_id.as_deref() == Some(user_id))
+        let board = self.lock();
+        board.peers.contains(user_id)
+            || board
+                .status
+                .accounts
+                .values()
+                .any(|s| s.user_id.as_deref() == Some(user_id))
+    }
+
+    /// Sets the user ids of the accounts other replicas run.
+    pub fn set_peers(&self, user_ids: impl IntoIterator<Item = String>) {
+        self.lock().peers = user_ids.into_iter().collect();
     }
 
     /// The status of one account.

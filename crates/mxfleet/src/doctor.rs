@@ -42,8 +42,8 @@ impl Report {
 /// Runs every check for `account`.
 pub(crate) fn run(loaded: &Loaded, account: &str) -> ExitCode {
     let Some(spec) = loaded.config.accounts.get(account) else {
-        let known: Vec<&str> = loaded.config.accounts.keys().map(String::as_str).collect();
-        eprintln!("mxfleet: no account {account:?} in the configuration (accounts: {known:?})");
+        let why = crate::not_here(loaded, account).unwrap_or_default();
+        eprintln!("mxfleet: {why}");
         return ExitCode::FAILURE;
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()

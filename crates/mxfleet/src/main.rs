@@ -141,6 +141,32 @@ fn main() -> ExitCode {
             for warning in &loaded.config.warnings {
                 out!("# warning: {warning}");
             }
+            let shard = loaded.config.shard;
+            if shard.count > 1 {
+                let here: Vec<&str> = loaded.config.accounts.keys().map(String::as_str).collect();
+                let elsewhere: Vec<String> = loaded
+                    .config
+                    .peers
+                    .keys()
+                    .map(|id| {
+                        format!(
+                            "{id} (replica {})",
+                            mxfleet_config::shard_of(id, shard.count)
+                        )
+                    })
+                    .collect();
+                out!(
+                    "# replica {} of {} runs: {}",
+                    shard.index,
+                    shard.count,
+                    if here.is_empty() {
+                        "no account".to_owned()
+                    } else {
+                        here.join(", ")
+                    }
+                );
+                out!("# the other replicas run: {}", elsewhere.join(", "));
+            }
             out!("{}", loaded.describe());
             ExitCode::SUCCESS
         }
@@ -445,6 +471,10 @@ fn print_accounts(accounts: &serde_json::Value, json: bool) -> ExitCode {
 
 /// Sends an operator action to the running fleet.
 fn control(loaded: &Loaded, account: &str, action: &str) -> ExitCode {
+    if let Some(why) = not_here(loaded, account) {
+        eprintln!("mxfleet: {why}");
+        return ExitCode::FAILURE;
+    }
     with_admin(loaded, |client| async move {
         client
             .post(&format!("/accounts/{account}/{action}"))
@@ -502,10 +532,30 @@ fn reload(loaded: &Loaded) -> ExitCode {
     })
 }
 
+/// Why `account` is not one this replica runs, if it is not: unknown, or another replica's.
+pub(crate) fn not_here(loaded: &Loaded, account: &str) -> Option<String> {
+    let config = &loaded.config;
+    if config.accounts.contains_key(account) {
+        return None;
+    }
+    if config.peers.contains_key(account) {
+        let owner = mxfleet_config::shard_of(account, config.shard.count);
+        return Some(format!(
+            "account {account:?} runs on replica {owner} of {}, not on this one (shard.index = \
+             {}): use that replica's data dir and admin API",
+            config.shard.count, config.shard.index
+        ));
+    }
+    let known: Vec<&str> = config.accounts.keys().map(String::as_str).collect();
+    Some(format!(
+        "no account {account:?} in the configuration (accounts: {known:?})"
+    ))
+}
+
 /// `mxfleet recovery-key`: the key is a secret, printed only on request, never logged.
 fn recovery_key(loaded: &Loaded, account: &str, import: Option<String>) -> ExitCode {
-    if !loaded.config.accounts.contains_key(account) {
-        eprintln!("mxfleet: no account {account:?} in the configuration");
+    if let Some(why) = not_here(loaded, account) {
+        eprintln!("mxfleet: {why}");
         return ExitCode::FAILURE;
     }
     let path = loaded.config.data_dir.join("mxfleet.redb");
