@@ -470,13 +470,21 @@ async fn answered(
     bot: &str,
     question: &str,
 ) -> Result<()> {
-    human
+    let found = human
         .wait_for("answer", TIMEOUT, |h| {
             h.seen_from(room_id, bot)
                 .into_iter()
                 .find(|s| h.current_text(s).contains(question))
         })
-        .await?;
+        .await;
+    found.with_context(|| {
+        let seen: Vec<String> = human
+            .seen_from(room_id, bot)
+            .iter()
+            .map(|s| human.current_text(s))
+            .collect();
+        format!("no answer mentioning {question:?}; {bot} said {seen:?}")
+    })?;
     Ok(())
 }
 
@@ -578,6 +586,110 @@ async fn upgraded_rooms_are_followed_with_their_memory_and_forged_ones_refused()
     ensure!(
         fleet.all_logs().contains("followed the room upgrade"),
         "no log line for the upgrade"
+    );
+    fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn voice_messages_are_transcribed_and_locations_and_files_described() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let deaf = synapse.fresh_user("deaf").await?;
+    let human = human(synapse).await?;
+    let llm = FakeOpenAi::start(50).await?;
+    let stt = format!(
+        "[backends.stt]\nkind = \"openai\"\nbase_url = {:?}\nmodel = \"whisper-1\"\n\n",
+        llm.base_url
+    );
+    let config = format!(
+        "{stt}{}{}",
+        llm_bot(
+            &llm,
+            synapse.url(),
+            &bot,
+            "backend = \"llm\"\ndm_policy = \"open\"\ntranscription = \"stt\"\nmax_media_bytes = 1024"
+        ),
+        account(
+            "deaf",
+            synapse.url(),
+            &deaf,
+            "backend = \"llm\"\ndm_policy = \"open\""
+        )
+    );
+    let mut fleet = running(&config, &["bot", "deaf"]).await?;
+
+    // In an encrypted DM the voice message's file is encrypted too: downloaded, decrypted,
+    // transcribed, and its words answered.
+    let dm = human.encrypted_dm(&bot.0).await?;
+    let words = "please tell me a joke";
+    human
+        .send_file(&dm, "voice.ogg", "audio/ogg", words.as_bytes().to_vec())
+        .await?;
+    let answer = human
+        .expect_final_text(&dm, &bot.0, &FakeOpenAi::answer_for(words), TIMEOUT)
+        .await?;
+    ensure!(answer.encrypted, "the answer went out in plaintext");
+    let transcription = llm
+        .requests()
+        .into_iter()
+        .find_map(|r| r.body.get("transcription").cloned())
+        .context("nothing was transcribed")?;
+    ensure!(
+        transcription["model"] == "whisper-1"
+            && transcription["file_name"] == "voice.ogg"
+            && transcription["content_type"] == "audio/ogg"
+            && transcription["bytes"] == words.len(),
+        "{transcription}"
+    );
+
+    // Longer than max_media_bytes: not downloaded, and the sender is told.
+    human
+        .send_file(&dm, "long.ogg", "audio/ogg", vec![b'a'; 2048])
+        .await?;
+    human
+        .wait_for("too long", TIMEOUT, |h| {
+            h.seen_from(&dm, &bot.0)
+                .into_iter()
+                .find(|s| s.body.contains("too long") && s.body.contains("max_media_bytes"))
+        })
+        .await?;
+
+    // A location reaches the backend as text with its geo: URI; an image as a description.
+    human
+        .send_location(&dm, "Big Ben", "geo:51.5007,-0.1246")
+        .await?;
+    answered(&human, &dm, &bot.0, "geo:51.5007,-0.1246").await?;
+    human
+        .send_file(&dm, "cat.png", "image/png", vec![0x89, b'P', b'N', b'G'])
+        .await?;
+    answered(&human, &dm, &bot.0, "[sent an image: cat.png, image/png").await?;
+
+    // Without a transcription backend the bot says how to set one up instead of going silent.
+    let deaf_dm = human.dm(&deaf.0).await?;
+    human
+        .send_file(
+            &deaf_dm,
+            "voice.ogg",
+            "audio/ogg",
+            words.as_bytes().to_vec(),
+        )
+        .await?;
+    human
+        .wait_for("guidance", TIMEOUT, |h| {
+            h.seen_from(&deaf_dm, &deaf.0)
+                .into_iter()
+                .find(|s| s.body.contains("speech-to-text is not set up"))
+        })
+        .await?;
+    let chats = llm
+        .requests()
+        .iter()
+        .filter(|r| r.body.get("messages").is_some())
+        .count();
+    ensure!(
+        chats == 3,
+        "{chats} chat requests; the refusals must not reach the backend"
     );
     fleet.stop().await?;
     Ok(())

@@ -293,7 +293,12 @@ async fn restarting_one_account_leaves_the_others_sync_alone() -> Result<()> {
     ensure!(start.status.success());
     fleet.wait_state("a", "syncing", TIMEOUT).await?;
     let unknown = fleet.run_command(&["restart", "nope"]).await?;
-    ensure!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("404"));
+    ensure!(
+        !unknown.status.success()
+            && String::from_utf8_lossy(&unknown.stderr).contains("no account \"nope\""),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
     let table = fleet.run_command(&["status"]).await?;
     let table = String::from_utf8_lossy(&table.stdout).into_owned();
     ensure!(

@@ -12,6 +12,7 @@ mod command;
 mod echo;
 mod openai;
 mod sse;
+mod transcribe;
 mod webhook;
 
 use std::{pin::Pin, sync::Arc};
@@ -193,6 +194,8 @@ pub(crate) async fn status_error(response: reqwest::Response) -> BackendError {
 pub(crate) fn failed(error: BackendError) -> TextStream {
     Box::pin(futures_util::stream::once(async move { Err(error) }))
 }
+
+pub use transcribe::transcribe;
 
 /// Builds the backend described by `spec`.
 pub fn build(spec: &BackendSpec) -> Result<Arc<dyn Backend>, BackendError> {

@@ -13,7 +13,7 @@ mod secret;
 pub use load::{
     AccountAuth, AccountSpec, AdminSpec, BUILTIN_ECHO, BackendSpec, CONFIG_FILE_ENV, ConfigError,
     ConfigIssue, ConversationSpec, DEFAULT_CONFIG_FILE, ENV_PREFIX, Flags, Loaded, Route, Sources,
-    ValidConfig, default_device_id, is_valid_account_id, load, shard_of,
+    Transcription, ValidConfig, default_device_id, is_valid_account_id, load, shard_of,
 };
 pub use model::{
     AccessPolicy, AccountConfig, AdminConfig, AutoJoin, BackendConfig, CommandInput, Config,

@@ -293,6 +293,25 @@ pub struct AccountSpec {
     pub room_routes: BTreeMap<String, Route>,
     /// Backend overrides by user id (they win over room overrides).
     pub user_routes: BTreeMap<String, Route>,
+    /// Speech-to-text for voice messages, if configured.
+    pub transcription: Option<Transcription>,
+    /// Media larger than this are not downloaded.
+    pub max_media_bytes: u64,
+}
+
+/// A speech-to-text endpoint (an `openai` backend's `/audio/transcriptions`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcription {
+    /// The backend's name in `[backends]`.
+    pub backend_name: String,
+    /// Base URL up to and including `/v1`.
+    pub base_url: Url,
+    /// The transcription model (the backend's `model`).
+    pub model: String,
+    /// Bearer token.
+    pub api_key: Option<Secret>,
+    /// Per-request timeout.
+    pub request_timeout_secs: u64,
 }
 
 /// A loaded configuration together with the layers it came from.
@@ -782,6 +801,50 @@ fn validate(
             with_overrides(spec, account.model.as_ref(), account.system_prompt.as_ref())
         });
         let conversation = check.conversation(&key, account);
+        let transcription =
+            account
+                .transcription
+                .as_ref()
+                .and_then(|name| match backends.get(name) {
+                    Some(BackendSpec::Openai {
+                        base_url,
+                        model,
+                        api_key,
+                        request_timeout_secs,
+                        ..
+                    }) => Some(Transcription {
+                        backend_name: name.clone(),
+                        base_url: base_url.clone(),
+                        model: model.clone(),
+                        api_key: api_key.clone(),
+                        request_timeout_secs: *request_timeout_secs,
+                    }),
+                    Some(other) => {
+                        check.fail(
+                        &format!("{key}.transcription"),
+                        &format!(
+                            "backend {name:?} is of kind {:?}; transcription needs an \"openai\" \
+                             backend (its /audio/transcriptions endpoint)",
+                            other.kind()
+                        ),
+                    );
+                        None
+                    }
+                    None => {
+                        if !raw.backends.contains_key(name) {
+                            check.fail(
+                                &format!("{key}.transcription"),
+                                &format!("no backend named {name:?}; define [backends.{name}]"),
+                            );
+                        }
+                        None
+                    }
+                });
+        check.require(
+            account.max_media_bytes >= 1024,
+            &format!("{key}.max_media_bytes"),
+            "must be at least 1024",
+        );
         let mut route = |kind: &str, target: &String, o: &RouteOverride| {
             let base = backend.clone()?;
             let name = o.backend.clone().unwrap_or_else(|| account.backend.clone());
@@ -863,6 +926,8 @@ fn validate(
                     conversation,
                     room_routes,
                     user_routes,
+                    transcription,
+                    max_media_bytes: account.max_media_bytes,
                 },
             );
         }

@@ -366,6 +366,13 @@ pub struct AccountConfig {
     /// How many earlier messages of the room or thread the backend sees.
     #[serde(default = "defaults::history_max_messages")]
     pub history_max_messages: usize,
+    /// An `openai` backend that transcribes voice messages (`/audio/transcriptions` with its
+    /// `model`); without one, voice messages get a reply saying how to set it up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcription: Option<String>,
+    /// Media (voice messages) larger than this are not downloaded.
+    #[serde(default = "defaults::max_media_bytes")]
+    pub max_media_bytes: u64,
     /// Backend/model overrides per room (id or alias).
     #[serde(default)]
     pub room_overrides: BTreeMap<String, RouteOverride>,
@@ -556,6 +563,9 @@ pub(crate) mod defaults {
     }
     pub(crate) fn ack_reaction() -> String {
         "👀".into()
+    }
+    pub(crate) fn max_media_bytes() -> u64 {
+        25 * 1024 * 1024
     }
     pub(crate) fn history_max_messages() -> usize {
         20

@@ -422,6 +422,8 @@ fn conversation_keys_have_safe_defaults_and_are_validated() {
             user_allowlist = ["alice"]
             room_allowlist = ["ops", "!VpnEGRXyeLlgCHg-3vMl2-VJQZGWHPndPW5NH6aWxp0", "!a:hs", "! x:hs"]
             edit_throttle_ms = 1
+            transcription = "hook"
+            max_media_bytes = 10
             ack_reaction = ""
             [accounts.a.user_overrides."@x:hs"]
             provider = "nope"
@@ -449,6 +451,8 @@ fn conversation_keys_have_safe_defaults_and_are_validated() {
             "accounts.a.room_allowlist.0: \"ops\" is not a room id",
             "accounts.a.room_allowlist.3: \"! x:hs\" is not a room id",
             "accounts.a.edit_throttle_ms: must be at least 50",
+            "accounts.a.transcription: backend \"hook\" is of kind \"webhook\"; transcription needs an \"openai\" backend",
+            "accounts.a.max_media_bytes: must be at least 1024",
             "accounts.a.user_overrides.@x:hs.backend: no backend named \"nope\"",
             "backends.hook.url: must be an http(s) URL",
             "backends.cli.command: must name a program",

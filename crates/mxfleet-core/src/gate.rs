@@ -150,6 +150,7 @@ pub(crate) fn may_talk(
         formatted_body: None,
         mentions: None,
         reply_to: None,
+        attachment: None,
     };
     decide(&always, access, room, me, &probe) == Verdict::Answer
 }
@@ -341,6 +342,7 @@ mod tests {
             formatted_body: None,
             mentions: None,
             reply_to: None,
+            attachment: None,
         }
     }
 

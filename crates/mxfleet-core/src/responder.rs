@@ -20,7 +20,8 @@ use futures_util::stream;
 use mxfleet_backend::{Backend, ChatMessage, ChatRequest, Role};
 use mxfleet_config::{AccountAuth, AccountSpec, StreamMode};
 use mxfleet_matrix::{
-    InboundMessage, MatrixFailure, Normalised, Placement, Undecryptable, ensure_can_send,
+    Attachment, InboundMessage, MatrixFailure, Media, Normalised, Placement, Undecryptable,
+    ensure_can_send,
     matrix_sdk::{
         Client, Room,
         room::{IncludeRelations, MessagesOptions, RelationsOptions},
@@ -33,6 +34,7 @@ use mxfleet_matrix::{
             },
         },
     },
+    media::{MediaError, download},
     normalise, react, redact, send_content, transaction_id,
 };
 use mxfleet_store::{Draft, InboxEntry, InboxState, Store, Turn, now_ms};
@@ -312,7 +314,7 @@ async fn room_worker(
 }
 
 /// Handles one message and records the outcome.
-async fn handle(ctx: &ReplyContext, message: InboundMessage) {
+async fn handle(ctx: &ReplyContext, mut message: InboundMessage) {
     let room = OwnedRoomId::try_from(message.room_id.as_str())
         .ok()
         .and_then(|id| ctx.client.get_room(&id));
@@ -369,19 +371,27 @@ async fn handle(ctx: &ReplyContext, message: InboundMessage) {
     let placement = placement(ctx, &message, &event_id, facts.is_dm);
     let route = ctx.routing.pick(&message.sender, &facts);
 
+    // A voice message becomes its transcript (after the gate: nothing is sent to a
+    // transcription service that the bot would not answer).
+    if let Some(Attachment::Audio(media)) = &message.attachment {
+        match transcribe_voice(ctx, media).await {
+            Ok(text) => {
+                info!(chars = text.len(), "voice message transcribed");
+                message.body = text;
+            }
+            Err(reply) => {
+                return reply_directly(ctx, &room, &message, &key, placement, reply).await;
+            }
+        }
+    }
+
     if let Some(command) = commands::parse(
         &message.body,
         me.user_id.as_str(),
         me.display_name.as_deref(),
     ) {
         let text = run_command(ctx, &command, &key, &message, route).await;
-        let settings = StreamSettings {
-            mode: StreamMode::Off,
-            ..stream_settings(ctx)
-        };
-        let answer: mxfleet_backend::TextStream = Box::pin(stream::iter([Ok(text)]));
-        let outcome = stream_answer(ctx, &room, &message, placement, answer, settings, None).await;
-        return record(ctx, &message, &key, outcome, false).await;
+        return reply_directly(ctx, &room, &message, &key, placement, text).await;
     }
 
     // Cues go out beside the answer, not before it: the backend is asked at once. With
@@ -488,6 +498,63 @@ async fn handle(ctx: &ReplyContext, message: InboundMessage) {
         }
         .instrument(cue_span.clone()),
     );
+}
+
+/// Answers `message` with `text` in one message, without the backend (commands, refusals).
+async fn reply_directly(
+    ctx: &ReplyContext,
+    room: &Room,
+    message: &InboundMessage,
+    key: &str,
+    placement: Placement,
+    text: String,
+) {
+    let settings = StreamSettings {
+        mode: StreamMode::Off,
+        ..stream_settings(ctx)
+    };
+    let answer: mxfleet_backend::TextStream = Box::pin(stream::iter([Ok(text)]));
+    let outcome = stream_answer(ctx, room, message, placement, answer, settings, None).await;
+    record(ctx, message, key, outcome, false).await
+}
+
+/// The words of a voice message, or the reply saying why there are none (the details go to
+/// the log, not to the room).
+async fn transcribe_voice(ctx: &ReplyContext, media: &Media) -> Result<String, String> {
+    let Some(stt) = &ctx.spec.transcription else {
+        info!("voice message, but no transcription backend is configured");
+        return Err(
+            "🎤 I got a voice message, but I cannot listen to it: speech-to-text is \
+                    not set up for me. Please type your message, or ask my operator to set \
+                    `transcription` (see docs/conversations.md, \"Voice messages\")."
+                .into(),
+        );
+    };
+    let audio = download(&ctx.client, media, ctx.spec.max_media_bytes)
+        .await
+        .map_err(|e| {
+            warn!(error = %e, "voice message not downloaded");
+            match e {
+                MediaError::TooLarge { .. } => {
+                    format!("🎤 That voice message is too long for me to listen to ({e}).")
+                }
+                _ => "🎤 I could not download that voice message; please try again.".to_owned(),
+            }
+        })?;
+    let mimetype = media
+        .mimetype
+        .as_deref()
+        .unwrap_or("application/octet-stream");
+    let text = mxfleet_backend::transcribe(stt, audio, &media.name, mimetype)
+        .await
+        .map_err(|e| {
+            warn!(backend = %stt.backend_name, error = %e, "transcription failed");
+            "🎤 I could not transcribe that voice message; please try again or type it.".to_owned()
+        })?;
+    if text.is_empty() {
+        return Err("🎤 I could not make out any words in that voice message.".into());
+    }
+    Ok(text)
 }
 
 /// Hands the answer to the `StreamEditor` (or streams it here if the editor is restarting).

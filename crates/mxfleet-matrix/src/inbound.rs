@@ -10,7 +10,10 @@ use matrix_sdk::{
         RoomId, UserId,
         events::{
             AnySyncMessageLikeEvent, AnySyncTimelineEvent, SyncMessageLikeEvent,
-            room::message::{MessageFormat, MessageType, Relation},
+            room::{
+                MediaSource,
+                message::{MessageFormat, MessageType, Relation},
+            },
         },
     },
 };
@@ -43,6 +46,37 @@ pub struct InboundMessage {
     /// The event this message is a rich reply to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// What came with the message besides text, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<Attachment>,
+}
+
+/// Something other than text that came with a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Attachment {
+    /// A voice message or audio file: transcribed, its text becomes the message's.
+    Audio(Media),
+    /// An image, video or file: the backend is told what it is (it cannot see it).
+    File(Media),
+    /// A shared location (`geo:` URI); the body already says where.
+    Location {
+        /// The `geo:` URI.
+        geo_uri: String,
+    },
+}
+
+/// Media on the homeserver, plain or encrypted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Media {
+    /// Where to download it: the event's `url` or `file` (encrypted), as JSON.
+    pub source: serde_json::Value,
+    /// Its MIME type, if the sender said.
+    pub mimetype: Option<String>,
+    /// Its size in bytes, if the sender said.
+    pub size: Option<u64>,
+    /// Its file name (or the body, if there is no separate file name).
+    pub name: String,
 }
 
 /// The intentional mentions of a message (`m.mentions`).
@@ -146,15 +180,90 @@ pub fn normalise(room_id: &RoomId, event: &TimelineEvent, own_user: &UserId) -> 
         Some(Relation::Reply(reply)) => (None, Some(reply.in_reply_to.event_id.to_string())),
         _ => (None, None),
     };
-    let (body, formatted_body) = match &message.content.msgtype {
+    let media =
+        |source: &MediaSource, name: &str, mimetype: Option<&String>, size: Option<u64>| Media {
+            source: serde_json::to_value(source).unwrap_or_default(),
+            mimetype: mimetype.cloned(),
+            size,
+            name: name.to_owned(),
+        };
+    let (body, formatted_body, attachment) = match &message.content.msgtype {
         MessageType::Text(text) => (
-            text.body.as_str(),
+            text.body.clone(),
             text.formatted
                 .as_ref()
                 .filter(|f| f.format == MessageFormat::Html)
                 .map(|f| f.body.clone()),
+            None,
         ),
+        MessageType::Emote(emote) => (format!("/me {}", emote.body), None, None),
         MessageType::Notice(_) => return Normalised::Ignored("notice"),
+        MessageType::Audio(audio) => {
+            let info = audio.info.as_deref();
+            let name = audio.filename.as_deref().unwrap_or(&audio.body);
+            let media = media(
+                &audio.source,
+                name,
+                info.and_then(|i| i.mimetype.as_ref()),
+                info.and_then(|i| i.size).map(u64::from),
+            );
+            (audio.body.clone(), None, Some(Attachment::Audio(media)))
+        }
+        MessageType::Location(location) => (
+            format!(
+                "📍 shared a location: {} ({})",
+                location.body, location.geo_uri
+            ),
+            None,
+            Some(Attachment::Location {
+                geo_uri: location.geo_uri.clone(),
+            }),
+        ),
+        MessageType::Image(image) => {
+            let info = image.info.as_deref();
+            let name = image.filename.as_deref().unwrap_or(&image.body);
+            let media = media(
+                &image.source,
+                name,
+                info.and_then(|i| i.mimetype.as_ref()),
+                info.and_then(|i| i.size).map(u64::from),
+            );
+            (
+                describe_file("an image", &media, image.caption()),
+                None,
+                Some(Attachment::File(media)),
+            )
+        }
+        MessageType::Video(video) => {
+            let info = video.info.as_deref();
+            let name = video.filename.as_deref().unwrap_or(&video.body);
+            let media = media(
+                &video.source,
+                name,
+                info.and_then(|i| i.mimetype.as_ref()),
+                info.and_then(|i| i.size).map(u64::from),
+            );
+            (
+                describe_file("a video", &media, video.caption()),
+                None,
+                Some(Attachment::File(media)),
+            )
+        }
+        MessageType::File(file) => {
+            let info = file.info.as_deref();
+            let name = file.filename.as_deref().unwrap_or(&file.body);
+            let media = media(
+                &file.source,
+                name,
+                info.and_then(|i| i.mimetype.as_ref()),
+                info.and_then(|i| i.size).map(u64::from),
+            );
+            (
+                describe_file("a file", &media, file.caption()),
+                None,
+                Some(Attachment::File(media)),
+            )
+        }
         _ => return Normalised::Ignored("unsupported message type"),
     };
     let mentions = message.content.mentions.as_ref().map(|m| MentionList {
@@ -165,14 +274,33 @@ pub fn normalise(room_id: &RoomId, event: &TimelineEvent, own_user: &UserId) -> 
         room_id: room_id.to_string(),
         event_id: message.event_id.to_string(),
         sender: message.sender.to_string(),
-        body: truncate_at_char_boundary(body, MAX_INBOUND_BODY_BYTES).to_owned(),
+        body: truncate_at_char_boundary(&body, MAX_INBOUND_BODY_BYTES).to_owned(),
         origin_server_ts_ms: message.origin_server_ts.get().into(),
         thread_root,
         formatted_body: formatted_body
             .map(|html| truncate_at_char_boundary(&html, MAX_INBOUND_BODY_BYTES).to_owned()),
         mentions,
         reply_to,
+        attachment,
     })
+}
+
+/// The text a backend gets for an image, video or file it cannot see: what it is, and the
+/// caption the sender wrote, if any.
+fn describe_file(what: &str, media: &Media, caption: Option<&str>) -> String {
+    let mut text = format!("[sent {what}: {}", media.name);
+    if let Some(mimetype) = &media.mimetype {
+        text.push_str(&format!(", {mimetype}"));
+    }
+    if let Some(size) = media.size {
+        text.push_str(&format!(", {size} bytes"));
+    }
+    text.push_str("; you cannot see its content]");
+    if let Some(caption) = caption {
+        text.push('\n');
+        text.push_str(caption);
+    }
+    text
 }
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
@@ -230,6 +358,57 @@ mod tests {
         );
         assert_eq!(m.origin_server_ts_ms, 1_700_000_000_000);
         assert_eq!(m.thread_root, None);
+    }
+
+    #[test]
+    fn voice_locations_files_and_emotes_become_messages_with_their_attachment() {
+        let room = owned_room_id!("!r:localhost");
+        let me = owned_user_id!("@bot:localhost");
+        let got = |content: serde_json::Value| match normalise(
+            &room,
+            &message("@u:localhost", content),
+            &me,
+        ) {
+            Normalised::Message(m) => m,
+            other => panic!("expected a message, got {other:?}"),
+        };
+        let voice = got(
+            json!({"msgtype": "m.audio", "body": "Voice message", "filename": "v.ogg",
+            "url": "mxc://hs/abc", "info": {"mimetype": "audio/ogg", "size": 1234}}),
+        );
+        let Some(Attachment::Audio(media)) = &voice.attachment else {
+            panic!("no audio: {voice:?}")
+        };
+        assert_eq!(
+            (media.name.as_str(), media.mimetype.as_deref(), media.size),
+            ("v.ogg", Some("audio/ogg"), Some(1234))
+        );
+        assert_eq!(media.source, json!({"url": "mxc://hs/abc"}));
+        let place =
+            got(json!({"msgtype": "m.location", "body": "Big Ben", "geo_uri": "geo:51.5,-0.12"}));
+        assert_eq!(place.body, "📍 shared a location: Big Ben (geo:51.5,-0.12)");
+        assert_eq!(
+            place.attachment,
+            Some(Attachment::Location {
+                geo_uri: "geo:51.5,-0.12".into()
+            })
+        );
+        let image = got(
+            json!({"msgtype": "m.image", "body": "a cat", "filename": "cat.png",
+            "url": "mxc://hs/cat", "info": {"mimetype": "image/png", "size": 99}}),
+        );
+        assert_eq!(
+            image.body,
+            "[sent an image: cat.png, image/png, 99 bytes; you cannot see its content]\na cat"
+        );
+        let emote = got(json!({"msgtype": "m.emote", "body": "waves"}));
+        assert_eq!((emote.body.as_str(), emote.attachment), ("/me waves", None));
+        // Inbox entries round-trip through JSON with their attachment.
+        let json = serde_json::to_string(&voice).unwrap_or_default();
+        assert_eq!(
+            serde_json::from_str::<InboundMessage>(&json).ok(),
+            Some(voice)
+        );
     }
 
     #[test]

@@ -13,11 +13,14 @@ pub mod crypto;
 pub mod failure;
 pub mod format;
 pub mod inbound;
+pub mod media;
 pub mod outbound;
 
 pub use connect::{Connection, account_dir, connect};
 pub use failure::{FailureClass, MatrixFailure};
-pub use inbound::{InboundMessage, MentionList, Normalised, Undecryptable, normalise};
+pub use inbound::{
+    Attachment, InboundMessage, Media, MentionList, Normalised, Undecryptable, normalise,
+};
 pub use matrix_sdk;
 pub use outbound::{
     Placement, edit_content, ensure_can_send, message_content, react, redact, send_content,

@@ -353,6 +353,38 @@ impl Human {
         self.send_content(room_id, content).await
     }
 
+    /// Uploads `data` as a file named `file_name` of type `mimetype` and sends it (an audio
+    /// type makes it a voice message; encrypted, as the media, in an encrypted room).
+    pub async fn send_file(
+        &self,
+        room_id: &RoomId,
+        file_name: &str,
+        mimetype: &str,
+        data: Vec<u8>,
+    ) -> Result<String> {
+        let room = self.client.get_room(room_id).context("unknown room")?;
+        let mime: mime::Mime = mimetype.parse()?;
+        let config = matrix_sdk::attachment::AttachmentConfig::new();
+        let response = room.send_attachment(file_name, &mime, data, config).await?;
+        Ok(response.event_id.to_string())
+    }
+
+    /// Shares a location (`geo:` URI) with a description.
+    pub async fn send_location(
+        &self,
+        room_id: &RoomId,
+        description: &str,
+        geo_uri: &str,
+    ) -> Result<String> {
+        let content = RoomMessageEventContent::new(MessageType::Location(
+            matrix_sdk::ruma::events::room::message::LocationMessageEventContent::new(
+                description.to_owned(),
+                geo_uri.to_owned(),
+            ),
+        ));
+        self.send_content(room_id, content).await
+    }
+
     async fn send_content(
         &self,
         room_id: &RoomId,

@@ -1,4 +1,6 @@
-//! A small OpenAI-compatible chat-completions server that streams its answers over SSE.
+//! A small OpenAI-compatible server: chat completions streamed over SSE, and speech-to-text
+//! (`/audio/transcriptions`) whose "transcript" is the uploaded file's bytes read as text — a
+//! test uploads a voice message whose content is the words it stands for.
 
 use std::{
     convert::Infallible,
@@ -95,6 +97,7 @@ impl FakeOpenAi {
         };
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
+            .route("/v1/audio/transcriptions", post(transcriptions))
             .with_state(state);
         let (addr, task) = crate::serve_on_loopback(app).await?;
         Ok(FakeOpenAi {
@@ -119,6 +122,90 @@ impl Drop for FakeOpenAi {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Answers `{"text": <the file part read as UTF-8>}`; records the request as
+/// `{"transcription": {"model", "file_name", "content_type", "bytes"}}`.
+async fn transcriptions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let boundary = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split("boundary=").nth(1))
+        .map(|b| format!("--{}", b.trim_matches('"')));
+    let Some(boundary) = boundary else {
+        return bad_request("not multipart");
+    };
+    let (mut model, mut file) = (None, None);
+    for part in split(&body, boundary.as_bytes()) {
+        let Some(split_at) = find(part, b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&part[..split_at]).into_owned();
+        let content = part[split_at + 4..]
+            .strip_suffix(b"\r\n")
+            .unwrap_or(&part[split_at + 4..]);
+        let field = |name: &str| {
+            head.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+                .map(str::to_owned)
+        };
+        match field("name").as_deref() {
+            Some("model") => model = Some(String::from_utf8_lossy(content).into_owned()),
+            Some("file") => {
+                let content_type = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Type: "))
+                    .map(str::to_owned);
+                file = Some((field("filename"), content_type, content.to_vec()));
+            }
+            _ => {}
+        }
+    }
+    let (Some(model), Some((file_name, content_type, bytes))) = (model, file) else {
+        return bad_request("model and file are required");
+    };
+    state.requests.record(
+        &headers,
+        json!({ "transcription": {
+            "model": model, "file_name": file_name, "content_type": content_type, "bytes": bytes.len(),
+        }}),
+    );
+    let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from(json!({ "text": text }).to_string()))
+        .unwrap_or_default()
+}
+
+fn bad_request(why: &str) -> Response {
+    Response::builder()
+        .status(StatusCode::BAD_REQUEST)
+        .body(Body::from(why.to_owned()))
+        .unwrap_or_default()
+}
+
+/// The parts of `body` between occurrences of `boundary`.
+fn split<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
+    let mut parts = Vec::new();
+    let mut rest = body;
+    while let Some(at) = find(rest, boundary) {
+        parts.push(&rest[..at]);
+        rest = &rest[at + boundary.len()..];
+    }
+    parts
+        .into_iter()
+        .skip(1)
+        .map(|p| p.strip_prefix(b"\r\n").unwrap_or(p))
+        .collect()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 async fn completions(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
