@@ -694,3 +694,80 @@ async fn voice_messages_are_transcribed_and_locations_and_files_described() -> R
     fleet.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_backend_asks_with_a_poll_and_the_vote_comes_back_as_words() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let human = human(synapse).await?;
+    let asked = "Happy to help.\n\n```poll\nWhat shall we eat?\n- Pizza\n- Sushi\n```\n";
+    let llm = FakeOpenAi::start_with(5, Duration::from_millis(2), Some(asked.to_owned())).await?;
+    let config = llm_bot(
+        &llm,
+        synapse.url(),
+        &bot,
+        "backend = \"llm\"\ndm_policy = \"open\"\nedit_throttle_ms = 50",
+    );
+    let mut fleet = running(&config, &["bot"]).await?;
+    let dm = human.encrypted_dm(&bot.0).await?;
+    human.send(&dm, "dinner?").await?;
+
+    let poll = human
+        .wait_for("poll", TIMEOUT, |h| {
+            h.polls_from(&dm, &bot.0).into_iter().next()
+        })
+        .await?;
+    let answers: Vec<&str> = poll.answers.iter().map(|(_, text)| text.as_str()).collect();
+    ensure!(
+        poll.question == "What shall we eat?" && answers == ["Pizza", "Sushi"],
+        "{poll:?}"
+    );
+    ensure!(poll.encrypted, "the poll went out in plaintext");
+    // Streamed in chunks of 5 characters, yet no version of the text ever showed the block.
+    let shown: Vec<String> = human
+        .all_from(&dm, &bot.0)
+        .into_iter()
+        .map(|s| s.body)
+        .collect();
+    ensure!(
+        shown
+            .iter()
+            .all(|t| !t.contains('`') && !t.contains("Sushi")),
+        "{shown:?}"
+    );
+    ensure!(
+        human
+            .seen_from(&dm, &bot.0)
+            .iter()
+            .any(|s| human.current_text(s).trim() == "Happy to help."),
+        "{shown:?}"
+    );
+
+    // The vote reaches the backend as the chosen answer's words.
+    let (sushi, _) = poll
+        .answers
+        .iter()
+        .find(|(_, text)| text == "Sushi")
+        .context("no Sushi")?;
+    human.vote(&dm, &poll.event_id, sushi).await?;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let last_user = llm
+            .requests()
+            .last()
+            .and_then(|r| r.body["messages"].as_array().cloned())
+            .and_then(|m| m.last().cloned())
+            .map(|m| m["content"].to_string())
+            .unwrap_or_default();
+        if last_user.contains("What shall we eat?") && last_user.contains("Sushi") {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the vote never reached the backend: {last_user}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    fleet.stop().await?;
+    Ok(())
+}

@@ -16,6 +16,7 @@ mod crypto;
 mod fleet;
 mod gate;
 mod otp;
+mod polls;
 mod responder;
 pub mod restart;
 pub mod status;

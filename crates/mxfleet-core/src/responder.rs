@@ -20,8 +20,8 @@ use futures_util::stream;
 use mxfleet_backend::{Backend, ChatMessage, ChatRequest, Role};
 use mxfleet_config::{AccountAuth, AccountSpec, StreamMode};
 use mxfleet_matrix::{
-    Attachment, InboundMessage, MatrixFailure, Media, Normalised, Placement, Undecryptable,
-    ensure_can_send,
+    Attachment, InboundMessage, MatrixFailure, Media, MentionList, Normalised, Placement,
+    Undecryptable, ensure_can_send,
     matrix_sdk::{
         Client, Room,
         room::{IncludeRelations, MessagesOptions, RelationsOptions},
@@ -35,7 +35,9 @@ use mxfleet_matrix::{
         },
     },
     media::{MediaError, download},
-    normalise, react, redact, send_content, transaction_id,
+    normalise,
+    polls::{read_vote, send_poll},
+    react, redact, send_content, transaction_id,
 };
 use mxfleet_store::{Draft, InboxEntry, InboxState, Store, Turn, now_ms};
 use ractor::ActorRef;
@@ -50,6 +52,7 @@ use crate::{
     crypto::CryptoMsg,
     gate::{self, Access, Me, RoomFacts, Verdict},
     otp::{self, OtpMsg, OtpOutcome},
+    polls::{self, FoundPoll, PollSpec},
     status::StatusBoard,
     stream_editor::{
         Delivered, EditorMsg, MAX_PART_BYTES, MatrixSink, StreamJob, StreamSettings, deliver,
@@ -331,6 +334,23 @@ async fn handle(ctx: &ReplyContext, mut message: InboundMessage) {
         Err(e) => warn!(error = %e, "could not read the draft; answering afresh"),
     }
 
+    // A vote on the bot's poll is addressed to the bot, in the words of the chosen answer.
+    if let Some(Attachment::PollResponse { poll_id, answers }) = &message.attachment {
+        let Some(text) = vote_text(ctx, &room, poll_id, answers).await else {
+            return skip(
+                ctx,
+                &message.event_id,
+                "a vote on a poll that is not the bot's",
+            )
+            .await;
+        };
+        message.body = text;
+        message.mentions = Some(MentionList {
+            user_ids: vec![ctx.user_id.to_string()],
+            room: false,
+        });
+    }
+
     let facts = room_facts(ctx, &room).await;
     let me = Me {
         user_id: ctx.user_id.to_string(),
@@ -456,18 +476,26 @@ async fn handle(ctx: &ReplyContext, mut message: InboundMessage) {
         sender: message.sender.clone(),
     };
     debug!(backend = %route.name, turns = request.messages.len(), "asking the backend");
-    let answer = route.backend.stream(request);
+    let poll = FoundPoll::default();
+    let answer = polls::split_polls(route.backend.stream(request), poll.clone());
     let started = std::time::Instant::now();
-    let outcome = stream_answer(
+    let mut outcome = stream_answer(
         ctx,
         &room,
         &message,
-        placement,
+        placement.clone(),
         answer,
         stream_settings(ctx),
         Some(visible),
     )
     .await;
+    let poll = poll
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let (Ok(delivered), Some(poll)) = (&mut outcome, poll) {
+        send_asked_poll(&room, &message, &placement, &poll, &mut delivered.text).await;
+    }
 
     let backend_ms = started.elapsed().as_millis() as u64;
     ctx.board.update(&ctx.account, |s| {
@@ -498,6 +526,52 @@ async fn handle(ctx: &ReplyContext, mut message: InboundMessage) {
         }
         .instrument(cue_span.clone()),
     );
+}
+
+/// Sends the poll the backend asked for after its answer, and notes it in the answer's text
+/// (for the conversation memory).
+async fn send_asked_poll(
+    room: &Room,
+    message: &InboundMessage,
+    placement: &Placement,
+    poll: &PollSpec,
+    text: &mut String,
+) {
+    let txn = transaction_id(&message.event_id, "poll");
+    match send_poll(room, &poll.question, &poll.answers, placement, txn).await {
+        Ok(id) => {
+            info!(poll = %id, answers = poll.answers.len(), "poll sent");
+            text.push_str(&format!(
+                "\n\n[poll] {}: {}",
+                poll.question,
+                poll.answers.join(" / ")
+            ));
+        }
+        Err(e) => warn!(error = %e, "could not send the poll"),
+    }
+}
+
+/// A vote on one of the bot's polls as the words the backend gets; `None` if the poll is not
+/// the bot's (or cannot be read).
+async fn vote_text(
+    ctx: &ReplyContext,
+    room: &Room,
+    poll_id: &str,
+    answers: &[String],
+) -> Option<String> {
+    let poll_id = OwnedEventId::try_from(poll_id).ok()?;
+    match read_vote(room, &ctx.user_id, &poll_id, answers).await {
+        Ok(Some(vote)) => Some(format!(
+            "[my vote in your poll \"{}\"] {}",
+            vote.question,
+            vote.chosen.join(", ")
+        )),
+        Ok(None) => None,
+        Err(e) => {
+            warn!(error = %e, "could not read the poll voted on");
+            None
+        }
+    }
 }
 
 /// Answers `message` with `text` in one message, without the backend (commands, refusals).

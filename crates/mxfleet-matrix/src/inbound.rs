@@ -7,7 +7,7 @@
 use matrix_sdk::{
     deserialized_responses::{TimelineEvent, TimelineEventKind},
     ruma::{
-        RoomId, UserId,
+        EventId, MilliSecondsSinceUnixEpoch, RoomId, UserId,
         events::{
             AnySyncMessageLikeEvent, AnySyncTimelineEvent, SyncMessageLikeEvent,
             room::{
@@ -63,6 +63,13 @@ pub enum Attachment {
     Location {
         /// The `geo:` URI.
         geo_uri: String,
+    },
+    /// A vote on a poll: the body is empty until the poll's answers are looked up.
+    PollResponse {
+        /// The poll's start event.
+        poll_id: String,
+        /// The chosen answers' ids.
+        answers: Vec<String>,
     },
 }
 
@@ -157,9 +164,37 @@ pub fn normalise(room_id: &RoomId, event: &TimelineEvent, own_user: &UserId) -> 
             };
         }
     };
-    let AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(message)) = parsed
-    else {
-        return Normalised::Ignored("not a room message");
+    let message = match parsed {
+        AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(message)) => message,
+        AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::UnstablePollResponse(
+            SyncMessageLikeEvent::Original(vote),
+        )) => {
+            let answers = vote.content.poll_response.answers.clone();
+            return poll_vote(
+                room_id,
+                own_user,
+                &vote.sender,
+                &vote.event_id,
+                vote.origin_server_ts,
+                &vote.content.relates_to.event_id,
+                answers,
+            );
+        }
+        AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::PollResponse(
+            SyncMessageLikeEvent::Original(vote),
+        )) => {
+            let answers = vote.content.selections.iter().cloned().collect();
+            return poll_vote(
+                room_id,
+                own_user,
+                &vote.sender,
+                &vote.event_id,
+                vote.origin_server_ts,
+                &vote.content.relates_to.event_id,
+                answers,
+            );
+        }
+        _ => return Normalised::Ignored("not a room message"),
     };
     let SyncMessageLikeEvent::Original(message) = message else {
         return Normalised::Ignored("redacted");
@@ -282,6 +317,36 @@ pub fn normalise(room_id: &RoomId, event: &TimelineEvent, own_user: &UserId) -> 
         mentions,
         reply_to,
         attachment,
+    })
+}
+
+/// A vote on a poll, as a message to resolve against the poll's answers.
+fn poll_vote(
+    room_id: &RoomId,
+    own_user: &UserId,
+    sender: &UserId,
+    event_id: &EventId,
+    ts: MilliSecondsSinceUnixEpoch,
+    poll_id: &EventId,
+    answers: Vec<String>,
+) -> Normalised {
+    if sender == own_user {
+        return Normalised::Ignored("own vote");
+    }
+    Normalised::Message(InboundMessage {
+        room_id: room_id.to_string(),
+        event_id: event_id.to_string(),
+        sender: sender.to_string(),
+        body: String::new(),
+        origin_server_ts_ms: ts.get().into(),
+        thread_root: None,
+        formatted_body: None,
+        mentions: None,
+        reply_to: Some(poll_id.to_string()),
+        attachment: Some(Attachment::PollResponse {
+            poll_id: poll_id.to_string(),
+            answers,
+        }),
     })
 }
 

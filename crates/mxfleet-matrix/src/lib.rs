@@ -15,6 +15,7 @@ pub mod format;
 pub mod inbound;
 pub mod media;
 pub mod outbound;
+pub mod polls;
 
 pub use connect::{Connection, account_dir, connect};
 pub use failure::{FailureClass, MatrixFailure};

@@ -15,6 +15,7 @@ use matrix_sdk::{
         api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset},
         events::{
             InitialStateEvent, Mentions,
+            poll::unstable_start::OriginalSyncUnstablePollStartEvent,
             reaction::OriginalSyncReactionEvent,
             relation::Thread,
             room::{
@@ -66,8 +67,26 @@ pub struct Reaction {
     pub key: String,
 }
 
+/// A poll the human saw.
+#[derive(Debug, Clone)]
+pub struct SeenPoll {
+    /// Its event id.
+    pub event_id: String,
+    /// The room.
+    pub room_id: String,
+    /// Who started it.
+    pub sender: String,
+    /// The question.
+    pub question: String,
+    /// The answers: (id, text).
+    pub answers: Vec<(String, String)>,
+    /// Whether it arrived encrypted.
+    pub encrypted: bool,
+}
+
 #[derive(Debug, Default)]
 struct Record {
+    polls: Vec<SeenPoll>,
     messages: Vec<Seen>,
     reactions: Vec<Reaction>,
     redacted: Vec<String>,
@@ -162,6 +181,30 @@ impl Human {
                         encrypted: encryption.is_some(),
                     };
                     lock(&sink).messages.push(seen);
+                    bell.notify_waiters();
+                }
+            },
+        );
+        let (sink, bell) = (record.clone(), arrived.clone());
+        client.add_event_handler(
+            move |ev: OriginalSyncUnstablePollStartEvent,
+                  room: Room,
+                  encryption: Option<EncryptionInfo>| {
+                let (sink, bell) = (sink.clone(), bell.clone());
+                async move {
+                    let start = ev.content.poll_start();
+                    lock(&sink).polls.push(SeenPoll {
+                        event_id: ev.event_id.to_string(),
+                        room_id: room.room_id().to_string(),
+                        sender: ev.sender.to_string(),
+                        question: start.question.text.clone(),
+                        answers: start
+                            .answers
+                            .iter()
+                            .map(|a| (a.id.clone(), a.text.clone()))
+                            .collect(),
+                        encrypted: encryption.is_some(),
+                    });
                     bell.notify_waiters();
                 }
             },
@@ -367,6 +410,28 @@ impl Human {
         let config = matrix_sdk::attachment::AttachmentConfig::new();
         let response = room.send_attachment(file_name, &mime, data, config).await?;
         Ok(response.event_id.to_string())
+    }
+
+    /// Polls seen in `room_id` from `sender`.
+    pub fn polls_from(&self, room_id: &RoomId, sender: &str) -> Vec<SeenPoll> {
+        lock(&self.record)
+            .polls
+            .iter()
+            .filter(|p| p.room_id == room_id.as_str() && p.sender == sender)
+            .cloned()
+            .collect()
+    }
+
+    /// Votes for `answer_id` in the poll `poll_id`.
+    pub async fn vote(&self, room_id: &RoomId, poll_id: &str, answer_id: &str) -> Result<String> {
+        use matrix_sdk::ruma::events::poll::unstable_response::UnstablePollResponseEventContent;
+        let room = self.client.get_room(room_id).context("unknown room")?;
+        let content = UnstablePollResponseEventContent::new(
+            vec![answer_id.to_owned()],
+            OwnedEventId::try_from(poll_id)?,
+        );
+        let response = room.send(content).await?;
+        Ok(response.response.event_id.to_string())
     }
 
     /// Shares a location (`geo:` URI) with a description.

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 pub use collector::FakeCollector;
 pub use fleet::{FleetProcess, binary};
 
-pub use human::{Human, Reaction, Seen};
+pub use human::{Human, Reaction, Seen, SeenPoll};
 pub use matrix_sdk::ruma::OwnedRoomId;
 pub use matrix_sdk::ruma::events::room::member::MembershipState;
 pub use openai::{FakeOpenAi, SeenRequest};
