@@ -771,3 +771,47 @@ async fn a_backend_asks_with_a_poll_and_the_vote_comes_back_as_words() -> Result
     fleet.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_backend_shares_a_location_with_a_location_block() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let human = human(synapse).await?;
+    let answer = "It is right here:\n```location\ngeo:51.5007,-0.1246\nBig Ben, London\n```\n";
+    let llm = FakeOpenAi::start_with(4, Duration::from_millis(2), Some(answer.to_owned())).await?;
+    let config = llm_bot(
+        &llm,
+        synapse.url(),
+        &bot,
+        "backend = \"llm\"\ndm_policy = \"open\"",
+    );
+    let mut fleet = running(&config, &["bot"]).await?;
+    let dm = human.dm(&bot.0).await?;
+    human.send(&dm, "where is Big Ben?").await?;
+    let shared = human
+        .wait_for("location", TIMEOUT, |h| {
+            h.seen_from(&dm, &bot.0)
+                .into_iter()
+                .find(|s| s.geo_uri.is_some())
+        })
+        .await?;
+    ensure!(
+        shared.geo_uri.as_deref() == Some("geo:51.5007,-0.1246")
+            && shared.body == "Big Ben, London",
+        "{shared:?}"
+    );
+    let texts: Vec<String> = human
+        .all_from(&dm, &bot.0)
+        .into_iter()
+        .filter(|s| s.geo_uri.is_none())
+        .map(|s| s.body)
+        .collect();
+    ensure!(
+        texts
+            .iter()
+            .all(|t| !t.contains("geo:") && !t.contains('`')),
+        "the block showed: {texts:?}"
+    );
+    fleet.stop().await?;
+    Ok(())
+}

@@ -11,12 +11,12 @@
 //! `data_dir/status.json`.
 
 mod account;
+mod actions;
 mod commands;
 mod crypto;
 mod fleet;
 mod gate;
 mod otp;
-mod polls;
 mod responder;
 pub mod restart;
 pub mod status;

@@ -21,7 +21,7 @@ use mxfleet_backend::{Backend, ChatMessage, ChatRequest, Role};
 use mxfleet_config::{AccountAuth, AccountSpec, StreamMode};
 use mxfleet_matrix::{
     Attachment, InboundMessage, MatrixFailure, Media, MentionList, Normalised, Placement,
-    Undecryptable, ensure_can_send,
+    Undecryptable, ensure_can_send, location_content,
     matrix_sdk::{
         Client, Room,
         room::{IncludeRelations, MessagesOptions, RelationsOptions},
@@ -48,11 +48,11 @@ use tokio::{
 use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
 use crate::{
+    actions::{self, Action, FoundAction},
     commands::{self, Command},
     crypto::CryptoMsg,
     gate::{self, Access, Me, RoomFacts, Verdict},
     otp::{self, OtpMsg, OtpOutcome},
-    polls::{self, FoundPoll, PollSpec},
     status::StatusBoard,
     stream_editor::{
         Delivered, EditorMsg, MAX_PART_BYTES, MatrixSink, StreamJob, StreamSettings, deliver,
@@ -476,8 +476,8 @@ async fn handle(ctx: &ReplyContext, mut message: InboundMessage) {
         sender: message.sender.clone(),
     };
     debug!(backend = %route.name, turns = request.messages.len(), "asking the backend");
-    let poll = FoundPoll::default();
-    let answer = polls::split_polls(route.backend.stream(request), poll.clone());
+    let action = FoundAction::default();
+    let answer = actions::split_actions(route.backend.stream(request), action.clone());
     let started = std::time::Instant::now();
     let mut outcome = stream_answer(
         ctx,
@@ -489,12 +489,12 @@ async fn handle(ctx: &ReplyContext, mut message: InboundMessage) {
         Some(visible),
     )
     .await;
-    let poll = poll
+    let action = action
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take();
-    if let (Ok(delivered), Some(poll)) = (&mut outcome, poll) {
-        send_asked_poll(&room, &message, &placement, &poll, &mut delivered.text).await;
+    if let (Ok(delivered), Some(action)) = (&mut outcome, action) {
+        send_asked_action(&room, &message, &placement, &action, &mut delivered.text).await;
     }
 
     let backend_ms = started.elapsed().as_millis() as u64;
@@ -528,26 +528,38 @@ async fn handle(ctx: &ReplyContext, mut message: InboundMessage) {
     );
 }
 
-/// Sends the poll the backend asked for after its answer, and notes it in the answer's text
-/// (for the conversation memory).
-async fn send_asked_poll(
+/// Sends the poll or location the backend asked for after its answer, and notes it in the
+/// answer's text (for the conversation memory).
+async fn send_asked_action(
     room: &Room,
     message: &InboundMessage,
     placement: &Placement,
-    poll: &PollSpec,
+    action: &Action,
     text: &mut String,
 ) {
-    let txn = transaction_id(&message.event_id, "poll");
-    match send_poll(room, &poll.question, &poll.answers, placement, txn).await {
-        Ok(id) => {
-            info!(poll = %id, answers = poll.answers.len(), "poll sent");
-            text.push_str(&format!(
-                "\n\n[poll] {}: {}",
-                poll.question,
-                poll.answers.join(" / ")
-            ));
+    let (sent, note) = match action {
+        Action::Poll(poll) => {
+            let txn = transaction_id(&message.event_id, "poll");
+            let sent = send_poll(room, &poll.question, &poll.answers, placement, txn).await;
+            let note = format!("[poll] {}: {}", poll.question, poll.answers.join(" / "));
+            (sent, note)
         }
-        Err(e) => warn!(error = %e, "could not send the poll"),
+        Action::Location {
+            geo_uri,
+            description,
+        } => {
+            let txn = transaction_id(&message.event_id, "location");
+            let content = location_content(description, geo_uri, placement);
+            let sent = send_content(room, content, txn, "sharing a location").await;
+            (sent, format!("[location] {description} ({geo_uri})"))
+        }
+    };
+    match sent {
+        Ok(id) => {
+            info!(event_id = %id, "{note}");
+            text.push_str(&format!("\n\n{note}"));
+        }
+        Err(e) => warn!(error = %e, "could not send what the backend asked for: {note}"),
     }
 }
 

@@ -24,6 +24,6 @@ pub use inbound::{
 };
 pub use matrix_sdk;
 pub use outbound::{
-    Placement, edit_content, ensure_can_send, message_content, react, redact, send_content,
-    send_content_once, transaction_id,
+    Placement, edit_content, ensure_can_send, location_content, message_content, react, redact,
+    send_content, send_content_once, transaction_id,
 };

@@ -61,7 +61,29 @@ pub fn transaction_id(event_id: &str, suffix: &str) -> OwnedTransactionId {
 
 /// A new message showing `text`, placed as `placement`.
 pub fn message_content(text: &Formatted, placement: &Placement) -> RoomMessageEventContent {
-    let mut content = plain_or_html(text);
+    placed(plain_or_html(text), placement)
+}
+
+/// A location message (`m.location`) at `geo_uri`, placed as `placement`.
+pub fn location_content(
+    description: &str,
+    geo_uri: &str,
+    placement: &Placement,
+) -> RoomMessageEventContent {
+    let location = matrix_sdk::ruma::events::room::message::LocationMessageEventContent::new(
+        description.to_owned(),
+        geo_uri.to_owned(),
+    );
+    placed(
+        RoomMessageEventContent::new(
+            matrix_sdk::ruma::events::room::message::MessageType::Location(location),
+        ),
+        placement,
+    )
+}
+
+/// `content` with the relation `placement` asks for.
+fn placed(mut content: RoomMessageEventContent, placement: &Placement) -> RoomMessageEventContent {
     content.relates_to = match placement {
         Placement::Plain => None,
         Placement::ReplyTo(id) => Some(Relation::Reply(

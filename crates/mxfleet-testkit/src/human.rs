@@ -52,6 +52,8 @@ pub struct Seen {
     pub in_reply_to: Option<String>,
     /// Whether it arrived encrypted (and was decrypted by the human's client).
     pub encrypted: bool,
+    /// For a location message (`m.location`): its `geo:` URI.
+    pub geo_uri: Option<String>,
 }
 
 /// A reaction the human's client saw.
@@ -169,7 +171,12 @@ impl Human {
                             (ev.content.body().to_owned(), html_of(&ev.content.msgtype)),
                         ),
                     };
+                    let geo_uri = match &ev.content.msgtype {
+                        MessageType::Location(location) => Some(location.geo_uri.clone()),
+                        _ => None,
+                    };
                     let seen = Seen {
+                        geo_uri,
                         room_id: room.room_id().to_string(),
                         sender: ev.sender.to_string(),
                         body: content.0,

@@ -1,4 +1,5 @@
-//! Polls: a backend asks the user to choose by ending its answer with a fenced `poll` block,
+//! Actions a backend asks for by ending its answer with a fenced block: a `poll` (the user
+//! chooses) or a `location` (the bot shares one).
 //!
 //! ````text
 //! Shall I book it?
@@ -10,18 +11,26 @@
 //! ```
 //! ````
 //!
+//! ````text
+//! ```location
+//! geo:51.5007,-0.1246
+//! Big Ben
+//! ```
+//! ````
+//!
 //! The block never shows in the streamed text: it is held back as it arrives and, once the
-//! answer is complete, sent as a native poll (2 to 20 answers, single choice) or, outside those
-//! bounds, appended to the text as a numbered list. A user's vote on the bot's poll comes back
-//! as a message naming the chosen answer.
+//! answer is complete, sent as a native poll (2 to 20 answers, single choice) or a location
+//! message; a poll outside those bounds is appended to the text as a numbered list, a location
+//! without a `geo:` URI as its text. A user's vote on the bot's poll comes back as a message
+//! naming the chosen answer.
 
 use std::sync::{Arc, Mutex};
 
 use futures_util::{StreamExt, stream};
 use mxfleet_backend::TextStream;
 
-/// The fence that opens a poll block.
-const MARK: &str = "```poll";
+/// The fences that open an action block.
+const MARKS: [&str; 2] = ["```poll", "```location"];
 
 /// The most answers a Matrix poll may have.
 pub(crate) const MAX_ANSWERS: usize = 20;
@@ -35,13 +44,27 @@ pub(crate) struct PollSpec {
     pub(crate) answers: Vec<String>,
 }
 
-/// Where [`split_polls`] leaves the poll it found.
-pub(crate) type FoundPoll = Arc<Mutex<Option<PollSpec>>>;
+/// An action a backend asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Ask the user to choose.
+    Poll(PollSpec),
+    /// Share a location.
+    Location {
+        /// The `geo:` URI.
+        geo_uri: String,
+        /// What is there.
+        description: String,
+    },
+}
 
-/// Passes `answer` through without its poll block; at its end, leaves the poll in `found` (or
-/// appends it to the text as a numbered list).
-pub(crate) fn split_polls(answer: TextStream, found: FoundPoll) -> TextStream {
-    let state = Some((answer, PollSplitter::default(), found));
+/// Where [`split_actions`] leaves the action it found.
+pub(crate) type FoundAction = Arc<Mutex<Option<Action>>>;
+
+/// Passes `answer` through without its action block; at its end, leaves the action in `found`
+/// (or, if the block is not a valid one, appends it to the text).
+pub(crate) fn split_actions(answer: TextStream, found: FoundAction) -> TextStream {
+    let state = Some((answer, ActionSplitter::default(), found));
     Box::pin(stream::unfold(state, |state| async move {
         let (mut answer, mut splitter, found) = state?;
         loop {
@@ -54,10 +77,10 @@ pub(crate) fn split_polls(answer: TextStream, found: FoundPoll) -> TextStream {
                 }
                 Some(Err(e)) => return Some((Err(e), Some((answer, splitter, found)))),
                 None => {
-                    let (tail, poll) = splitter.finish();
+                    let (tail, action) = splitter.finish();
                     *found
                         .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = poll;
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = action;
                     return (!tail.is_empty()).then_some((Ok(tail), None));
                 }
             }
@@ -65,18 +88,18 @@ pub(crate) fn split_polls(answer: TextStream, found: FoundPoll) -> TextStream {
     }))
 }
 
-/// The text state of [`split_polls`].
+/// The text state of [`split_actions`].
 #[derive(Debug, Default)]
-struct PollSplitter {
+struct ActionSplitter {
     /// Everything received.
     text: String,
     /// How much of `text` was passed on.
     emitted: usize,
-    /// Where the poll block starts, once seen.
-    block_at: Option<usize>,
+    /// Where the action block starts and its fence, once seen.
+    block_at: Option<(usize, &'static str)>,
 }
 
-impl PollSplitter {
+impl ActionSplitter {
     /// Takes `chunk`; returns the text that can be shown now.
     fn push(&mut self, chunk: &str) -> String {
         self.text.push_str(chunk);
@@ -84,8 +107,8 @@ impl PollSplitter {
             return String::new();
         }
         let safe = match find_block(&self.text, self.emitted) {
-            Some(at) => {
-                self.block_at = Some(at);
+            Some((at, mark)) => {
+                self.block_at = Some((at, mark));
                 at
             }
             // Hold back what may be the start of the fence.
@@ -96,54 +119,95 @@ impl PollSplitter {
         visible
     }
 
-    /// The rest of the text, and the poll if the block made a valid one.
-    fn finish(self) -> (String, Option<PollSpec>) {
-        let Some(at) = self.block_at else {
+    /// The rest of the text, and the action if the block made a valid one.
+    fn finish(self) -> (String, Option<Action>) {
+        let Some((at, mark)) = self.block_at else {
             return (self.text[self.emitted..].to_owned(), None);
         };
-        let block = &self.text[at + MARK.len()..];
+        let block = &self.text[at + mark.len()..];
         let (body, after) = match block.find("\n```") {
             Some(end) => (&block[..end], block[end + 4..].trim_start_matches('\n')),
             None => (block, ""),
         };
-        match parse_poll(body) {
-            Some(poll) => {
-                // A poll with nothing before it still needs a message: its question.
-                let shown_before = !self.text[..at].trim().is_empty();
-                let tail = if shown_before || !after.trim().is_empty() {
-                    after.to_owned()
-                } else {
-                    poll.question.clone()
-                };
-                (tail, Some(poll))
+        let action = if mark == MARKS[0] {
+            parse_poll(body).map(Action::Poll)
+        } else {
+            parse_location(body)
+        };
+        let Some(action) = action else {
+            let fallback = if mark == MARKS[0] {
+                numbered_list(body)
+            } else {
+                body.trim().to_owned()
+            };
+            return (format!("{fallback}{after}"), None);
+        };
+        // An action with nothing before it still needs a message: its question or place.
+        let shown_before = !self.text[..at].trim().is_empty();
+        let tail = if shown_before || !after.trim().is_empty() {
+            after.to_owned()
+        } else {
+            match &action {
+                Action::Poll(poll) => poll.question.clone(),
+                Action::Location { description, .. } => description.clone(),
             }
-            None => (format!("{}{after}", numbered_list(body)), None),
-        }
+        };
+        (tail, Some(action))
     }
 }
 
-/// Where a poll fence opening a line starts, searching from `from`.
-fn find_block(text: &str, from: usize) -> Option<usize> {
+/// Where the first action fence opening a line starts (searching from `from`), and which.
+fn find_block(text: &str, from: usize) -> Option<(usize, &'static str)> {
+    MARKS
+        .iter()
+        .filter_map(|mark| find_fence(text, from, mark).map(|at| (at, *mark)))
+        .min_by_key(|(at, _)| *at)
+}
+
+fn find_fence(text: &str, from: usize, mark: &str) -> Option<usize> {
     let mut start = from;
-    while let Some(found) = text[start..].find(MARK) {
+    while let Some(found) = text[start..].find(mark) {
         let at = start + found;
         let line_start = at == 0 || text[..at].ends_with('\n');
-        let rest = &text[at + MARK.len()..];
+        let rest = &text[at + mark.len()..];
         let fence_ends = rest.is_empty() || rest.starts_with('\n') || rest.starts_with("\r\n");
         if line_start && fence_ends {
             return Some(at);
         }
-        start = at + MARK.len();
+        start = at + mark.len();
     }
     None
 }
 
-/// How many bytes at the end of `text` could be the beginning of the fence.
+/// How many bytes at the end of `text` could be the beginning of a fence.
 fn partial_mark(text: &str) -> usize {
-    (1..MARK.len())
-        .rev()
-        .find(|k| text.ends_with(&MARK[..*k]))
+    MARKS
+        .iter()
+        .filter_map(|mark| (1..mark.len()).rev().find(|k| text.ends_with(&mark[..*k])))
+        .max()
         .unwrap_or(0)
+}
+
+/// The location in a block's body: a `geo:` URI line, the other lines describing it.
+fn parse_location(body: &str) -> Option<Action> {
+    let lines: Vec<&str> = body
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let geo_uri = lines.iter().find(|l| l.starts_with("geo:"))?.to_string();
+    let description: Vec<&str> = lines
+        .into_iter()
+        .filter(|l| !l.starts_with("geo:"))
+        .collect();
+    let description = match description.is_empty() {
+        true => "Location".to_owned(),
+        false => description.join(" "),
+    };
+    Some(Action::Location {
+        geo_uri,
+        description,
+    })
 }
 
 /// The poll in a block's body: a question line, then 2 to 20 answer lines (`- `, `* `, `1. `).
@@ -199,11 +263,39 @@ mod tests {
 
     /// Feeds `chunks` through a splitter; returns the visible text and the poll.
     fn split(chunks: &[&str]) -> (String, Option<PollSpec>) {
-        let mut splitter = PollSplitter::default();
-        let mut visible: String = chunks.iter().map(|c| splitter.push(c)).collect();
-        let (tail, poll) = splitter.finish();
-        visible.push_str(&tail);
+        let (visible, action) = split_any(chunks);
+        let poll = action.and_then(|a| match a {
+            Action::Poll(poll) => Some(poll),
+            Action::Location { .. } => None,
+        });
         (visible, poll)
+    }
+
+    fn split_any(chunks: &[&str]) -> (String, Option<Action>) {
+        let mut splitter = ActionSplitter::default();
+        let mut visible: String = chunks.iter().map(|c| splitter.push(c)).collect();
+        let (tail, action) = splitter.finish();
+        visible.push_str(&tail);
+        (visible, action)
+    }
+
+    #[test]
+    fn a_location_block_becomes_a_location() {
+        let (visible, action) = split_any(&[
+            "Here:\n```loc",
+            "ation\ngeo:51.5,-0.12;u=10\nBig ",
+            "Ben\n```",
+        ]);
+        assert_eq!(visible, "Here:\n");
+        assert_eq!(
+            action,
+            Some(Action::Location {
+                geo_uri: "geo:51.5,-0.12;u=10".into(),
+                description: "Big Ben".into()
+            })
+        );
+        let (visible, action) = split_any(&["```location\nsomewhere nice\n```"]);
+        assert_eq!((visible.as_str(), action), ("somewhere nice", None));
     }
 
     #[test]
@@ -222,7 +314,7 @@ mod tests {
             assert_eq!(poll.as_ref(), Some(&expected), "chunks of {size}");
         }
         // Nothing is held back longer than it could be the fence.
-        let mut splitter = PollSplitter::default();
+        let mut splitter = ActionSplitter::default();
         assert_eq!(splitter.push("code: ``"), "code: ");
         assert_eq!(splitter.push("`rust\n"), "```rust\n");
     }
