@@ -815,3 +815,65 @@ async fn a_backend_shares_a_location_with_a_location_block() -> Result<()> {
     fleet.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn images_reach_a_backend_that_sees_them() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let bot = synapse.fresh_user("bot").await?;
+    let human = human(synapse).await?;
+    let llm = FakeOpenAi::start(50).await?;
+    let config = format!(
+        "[backends.vision]\nkind = \"openai\"\nbase_url = {:?}\nmodel = \"a-vision-model\"\nimages = true\n\n{}",
+        llm.base_url,
+        account(
+            "bot",
+            synapse.url(),
+            &bot,
+            "backend = \"vision\"\ndm_policy = \"open\""
+        )
+    );
+    let mut fleet = running(&config, &["bot"]).await?;
+    // Encrypted: the image is uploaded encrypted, downloaded and decrypted by the bot.
+    let dm = human.encrypted_dm(&bot.0).await?;
+    let png: Vec<u8> = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 1, 2, 3];
+    human
+        .send_file(&dm, "cat.png", "image/png", png.clone())
+        .await?;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let parts = loop {
+        let parts = llm
+            .requests()
+            .into_iter()
+            .filter_map(|r| {
+                r.body["messages"].as_array()?.last()?["content"]
+                    .as_array()
+                    .cloned()
+            })
+            .next();
+        if let Some(parts) = parts {
+            break parts;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no request with an image: {:?}",
+            llm.requests()
+                .iter()
+                .map(|r| r.body.to_string())
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    ensure!(
+        parts[0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("[sent an image: cat.png, image/png; attached]")),
+        "{parts:?}"
+    );
+    // 89 50 4e 47 0d 0a 1a 0a 01 02 03, base64-encoded.
+    ensure!(
+        parts[1]["image_url"]["url"] == "data:image/png;base64,iVBORw0KGgoBAgM=",
+        "{parts:?}"
+    );
+    fleet.stop().await?;
+    Ok(())
+}

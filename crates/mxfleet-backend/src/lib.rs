@@ -89,6 +89,37 @@ pub struct ChatMessage {
     /// The speaker's (sanitised) display name, for user messages in group rooms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Images that came with the message (only for backends that take them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<Image>,
+}
+
+/// An image a user sent, for backends that see images.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Image {
+    /// Its MIME type, e.g. `image/png`.
+    pub mimetype: String,
+    /// Its file name.
+    pub name: String,
+    /// Its bytes, base64-encoded (standard alphabet, padded).
+    pub data_base64: String,
+}
+
+impl Image {
+    /// An image of `bytes`.
+    pub fn new(mimetype: &str, name: &str, bytes: &[u8]) -> Self {
+        use base64::Engine;
+        Self {
+            mimetype: mimetype.to_owned(),
+            name: name.to_owned(),
+            data_base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+        }
+    }
+
+    /// The image as a `data:` URL.
+    pub fn data_url(&self) -> String {
+        format!("data:{};base64,{}", self.mimetype, self.data_base64)
+    }
 }
 
 impl ChatMessage {
@@ -136,6 +167,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Starts answering `request`; the stream yields text deltas.
     fn stream(&self, request: ChatRequest) -> TextStream;
+
+    /// Whether images users send should be passed on ([`ChatMessage::images`]).
+    fn accepts_images(&self) -> bool {
+        false
+    }
 }
 
 /// A request as sent to agents that take the whole conversation as JSON (webhook, command):

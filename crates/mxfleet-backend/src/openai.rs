@@ -13,8 +13,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    Backend, BackendError, ChatRequest, Role, TextStream, failed, post_json, sse::SseDecoder,
-    status_error,
+    Backend, BackendError, ChatMessage, ChatRequest, Role, TextStream, failed, post_json,
+    sse::SseDecoder, status_error,
 };
 
 /// An OpenAI-compatible streaming chat backend.
@@ -25,6 +25,7 @@ pub struct OpenAiBackend {
     model: String,
     api_key: Option<Secret>,
     system_prompt: Option<String>,
+    images: bool,
 }
 
 #[derive(Serialize)]
@@ -39,7 +40,29 @@ struct CompletionRequest<'a> {
 #[derive(Serialize)]
 struct WireMessage {
     role: Role,
-    content: String,
+    content: WireContent,
+}
+
+/// Plain text, or text and images as content parts (vision models).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WireContent {
+    Text(String),
+    Parts(Vec<serde_json::Value>),
+}
+
+impl WireContent {
+    fn of(message: &ChatMessage) -> Self {
+        let text = message.attributed_content();
+        if message.images.is_empty() {
+            return Self::Text(text);
+        }
+        let mut parts = vec![serde_json::json!({ "type": "text", "text": text })];
+        parts.extend(message.images.iter().map(|image| {
+            serde_json::json!({ "type": "image_url", "image_url": { "url": image.data_url() } })
+        }));
+        Self::Parts(parts)
+    }
 }
 
 type Body = Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
@@ -64,6 +87,7 @@ impl OpenAiBackend {
             api_key,
             system_prompt,
             request_timeout_secs,
+            images,
         } = spec
         else {
             return Err(BackendError::Config("not an openai backend".into()));
@@ -79,6 +103,7 @@ impl OpenAiBackend {
             model: model.clone(),
             api_key: api_key.clone(),
             system_prompt: system_prompt.clone(),
+            images: *images,
         })
     }
 }
@@ -88,17 +113,21 @@ impl Backend for OpenAiBackend {
         "openai"
     }
 
+    fn accepts_images(&self) -> bool {
+        self.images
+    }
+
     fn stream(&self, request: ChatRequest) -> TextStream {
         let mut messages = Vec::with_capacity(request.messages.len() + 1);
         if let Some(prompt) = &self.system_prompt {
             messages.push(WireMessage {
                 role: Role::System,
-                content: prompt.clone(),
+                content: WireContent::Text(prompt.clone()),
             });
         }
         messages.extend(request.messages.iter().map(|m| WireMessage {
             role: m.role,
-            content: m.attributed_content(),
+            content: WireContent::of(m),
         }));
         let body = CompletionRequest {
             model: &self.model,
@@ -243,6 +272,31 @@ impl WithoutUrl for reqwest::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_become_content_parts_after_the_text() {
+        let message = ChatMessage {
+            content: "look".into(),
+            images: vec![crate::Image::new("image/png", "a.png", b"\x89PNG")],
+            ..ChatMessage::default()
+        };
+        let wire = serde_json::to_value(WireContent::of(&message)).unwrap_or_default();
+        assert_eq!(
+            wire,
+            serde_json::json!([
+                { "type": "text", "text": "look" },
+                { "type": "image_url", "image_url": { "url": "data:image/png;base64,iVBORw==" } },
+            ])
+        );
+        let plain = ChatMessage {
+            content: "hi".into(),
+            ..ChatMessage::default()
+        };
+        assert_eq!(
+            serde_json::to_value(WireContent::of(&plain)).unwrap_or_default(),
+            serde_json::json!("hi")
+        );
+    }
 
     #[test]
     fn parses_chunks_done_and_errors() {

@@ -29,6 +29,7 @@ pub struct WebhookBackend {
     format: StreamFormat,
     model: Option<String>,
     system_prompt: Option<String>,
+    images: bool,
 }
 
 type Body = Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
@@ -60,6 +61,7 @@ impl WebhookBackend {
             model,
             system_prompt,
             request_timeout_secs,
+            images,
         } = spec
         else {
             return Err(BackendError::Config("not a webhook backend".into()));
@@ -72,6 +74,7 @@ impl WebhookBackend {
             format: *format,
             model: model.clone(),
             system_prompt: system_prompt.clone(),
+            images: *images,
         })
     }
 }
@@ -79,6 +82,10 @@ impl WebhookBackend {
 impl Backend for WebhookBackend {
     fn kind(&self) -> &'static str {
         "webhook"
+    }
+
+    fn accepts_images(&self) -> bool {
+        self.images
     }
 
     fn stream(&self, request: ChatRequest) -> TextStream {

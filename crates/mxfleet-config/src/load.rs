@@ -140,6 +140,8 @@ pub enum BackendSpec {
         system_prompt: Option<String>,
         /// Per-request timeout.
         request_timeout_secs: u64,
+        /// Whether the model takes images.
+        images: bool,
     },
     /// An external agent over HTTP.
     Webhook {
@@ -155,6 +157,8 @@ pub enum BackendSpec {
         system_prompt: Option<String>,
         /// Per-request timeout.
         request_timeout_secs: u64,
+        /// Whether the agent takes images.
+        images: bool,
     },
     /// A CLI agent spawned per answer.
     Command {
@@ -1276,6 +1280,7 @@ impl Checker<'_> {
                 api_key_file,
                 system_prompt,
                 request_timeout_secs,
+                images,
             } => {
                 let scheme_ok = matches!(base_url.scheme(), "http" | "https");
                 self.require(
@@ -1300,6 +1305,7 @@ impl Checker<'_> {
                     api_key,
                     system_prompt: system_prompt.clone(),
                     request_timeout_secs: *request_timeout_secs,
+                    images: *images,
                 })
             }
             BackendConfig::Webhook {
@@ -1308,6 +1314,7 @@ impl Checker<'_> {
                 token_file,
                 format,
                 request_timeout_secs,
+                images,
             } => {
                 let scheme_ok = matches!(url.scheme(), "http" | "https");
                 self.require(scheme_ok, &format!("{key}.url"), "must be an http(s) URL");
@@ -1324,6 +1331,7 @@ impl Checker<'_> {
                     model: None,
                     system_prompt: None,
                     request_timeout_secs: *request_timeout_secs,
+                    images: *images,
                 })
             }
             BackendConfig::Command {

@@ -167,6 +167,9 @@ pub enum BackendConfig {
         /// Give up on a request after this long.
         #[serde(default = "defaults::request_timeout_secs")]
         request_timeout_secs: u64,
+        /// The model sees images: images users send are passed on (`image_url` parts).
+        #[serde(default)]
+        images: bool,
     },
     /// An external agent over HTTP: the conversation is POSTed as JSON, the answer streams back
     /// as SSE, NDJSON or one JSON/text body.
@@ -185,6 +188,9 @@ pub enum BackendConfig {
         /// Give up on a request after this long.
         #[serde(default = "defaults::request_timeout_secs")]
         request_timeout_secs: u64,
+        /// The agent takes images: images users send are passed on (base64 in `images`).
+        #[serde(default)]
+        images: bool,
     },
     /// A CLI agent: spawned per answer, the prompt on its stdin, its stdout is the answer.
     Command {

@@ -467,7 +467,13 @@ async fn handle(ctx: &ReplyContext, mut message: InboundMessage) {
         })
     });
 
-    let history = conversation(ctx, &room, &message, &key, facts.is_dm).await;
+    let mut history = conversation(ctx, &room, &message, &key, facts.is_dm).await;
+    if route.backend.accepts_images()
+        && let Some(Attachment::File(media)) = &message.attachment
+        && let Some(current) = history.last_mut()
+    {
+        attach_image(ctx, media, current).await;
+    }
     let request = ChatRequest {
         messages: history,
         account: ctx.account.clone(),
@@ -602,6 +608,30 @@ async fn reply_directly(
     let answer: mxfleet_backend::TextStream = Box::pin(stream::iter([Ok(text)]));
     let outcome = stream_answer(ctx, room, message, placement, answer, settings, None).await;
     record(ctx, message, key, outcome, false).await
+}
+
+/// Downloads the image `media` (if it is one) and attaches it to `current`, whose text then no
+/// longer says the backend cannot see it. On failure the text stays as it is.
+async fn attach_image(ctx: &ReplyContext, media: &Media, current: &mut ChatMessage) {
+    let Some(mimetype) = media
+        .mimetype
+        .as_deref()
+        .filter(|m| m.starts_with("image/"))
+    else {
+        return;
+    };
+    match download(&ctx.client, media, ctx.spec.max_media_bytes).await {
+        Ok(bytes) => {
+            info!(bytes = bytes.len(), "image passed to the backend");
+            current
+                .images
+                .push(mxfleet_backend::Image::new(mimetype, &media.name, &bytes));
+            current.content = current
+                .content
+                .replace("; you cannot see its content]", "; attached]");
+        }
+        Err(e) => warn!(error = %e, "image not passed to the backend"),
+    }
 }
 
 /// The words of a voice message, or the reply saying why there are none (the details go to
@@ -1015,6 +1045,7 @@ async fn conversation(
                 role,
                 content: t.text,
                 name,
+                images: Vec::new(),
             }
         })
         .collect()
