@@ -1153,12 +1153,7 @@ async fn room_facts(ctx: &ReplyContext, room: &Room) -> RoomFacts {
     RoomFacts {
         room_id: room.room_id().to_string(),
         is_dm: is_dm(room, &ctx.joined_dms).await,
-        aliases: room
-            .canonical_alias()
-            .into_iter()
-            .chain(room.alt_aliases())
-            .map(|a| a.to_string())
-            .collect(),
+        aliases: upgrades::aliases_of(room),
         predecessors: upgrades::confirmed_predecessors(&ctx.client, room),
     }
 }

@@ -97,12 +97,7 @@ pub(crate) async fn follow(
         room_id: upgrade.new.to_string(),
         is_dm,
         // The upgrade moves the old room's aliases to the new one.
-        aliases: old
-            .canonical_alias()
-            .into_iter()
-            .chain(old.alt_aliases())
-            .map(|a| a.to_string())
-            .collect(),
+        aliases: aliases_of(&old),
         predecessors: std::iter::once(upgrade.old.to_string())
             .chain(confirmed_predecessors(client, &old))
             .collect(),
@@ -145,6 +140,15 @@ pub(crate) async fn follow(
             None
         }
     }
+}
+
+/// The canonical and alternative aliases of `room`.
+pub(crate) fn aliases_of(room: &Room) -> Vec<String> {
+    room.canonical_alias()
+        .into_iter()
+        .chain(room.alt_aliases())
+        .map(|a| a.to_string())
+        .collect()
 }
 
 /// Who sent the tombstone of `room`.

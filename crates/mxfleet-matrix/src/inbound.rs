@@ -222,6 +222,18 @@ pub fn normalise(room_id: &RoomId, event: &TimelineEvent, own_user: &UserId) -> 
             size,
             name: name.to_owned(),
         };
+    // The fields every media message type has, each under its own info type.
+    macro_rules! media_of {
+        ($m:expr) => {{
+            let info = $m.info.as_deref();
+            media(
+                &$m.source,
+                $m.filename.as_deref().unwrap_or(&$m.body),
+                info.and_then(|i| i.mimetype.as_ref()),
+                info.and_then(|i| i.size).map(u64::from),
+            )
+        }};
+    }
     let (body, formatted_body, attachment) = match &message.content.msgtype {
         MessageType::Text(text) => (
             text.body.clone(),
@@ -234,14 +246,7 @@ pub fn normalise(room_id: &RoomId, event: &TimelineEvent, own_user: &UserId) -> 
         MessageType::Emote(emote) => (format!("/me {}", emote.body), None, None),
         MessageType::Notice(_) => return Normalised::Ignored("notice"),
         MessageType::Audio(audio) => {
-            let info = audio.info.as_deref();
-            let name = audio.filename.as_deref().unwrap_or(&audio.body);
-            let media = media(
-                &audio.source,
-                name,
-                info.and_then(|i| i.mimetype.as_ref()),
-                info.and_then(|i| i.size).map(u64::from),
-            );
+            let media = media_of!(audio);
             (audio.body.clone(), None, Some(Attachment::Audio(media)))
         }
         MessageType::Location(location) => (
@@ -255,49 +260,19 @@ pub fn normalise(room_id: &RoomId, event: &TimelineEvent, own_user: &UserId) -> 
             }),
         ),
         MessageType::Image(image) => {
-            let info = image.info.as_deref();
-            let name = image.filename.as_deref().unwrap_or(&image.body);
-            let media = media(
-                &image.source,
-                name,
-                info.and_then(|i| i.mimetype.as_ref()),
-                info.and_then(|i| i.size).map(u64::from),
-            );
-            (
-                describe_file("an image", &media, image.caption()),
-                None,
-                Some(Attachment::File(media)),
-            )
+            let media = media_of!(image);
+            let text = describe_file("an image", &media, image.caption());
+            (text, None, Some(Attachment::File(media)))
         }
         MessageType::Video(video) => {
-            let info = video.info.as_deref();
-            let name = video.filename.as_deref().unwrap_or(&video.body);
-            let media = media(
-                &video.source,
-                name,
-                info.and_then(|i| i.mimetype.as_ref()),
-                info.and_then(|i| i.size).map(u64::from),
-            );
-            (
-                describe_file("a video", &media, video.caption()),
-                None,
-                Some(Attachment::File(media)),
-            )
+            let media = media_of!(video);
+            let text = describe_file("a video", &media, video.caption());
+            (text, None, Some(Attachment::File(media)))
         }
         MessageType::File(file) => {
-            let info = file.info.as_deref();
-            let name = file.filename.as_deref().unwrap_or(&file.body);
-            let media = media(
-                &file.source,
-                name,
-                info.and_then(|i| i.mimetype.as_ref()),
-                info.and_then(|i| i.size).map(u64::from),
-            );
-            (
-                describe_file("a file", &media, file.caption()),
-                None,
-                Some(Attachment::File(media)),
-            )
+            let media = media_of!(file);
+            let text = describe_file("a file", &media, file.caption());
+            (text, None, Some(Attachment::File(media)))
         }
         _ => return Normalised::Ignored("unsupported message type"),
     };
