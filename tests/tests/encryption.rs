@@ -174,7 +174,13 @@ async fn an_undecryptable_message_gets_one_notice_per_session_and_no_answer() ->
     let (human_id, human_pw) = synapse.fresh_user("human").await?;
     // This human's client withholds its room keys from unverified devices: the bot's.
     let human = Human::login_with(synapse.url(), &human_id, &human_pw, true).await?;
-    let mut fleet = FleetProcess::new(&account("bot", synapse.url(), &bot, ""))?;
+    let port = mxfleet_testkit::free_port()?;
+    let admin =
+        format!("[admin]\nbind = \"127.0.0.1:{port}\"\ntoken = \"metrics-token-0123456789\"\n\n");
+    let mut fleet = FleetProcess::new(&format!(
+        "{admin}{}",
+        account("bot", synapse.url(), &bot, "")
+    ))?;
     fleet.start().await?;
     fleet.wait_state("bot", "syncing", TIMEOUT).await?;
     let dm = human.encrypted_dm(&bot.0).await?;
@@ -216,6 +222,21 @@ async fn an_undecryptable_message_gets_one_notice_per_session_and_no_answer() ->
         fleet.status().unwrap_or_default()["accounts"]["bot"]["state"],
         "syncing"
     );
+    // The same counts as Prometheus metrics.
+    let metrics = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .bearer_auth("metrics-token-0123456789")
+        .send()
+        .await?
+        .text()
+        .await?;
+    for line in [
+        "mxfleet_undecryptable_total{account=\"bot\"} 2",
+        "mxfleet_undecryptable_notices_total{account=\"bot\"} 1",
+        "mxfleet_decrypted_late_total{account=\"bot\"} 0",
+    ] {
+        anyhow::ensure!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
     fleet.stop().await?;
     Ok(())
 }

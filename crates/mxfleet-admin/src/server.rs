@@ -319,6 +319,24 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         &mut counter(|s| s.otp_challenges).into_iter(),
     );
     family(
+        "mxfleet_undecryptable_total",
+        "counter",
+        "Messages that could not be decrypted when they arrived.",
+        &mut counter(|s| s.undecryptable).into_iter(),
+    );
+    family(
+        "mxfleet_undecryptable_notices_total",
+        "counter",
+        "Notices posted about undecryptable messages (one per room and Megolm session).",
+        &mut counter(|s| s.undecryptable_notices).into_iter(),
+    );
+    family(
+        "mxfleet_decrypted_late_total",
+        "counter",
+        "Undecryptable messages decrypted later, once their keys arrived.",
+        &mut counter(|s| s.decrypted_late).into_iter(),
+    );
+    family(
         "mxfleet_sync_lag_seconds",
         "gauge",
         "Seconds since the last successful sync.",

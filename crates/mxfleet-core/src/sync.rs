@@ -143,6 +143,10 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
         false => None,
     };
 
+    // A retry woken by room keys runs on its own task, beside the sync: inside the select arm
+    // it would wait for matrix-sdk locks the pending (unpolled) sync holds.
+    let mut in_flight: Option<JoinHandle<Retried>> = None;
+
     loop {
         let first_sync = token.is_none();
         // The first request of a run does not long-poll: it shows the account live at once,
@@ -160,13 +164,23 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
         let outcome = loop {
             tokio::select! {
                 outcome = &mut sync => break outcome,
-                Some(rooms) = next_room_keys(&mut room_keys), if retries.waiting() => {
-                    if !retries.waits_in(rooms.as_deref()) {
-                        continue;
+                Some(rooms) = next_room_keys(&mut room_keys), if retries.waiting() && in_flight.is_none() => {
+                    if retries.waits_in(rooms.as_deref()) {
+                        let batch = retries.take();
+                        let attempt = try_decrypt(args.client.clone(), args.user_id.clone(), batch);
+                        in_flight = Some(tokio::spawn(attempt.in_current_span()));
                     }
-                    let late = retries.retry(&args.client, &args.user_id).await;
-                    if let Err(failure) = deliver_late(args, token.as_deref(), late).await {
-                        return failure;
+                }
+                retried = join_retry(&mut in_flight) => {
+                    in_flight = None;
+                    match retried {
+                        Ok((late, still)) => {
+                            retries.put_back(still);
+                            if let Err(failure) = deliver_late(args, token.as_deref(), late).await {
+                                return failure;
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "a decryption retry failed; its events are dropped"),
                     }
                 }
             }
@@ -262,13 +276,19 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
     }
 }
 
+/// An event waiting for its keys: its room, the event, when it failed first.
+type Pending = (OwnedRoomId, Raw<AnySyncTimelineEvent>, Instant);
+
+/// What a retry decrypted, and what still waits.
+type Retried = (Vec<InboundMessage>, Vec<Pending>);
+
 /// Events that failed to decrypt, tried again when keys may have arrived: when matrix-sdk stores
 /// room keys for their room, after a sync that carried to-device events, and every 30 s (each
 /// failed try also asks matrix-sdk to look in the server-side key backup, which it does with
 /// its own back-off). Bounded in number and age.
 #[derive(Default)]
 struct DecryptionRetries {
-    pending: Vec<(OwnedRoomId, Raw<AnySyncTimelineEvent>, Instant)>,
+    pending: Vec<Pending>,
     last_try: Option<Instant>,
 }
 
@@ -304,30 +324,59 @@ impl DecryptionRetries {
         !self.pending.is_empty() && (keys_may_have_arrived || interval_passed)
     }
 
+    /// Takes every pending event for a try.
+    fn take(&mut self) -> Vec<Pending> {
+        self.last_try = Some(Instant::now());
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Keeps the events a try could not decrypt.
+    fn put_back(&mut self, still: Vec<Pending>) {
+        let room = Self::MAX.saturating_sub(self.pending.len());
+        self.pending
+            .splice(0..0, still.into_iter().rev().take(room).rev());
+    }
+
     /// Tries every pending event; returns the ones that now decrypt to messages.
     async fn retry(&mut self, client: &Client, own_user: &OwnedUserId) -> Vec<InboundMessage> {
-        self.last_try = Some(Instant::now());
-        let mut decrypted = Vec::new();
-        let mut still = Vec::new();
-        for (room_id, raw, at) in std::mem::take(&mut self.pending) {
-            let Some(room) = client.get_room(&room_id) else {
-                continue;
-            };
-            let encrypted = raw.cast_ref_unchecked::<OriginalSyncRoomEncryptedEvent>();
-            match room.decrypt_event(encrypted, None).await {
-                Ok(event) => match normalise(&room_id, &event, own_user) {
-                    Normalised::Message(message) => decrypted.push(message),
-                    Normalised::Undecryptable(_) => still.push((room_id, raw, at)),
-                    _ => {}
-                },
-                Err(e) => {
-                    debug!(%room_id, error = %e, "decryption retry failed");
-                    still.push((room_id, raw, at));
-                }
+        let batch = self.take();
+        let (decrypted, still) = try_decrypt(client.clone(), own_user.clone(), batch).await;
+        self.put_back(still);
+        decrypted
+    }
+}
+
+/// Tries to decrypt `batch`; returns the messages it now yields and the events still waiting.
+async fn try_decrypt(client: Client, own_user: OwnedUserId, batch: Vec<Pending>) -> Retried {
+    let mut decrypted = Vec::new();
+    let mut still = Vec::new();
+    for (room_id, raw, at) in batch {
+        let Some(room) = client.get_room(&room_id) else {
+            continue;
+        };
+        let encrypted = raw.cast_ref_unchecked::<OriginalSyncRoomEncryptedEvent>();
+        match room.decrypt_event(encrypted, None).await {
+            Ok(event) => match normalise(&room_id, &event, &own_user) {
+                Normalised::Message(message) => decrypted.push(message),
+                Normalised::Undecryptable(_) => still.push((room_id, raw, at)),
+                _ => {}
+            },
+            Err(e) => {
+                debug!(%room_id, error = %e, "decryption retry failed");
+                still.push((room_id, raw, at));
             }
         }
-        self.pending = still;
-        decrypted
+    }
+    (decrypted, still)
+}
+
+/// The outcome of the retry in flight. Never resolves without one.
+async fn join_retry(
+    in_flight: &mut Option<JoinHandle<Retried>>,
+) -> Result<Retried, tokio::task::JoinError> {
+    match in_flight {
+        Some(task) => task.await,
+        None => std::future::pending().await,
     }
 }
 
