@@ -61,7 +61,14 @@ async fn the_admin_api_needs_its_token_and_reports_the_fleet() -> Result<()> {
     let config = format!("{admin}{}", account("bot", synapse.url(), &bot, ""));
     let mut fleet = running(&config, &["bot"]).await?;
 
-    for path in ["/health", "/metrics", "/accounts", "/accounts/bot", "/otp"] {
+    for path in [
+        "/health",
+        "/metrics",
+        "/accounts",
+        "/accounts/bot",
+        "/otp",
+        "/approvals",
+    ] {
         let url = format!("{api}{path}");
         assert_eq!(
             call("GET", &url, None).await?.0,
@@ -82,6 +89,12 @@ async fn the_admin_api_needs_its_token_and_reports_the_fleet() -> Result<()> {
     );
     assert_eq!(
         call("POST", &format!("{api}/accounts/bot/stop"), None)
+            .await?
+            .0,
+        401
+    );
+    assert_eq!(
+        call("POST", &format!("{api}/approvals/bot/@x:hs/revoke"), None)
             .await?
             .0,
         401
@@ -222,6 +235,45 @@ async fn unknown_senders_approve_themselves_with_the_operators_code() -> Result<
     human
         .expect_final_text(&dm, &bot.0, "still approved?", TIMEOUT)
         .await?;
+
+    // The operator lists the approvals and withdraws this one: the next DM is challenged again.
+    let approved = fleet.run_command(&["otp", "approved"]).await?;
+    let approved = String::from_utf8_lossy(&approved.stdout).into_owned();
+    ensure!(approved.contains(&human_id), "{approved}");
+    let revoked = fleet
+        .run_command(&["otp", "revoke", "bot", &human_id])
+        .await?;
+    ensure!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    let challenges = |h: &Human| {
+        h.seen_from(&dm, &bot.0)
+            .iter()
+            .filter(|s| h.current_text(s).contains("ask the operator"))
+            .count()
+    };
+    let before = challenges(&human);
+    human.send(&dm, "am I still in?").await?;
+    human
+        .wait_for("a new challenge", TIMEOUT, |h| {
+            (challenges(h) > before).then_some(())
+        })
+        .await?;
+    ensure!(
+        human.count(&dm, &bot.0, "am I still in?") == 0,
+        "answered after the revocation"
+    );
+    let again = fleet
+        .run_command(&["otp", "revoke", "bot", &human_id])
+        .await?;
+    ensure!(
+        !again.status.success()
+            && String::from_utf8_lossy(&again.stderr).contains("is not approved"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     ensure!(
         !fleet.all_logs().contains(&code),
         "the code reached the logs"

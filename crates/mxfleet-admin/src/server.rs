@@ -87,6 +87,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/accounts/{id}", get(account))
         .route("/accounts/{id}/{action}", post(control))
         .route("/otp", get(otp))
+        .route("/approvals", get(approvals))
+        .route("/approvals/{account}/{sender}/revoke", post(revoke))
         .route("/reload", post(reload))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -203,6 +205,45 @@ async fn control(
     }
 }
 
+/// Senders approved by a one-time code.
+async fn approvals(State(state): State<AdminState>) -> Response {
+    match state.store.approved_senders(None).await {
+        Ok(list) => {
+            let list: Vec<Value> = list
+                .into_iter()
+                .map(|(account, sender, at)| {
+                    json!({"account": account, "sender": sender, "approved_ms": at})
+                })
+                .collect();
+            Json(list).into_response()
+        }
+        Err(e) => internal(&e),
+    }
+}
+
+/// Withdraws an approval: the sender's next DM is challenged again.
+async fn revoke(
+    State(state): State<AdminState>,
+    Path((account, sender)): Path<(String, String)>,
+) -> Response {
+    match state.store.revoke_sender(&account, &sender).await {
+        Ok(true) => Json(json!({"ok": true, "account": account, "sender": sender})).into_response(),
+        Ok(false) => {
+            let error = format!("{sender} is not approved on {account}");
+            (StatusCode::NOT_FOUND, Json(json!({"error": error}))).into_response()
+        }
+        Err(e) => internal(&e),
+    }
+}
+
+fn internal(e: &dyn std::fmt::Display) -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({"error": e.to_string()})),
+    )
+        .into_response()
+}
+
 async fn otp(State(state): State<AdminState>) -> Response {
     match state.store.otp_challenges(None).await {
         Ok(challenges) => {
@@ -227,11 +268,7 @@ async fn otp(State(state): State<AdminState>) -> Response {
                 .collect();
             Json(list).into_response()
         }
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"error": e.to_string()})),
-        )
-            .into_response(),
+        Err(e) => internal(&e),
     }
 }
 

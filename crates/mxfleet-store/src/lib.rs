@@ -587,6 +587,43 @@ impl Store {
         .await
     }
 
+    /// Every approved sender, of one account or all: `(account, sender, approved_at_ms)`.
+    pub async fn approved_senders(
+        &self,
+        account: Option<&str>,
+    ) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let account = account.map(str::to_owned);
+        self.blocking(move |s| {
+            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
+            let table = tx.open_table(APPROVED).map_err(|e| s.err(e))?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(|e| s.err(e))? {
+                let (key, at) = row.map_err(|e| s.err(e))?;
+                let (owner, sender) = key.value();
+                if account.as_deref().is_none_or(|a| a == owner) {
+                    out.push((owner.to_owned(), sender.to_owned(), at.value()));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Withdraws `sender`'s approval on `account` (and any challenge of theirs): their next DM
+    /// is challenged again. Returns whether they were approved.
+    pub async fn revoke_sender(&self, account: &str, sender: &str) -> Result<bool, StoreError> {
+        let (account, sender) = (account.to_owned(), sender.to_owned());
+        self.blocking(move |s| {
+            s.write(|tx| {
+                let key = (account.as_str(), sender.as_str());
+                let was = tx.open_table(APPROVED)?.remove(key)?.is_some();
+                tx.open_table(OTP)?.remove(key)?;
+                Ok(was)
+            })
+        })
+        .await
+    }
+
     /// Whether `sender` was approved on `account` (by a one-time code).
     pub async fn is_approved(&self, account: &str, sender: &str) -> Result<bool, StoreError> {
         let (account, sender) = (account.to_owned(), sender.to_owned());
@@ -897,6 +934,22 @@ mod tests {
         store.reset_memory("a", "!r", 99).await?;
         let m = store.memory("a", "!r").await?;
         assert!(m.turns.is_empty() && m.reset_at_ms == 99);
+
+        // Approvals: listed per account, withdrawn once.
+        store.approve_sender("a", "@x:hs", 5).await?;
+        store.approve_sender("b", "@y:hs", 6).await?;
+        assert_eq!(
+            store.approved_senders(Some("a")).await?,
+            vec![("a".to_owned(), "@x:hs".to_owned(), 5)]
+        );
+        assert_eq!(store.approved_senders(None).await?.len(), 2);
+        assert!(store.revoke_sender("a", "@x:hs").await?);
+        assert!(!store.is_approved("a", "@x:hs").await?);
+        assert!(
+            !store.revoke_sender("a", "@x:hs").await?,
+            "nothing left to revoke"
+        );
+        assert!(store.is_approved("b", "@y:hs").await?);
         assert_eq!(store.memory("a", "!other").await?, Memory::default());
         Ok(())
     }

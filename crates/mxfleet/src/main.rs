@@ -102,6 +102,15 @@ enum Command {
 enum OtpCommand {
     /// List pending challenges with their codes (give a code to the sender out of band).
     List,
+    /// List the senders approved by a code.
+    Approved,
+    /// Withdraw a sender's approval: their next DM is challenged again.
+    Revoke {
+        /// The account id.
+        account: String,
+        /// The sender's user id.
+        user: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -178,6 +187,12 @@ fn main() -> ExitCode {
         Command::Otp {
             command: OtpCommand::List,
         } => otp_list(&loaded),
+        Command::Otp {
+            command: OtpCommand::Approved,
+        } => otp_approved(&loaded),
+        Command::Otp {
+            command: OtpCommand::Revoke { account, user },
+        } => otp_revoke(&loaded, &account, &user),
         Command::Reload => reload(&loaded),
         Command::Doctor { account } => doctor::run(&loaded, &account),
         Command::RecoveryKey { account, import } => recovery_key(&loaded, &account, import),
@@ -517,6 +532,45 @@ fn otp_list(loaded: &Loaded) -> ExitCode {
                 left(&c["locked_until_ms"]),
             );
         }
+        Ok(())
+    })
+}
+
+fn otp_approved(loaded: &Loaded) -> ExitCode {
+    with_admin(loaded, |client| async move {
+        let approved = client.get("/approvals").await?;
+        let list = approved.as_array().cloned().unwrap_or_default();
+        if list.is_empty() {
+            out!("no approved senders");
+            return Ok(());
+        }
+        out!("{:<16} {:<36} APPROVED", "ACCOUNT", "SENDER");
+        let now = now_ms();
+        for a in list {
+            let ago = a["approved_ms"].as_u64().map_or_else(
+                || "-".into(),
+                |t| format!("{}s ago", now.saturating_sub(t) / 1000),
+            );
+            out!(
+                "{:<16} {:<36} {ago}",
+                a["account"].as_str().unwrap_or("-"),
+                a["sender"].as_str().unwrap_or("-"),
+            );
+        }
+        Ok(())
+    })
+}
+
+fn otp_revoke(loaded: &Loaded, account: &str, user: &str) -> ExitCode {
+    if let Some(why) = not_here(loaded, account) {
+        eprintln!("mxfleet: {why}");
+        return ExitCode::FAILURE;
+    }
+    with_admin(loaded, |client| async move {
+        client
+            .post(&format!("/approvals/{account}/{user}/revoke"))
+            .await?;
+        out!("revoked: {user} on {account} (their next DM is challenged again)");
         Ok(())
     })
 }
