@@ -24,7 +24,7 @@ pub async fn transcribe(
         "{}/audio/transcriptions",
         spec.base_url.as_str().trim_end_matches('/')
     );
-    let boundary = format!("mxfleet-{:016x}", rand_u64());
+    let boundary = format!("mxfleet-{:016x}", rand::random::<u64>());
     let body = multipart(
         &boundary,
         &[("model", &spec.model), ("response_format", "json")],
@@ -95,17 +95,6 @@ fn multipart(
     body.extend_from_slice(bytes);
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     body
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.finish()
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use crate::{
     crypto::{CryptoActor, CryptoArgs},
     gate::{self, Access, InviteVerdict, RoomFacts},
     otp::{OtpArgs, OtpGate, OtpMsg, OtpPolicy},
-    responder::{self, CryptoHandle, EditorHandle, JoinedDms, OtpHandle, Responder, ResponderArgs},
+    responder::{CryptoHandle, EditorHandle, JoinedDms, OtpHandle, Responder, ResponderArgs},
     restart::{RestartPolicy, RestartTracker},
     status::{AccountState, ChildState, StatusBoard},
     stream_editor::StreamEditor,
@@ -585,26 +585,7 @@ impl AccountRuntime {
             let span = info_span!(parent: None, "upgrade", account = %spec.id, room = %upgrade.old);
             tokio::spawn(
                 async move {
-                    let Some(old) = client.get_room(&upgrade.old) else {
-                        return;
-                    };
-                    let dm = responder::is_dm(&old, &joined_dms).await;
-                    let followed = upgrades::follow(
-                        &client,
-                        &store,
-                        &spec.id,
-                        &spec.conversation,
-                        &access,
-                        dm,
-                        upgrade,
-                    )
-                    .await;
-                    if let Some(new) = followed.filter(|_| dm) {
-                        joined_dms
-                            .write()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .insert(new.to_string());
-                    }
+                    upgrades::follow(&client, &store, &spec, &access, &joined_dms, upgrade).await;
                 }
                 .instrument(span),
             );

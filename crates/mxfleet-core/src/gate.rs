@@ -26,6 +26,16 @@ pub(crate) struct RoomFacts {
     pub(crate) predecessors: Vec<String>,
 }
 
+impl RoomFacts {
+    /// Every name the room answers to in the access lists and overrides: its id, its aliases,
+    /// the ids of the rooms it upgraded.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.room_id)
+            .chain(&self.aliases)
+            .chain(&self.predecessors)
+    }
+}
+
 /// Who the bot is, for mention detection.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Me {
@@ -83,10 +93,7 @@ impl Access {
 
     /// Allowed by id or alias, or as the upgrade of an allowed room.
     fn room_allowed(&self, room: &RoomFacts) -> bool {
-        std::iter::once(&room.room_id)
-            .chain(&room.aliases)
-            .chain(&room.predecessors)
-            .any(|r| self.rooms.contains(r))
+        room.names().any(|r| self.rooms.contains(r))
     }
 }
 

@@ -21,7 +21,9 @@ use mxfleet_backend::{Backend, ChatMessage, ChatRequest, Role};
 use mxfleet_config::{AccountAuth, AccountSpec, StreamMode};
 use mxfleet_matrix::{
     Attachment, InboundMessage, MatrixFailure, Media, MentionList, Normalised, Placement,
-    Undecryptable, ensure_can_send, location_content,
+    Undecryptable, ensure_can_send,
+    inbound::UNSEEN,
+    location_content,
     matrix_sdk::{
         Client, Room,
         room::{IncludeRelations, MessagesOptions, RelationsOptions},
@@ -626,9 +628,7 @@ async fn attach_image(ctx: &ReplyContext, media: &Media, current: &mut ChatMessa
             current
                 .images
                 .push(mxfleet_backend::Image::new(mimetype, &media.name, &bytes));
-            current.content = current
-                .content
-                .replace("; you cannot see its content]", "; attached]");
+            current.content = current.content.replace(UNSEEN, "; attached]");
         }
         Err(e) => warn!(error = %e, "image not passed to the backend"),
     }
@@ -1247,12 +1247,7 @@ impl Routing {
     fn pick(&self, sender: &str, room: &RoomFacts) -> &RouteBackend {
         self.users
             .get(sender)
-            .or_else(|| {
-                std::iter::once(&room.room_id)
-                    .chain(&room.aliases)
-                    .chain(&room.predecessors)
-                    .find_map(|r| self.rooms.get(r))
-            })
+            .or_else(|| room.names().find_map(|r| self.rooms.get(r)))
             .unwrap_or(&self.default)
     }
 }

@@ -10,7 +10,7 @@
 //! Each batch's messages are claimed in the inbox in the same redb transaction that moves the
 //! sync position, so a crash replays a batch rather than losing it, and replays are deduplicated.
 
-use std::{panic::AssertUnwindSafe, sync::Arc, time::Duration};
+use std::{collections::HashSet, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use futures_util::{FutureExt, Stream, StreamExt};
 use mxfleet_config::{AccountAuth, AccountSpec};
@@ -146,6 +146,9 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
     // A retry woken by room keys runs on its own task, beside the sync: inside the select arm
     // it would wait for matrix-sdk locks the pending (unpolled) sync holds.
     let mut in_flight: Option<JoinHandle<Retried>> = None;
+    // Upgrades already handed on: an invite-only successor is not joined by asking again at
+    // every sync of the old room, but by the invite that follows.
+    let mut upgrades_seen = HashSet::new();
 
     loop {
         let first_sync = token.is_none();
@@ -240,7 +243,8 @@ async fn sync_loop(args: &SyncArgs) -> MatrixFailure {
             }
         }
         let invites: Vec<OwnedRoomId> = response.rooms.invited.keys().cloned().collect();
-        let upgrades = pending_upgrades(&args.client, response.rooms.joined.keys());
+        let mut upgrades = pending_upgrades(&args.client, response.rooms.joined.keys());
+        upgrades.retain(|u| upgrades_seen.insert(u.old.clone()));
 
         let fresh = match args
             .store

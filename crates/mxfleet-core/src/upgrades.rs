@@ -7,7 +7,7 @@
 //! memory of the old room carries over. A predecessor claimed by a room's creator alone proves
 //! nothing: only the old room's tombstone, read from the bot's own view of that room, confirms it.
 
-use mxfleet_config::ConversationSpec;
+use mxfleet_config::AccountSpec;
 use mxfleet_matrix::{
     MatrixFailure,
     matrix_sdk::{
@@ -22,7 +22,10 @@ use mxfleet_matrix::{
 use mxfleet_store::Store;
 use tracing::{info, warn};
 
-use crate::gate::{self, InviteVerdict, RoomFacts};
+use crate::{
+    gate::{self, InviteVerdict, RoomFacts},
+    responder::{self, JoinedDms},
+};
 
 /// Upgrade chains longer than this are not followed further back.
 const MAX_CHAIN: usize = 16;
@@ -81,17 +84,19 @@ pub(crate) fn confirmed_predecessors(client: &Client, room: &Room) -> Vec<String
 }
 
 /// Joins the room replacing `upgrade.old` if the gate would take an invite to it from the
-/// upgrade's author, and carries the conversation memory over.
+/// upgrade's author, and carries the conversation memory (and DM-ness) over.
 pub(crate) async fn follow(
     client: &Client,
     store: &Store,
-    account: &str,
-    conversation: &ConversationSpec,
+    spec: &AccountSpec,
     access: &gate::Access,
-    is_dm: bool,
+    joined_dms: &JoinedDms,
     upgrade: Upgrade,
-) -> Option<OwnedRoomId> {
-    let old = client.get_room(&upgrade.old)?;
+) {
+    let Some(old) = client.get_room(&upgrade.old) else {
+        return;
+    };
+    let is_dm = responder::is_dm(&old, joined_dms).await;
     let author = tombstone_author(&old).await;
     let facts = RoomFacts {
         room_id: upgrade.new.to_string(),
@@ -103,14 +108,14 @@ pub(crate) async fn follow(
             .collect(),
     };
     let inviter = author.as_ref().map_or("", |a| a.as_str());
-    let refusal = match gate::decide_invite(conversation, access, &facts, inviter) {
+    let refusal = match gate::decide_invite(&spec.conversation, access, &facts, inviter) {
         InviteVerdict::Join => None,
         InviteVerdict::Reject(reason) => Some(reason),
         InviteVerdict::Leave => Some("auto_join = off"),
     };
     if let Some(reason) = refusal {
         info!(old = %upgrade.old, new = %upgrade.new, reason, "room upgrade not followed");
-        return None;
+        return;
     }
     // Servers that are in the new room: its creator's (the tombstone's author), and the one in
     // the room id (room versions before 12).
@@ -125,19 +130,23 @@ pub(crate) async fn follow(
         .await
     {
         Ok(_) => {
+            if is_dm {
+                joined_dms
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(upgrade.new.to_string());
+            }
             if let Err(e) = store
-                .inherit_memory(account, upgrade.old.as_str(), upgrade.new.as_str())
+                .inherit_memory(&spec.id, upgrade.old.as_str(), upgrade.new.as_str())
                 .await
             {
                 warn!(error = %e, "could not carry the conversation memory over");
             }
             info!(old = %upgrade.old, new = %upgrade.new, "followed the room upgrade");
-            Some(upgrade.new)
         }
         Err(e) => {
             info!(old = %upgrade.old, new = %upgrade.new, error = %MatrixFailure::from_sdk("joining", &e),
                 "could not join the upgraded room (invite-only?): an invite to it will be accepted");
-            None
         }
     }
 }

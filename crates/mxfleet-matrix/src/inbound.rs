@@ -325,6 +325,9 @@ fn poll_vote(
     })
 }
 
+/// How a file's description ends when its content is not passed to the backend.
+pub const UNSEEN: &str = "; you cannot see its content]";
+
 /// The text a backend gets for an image, video or file it cannot see: what it is, and the
 /// caption the sender wrote, if any.
 fn describe_file(what: &str, media: &Media, caption: Option<&str>) -> String {
@@ -335,7 +338,7 @@ fn describe_file(what: &str, media: &Media, caption: Option<&str>) -> String {
     if let Some(size) = media.size {
         text.push_str(&format!(", {size} bytes"));
     }
-    text.push_str("; you cannot see its content]");
+    text.push_str(UNSEEN);
     if let Some(caption) = caption {
         text.push('\n');
         text.push_str(caption);
