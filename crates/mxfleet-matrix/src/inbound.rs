@@ -7,9 +7,10 @@
 use matrix_sdk::{
     deserialized_responses::{TimelineEvent, TimelineEventKind},
     ruma::{
-        EventId, MilliSecondsSinceUnixEpoch, RoomId, UserId,
+        EventId, RoomId, UserId,
         events::{
-            AnySyncMessageLikeEvent, AnySyncTimelineEvent, SyncMessageLikeEvent,
+            AnySyncMessageLikeEvent, AnySyncTimelineEvent, MessageLikeEventContent,
+            OriginalSyncMessageLikeEvent, SyncMessageLikeEvent,
             room::{
                 MediaSource,
                 message::{MessageFormat, MessageType, Relation},
@@ -169,16 +170,11 @@ pub fn normalise(room_id: &RoomId, event: &TimelineEvent, own_user: &UserId) -> 
         AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::UnstablePollResponse(
             SyncMessageLikeEvent::Original(vote),
         )) => {
-            let answers = vote.content.poll_response.answers.clone();
-            return poll_vote(
-                room_id,
-                own_user,
-                &vote.sender,
-                &vote.event_id,
-                vote.origin_server_ts,
+            let (poll, answers) = (
                 &vote.content.relates_to.event_id,
-                answers,
+                &vote.content.poll_response.answers,
             );
+            return poll_vote(room_id, own_user, &vote, poll, answers.clone());
         }
         AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::PollResponse(
             SyncMessageLikeEvent::Original(vote),
@@ -187,9 +183,7 @@ pub fn normalise(room_id: &RoomId, event: &TimelineEvent, own_user: &UserId) -> 
             return poll_vote(
                 room_id,
                 own_user,
-                &vote.sender,
-                &vote.event_id,
-                vote.origin_server_ts,
+                &vote,
                 &vote.content.relates_to.event_id,
                 answers,
             );
@@ -296,24 +290,22 @@ pub fn normalise(room_id: &RoomId, event: &TimelineEvent, own_user: &UserId) -> 
 }
 
 /// A vote on a poll, as a message to resolve against the poll's answers.
-fn poll_vote(
+fn poll_vote<C: MessageLikeEventContent>(
     room_id: &RoomId,
     own_user: &UserId,
-    sender: &UserId,
-    event_id: &EventId,
-    ts: MilliSecondsSinceUnixEpoch,
+    vote: &OriginalSyncMessageLikeEvent<C>,
     poll_id: &EventId,
     answers: Vec<String>,
 ) -> Normalised {
-    if sender == own_user {
+    if vote.sender == own_user {
         return Normalised::Ignored("own vote");
     }
     Normalised::Message(InboundMessage {
         room_id: room_id.to_string(),
-        event_id: event_id.to_string(),
-        sender: sender.to_string(),
+        event_id: vote.event_id.to_string(),
+        sender: vote.sender.to_string(),
         body: String::new(),
-        origin_server_ts_ms: ts.get().into(),
+        origin_server_ts_ms: vote.origin_server_ts.get().into(),
         thread_root: None,
         formatted_body: None,
         mentions: None,
