@@ -243,6 +243,24 @@ pub fn build(spec: &BackendSpec) -> Result<Arc<dyn Backend>, BackendError> {
     })
 }
 
+/// Starts `request` on `backend`. A stream that fails before its first text with an error that
+/// may pass ([`BackendError::is_transient`]: the endpoint unreachable, 429, 5xx, a timeout) is
+/// asked once more, and the retry is logged; a second failure ends the stream with its error.
+pub fn stream_retrying_once(backend: Arc<dyn Backend>, request: ChatRequest) -> TextStream {
+    let mut first = backend.stream(request.clone());
+    let chosen = async move {
+        match first.next().await {
+            Some(Err(e)) if e.is_transient() => {
+                tracing::warn!(backend = backend.kind(), error = %e, "the backend failed before answering; asking it once more");
+                backend.stream(request)
+            }
+            Some(item) => Box::pin(futures_util::stream::once(async move { item }).chain(first)),
+            None => Box::pin(futures_util::stream::empty()) as TextStream,
+        }
+    };
+    Box::pin(futures_util::stream::once(chosen).flatten())
+}
+
 /// Runs `request` to the end and returns the whole answer.
 pub async fn collect(backend: &dyn Backend, request: ChatRequest) -> Result<String, BackendError> {
     let mut stream = backend.stream(request);
@@ -251,4 +269,105 @@ pub async fn collect(backend: &dyn Backend, request: ChatRequest) -> Result<Stri
         answer.push_str(&delta?);
     }
     Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use super::*;
+
+    /// Answers with the next of its scripted streams; counts the requests.
+    struct Scripted {
+        answers: Mutex<Vec<Vec<Result<String, BackendError>>>>,
+        asked: AtomicUsize,
+    }
+
+    impl Backend for Scripted {
+        fn kind(&self) -> &'static str {
+            "scripted"
+        }
+
+        fn stream(&self, _request: ChatRequest) -> TextStream {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            let mut answers = self
+                .answers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let next = if answers.is_empty() {
+                Vec::new()
+            } else {
+                answers.remove(0)
+            };
+            Box::pin(futures_util::stream::iter(next))
+        }
+    }
+
+    async fn run(answers: Vec<Vec<Result<String, BackendError>>>) -> (Vec<String>, usize) {
+        let backend = Arc::new(Scripted {
+            answers: Mutex::new(answers),
+            asked: AtomicUsize::new(0),
+        });
+        let items: Vec<String> = stream_retrying_once(backend.clone(), ChatRequest::default())
+            .map(|item| item.unwrap_or_else(|e| format!("error: {e}")))
+            .collect()
+            .await;
+        (items, backend.asked.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_before_the_first_text_is_retried_once() {
+        let down = || Err(BackendError::Network("refused".into()));
+        let overloaded = || {
+            Err(BackendError::Status {
+                status: 503,
+                detail: String::new(),
+            })
+        };
+        let ok = |t: &str| Ok(t.to_owned());
+        let cases = [
+            (
+                "answers at once",
+                vec![vec![ok("a"), ok("b")]],
+                vec!["a", "b"],
+                1,
+            ),
+            (
+                "down, then answers",
+                vec![vec![down()], vec![ok("a")]],
+                vec!["a"],
+                2,
+            ),
+            (
+                "down twice: the second error ends it",
+                vec![vec![down()], vec![overloaded()]],
+                vec!["error: backend answered HTTP 503: "],
+                2,
+            ),
+            (
+                "a permanent error is not retried",
+                vec![
+                    vec![Err(BackendError::Protocol("bad".into()))],
+                    vec![ok("a")],
+                ],
+                vec!["error: backend protocol error: bad"],
+                1,
+            ),
+            (
+                "a failure after some text is not retried",
+                vec![vec![ok("a"), down()], vec![ok("b")]],
+                vec!["a", "error: backend unreachable: refused"],
+                1,
+            ),
+            ("an empty answer", vec![vec![]], vec![], 1),
+        ];
+        for (name, answers, expected, asked) in cases {
+            let (items, times) = run(answers).await;
+            assert_eq!(items, expected, "{name}");
+            assert_eq!(times, asked, "{name}");
+        }
+    }
 }

@@ -5,23 +5,35 @@
 //! command-line flags. [`load`] merges them, validates the result and reports every problem at
 //! once, each with its key and the file, variable or flag it came from. Secrets are [`Secret`]s
 //! and never print.
+//!
+//! - [`model`](crate::Config): the raw configuration as the layers give it;
+//! - `load`: layering, extraction, and collecting every parse error;
+//! - `validate`: the semantic checks, in named passes, building the [`ValidConfig`];
+//! - `resolved`: the configuration mxfleet runs on.
 
+mod issue;
 mod load;
 mod model;
+mod origin;
+mod resolved;
 mod secret;
+mod validate;
 
+pub use issue::{ConfigError, ConfigIssue};
 pub use load::{
-    AccountAuth, AccountSpec, AdminSpec, BUILTIN_ECHO, BackendSpec, CONFIG_FILE_ENV, ConfigError,
-    ConfigIssue, ConversationSpec, DEFAULT_CONFIG_FILE, ENV_PREFIX, Flags, Loaded, Route, Sources,
-    Transcription, ValidConfig, default_device_id, is_valid_account_id, load, shard_of,
+    BUILTIN_ECHO, CONFIG_FILE_ENV, DEFAULT_CONFIG_FILE, ENV_PREFIX, Flags, Loaded, Sources, load,
 };
 pub use model::{
-    AccessPolicy, AccountConfig, AdminConfig, AutoJoin, BackendConfig, CommandInput, Config,
-    LogConfig, LogFormat, MentionMode, OwnershipMode, RestartConfig, RouteOverride, ShardConfig,
-    StreamFormat, StreamMode,
+    AccessPolicy, AccountConfig, AdminConfig, AnsweringConfig, AutoJoin, BackendConfig,
+    CommandInput, Config, ConversationConfig, CredentialsConfig, EncryptionConfig, LogConfig,
+    LogFormat, LoginConfig, MediaConfig, MentionMode, OwnershipMode, RestartConfig, RouteOverride,
+    ShardConfig, StreamFormat, StreamMode, SyncConfig,
 };
-
+pub use resolved::{
+    AccountAuth, AccountSpec, AdminSpec, BackendSpec, Route, Transcription, ValidConfig,
+};
 pub use secret::{REDACTED, Secret, constant_time_eq};
+pub use validate::{default_device_id, is_valid_account_id, shard_of};
 
 #[cfg(test)]
 mod tests;

@@ -232,15 +232,59 @@ pub enum CommandInput {
     Json,
 }
 
-/// One bot account.
+/// One bot account. Its keys are flat in `[accounts.<id>]`; here they are grouped by concern,
+/// and the groups that need no resolving ([`EncryptionConfig`], [`SyncConfig`],
+/// [`ConversationConfig`]) are what the validated [`crate::AccountSpec`] carries as they are.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountConfig {
+    /// Where and as whom the account logs in, and whether it runs.
+    #[serde(flatten)]
+    pub login: LoginConfig,
+    /// Secrets, each inline or in a file.
+    #[serde(flatten)]
+    pub credentials: CredentialsConfig,
+    /// Device ownership and verification.
+    #[serde(flatten)]
+    pub encryption: EncryptionConfig,
+    /// Which backend answers, with which model and prompt, and the overrides.
+    #[serde(flatten)]
+    pub answering: AnsweringConfig,
+    /// The sync loop.
+    #[serde(flatten)]
+    pub sync: SyncConfig,
+    /// Who the bot talks to, and how it answers.
+    #[serde(flatten)]
+    pub conversation: ConversationConfig,
+    /// Voice messages and files.
+    #[serde(flatten)]
+    pub media: MediaConfig,
+}
+
+/// Where and as whom an account logs in, and whether it runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginConfig {
     /// The homeserver's client-server API base URL.
     pub homeserver: Url,
     /// The bot's Matrix user id; found with whoami for access-token accounts when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+    /// The device id for password login; defaults to `MXFLEET_<ACCOUNT ID>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// The device's display name; defaults to `mxfleet <account id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_display_name: Option<String>,
+    /// Whether the account runs at all.
+    #[serde(default = "defaults::enabled")]
+    pub enabled: bool,
+}
+
+/// An account's secrets, each given inline or as a `*_file` holding it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsConfig {
     /// Password login: the bot owns its device (needed for encryption).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
@@ -253,13 +297,6 @@ pub struct AccountConfig {
     /// A file holding the access token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_token_file: Option<PathBuf>,
-    /// The device id for password login; defaults to `MXFLEET_<ACCOUNT ID>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_id: Option<String>,
-    /// Who manages the account's cross-signing identity: `user_managed` (the owner verifies the
-    /// bot's device from their client) or `bot_owned` (the bot bootstraps it with its password).
-    #[serde(default)]
-    pub ownership_mode: OwnershipMode,
     /// The recovery key of the account's secret storage (not the password): restores
     /// cross-signing and the key backup on a new device. Generated and kept in the data dir when
     /// `bot_owned` sets recovery up and none is given.
@@ -268,6 +305,22 @@ pub struct AccountConfig {
     /// A file holding the recovery key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery_key_file: Option<PathBuf>,
+    /// Passphrase for the matrix-sdk store; generated once and kept in mxfleet's database if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_passphrase: Option<Secret>,
+    /// A file holding the store passphrase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_passphrase_file: Option<PathBuf>,
+}
+
+/// Device ownership and verification of a password account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// Who manages the account's cross-signing identity: `user_managed` (the owner verifies the
+    /// bot's device from their client) or `bot_owned` (the bot bootstraps it with its password).
+    #[serde(default)]
+    pub ownership_mode: OwnershipMode,
     /// A device verification not finished within this long is cancelled.
     #[serde(default = "defaults::verification_timeout_secs")]
     pub verification_timeout_secs: u64,
@@ -275,15 +328,12 @@ pub struct AccountConfig {
     /// instead of failing (the old device's keys are lost either way).
     #[serde(default)]
     pub allow_new_device: bool,
-    /// The device's display name; defaults to `mxfleet <account id>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device_display_name: Option<String>,
-    /// Passphrase for the matrix-sdk store; generated once and kept in mxfleet's database if unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub store_passphrase: Option<Secret>,
-    /// A file holding the store passphrase.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub store_passphrase_file: Option<PathBuf>,
+}
+
+/// Which backend answers an account, with which model and prompt, and where others do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnsweringConfig {
     /// The name of the backend in `[backends]` (or the built-in `echo`); `provider` also works.
     #[serde(alias = "provider")]
     pub backend: String,
@@ -293,9 +343,18 @@ pub struct AccountConfig {
     /// Overrides the backend's system prompt for this account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_prompt: Option<String>,
-    /// Whether the account runs at all.
-    #[serde(default = "defaults::enabled")]
-    pub enabled: bool,
+    /// Backend/model overrides per room (id or alias).
+    #[serde(default)]
+    pub room_overrides: BTreeMap<String, RouteOverride>,
+    /// Backend/model overrides per user id; they win over room overrides.
+    #[serde(default)]
+    pub user_overrides: BTreeMap<String, RouteOverride>,
+}
+
+/// An account's sync loop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
     /// After downtime, messages younger than this are answered; older ones are skipped.
     #[serde(default = "defaults::catch_up_max_age_secs")]
     pub catch_up_max_age_secs: u64,
@@ -305,7 +364,12 @@ pub struct AccountConfig {
     /// Restart the sync if no sync succeeded for this long (beyond the long-poll timeout).
     #[serde(default = "defaults::sync_stall_secs")]
     pub sync_stall_secs: u64,
+}
 
+/// How an account converses: who it talks to, how answers are shown, which cues it gives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConversationConfig {
     /// Who may talk to the bot in direct messages.
     #[serde(default = "defaults::access_policy")]
     pub dm_policy: AccessPolicy,
@@ -352,7 +416,8 @@ pub struct AccountConfig {
     /// Answer with a rich reply to the message (outside threads).
     #[serde(default = "defaults::enabled")]
     pub reply_to_message: bool,
-    /// Reaction put on a message while it is being answered; empty disables it.
+    /// Reaction put on a message while it is being answered; empty disables it (see
+    /// [`ConversationConfig::ack_reaction`]).
     #[serde(default = "defaults::ack_reaction")]
     pub ack_reaction: String,
     /// Send the ack reaction and typing notices only if the answer is not visible after this
@@ -372,6 +437,12 @@ pub struct AccountConfig {
     /// How many earlier messages of the room or thread the backend sees.
     #[serde(default = "defaults::history_max_messages")]
     pub history_max_messages: usize,
+}
+
+/// Voice messages and files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
     /// An `openai` backend that transcribes voice messages (`/audio/transcriptions` with its
     /// `model`); without one, voice messages get a reply saying how to set it up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -379,12 +450,62 @@ pub struct AccountConfig {
     /// Media (voice messages) larger than this are not downloaded.
     #[serde(default = "defaults::max_media_bytes")]
     pub max_media_bytes: u64,
-    /// Backend/model overrides per room (id or alias).
-    #[serde(default)]
-    pub room_overrides: BTreeMap<String, RouteOverride>,
-    /// Backend/model overrides per user id; they win over room overrides.
-    #[serde(default)]
-    pub user_overrides: BTreeMap<String, RouteOverride>,
+}
+
+impl ConversationConfig {
+    /// The acknowledgement reaction, if one is set (`ack_reaction` trimmed, not empty).
+    pub fn ack_reaction(&self) -> Option<&str> {
+        Some(self.ack_reaction.trim()).filter(|r| !r.is_empty())
+    }
+}
+
+impl Default for ConversationConfig {
+    /// The built-in defaults, as for a table that sets no conversation key.
+    fn default() -> Self {
+        Self {
+            dm_policy: defaults::access_policy(),
+            room_policy: defaults::access_policy(),
+            mention_mode: MentionMode::default(),
+            allow_room_mentions: false,
+            otp_self_approval: false,
+            otp_ttl_secs: defaults::otp_ttl_secs(),
+            otp_cooldown_secs: defaults::otp_cooldown_secs(),
+            user_allowlist: Vec::new(),
+            room_allowlist: Vec::new(),
+            auto_join: AutoJoin::default(),
+            stream_mode: StreamMode::default(),
+            stream_min_initial_chars: defaults::stream_min_initial_chars(),
+            edit_throttle_ms: defaults::edit_throttle_ms(),
+            max_edits_per_message: defaults::max_edits_per_message(),
+            reply_to_message: true,
+            ack_reaction: defaults::ack_reaction(),
+            cue_delay_ms: 0,
+            typing_notices: true,
+            read_receipts: false,
+            utd_notice_cooldown_secs: defaults::utd_notice_cooldown_secs(),
+            history_max_messages: defaults::history_max_messages(),
+        }
+    }
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            catch_up_max_age_secs: defaults::catch_up_max_age_secs(),
+            sync_timeout_secs: defaults::sync_timeout_secs(),
+            sync_stall_secs: defaults::sync_stall_secs(),
+        }
+    }
+}
+
+impl Default for EncryptionConfig {
+    fn default() -> Self {
+        Self {
+            ownership_mode: OwnershipMode::default(),
+            verification_timeout_secs: defaults::verification_timeout_secs(),
+            allow_new_device: false,
+        }
+    }
 }
 
 /// Who manages an account's cross-signing identity.

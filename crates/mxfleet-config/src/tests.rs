@@ -65,7 +65,7 @@ fn reads_a_file_and_resolves_backends() {
         );
         let bob = &config.accounts["bob"];
         assert!(matches!(&bob.backend, BackendSpec::Openai { model, .. } if model == "large"));
-        assert_eq!(bob.catch_up_max_age_secs, 600);
+        assert_eq!(bob.sync.catch_up_max_age_secs, 600);
         Ok(())
     });
 }
@@ -87,7 +87,7 @@ fn precedence_is_file_then_env_then_flags() {
             alice.auth,
             AccountAuth::Password(crate::Secret::new("12345"))
         );
-        assert_eq!(loaded.config.accounts["bob"].sync_timeout_secs, 5);
+        assert_eq!(loaded.config.accounts["bob"].sync.sync_timeout_secs, 5);
 
         let flags = Flags {
             data_dir: Some("from-flag".into()),
@@ -362,7 +362,7 @@ fn conversation_keys_have_safe_defaults_and_are_validated() {
             (AccessPolicy::Allowlist, AccessPolicy::Allowlist)
         );
         assert_eq!(c.mention_mode, MentionMode::Mention);
-        assert_eq!(c.ack_reaction.as_deref(), Some("👀"));
+        assert_eq!(c.ack_reaction(), Some("👀"));
         // Allowlists that admit nobody are legal but warned about.
         let warned: Vec<&str> = loaded
             .config

@@ -18,7 +18,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use futures_util::StreamExt;
 use mxfleet_config::{AccountAuth, AccountSpec, OwnershipMode};
 use mxfleet_matrix::{
-    FailureClass, MatrixFailure,
+    FailureClass,
     crypto::{Ownership, RecoveryOutcome, ensure_bot_owned, ensure_recovery},
     matrix_sdk::{
         Client, Room,
@@ -38,18 +38,27 @@ use mxfleet_matrix::{
     },
     send_content, transaction_id,
 };
-use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::oneshot;
+use mxfleet_store::Store;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tracing::{info, warn};
 
-use mxfleet_store::Store;
-
-use crate::commands::VerifyWord;
-
-use crate::status::StatusBoard;
+use crate::{error::AccountError, status::StatusBoard, texts};
 
 /// How long after a transient failure the bootstrap is tried again.
 const RETRY: Duration = Duration::from_secs(30);
+
+/// The words of a verification by chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VerifyWord {
+    /// The emoji match: confirm.
+    Yes,
+    /// They do not: cancel as a mismatch.
+    No,
+    /// Show the emoji again.
+    Show,
+    /// Stop the verification.
+    Cancel,
+}
 
 /// The crypto child of an account.
 pub(crate) struct CryptoActor;
@@ -99,7 +108,7 @@ pub(crate) enum CryptoMsg {
     Word {
         user: OwnedUserId,
         word: VerifyWord,
-        reply: oneshot::Sender<String>,
+        reply: RpcReplyPort<String>,
     },
     /// The flow's time is up.
     Timeout { user: OwnedUserId, flow_id: String },
@@ -202,7 +211,7 @@ impl Actor for CryptoActor {
                         &flow.room,
                         &flow.flow_id,
                         "timeout",
-                        "⌛ The verification timed out and was cancelled.",
+                        texts::VERIFICATION_TIMED_OUT,
                     )
                     .await;
                 }
@@ -214,7 +223,7 @@ impl Actor for CryptoActor {
 
 async fn ensure_ownership(myself: &ActorRef<CryptoMsg>, state: &CryptoArgs) {
     let account = state.spec.id.as_str();
-    let line = match (&state.spec.ownership_mode, &state.spec.auth) {
+    let line = match (&state.spec.encryption.ownership_mode, &state.spec.auth) {
         (OwnershipMode::BotOwned, AccountAuth::Password(password)) => {
             // Recovery first: on a new device it restores the identity a bootstrap would
             // otherwise find foreign.
@@ -278,31 +287,17 @@ async fn ensure_ownership(myself: &ActorRef<CryptoMsg>, state: &CryptoArgs) {
 async fn recovery(
     state: &CryptoArgs,
     create: bool,
-) -> Result<Option<RecoveryOutcome>, MatrixFailure> {
+) -> Result<Option<RecoveryOutcome>, AccountError> {
     let account = state.spec.id.as_str();
     let kept = match &state.spec.recovery_key {
         Some(key) => Some(key.expose().to_owned()),
-        None => state.store.recovery_key(account).await.map_err(|e| {
-            MatrixFailure::new(
-                FailureClass::Fatal,
-                format!("reading the recovery key: {e}"),
-            )
-        })?,
+        None => state.store.recovery_key(account).await?,
     };
     let Some(outcome) = ensure_recovery(&state.client, kept.as_deref(), create).await? else {
         return Ok(None);
     };
     if let RecoveryOutcome::Created(key) = &outcome {
-        state
-            .store
-            .save_recovery_key(account, key)
-            .await
-            .map_err(|e| {
-                MatrixFailure::new(
-                    FailureClass::Fatal,
-                    format!("keeping the recovery key: {e}"),
-                )
-            })?;
+        state.store.save_recovery_key(account, key).await?;
     }
     info!(account, recovery = outcome.describe(), "recovery");
     let line = outcome.describe().to_owned();
@@ -360,14 +355,8 @@ impl CryptoState {
             Some(id) => self.args.client.get_room(&id),
             None => dm_with(&self.args.client, &user).await,
         };
-        post(
-            &room,
-            &flow_id,
-            "accepted",
-            "🔐 Verification request accepted. Start the emoji comparison; I will show the emoji here.",
-        )
-        .await;
-        let timeout = Duration::from_secs(self.args.spec.verification_timeout_secs);
+        post(&room, &flow_id, "accepted", texts::VERIFICATION_ACCEPTED).await;
+        let timeout = Duration::from_secs(self.args.spec.encryption.verification_timeout_secs);
         let (u, f) = (user.clone(), flow_id.clone());
         ractor::time::send_after(timeout, myself.get_cell(), move || CryptoMsg::Timeout {
             user: u,
@@ -392,34 +381,19 @@ impl CryptoState {
         match update {
             FlowUpdate::Sas(sas) => flow.sas = Some(sas),
             FlowUpdate::Emojis(text) => {
-                flow.emojis = Some(text.clone());
-                let message = format!(
-                    "🔐 Compare these emoji with the ones on your screen:\n\n{text}\n\n\
-                     Send `verify yes` if they match, `verify no` if they do not, `verify cancel` \
-                     to stop."
-                );
+                let message = texts::verification_emoji(&text);
+                flow.emojis = Some(text);
                 post(&flow.room, &flow.flow_id, "emoji", &message).await;
             }
             FlowUpdate::Done => {
                 info!(account = %self.args.spec.id, %user, "verification done");
-                post(
-                    &flow.room,
-                    &flow.flow_id,
-                    "done",
-                    "✅ Verified: your device and mine now trust each other.",
-                )
-                .await;
+                post(&flow.room, &flow.flow_id, "done", texts::VERIFICATION_DONE).await;
                 self.flows.remove(&user);
             }
             FlowUpdate::Cancelled(reason) => {
                 info!(account = %self.args.spec.id, %user, %reason, "verification cancelled");
-                post(
-                    &flow.room,
-                    &flow.flow_id,
-                    "cancelled",
-                    &format!("Verification cancelled: {reason}"),
-                )
-                .await;
+                let text = texts::verification_cancelled(&reason);
+                post(&flow.room, &flow.flow_id, "cancelled", &text).await;
                 self.flows.remove(&user);
             }
         }
@@ -427,28 +401,21 @@ impl CryptoState {
 
     async fn on_word(&mut self, user: &OwnedUserId, word: VerifyWord) -> String {
         let Some(flow) = self.flows.get(user) else {
-            return "There is no verification in progress with you. Start one from your client \
-                    (verify this bot's device, or the bot's user)."
-                .into();
+            return texts::NO_VERIFICATION.into();
         };
         match (word, &flow.sas, &flow.emojis) {
-            (VerifyWord::Show, _, Some(text)) => format!("The emoji to compare:\n\n{text}"),
-            (VerifyWord::Show, _, None) => {
-                "Waiting for your client to start the emoji comparison.".into()
-            }
+            (VerifyWord::Show, _, Some(text)) => texts::verification_emoji_again(text),
+            (VerifyWord::Show, _, None) => texts::VERIFICATION_WAITING_FOR_EMOJI.into(),
             (VerifyWord::Yes, Some(sas), Some(_)) => match sas.confirm().await {
-                Ok(()) => "Confirmed on my side; waiting for your client to finish.".into(),
-                Err(e) => format!("Could not confirm: {e}"),
+                Ok(()) => texts::VERIFICATION_CONFIRMED.into(),
+                Err(e) => texts::verification_confirm_failed(&e.to_string()),
             },
             (VerifyWord::No, Some(sas), Some(_)) => {
                 let _ = sas.mismatch().await;
                 self.flows.remove(user);
-                "Cancelled: the emoji did not match. Do not trust this device; start again if it was a mistake.".into()
+                texts::VERIFICATION_MISMATCH.into()
             }
-            (VerifyWord::Yes | VerifyWord::No, _, _) => {
-                "There are no emoji to compare yet: start the emoji comparison in your client."
-                    .into()
-            }
+            (VerifyWord::Yes | VerifyWord::No, _, _) => texts::VERIFICATION_NO_EMOJI_YET.into(),
             (VerifyWord::Cancel, sas, _) => {
                 match sas {
                     Some(sas) => {
@@ -459,7 +426,7 @@ impl CryptoState {
                     }
                 }
                 self.flows.remove(user);
-                "Verification cancelled.".into()
+                texts::VERIFICATION_CANCELLED_BY_WORD.into()
             }
         }
     }

@@ -1,5 +1,7 @@
 //! `FleetSupervisor`: the root; one `AccountActor` per enabled account, each isolated.
 //!
+//! A reload is planned first ([`reload::ReloadPlan`], pure) and then carried out here.
+//!
 //! A crashed account is restarted after its own backoff; an account that ended as
 //! `auth_failed`, `failed` or `stopped` is left alone. No account's failure reaches another: they
 //! share no client, no lock on the hot path, only the store (whose writes are short) and the
@@ -15,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use tokio::{sync::oneshot, time::Instant};
 use tracing::{error, info, warn};
 
+mod reload;
+
+use self::reload::ReloadPlan;
 use crate::{
     account::{
         AccountActor, AccountArgs, AccountMsg, REASON_AUTH_FAILED, REASON_FAILED, REASON_STOPPED,
@@ -297,45 +302,31 @@ impl FleetState {
         Ok(())
     }
 
-    /// Applies `config`: accounts whose spec is unchanged are not touched.
+    /// Applies `config` as its [`ReloadPlan`] says: accounts whose settings are unchanged are
+    /// not touched.
     async fn reload(
         &mut self,
         myself: &ActorRef<FleetMsg>,
         config: ValidConfig,
     ) -> Result<ReloadReport, ActorProcessingErr> {
-        let mut report = ReloadReport::default();
+        let plan = ReloadPlan::between(&self.configured, &config.accounts);
         self.board
             .set_peers(config.peers.values().flatten().cloned());
         self.policy = RestartPolicy::from(&config.restart);
         self.shutdown_deadline = Duration::from_secs(config.shutdown_timeout_secs);
-        let old = std::mem::take(&mut self.configured);
-        for id in old.keys().filter(|id| !config.accounts.contains_key(*id)) {
+        for id in plan.remove.iter().chain(&plan.restart) {
             self.stop_actor(id).await;
             self.slots.remove(id);
-            self.board.remove(id);
-            report.removed.push(id.clone());
         }
-        for (id, spec) in &config.accounts {
-            match old.get(id) {
-                Some(previous) if previous == spec => report.unchanged.push(id.clone()),
-                Some(_) => {
-                    self.stop_actor(id).await;
-                    self.slots.remove(id);
-                    if spec.enabled {
-                        report.restarted.push(id.clone());
-                    } else {
-                        report.removed.push(id.clone());
-                    }
-                    self.add_slot(myself, id.clone(), spec.clone())?;
-                }
-                None => {
-                    if spec.enabled {
-                        report.added.push(id.clone());
-                    }
-                    self.add_slot(myself, id.clone(), spec.clone())?;
-                }
+        for id in &plan.remove {
+            self.board.remove(id);
+        }
+        for id in plan.restart.iter().chain(&plan.add) {
+            if let Some(spec) = config.accounts.get(id) {
+                self.add_slot(myself, id.clone(), spec.clone())?;
             }
         }
+        let report = plan.report(&config.accounts);
         self.configured = config.accounts;
         info!(
             added = ?report.added,

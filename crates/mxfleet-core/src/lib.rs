@@ -11,22 +11,27 @@
 //! `data_dir/status.json`.
 
 mod account;
-mod actions;
-mod commands;
+mod children;
 mod crypto;
+mod error;
 mod fleet;
 mod gate;
 mod otp;
-mod responder;
 pub mod restart;
+mod rooms;
 pub mod status;
 mod stream_editor;
 mod sync;
+#[cfg(test)]
+mod testing;
+mod texts;
+mod turn;
 mod upgrades;
 
 use ractor::{Actor, ActorRef};
 
 pub use account::{REASON_AUTH_FAILED, REASON_FAILED, REASON_STOPPED};
+pub use error::AccountError;
 pub use fleet::{
     Control, ControlError, FleetArgs, FleetMsg, FleetState, FleetSupervisor, ReloadReport,
 };

@@ -12,11 +12,13 @@
 use std::time::Duration;
 
 use mxfleet_config::constant_time_eq;
+use mxfleet_matrix::matrix_sdk::ruma::{OwnedRoomId, OwnedUserId};
 use mxfleet_store::{OtpChallenge, Store, StoreError, now_ms};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rand::Rng;
-use tokio::sync::oneshot;
 use tracing::{info, warn};
+
+use crate::texts;
 
 /// Wrong codes before a lockout.
 pub(crate) const MAX_ATTEMPTS: u32 = 3;
@@ -57,7 +59,7 @@ pub(crate) fn step(
     now: u64,
     fresh_code: impl FnOnce() -> String,
 ) -> (Option<OtpChallenge>, OtpOutcome) {
-    let ms = |d: Duration| d.as_millis() as u64;
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     if let Some(mut r) = record {
         if let Some(until) = r.locked_until_ms {
             if now < until {
@@ -82,7 +84,7 @@ pub(crate) fn step(
             }
             r.attempts += 1;
             if r.attempts >= MAX_ATTEMPTS {
-                r.locked_until_ms = Some(now + ms(policy.cooldown));
+                r.locked_until_ms = Some(now.saturating_add(ms(policy.cooldown)));
                 let outcome = OtpOutcome::LockedOut {
                     for_: policy.cooldown,
                     just_now: true,
@@ -92,7 +94,7 @@ pub(crate) fn step(
             let attempts_left = MAX_ATTEMPTS - r.attempts;
             return (Some(r), OtpOutcome::Wrong { attempts_left });
         }
-        if now < r.issued_ms + ms(MIN_REISSUE) {
+        if now < r.issued_ms.saturating_add(ms(MIN_REISSUE)) {
             return (Some(r), OtpOutcome::Throttled);
         }
     }
@@ -100,7 +102,7 @@ pub(crate) fn step(
         code: fresh_code(),
         room_id: room_id.to_owned(),
         issued_ms: now,
-        expires_ms: now + ms(policy.ttl),
+        expires_ms: now.saturating_add(ms(policy.ttl)),
         attempts: 0,
         locked_until_ms: None,
     };
@@ -123,29 +125,15 @@ fn as_code(body: &str) -> Option<String> {
 
 /// What the sender is told, if anything. The code itself never appears.
 pub(crate) fn reply_text(outcome: &OtpOutcome) -> Option<String> {
-    let minutes = |d: &Duration| d.as_secs().div_ceil(60).max(1);
     match outcome {
-        OtpOutcome::Approved => Some("Thanks, you are approved: you can talk to me now.".into()),
-        OtpOutcome::Challenged { expires_in } => Some(format!(
-            "Hello! I only talk to people my operator approved. A one-time code was just created \
-             for you: ask the operator of this bot for it and send the 6 digits here. It is valid \
-             for {} minutes.",
-            minutes(expires_in)
-        )),
-        OtpOutcome::Wrong { attempts_left } => Some(format!(
-            "That code is not right. {attempts_left} attempt{} left.",
-            if *attempts_left == 1 { "" } else { "s" }
-        )),
+        OtpOutcome::Approved => Some(texts::OTP_APPROVED.into()),
+        OtpOutcome::Challenged { expires_in } => Some(texts::otp_challenged(*expires_in)),
+        OtpOutcome::Wrong { attempts_left } => Some(texts::otp_wrong(*attempts_left)),
         OtpOutcome::LockedOut {
             for_,
             just_now: true,
-        } => Some(format!(
-            "Too many wrong codes. Try again in {} minutes.",
-            minutes(for_)
-        )),
-        OtpOutcome::Pending => {
-            Some("Please send the 6-digit code the operator of this bot gives you.".into())
-        }
+        } => Some(texts::otp_locked_out(*for_)),
+        OtpOutcome::Pending => Some(texts::OTP_PENDING.into()),
         OtpOutcome::LockedOut {
             just_now: false, ..
         }
@@ -167,10 +155,14 @@ pub(crate) struct OtpArgs {
 pub(crate) enum OtpMsg {
     /// A DM from a sender who is neither allowlisted nor approved.
     Check {
-        sender: String,
-        room_id: String,
+        /// The sender.
+        sender: OwnedUserId,
+        /// The DM.
+        room_id: OwnedRoomId,
+        /// What they wrote.
         body: String,
-        reply: oneshot::Sender<Result<OtpOutcome, StoreError>>,
+        /// The outcome.
+        reply: RpcReplyPort<Result<OtpOutcome, StoreError>>,
     },
 }
 
@@ -199,7 +191,7 @@ impl Actor for OtpGate {
             body,
             reply,
         } = message;
-        let outcome = check(state, &sender, &room_id, &body).await;
+        let outcome = check(state, sender.as_str(), room_id.as_str(), &body).await;
         match &outcome {
             Ok(o) => info!(account = %state.account, %sender, outcome = ?o, "OTP gate"),
             Err(e) => {

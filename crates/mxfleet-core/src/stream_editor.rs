@@ -13,51 +13,67 @@
 //! finishes it with an "interrupted" edit instead of starting a second one.
 //!
 //! The actor owns the running deliveries of its account: stopping it (account stop) aborts them,
-//! and their drafts are finished on the next start.
+//! and their drafts are finished on the next start. The streaming rules live in [`writer`];
+//! where the sends go is an [`AnswerSink`] (a room through the outbox in production, a recorder
+//! in tests), so nothing here knows Matrix rooms.
 
-use std::{
-    future::Future,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+mod writer;
+
+use std::{future::Future, pin::Pin, time::Duration};
 
 use futures_util::StreamExt;
 use mxfleet_backend::TextStream;
-use mxfleet_config::StreamMode;
-use mxfleet_matrix::{
-    FailureClass, MatrixFailure, Placement, edit_content, ensure_can_send,
-    format::{cut, render_markdown},
-    matrix_sdk::{Room, ruma::OwnedEventId},
-    message_content, send_content, send_content_once, transaction_id,
-};
-use mxfleet_store::{Draft, DraftPart, Store};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use mxfleet_config::{ConversationConfig, StreamMode};
+use mxfleet_matrix::{MatrixFailure, matrix_sdk::ruma::OwnedEventId};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::{
-    sync::oneshot,
     task::JoinSet,
     time::{Instant, sleep_until},
 };
-use tracing::{Instrument, Span, debug, warn};
+use tracing::{Instrument, Span};
+
+use writer::Writer;
+
+use crate::texts;
 
 /// The most bytes of Markdown in one message; the edit of a message carries its text twice
 /// (fallback and `m.new_content`), as plain text and HTML, within Matrix's 64 KiB event limit.
 pub(crate) const MAX_PART_BYTES: usize = 8000;
-/// How many times one send or edit is retried before the answer fails.
-const SEND_ATTEMPTS: u32 = 10;
-/// The wait after a 429 without `retry_after`.
-const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(2);
 
 /// How one answer is streamed.
 #[derive(Debug, Clone)]
 pub(crate) struct StreamSettings {
+    /// Edit in place, or send once.
     pub(crate) mode: StreamMode,
+    /// Characters before the first send.
     pub(crate) min_initial_chars: usize,
+    /// Least time between two updates.
     pub(crate) throttle: Duration,
+    /// Most edits per message, the final one included.
     pub(crate) max_edits: u32,
+    /// Most bytes of Markdown per message.
     pub(crate) max_part_bytes: usize,
+}
+
+impl StreamSettings {
+    /// How `conversation` streams its answers.
+    pub(crate) fn of(conversation: &ConversationConfig) -> Self {
+        Self {
+            mode: conversation.stream_mode,
+            min_initial_chars: conversation.stream_min_initial_chars,
+            throttle: Duration::from_millis(conversation.edit_throttle_ms),
+            max_edits: conversation.max_edits_per_message,
+            max_part_bytes: MAX_PART_BYTES,
+        }
+    }
+
+    /// The same, sent once when complete (direct replies: commands, refusals, the OTP gate).
+    pub(crate) fn at_once(self) -> Self {
+        Self {
+            mode: StreamMode::Off,
+            ..self
+        }
+    }
 }
 
 /// What a delivery did.
@@ -65,8 +81,8 @@ pub(crate) struct StreamSettings {
 pub(crate) struct Delivered {
     /// The full text shown (the backend's answer, plus an error note if it failed).
     pub(crate) text: String,
-    /// The event id of the first message.
-    pub(crate) first_event_id: String,
+    /// The event id of the first message, once one was sent.
+    pub(crate) first_event_id: Option<OwnedEventId>,
     /// Messages used.
     pub(crate) parts: usize,
     /// Edits sent, over all messages.
@@ -86,7 +102,7 @@ pub(crate) trait AnswerSink: Send {
         &mut self,
         part: usize,
         text: &str,
-    ) -> impl Future<Output = Result<String, MatrixFailure>> + Send;
+    ) -> impl Future<Output = Result<OwnedEventId, MatrixFailure>> + Send;
     /// Edits message `part` to show `text`; this is edit number `n` of that message.
     fn edit(
         &mut self,
@@ -96,12 +112,28 @@ pub(crate) trait AnswerSink: Send {
     ) -> impl Future<Output = Result<(), MatrixFailure>> + Send;
 }
 
-/// One answer to stream into a room.
-pub(crate) struct StreamJob {
-    pub(crate) sink: MatrixSink,
-    pub(crate) stream: TextStream,
-    pub(crate) settings: StreamSettings,
+/// What a delivery ends with.
+pub(crate) type Outcome = Result<Delivered, MatrixFailure>;
+
+/// One answer being streamed into a room: [`deliver`] over a sink, ready to run.
+pub(crate) struct Delivery {
+    /// The delivery itself.
+    pub(crate) run: Pin<Box<dyn Future<Output = Outcome> + Send>>,
+    /// The span of the message it answers.
     pub(crate) span: Span,
+}
+
+impl Delivery {
+    /// Streams `stream` into `sink` following `settings`, when run.
+    pub(crate) fn new<S: AnswerSink + 'static>(
+        stream: TextStream,
+        settings: StreamSettings,
+        mut sink: S,
+        span: Span,
+    ) -> Self {
+        let run = Box::pin(async move { deliver(stream, &settings, &mut sink).await });
+        Self { run, span }
+    }
 }
 
 /// The editor actor.
@@ -109,11 +141,8 @@ pub(crate) struct StreamEditor;
 
 /// Messages of the editor.
 pub(crate) enum EditorMsg {
-    /// Stream an answer; the outcome goes to the sender.
-    Deliver(
-        Box<StreamJob>,
-        oneshot::Sender<Result<Delivered, MatrixFailure>>,
-    ),
+    /// Run a delivery; its outcome is the reply.
+    Deliver(Delivery, RpcReplyPort<Outcome>),
 }
 
 /// The running deliveries.
@@ -144,17 +173,11 @@ impl Actor for StreamEditor {
     ) -> Result<(), ActorProcessingErr> {
         while state.running.try_join_next().is_some() {}
         match message {
-            EditorMsg::Deliver(job, reply) => {
-                let StreamJob {
-                    mut sink,
-                    stream,
-                    settings,
-                    span,
-                } = *job;
+            EditorMsg::Deliver(Delivery { run, span }, reply) => {
                 state.running.spawn(
                     async move {
-                        let outcome = deliver(stream, &settings, &mut sink).await;
-                        let _ = reply.send(outcome);
+                        // The caller may have stopped waiting (its deadline passed).
+                        let _ = reply.send(run.await);
                     }
                     .instrument(span),
                 );
@@ -198,354 +221,20 @@ pub(crate) async fn deliver<S: AnswerSink>(
                 }
                 None => break,
             },
-                        () = timer => {
-                w.flush(sink, false).await?;
-            }
+            () = timer => w.flush(sink, false).await?,
         }
         if settings.mode == StreamMode::EditInPlace {
             next_flush = w.next_flush_at();
             if next_flush.is_some_and(|at| at <= Instant::now()) {
                 w.flush(sink, false).await?;
-
                 next_flush = w.next_flush_at();
             }
         }
     }
     drop(stream);
-    match (&backend_error, w.text.trim().is_empty()) {
-        (Some(e), true) => {
-            w.text = format!("Sorry, I could not get an answer from the backend: {e}")
-        }
-        (Some(e), false) => w.text.push_str(&format!(
-            "\n\n⚠️ The answer is incomplete: the backend failed ({e})."
-        )),
-        (None, true) => w.text = "(the backend returned an empty answer)".into(),
-        (None, false) => {}
-    }
+    w.conclude(texts::answer_ending(backend_error.as_deref(), w.is_empty()));
     w.flush(sink, true).await?;
-    Ok(Delivered {
-        first_event_id: w.first_event_id.clone().unwrap_or_default(),
-        parts: w.parts.len(),
-        edits: w.parts.iter().map(|p| p.edits).sum(),
-        first_visible: w.first_visible,
-        rate_limited: w.rate_limited,
-        text: w.text,
-        backend_error,
-    })
-}
-
-/// The state of one delivery.
-struct Writer<'a> {
-    settings: &'a StreamSettings,
-    text: String,
-    /// Bytes of `text` already in finished messages.
-    closed: usize,
-    /// Text the current message starts with (a reopened code fence).
-    carry: String,
-    parts: Vec<PartState>,
-    last_send: Option<Instant>,
-    blocked_until: Option<Instant>,
-    first_token: Option<Instant>,
-    first_visible: Option<Duration>,
-    first_event_id: Option<String>,
-    rate_limited: u32,
-}
-
-#[derive(Debug, Default)]
-struct PartState {
-    shown: Option<String>,
-    edits: u32,
-}
-
-impl<'a> Writer<'a> {
-    fn new(settings: &'a StreamSettings) -> Self {
-        Self {
-            settings,
-            text: String::new(),
-            closed: 0,
-            carry: String::new(),
-            parts: vec![PartState::default()],
-            last_send: None,
-            blocked_until: None,
-            first_token: None,
-            first_visible: None,
-            first_event_id: None,
-            rate_limited: 0,
-        }
-    }
-
-    fn push(&mut self, delta: &str) {
-        if self.first_token.is_none() && !delta.is_empty() {
-            self.first_token = Some(Instant::now());
-        }
-        self.text.push_str(delta);
-    }
-
-    fn current(&self) -> String {
-        format!("{}{}", self.carry, &self.text[self.closed..])
-    }
-
-    fn part(&mut self) -> &mut PartState {
-        if self.parts.is_empty() {
-            self.parts.push(PartState::default());
-        }
-        let last = self.parts.len() - 1;
-        &mut self.parts[last]
-    }
-
-    /// When the next intermediate flush is due, if one is wanted.
-    fn next_flush_at(&mut self) -> Option<Instant> {
-        let current = self.current();
-        let settings = self.settings;
-        let part = self.part();
-        let dirty = part.shown.as_deref() != Some(current.as_str()) && !current.trim().is_empty();
-        if !dirty {
-            return None;
-        }
-        if part.shown.is_none() {
-            let enough = current.chars().count() >= settings.min_initial_chars
-                || current.len() > settings.max_part_bytes;
-            return enough.then(|| self.blocked_until.unwrap_or_else(Instant::now));
-        }
-        // One edit of each message is kept for the final text.
-        if part.edits + 1 >= settings.max_edits && current.len() <= settings.max_part_bytes {
-            return None;
-        }
-        let after_throttle = self
-            .last_send
-            .map_or_else(Instant::now, |t| t + settings.throttle);
-        Some(
-            self.blocked_until
-                .map_or(after_throttle, |b| b.max(after_throttle)),
-        )
-    }
-
-    /// Shows the latest text: cuts off full messages, then sends or edits the current one. A
-    /// final flush retries until it lands; an intermediate one gives up on 429s and transient
-    /// errors (the next flush carries the text).
-    async fn flush<S: AnswerSink>(
-        &mut self,
-        sink: &mut S,
-        last: bool,
-    ) -> Result<(), MatrixFailure> {
-        loop {
-            let current = self.current();
-            if current.len() <= self.settings.max_part_bytes {
-                break;
-            }
-            let c = cut(&current, self.settings.max_part_bytes);
-            self.show(sink, &c.head, true).await?;
-            self.closed += c.consumed.saturating_sub(self.carry.len());
-            self.carry = c.carry;
-            self.parts.push(PartState::default());
-        }
-        let current = self.current();
-        if current.trim().is_empty() {
-            return Ok(());
-        }
-        if last {
-            return self.show(sink, current.trim_end(), true).await;
-        }
-        match self.show(sink, &current, false).await {
-            Err(f)
-                if matches!(
-                    f.class,
-                    FailureClass::RateLimited(_) | FailureClass::Transient
-                ) =>
-            {
-                debug!(error = %f, "intermediate update deferred");
-                Ok(())
-            }
-            other => other,
-        }
-    }
-
-    /// Sends or edits the current message to show `text`; `must` retries until it lands.
-    async fn show<S: AnswerSink>(
-        &mut self,
-        sink: &mut S,
-        text: &str,
-        must: bool,
-    ) -> Result<(), MatrixFailure> {
-        let index = self.parts.len() - 1;
-        if self.parts[index].shown.as_deref() == Some(text) {
-            return Ok(());
-        }
-        let mut attempt = 0;
-        loop {
-            if let Some(until) = self.blocked_until {
-                if !must && Instant::now() < until {
-                    return Err(MatrixFailure::new(
-                        FailureClass::RateLimited(None),
-                        "waiting for retry_after",
-                    ));
-                }
-                sleep_until(until).await;
-                self.blocked_until = None;
-            }
-            let part = &self.parts[index];
-            let result = match &part.shown {
-                None => sink.send_new(index, text).await.map(Some),
-                Some(_) => sink.edit(index, part.edits + 1, text).await.map(|()| None),
-            };
-            match result {
-                Ok(new_event) => {
-                    let now = Instant::now();
-                    self.last_send = Some(now);
-                    let part = &mut self.parts[index];
-                    if part.shown.is_some() {
-                        part.edits += 1;
-                    }
-                    part.shown = Some(text.to_owned());
-                    if let Some(event_id) = new_event
-                        && self.first_event_id.is_none()
-                    {
-                        self.first_event_id = Some(event_id);
-                        self.first_visible =
-                            self.first_token.map(|t| now.saturating_duration_since(t));
-                    }
-
-                    return Ok(());
-                }
-                Err(f) => {
-                    attempt += 1;
-                    let wait = match f.class {
-                        FailureClass::RateLimited(after) => {
-                            self.rate_limited += 1;
-                            after.unwrap_or(DEFAULT_RATE_LIMIT_WAIT)
-                        }
-                        FailureClass::Transient => {
-                            Duration::from_millis(500 * 2u64.pow(attempt.min(4)))
-                        }
-                        _ => return Err(f),
-                    };
-                    self.blocked_until = Some(Instant::now() + wait);
-                    if !must || attempt >= SEND_ATTEMPTS {
-                        return Err(f);
-                    }
-                    warn!(error = %f, wait_ms = wait.as_millis() as u64, "send failed; retrying");
-                }
-            }
-        }
-    }
-}
-
-/// Sends into a Matrix room through the outbox.
-pub(crate) struct MatrixSink {
-    pub(crate) room: Room,
-    pub(crate) account: String,
-    pub(crate) store: Store,
-    /// The event being answered: transaction ids and the draft key derive from it.
-    pub(crate) answering: String,
-    pub(crate) placement: Placement,
-    pub(crate) draft: Draft,
-    /// Set once the first message is out (the cues watch it).
-    pub(crate) visible: Option<Arc<AtomicBool>>,
-    /// Whether the account's device keys are its own (false: access token; encrypted rooms are
-    /// refused).
-    pub(crate) own_keys: bool,
-}
-
-impl MatrixSink {
-    async fn save(&self) {
-        if let Err(e) = self
-            .store
-            .save_draft(&self.account, &self.answering, &self.draft)
-            .await
-        {
-            warn!(error = %e, "could not save the answer's draft");
-        }
-    }
-
-    fn event_id(&self, part: usize) -> Result<OwnedEventId, MatrixFailure> {
-        self.draft
-            .parts
-            .get(part)
-            .and_then(|p| p.event_id.as_deref())
-            .and_then(|id| OwnedEventId::try_from(id).ok())
-            .ok_or_else(|| {
-                MatrixFailure::new(FailureClass::Fatal, "editing a message that was never sent")
-            })
-    }
-}
-
-impl AnswerSink for MatrixSink {
-    async fn send_new(&mut self, part: usize, text: &str) -> Result<String, MatrixFailure> {
-        // The shared send path checks the room's encryption; only an access-token account's
-        // refusal is added here.
-        if !self.own_keys {
-            ensure_can_send(&self.room, false, "sending the answer").await?;
-        }
-        let txn_id = transaction_id(&self.answering, &part.to_string());
-        if self.draft.parts.len() <= part {
-            self.draft.parts.resize_with(part + 1, DraftPart::default);
-        }
-        self.draft.parts[part].txn_id = txn_id.to_string();
-        self.save().await;
-        // Only the first message is a rich reply; the later ones stay in the thread, if any.
-        let placement = match (&self.placement, part) {
-            (Placement::ReplyTo(_), 1..) => Placement::Plain,
-            (p, _) => p.clone(),
-        };
-        let content = message_content(&render_markdown(text), &placement);
-        let event_id = send_content_once(&self.room, content, txn_id, "sending the answer").await?;
-        if let Some(visible) = &self.visible {
-            visible.store(true, Ordering::Relaxed);
-        }
-        let stored = &mut self.draft.parts[part];
-        stored.event_id = Some(event_id.to_string());
-        stored.shown = text.to_owned();
-        self.save().await;
-        Ok(event_id.to_string())
-    }
-
-    async fn edit(&mut self, part: usize, n: u32, text: &str) -> Result<(), MatrixFailure> {
-        let original = self.event_id(part)?;
-        let txn_id = transaction_id(&self.answering, &format!("{part}.e{n}"));
-        let content = edit_content(&original, &render_markdown(text));
-        send_content_once(&self.room, content, txn_id, "editing the answer").await?;
-        let stored = &mut self.draft.parts[part];
-        stored.shown = text.to_owned();
-        stored.edits = n;
-        self.save().await;
-        Ok(())
-    }
-}
-
-/// Finishes an answer a previous process left mid-stream: its last message gets an
-/// "interrupted" edit (sent with a stable transaction id). Returns the first message's id.
-pub(crate) async fn finish_interrupted(
-    room: &Room,
-    answering: &str,
-    draft: &Draft,
-) -> Result<Option<String>, MatrixFailure> {
-    let Some((index, part)) = draft
-        .parts
-        .iter()
-        .enumerate()
-        .rev()
-        .find(|(_, p)| p.event_id.is_some())
-    else {
-        return Ok(None);
-    };
-    let original = part
-        .event_id
-        .as_deref()
-        .and_then(|id| OwnedEventId::try_from(id).ok())
-        .ok_or_else(|| MatrixFailure::new(FailureClass::Fatal, "bad event id in draft"))?;
-    let text = format!(
-        "{}\n\n*(interrupted: mxfleet restarted before this answer was complete)*",
-        part.shown.trim_end()
-    );
-    let txn_id = transaction_id(answering, &format!("{index}.interrupted"));
-    send_content(
-        room,
-        edit_content(&original, &render_markdown(&text)),
-        txn_id,
-        "finishing an interrupted answer",
-    )
-    .await?;
-    Ok(draft.parts.first().and_then(|p| p.event_id.clone()))
+    Ok(w.delivered(backend_error))
 }
 
 #[cfg(test)]
@@ -554,6 +243,7 @@ mod tests {
 
     use futures_util::stream;
     use mxfleet_backend::BackendError;
+    use mxfleet_matrix::FailureClass;
     use tokio::time::sleep;
 
     use super::*;
@@ -596,13 +286,18 @@ mod tests {
     }
 
     impl AnswerSink for Recorder {
-        async fn send_new(&mut self, part: usize, text: &str) -> Result<String, MatrixFailure> {
+        async fn send_new(
+            &mut self,
+            part: usize,
+            text: &str,
+        ) -> Result<OwnedEventId, MatrixFailure> {
             if let Some(f) = self.fail() {
                 return Err(f);
             }
             self.calls
                 .push((part, None, text.to_owned(), Instant::now()));
-            Ok(format!("$p{part}"))
+            OwnedEventId::try_from(format!("$p{part}"))
+                .map_err(|e| MatrixFailure::new(FailureClass::Fatal, e.to_string()))
         }
 
         async fn edit(&mut self, part: usize, n: u32, text: &str) -> Result<(), MatrixFailure> {

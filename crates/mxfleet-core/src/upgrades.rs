@@ -23,12 +23,9 @@ use mxfleet_store::Store;
 use tracing::{info, warn};
 
 use crate::{
-    gate::{self, InviteVerdict, RoomFacts},
-    responder::{self, JoinedDms},
+    gate::{self, InviteVerdict},
+    rooms::Rooms,
 };
-
-/// Upgrade chains longer than this are not followed further back.
-const MAX_CHAIN: usize = 16;
 
 /// A room the bot is in that was replaced.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,56 +56,22 @@ pub(crate) fn pending_upgrades<'a>(
         .collect()
 }
 
-/// The rooms `room` replaces, newest first, each confirmed by its tombstone naming the room
-/// after it.
-pub(crate) fn confirmed_predecessors(client: &Client, room: &Room) -> Vec<String> {
-    let mut chain = Vec::new();
-    let mut current = room.clone();
-    while chain.len() < MAX_CHAIN {
-        let Some(claimed) = current.predecessor_room() else {
-            break;
-        };
-        let Some(old) = client.get_room(&claimed.room_id) else {
-            break;
-        };
-        let confirmed = old
-            .successor_room()
-            .is_some_and(|s| s.room_id == current.room_id());
-        if !confirmed || chain.contains(&old.room_id().to_string()) {
-            break;
-        }
-        chain.push(old.room_id().to_string());
-        current = old;
-    }
-    chain
-}
-
 /// Joins the room replacing `upgrade.old` if the gate would take an invite to it from the
 /// upgrade's author, and carries the conversation memory (and DM-ness) over.
 pub(crate) async fn follow(
-    client: &Client,
+    rooms: &Rooms,
     store: &Store,
     spec: &AccountSpec,
     access: &gate::Access,
-    joined_dms: &JoinedDms,
     upgrade: Upgrade,
 ) {
-    let Some(old) = client.get_room(&upgrade.old) else {
+    let Some(old) = rooms.get(&upgrade.old) else {
         return;
     };
-    let is_dm = responder::is_dm(&old, joined_dms).await;
+    let facts = rooms.successor_facts(&old, &upgrade.new).await;
+    // The upgrade's author stands where an inviter would.
     let author = tombstone_author(&old).await;
-    let facts = RoomFacts {
-        room_id: upgrade.new.to_string(),
-        is_dm,
-        // The upgrade moves the old room's aliases to the new one.
-        aliases: aliases_of(&old),
-        predecessors: std::iter::once(upgrade.old.to_string())
-            .chain(confirmed_predecessors(client, &old))
-            .collect(),
-    };
-    let inviter = author.as_ref().map_or("", |a| a.as_str());
-    let refusal = match gate::decide_invite(&spec.conversation, access, &facts, inviter) {
+    let refusal = match gate::decide_invite(&spec.conversation, access, &facts, author.as_deref()) {
         InviteVerdict::Join => None,
         InviteVerdict::Reject(reason) => Some(reason),
         InviteVerdict::Leave => Some("auto_join = off"),
@@ -125,16 +88,14 @@ pub(crate) async fn follow(
     {
         via.push(server);
     }
-    match client
+    match rooms
+        .client()
         .join_room_by_id_or_alias(<&RoomOrAliasId>::from(&*upgrade.new), &via)
         .await
     {
         Ok(_) => {
-            if is_dm {
-                joined_dms
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(upgrade.new.to_string());
+            if facts.is_dm {
+                rooms.joined_as_dm(&upgrade.new);
             }
             if let Err(e) = store
                 .inherit_memory(&spec.id, upgrade.old.as_str(), upgrade.new.as_str())
@@ -149,15 +110,6 @@ pub(crate) async fn follow(
                 "could not join the upgraded room (invite-only?): an invite to it will be accepted");
         }
     }
-}
-
-/// The canonical and alternative aliases of `room`.
-pub(crate) fn aliases_of(room: &Room) -> Vec<String> {
-    room.canonical_alias()
-        .into_iter()
-        .chain(room.alt_aliases())
-        .map(|a| a.to_string())
-        .collect()
 }
 
 /// Who sent the tombstone of `room`.

@@ -62,7 +62,7 @@ pub async fn connect(
         &spec.auth,
         &stored,
         crypto_store_existed,
-        spec.allow_new_device,
+        spec.encryption.allow_new_device,
     ) {
         return Err(MatrixFailure::new(
             FailureClass::Fatal,

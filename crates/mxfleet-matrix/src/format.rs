@@ -125,7 +125,7 @@ pub fn cut(text: &str, max: usize) -> Cut {
         return finish_cut(text, end, open);
     }
     // One very long line: a space, else any character boundary.
-    let window = crate::inbound::truncate_at_char_boundary(text, max.saturating_sub(8));
+    let window = mxfleet_message::truncate_at_char_boundary(text, max.saturating_sub(8));
     let end = window
         .rfind(' ')
         .filter(|&i| i > window.len() / 2)

@@ -7,7 +7,7 @@
 use matrix_sdk::{
     deserialized_responses::{TimelineEvent, TimelineEventKind},
     ruma::{
-        EventId, RoomId, UserId,
+        EventId, OwnedEventId, OwnedUserId, RoomId, UserId,
         events::{
             AnySyncMessageLikeEvent, AnySyncTimelineEvent, MessageLikeEventContent,
             OriginalSyncMessageLikeEvent, SyncMessageLikeEvent,
@@ -18,98 +18,10 @@ use matrix_sdk::{
         },
     },
 };
-use serde::{Deserialize, Serialize};
-
-/// Bodies longer than this are cut (at a character boundary) before they reach a backend.
-pub const MAX_INBOUND_BODY_BYTES: usize = 32 * 1024;
-
-/// A message for the bot, in mxfleet's own terms.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InboundMessage {
-    /// The room it was sent in.
-    pub room_id: String,
-    /// Its event id.
-    pub event_id: String,
-    /// Who sent it.
-    pub sender: String,
-    /// Its text.
-    pub body: String,
-    /// When the sender's server received it (ms since the Unix epoch).
-    pub origin_server_ts_ms: u64,
-    /// The thread it belongs to, if any.
-    pub thread_root: Option<String>,
-    /// The HTML version of the text, if the sender sent one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub formatted_body: Option<String>,
-    /// Intentional mentions (`m.mentions`), if the sender's client set them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mentions: Option<MentionList>,
-    /// The event this message is a rich reply to, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply_to: Option<String>,
-    /// What came with the message besides text, if anything.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attachment: Option<Attachment>,
-}
-
-/// Something other than text that came with a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Attachment {
-    /// A voice message or audio file: transcribed, its text becomes the message's.
-    Audio(Media),
-    /// An image, video or file: the backend is told what it is (it cannot see it).
-    File(Media),
-    /// A shared location (`geo:` URI); the body already says where.
-    Location {
-        /// The `geo:` URI.
-        geo_uri: String,
-    },
-    /// A vote on a poll: the body is empty until the poll's answers are looked up.
-    PollResponse {
-        /// The poll's start event.
-        poll_id: String,
-        /// The chosen answers' ids.
-        answers: Vec<String>,
-    },
-}
-
-/// Media on the homeserver, plain or encrypted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Media {
-    /// Where to download it: the event's `url` or `file` (encrypted), as JSON.
-    pub source: serde_json::Value,
-    /// Its MIME type, if the sender said.
-    pub mimetype: Option<String>,
-    /// Its size in bytes, if the sender said.
-    pub size: Option<u64>,
-    /// Its file name (or the body, if there is no separate file name).
-    pub name: String,
-}
-
-/// The intentional mentions of a message (`m.mentions`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MentionList {
-    /// Users mentioned.
-    pub user_ids: Vec<String>,
-    /// Whether the whole room (`@room`) is mentioned.
-    pub room: bool,
-}
-
-/// An encrypted event the account could not decrypt (yet).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Undecryptable {
-    /// The room.
-    pub room_id: String,
-    /// The event id.
-    pub event_id: String,
-    /// Who sent it.
-    pub sender: String,
-    /// The Megolm session it was encrypted with, if known.
-    pub session_id: Option<String>,
-    /// Why it failed (matrix-sdk's reason).
-    pub reason: String,
-}
+use mxfleet_message::{
+    Attachment, InboundMessage, MAX_INBOUND_BODY_BYTES, Media, MentionList, UNSEEN, Undecryptable,
+    truncate_at_char_boundary,
+};
 
 /// What a timeline event turned out to be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,17 +49,19 @@ pub fn normalise(room_id: &RoomId, event: &TimelineEvent, own_user: &UserId) -> 
     } = &event.kind
     {
         let field = |name: &str| raw.get_field::<String>(name).ok().flatten();
-        let (Some(event_id), Some(sender)) = (field("event_id"), field("sender")) else {
+        let event_id = raw.get_field::<OwnedEventId>("event_id").ok().flatten();
+        let sender = raw.get_field::<OwnedUserId>("sender").ok().flatten();
+        let (Some(event_id), Some(sender)) = (event_id, sender) else {
             return Normalised::Malformed {
                 event_id: field("event_id"),
-                reason: "undecryptable event without event id or sender".into(),
+                reason: "undecryptable event without a valid event id or sender".into(),
             };
         };
-        if sender == own_user.as_str() {
+        if sender == own_user {
             return Normalised::Ignored("own undecryptable message");
         }
         return Normalised::Undecryptable(Undecryptable {
-            room_id: room_id.to_string(),
+            room_id: room_id.to_owned(),
             event_id,
             sender,
             session_id: utd_info.session_id.clone(),
@@ -199,14 +113,14 @@ pub fn normalise(room_id: &RoomId, event: &TimelineEvent, own_user: &UserId) -> 
     let (thread_root, reply_to) = match &message.content.relates_to {
         Some(Relation::Replacement(_)) => return Normalised::Ignored("edit"),
         Some(Relation::Thread(thread)) => (
-            Some(thread.event_id.to_string()),
+            Some(thread.event_id.clone()),
             thread
                 .in_reply_to
                 .as_ref()
                 .filter(|_| !thread.is_falling_back)
-                .map(|r| r.event_id.to_string()),
+                .map(|r| r.event_id.clone()),
         ),
-        Some(Relation::Reply(reply)) => (None, Some(reply.in_reply_to.event_id.to_string())),
+        Some(Relation::Reply(reply)) => (None, Some(reply.in_reply_to.event_id.clone())),
         _ => (None, None),
     };
     let media =
@@ -271,13 +185,13 @@ pub fn normalise(room_id: &RoomId, event: &TimelineEvent, own_user: &UserId) -> 
         _ => return Normalised::Ignored("unsupported message type"),
     };
     let mentions = message.content.mentions.as_ref().map(|m| MentionList {
-        user_ids: m.user_ids.iter().map(ToString::to_string).collect(),
+        user_ids: m.user_ids.iter().cloned().collect(),
         room: m.room,
     });
     Normalised::Message(InboundMessage {
-        room_id: room_id.to_string(),
-        event_id: message.event_id.to_string(),
-        sender: message.sender.to_string(),
+        room_id: room_id.to_owned(),
+        event_id: message.event_id.clone(),
+        sender: message.sender.clone(),
         body: truncate_at_char_boundary(&body, MAX_INBOUND_BODY_BYTES).to_owned(),
         origin_server_ts_ms: message.origin_server_ts.get().into(),
         thread_root,
@@ -301,24 +215,21 @@ fn poll_vote<C: MessageLikeEventContent>(
         return Normalised::Ignored("own vote");
     }
     Normalised::Message(InboundMessage {
-        room_id: room_id.to_string(),
-        event_id: vote.event_id.to_string(),
-        sender: vote.sender.to_string(),
+        room_id: room_id.to_owned(),
+        event_id: vote.event_id.clone(),
+        sender: vote.sender.clone(),
         body: String::new(),
         origin_server_ts_ms: vote.origin_server_ts.get().into(),
         thread_root: None,
         formatted_body: None,
         mentions: None,
-        reply_to: Some(poll_id.to_string()),
+        reply_to: Some(poll_id.to_owned()),
         attachment: Some(Attachment::PollResponse {
-            poll_id: poll_id.to_string(),
+            poll_id: poll_id.to_owned(),
             answers,
         }),
     })
 }
-
-/// How a file's description ends when its content is not passed to the backend.
-pub const UNSEEN: &str = "; you cannot see its content]";
 
 /// The text a backend gets for an image, video or file it cannot see: what it is, and the
 /// caption the sender wrote, if any.
@@ -336,18 +247,6 @@ fn describe_file(what: &str, media: &Media, caption: Option<&str>) -> String {
         text.push_str(caption);
     }
     text
-}
-
-/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
-pub fn truncate_at_char_boundary(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]
@@ -499,7 +398,7 @@ mod tests {
         else {
             panic!("expected a message")
         };
-        assert_eq!(m.thread_root.as_deref(), Some("$root"));
+        assert_eq!(m.thread_root.as_ref().map(|r| r.as_str()), Some("$root"));
         assert!(m.body.len() <= MAX_INBOUND_BODY_BYTES && m.body.chars().all(|c| c == 'é'));
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! - [`connect`]: builds an account's client on its own encrypted sqlite store and restores or
 //!   creates its session;
-//! - [`inbound`]: turns sync timeline events into [`InboundMessage`]s;
+//! - [`inbound`]: turns sync timeline events into `mxfleet_message::InboundMessage`s;
 //! - [`outbound`]: sends replies with stable transaction ids;
 //! - [`failure`]: classifies errors into retry / wait / re-login / give up.
 //!
@@ -19,11 +19,9 @@ pub mod polls;
 
 pub use connect::{Connection, account_dir, connect};
 pub use failure::{FailureClass, MatrixFailure};
-pub use inbound::{
-    Attachment, InboundMessage, Media, MentionList, Normalised, Undecryptable, normalise,
-};
+pub use inbound::{Normalised, normalise};
 pub use matrix_sdk;
 pub use outbound::{
-    Placement, edit_content, ensure_can_send, location_content, message_content, react, redact,
-    send_content, send_content_once, transaction_id,
+    Placement, edit_content, ensure_can_send, location_content, message_content, reaction_content,
+    redact, send_content, send_content_once, transaction_id,
 };

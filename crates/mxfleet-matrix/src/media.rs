@@ -6,7 +6,7 @@ use matrix_sdk::{
     ruma::events::room::MediaSource,
 };
 
-use crate::Media;
+use mxfleet_message::Media;
 
 /// Why media could not be had.
 #[derive(Debug, thiserror::Error)]

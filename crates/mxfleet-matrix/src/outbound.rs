@@ -151,15 +151,9 @@ async fn send(
         .map_err(|e| MatrixFailure::from_sdk(what, &e))
 }
 
-/// Reacts to `event_id` with `key`.
-pub async fn react(
-    room: &Room,
-    event_id: &EventId,
-    key: &str,
-    txn_id: OwnedTransactionId,
-) -> Result<OwnedEventId, MatrixFailure> {
-    let content = ReactionEventContent::new(Annotation::new(event_id.to_owned(), key.to_owned()));
-    send_content(room, content, txn_id, "reacting").await
+/// A reaction to `event_id` with `key`.
+pub fn reaction_content(event_id: &EventId, key: &str) -> ReactionEventContent {
+    ReactionEventContent::new(Annotation::new(event_id.to_owned(), key.to_owned()))
 }
 
 /// Redacts one of the bot's own events (e.g. the ack reaction).

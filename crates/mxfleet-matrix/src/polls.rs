@@ -4,9 +4,10 @@
 use matrix_sdk::{
     Room,
     ruma::{
-        EventId, OwnedEventId, OwnedTransactionId, UserId,
+        EventId, UserId,
         events::{
-            AnySyncMessageLikeEvent, AnySyncTimelineEvent, SyncMessageLikeEvent,
+            AnyMessageLikeEventContent, AnySyncMessageLikeEvent, AnySyncTimelineEvent,
+            SyncMessageLikeEvent,
             poll::{
                 start::PollKind,
                 unstable_start::{
@@ -20,7 +21,7 @@ use matrix_sdk::{
     },
 };
 
-use crate::{FailureClass, MatrixFailure, Placement, send_content};
+use crate::{FailureClass, MatrixFailure, Placement};
 
 /// A vote on one of the bot's polls, in words.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,15 +32,13 @@ pub struct PollVote {
     pub chosen: Vec<String>,
 }
 
-/// Sends a single-choice poll with visible results, placed like an answer (in the thread, if
-/// the answer is); its text fallback lists the answers for clients without polls.
-pub async fn send_poll(
-    room: &Room,
+/// A single-choice poll with visible results, placed like an answer (in the thread, if the
+/// answer is); its text fallback lists the answers for clients without polls.
+pub fn poll_content(
     question: &str,
     answers: &[String],
     placement: &Placement,
-    txn_id: OwnedTransactionId,
-) -> Result<OwnedEventId, MatrixFailure> {
+) -> Result<AnyMessageLikeEventContent, MatrixFailure> {
     let options: Vec<UnstablePollAnswer> = answers
         .iter()
         .enumerate()
@@ -60,13 +59,7 @@ pub async fn send_poll(
             latest.clone(),
         )));
     }
-    send_content(
-        room,
-        UnstablePollStartEventContent::New(content),
-        txn_id,
-        "sending a poll",
-    )
-    .await
+    Ok(UnstablePollStartEventContent::New(content).into())
 }
 
 /// What a vote for `answer_ids` on `poll_id` means, if `poll_id` is a poll `own_user` sent.

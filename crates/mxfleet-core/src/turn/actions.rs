@@ -28,6 +28,11 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::{StreamExt, stream};
 use mxfleet_backend::TextStream;
+use mxfleet_matrix::{Placement, location_content, polls::poll_content, transaction_id};
+use mxfleet_message::InboundMessage;
+use tracing::{info, warn};
+
+use super::room::{Attempts, RoomPort};
 
 /// The fences that open an action block.
 const MARKS: [&str; 2] = ["```poll", "```location"];
@@ -61,6 +66,14 @@ pub(crate) enum Action {
 /// Where [`split_actions`] leaves the action it found.
 pub(crate) type FoundAction = Arc<Mutex<Option<Action>>>;
 
+/// The action [`split_actions`] found, once the answer is complete.
+pub(crate) fn take(found: &FoundAction) -> Option<Action> {
+    found
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+}
+
 /// Passes `answer` through without its action block; at its end, leaves the action in `found`
 /// (or, if the block is not a valid one, appends it to the text).
 pub(crate) fn split_actions(answer: TextStream, found: FoundAction) -> TextStream {
@@ -86,6 +99,52 @@ pub(crate) fn split_actions(answer: TextStream, found: FoundAction) -> TextStrea
             }
         }
     }))
+}
+
+/// Sends the poll or location the backend asked for after its answer, and notes it in the
+/// answer's text (for the conversation memory).
+pub(crate) async fn send_asked<R: RoomPort>(
+    room: &R,
+    message: &InboundMessage,
+    placement: &Placement,
+    action: &Action,
+    text: &mut String,
+) {
+    let event = message.event_id.as_str();
+    let (content, txn, note) = match action {
+        Action::Poll(poll) => (
+            poll_content(&poll.question, &poll.answers, placement),
+            transaction_id(event, "poll"),
+            format!("[poll] {}: {}", poll.question, poll.answers.join(" / ")),
+        ),
+        Action::Location {
+            geo_uri,
+            description,
+        } => (
+            Ok(location_content(description, geo_uri, placement).into()),
+            transaction_id(event, "location"),
+            format!("[location] {description} ({geo_uri})"),
+        ),
+    };
+    let sent = match content {
+        Ok(content) => {
+            room.send(
+                content,
+                txn,
+                "sending what the backend asked for",
+                Attempts::Retried,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    match sent {
+        Ok(id) => {
+            info!(event_id = %id, "{note}");
+            text.push_str(&format!("\n\n{note}"));
+        }
+        Err(e) => warn!(error = %e, "could not send what the backend asked for: {note}"),
+    }
 }
 
 /// The text state of [`split_actions`].

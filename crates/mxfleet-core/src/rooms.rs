@@ -1,0 +1,144 @@
+//! What the bot knows about a room: whether it is a DM, the names it answers to (its id, its
+//! aliases, the rooms it upgraded), and its members' names. One builder of [`RoomFacts`] serves
+//! messages, invites and room upgrades alike, so the gate sees every room by the same rules:
+//!
+//! - **DM**: matrix-sdk's `is_direct` (the account data, or an invite's flag), or a room this
+//!   process joined from a DM invite (the account data may lag behind the first message);
+//! - **aliases**: the canonical alias and the alternative aliases;
+//! - **predecessors**: the rooms it replaces, each confirmed by the old room's tombstone naming
+//!   it, read from the bot's own view of the old room (a creator's claim alone proves nothing).
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, RwLock},
+};
+
+use mxfleet_matrix::matrix_sdk::{
+    Client, Room,
+    ruma::{OwnedRoomId, RoomId, UserId},
+};
+use tracing::warn;
+
+use crate::gate::{self, RoomFacts};
+
+/// Upgrade chains longer than this are not followed further back.
+const MAX_CHAIN: usize = 16;
+
+/// Rooms this account joined from a DM invite, kept for the account's lifetime (across
+/// reconnects): matrix-sdk marks them direct in the account data, but that round trip can
+/// finish after the first message arrives.
+pub(crate) type JoinedDms = Arc<RwLock<HashSet<OwnedRoomId>>>;
+
+/// The account's rooms, as the gate and the answer pipeline see them.
+#[derive(Clone)]
+pub(crate) struct Rooms {
+    client: Client,
+    joined_dms: JoinedDms,
+}
+
+impl Rooms {
+    /// The rooms of `client`, with the account's DM bookkeeping.
+    pub(crate) fn new(client: Client, joined_dms: JoinedDms) -> Self {
+        Self { client, joined_dms }
+    }
+
+    /// The client the rooms belong to.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The room `id`, if the client knows it.
+    pub(crate) fn get(&self, id: &RoomId) -> Option<Room> {
+        self.client.get_room(id)
+    }
+
+    /// What the gate needs to know about `room`.
+    pub(crate) async fn facts(&self, room: &Room) -> RoomFacts {
+        RoomFacts {
+            room_id: room.room_id().to_owned(),
+            is_dm: self.is_dm(room).await,
+            aliases: aliases_of(room),
+            predecessors: self.confirmed_predecessors(room),
+        }
+    }
+
+    /// The facts of the room that replaces `old`: it is what `old` was (a DM, its aliases,
+    /// which the upgrade moves over), and it answers to `old`'s id and `old`'s predecessors.
+    pub(crate) async fn successor_facts(&self, old: &Room, new: &RoomId) -> RoomFacts {
+        let before = self.facts(old).await;
+        RoomFacts {
+            room_id: new.to_owned(),
+            predecessors: std::iter::once(before.room_id.to_string())
+                .chain(before.predecessors)
+                .collect(),
+            ..before
+        }
+    }
+
+    /// Whether `room` is a DM.
+    pub(crate) async fn is_dm(&self, room: &Room) -> bool {
+        let direct = room.is_direct().await.unwrap_or_else(|e| {
+            warn!(error = %e, "could not tell whether the room is a DM; treating it as a group room");
+            false
+        });
+        direct
+            || self
+                .joined_dms
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .contains(room.room_id())
+    }
+
+    /// Notes that this process joined `room` as a DM.
+    pub(crate) fn joined_as_dm(&self, room: &RoomId) {
+        self.joined_dms
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(room.to_owned());
+    }
+
+    /// The rooms `room` replaces, newest first, each confirmed by its tombstone naming the room
+    /// after it.
+    fn confirmed_predecessors(&self, room: &Room) -> Vec<String> {
+        let mut chain: Vec<String> = Vec::new();
+        let mut current = room.clone();
+        while chain.len() < MAX_CHAIN {
+            let Some(claimed) = current.predecessor_room() else {
+                break;
+            };
+            let Some(old) = self.client.get_room(&claimed.room_id) else {
+                break;
+            };
+            let confirmed = old
+                .successor_room()
+                .is_some_and(|s| s.room_id == current.room_id());
+            if !confirmed || chain.iter().any(|id| id == old.room_id().as_str()) {
+                break;
+            }
+            chain.push(old.room_id().to_string());
+            current = old;
+        }
+        chain
+    }
+}
+
+/// The canonical and alternative aliases of `room`.
+pub(crate) fn aliases_of(room: &Room) -> Vec<String> {
+    room.canonical_alias()
+        .into_iter()
+        .chain(room.alt_aliases())
+        .map(|a| a.to_string())
+        .collect()
+}
+
+/// The display name of `user` in `room`, from the local state.
+pub(crate) async fn member_name(room: &Room, user: &UserId) -> Option<String> {
+    let member = room.get_member_no_sync(user).await.ok().flatten()?;
+    member.display_name().map(str::to_owned)
+}
+
+/// `user`'s name in `room`, safe to put in a prompt (see [`gate::sanitize_display_name`]).
+pub(crate) async fn speaker_name(room: &Room, user: &UserId) -> String {
+    let name = member_name(room, user).await;
+    gate::sanitize_display_name(name.as_deref(), user)
+}

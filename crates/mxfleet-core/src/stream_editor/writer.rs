@@ -1,0 +1,251 @@
+//! The streaming rules of one answer: when to send the first message, when to edit it, where
+//! to cut a long answer into further messages, and how to wait out 429s. The writer keeps the
+//! text and what each message shows; the sink does the sending.
+
+use std::time::Duration;
+
+use mxfleet_matrix::{FailureClass, MatrixFailure, format::cut, matrix_sdk::ruma::OwnedEventId};
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, warn};
+
+use super::{AnswerSink, Delivered, StreamSettings};
+use crate::texts;
+
+/// How many times one send or edit is retried before the answer fails.
+const SEND_ATTEMPTS: u32 = 10;
+/// The wait after a 429 without `retry_after`.
+const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(2);
+
+/// The state of one delivery.
+pub(super) struct Writer<'a> {
+    settings: &'a StreamSettings,
+    text: String,
+    /// Bytes of `text` already in finished messages.
+    closed: usize,
+    /// Text the current message starts with (a reopened code fence).
+    carry: String,
+    parts: Vec<PartState>,
+    last_send: Option<Instant>,
+    blocked_until: Option<Instant>,
+    first_token: Option<Instant>,
+    first_visible: Option<Duration>,
+    first_event_id: Option<OwnedEventId>,
+    rate_limited: u32,
+}
+
+/// What one message of the answer shows so far.
+#[derive(Debug, Default)]
+struct PartState {
+    shown: Option<String>,
+    edits: u32,
+}
+
+impl<'a> Writer<'a> {
+    /// A delivery that has received nothing yet.
+    pub(super) fn new(settings: &'a StreamSettings) -> Self {
+        Self {
+            settings,
+            text: String::new(),
+            closed: 0,
+            carry: String::new(),
+            parts: vec![PartState::default()],
+            last_send: None,
+            blocked_until: None,
+            first_token: None,
+            first_visible: None,
+            first_event_id: None,
+            rate_limited: 0,
+        }
+    }
+
+    /// Takes the backend's next delta.
+    pub(super) fn push(&mut self, delta: &str) {
+        if self.first_token.is_none() && !delta.is_empty() {
+            self.first_token = Some(Instant::now());
+        }
+        self.text.push_str(delta);
+    }
+
+    /// Whether nothing but whitespace arrived.
+    pub(super) fn is_empty(&self) -> bool {
+        self.text.trim().is_empty()
+    }
+
+    /// Ends the text with `ending`: appended, or replacing an empty answer.
+    pub(super) fn conclude(&mut self, ending: Option<texts::Ending>) {
+        match ending {
+            Some(texts::Ending::Append(tail)) => self.text.push_str(&tail),
+            Some(texts::Ending::Replace(text)) => self.text = text,
+            None => {}
+        }
+    }
+
+    /// What the delivery did, once it is over.
+    pub(super) fn delivered(self, backend_error: Option<String>) -> Delivered {
+        Delivered {
+            first_event_id: self.first_event_id,
+            parts: self.parts.len(),
+            edits: self.parts.iter().map(|p| p.edits).sum(),
+            first_visible: self.first_visible,
+            rate_limited: self.rate_limited,
+            text: self.text,
+            backend_error,
+        }
+    }
+
+    /// The text of the current (last) message: the carried-over fence and what is not in
+    /// finished messages yet.
+    fn current(&self) -> String {
+        let open = self.text.get(self.closed..).unwrap_or_default();
+        format!("{}{open}", self.carry)
+    }
+
+    fn part(&mut self) -> &mut PartState {
+        if self.parts.is_empty() {
+            self.parts.push(PartState::default());
+        }
+        let last = self.parts.len() - 1;
+        &mut self.parts[last]
+    }
+
+    /// When the next intermediate flush is due, if one is wanted.
+    pub(super) fn next_flush_at(&mut self) -> Option<Instant> {
+        let current = self.current();
+        let settings = self.settings;
+        let part = self.part();
+        let dirty = part.shown.as_deref() != Some(current.as_str()) && !current.trim().is_empty();
+        if !dirty {
+            return None;
+        }
+        if part.shown.is_none() {
+            let enough = current.chars().count() >= settings.min_initial_chars
+                || current.len() > settings.max_part_bytes;
+            return enough.then(|| self.blocked_until.unwrap_or_else(Instant::now));
+        }
+        // One edit of each message is kept for the final text.
+        if part.edits.saturating_add(1) >= settings.max_edits
+            && current.len() <= settings.max_part_bytes
+        {
+            return None;
+        }
+        let after_throttle = self
+            .last_send
+            .map_or_else(Instant::now, |t| t + settings.throttle);
+        Some(
+            self.blocked_until
+                .map_or(after_throttle, |b| b.max(after_throttle)),
+        )
+    }
+
+    /// Shows the latest text: cuts off full messages, then sends or edits the current one. A
+    /// final flush retries until it lands; an intermediate one gives up on 429s and transient
+    /// errors (the next flush carries the text).
+    pub(super) async fn flush<S: AnswerSink>(
+        &mut self,
+        sink: &mut S,
+        last: bool,
+    ) -> Result<(), MatrixFailure> {
+        loop {
+            let current = self.current();
+            if current.len() <= self.settings.max_part_bytes {
+                break;
+            }
+            let c = cut(&current, self.settings.max_part_bytes);
+            self.show(sink, &c.head, true).await?;
+            self.closed += c.consumed.saturating_sub(self.carry.len());
+            self.carry = c.carry;
+            self.parts.push(PartState::default());
+        }
+        let current = self.current();
+        if current.trim().is_empty() {
+            return Ok(());
+        }
+        if last {
+            return self.show(sink, current.trim_end(), true).await;
+        }
+        match self.show(sink, &current, false).await {
+            Err(f)
+                if matches!(
+                    f.class,
+                    FailureClass::RateLimited(_) | FailureClass::Transient
+                ) =>
+            {
+                debug!(error = %f, "intermediate update deferred");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Sends or edits the current message to show `text`; `must` retries until it lands.
+    async fn show<S: AnswerSink>(
+        &mut self,
+        sink: &mut S,
+        text: &str,
+        must: bool,
+    ) -> Result<(), MatrixFailure> {
+        let index = self.parts.len() - 1;
+        if self.parts[index].shown.as_deref() == Some(text) {
+            return Ok(());
+        }
+        let mut attempt = 0;
+        loop {
+            if let Some(until) = self.blocked_until {
+                if !must && Instant::now() < until {
+                    return Err(MatrixFailure::new(
+                        FailureClass::RateLimited(None),
+                        "waiting for retry_after",
+                    ));
+                }
+                sleep_until(until).await;
+                self.blocked_until = None;
+            }
+            let part = &self.parts[index];
+            let result = match &part.shown {
+                None => sink.send_new(index, text).await.map(Some),
+                Some(_) => sink
+                    .edit(index, part.edits.saturating_add(1), text)
+                    .await
+                    .map(|()| None),
+            };
+            match result {
+                Ok(new_event) => {
+                    let now = Instant::now();
+                    self.last_send = Some(now);
+                    let part = &mut self.parts[index];
+                    if part.shown.is_some() {
+                        part.edits += 1;
+                    }
+                    part.shown = Some(text.to_owned());
+                    if let Some(event_id) = new_event
+                        && self.first_event_id.is_none()
+                    {
+                        self.first_event_id = Some(event_id);
+                        self.first_visible =
+                            self.first_token.map(|t| now.saturating_duration_since(t));
+                    }
+
+                    return Ok(());
+                }
+                Err(f) => {
+                    attempt += 1;
+                    let wait = match f.class {
+                        FailureClass::RateLimited(after) => {
+                            self.rate_limited += 1;
+                            after.unwrap_or(DEFAULT_RATE_LIMIT_WAIT)
+                        }
+                        FailureClass::Transient => {
+                            Duration::from_millis(500 * 2u64.pow(attempt.min(4)))
+                        }
+                        _ => return Err(f),
+                    };
+                    self.blocked_until = Some(Instant::now() + wait);
+                    if !must || attempt >= SEND_ATTEMPTS {
+                        return Err(f);
+                    }
+                    warn!(error = %f, wait_ms = wait.as_millis() as u64, "send failed; retrying");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,569 @@
+//! The one place that sequences a turn's effects. [`handle`] gathers what [`plan`] needs,
+//! asks it for a [`Step`], and carries the step out; [`answer`] runs the backend path: cues,
+//! history, the backend's stream through the `StreamEditor`, the actions it asked for, the
+//! record, and the cues cleared.
+
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::{Duration, Instant},
+};
+
+use mxfleet_backend::{ChatRequest, TextStream, stream_retrying_once};
+use mxfleet_matrix::Placement;
+use mxfleet_message::{Attachment, InboundMessage};
+use mxfleet_store::Draft;
+use tracing::{Span, debug, warn};
+
+use super::{
+    actions::{self, FoundAction},
+    commands,
+    context::TurnContext,
+    cues::Cues,
+    history, media,
+    outbox::RoomSink,
+    plan::{self, Approval, Known, Step},
+    record::{self, Remember},
+    room::RoomPort,
+};
+use crate::{
+    children,
+    error::AccountError,
+    gate::{Me, RoomFacts},
+    otp::{self, OtpMsg, OtpOutcome},
+    stream_editor::{Delivered, Delivery, EditorMsg, StreamSettings},
+};
+
+/// How long the OTP gate may take to decide (one redb read and write).
+const OTP_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a reply without the backend (a command, a refusal) may take to be delivered.
+const DIRECT_REPLY_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Handles one claimed message of `room` and records what became of it.
+pub(crate) async fn handle<R: RoomPort>(ctx: &TurnContext, room: &R, mut message: InboundMessage) {
+    let facts = room.facts().await;
+    let me = Me {
+        user_id: ctx.user_id.clone(),
+        display_name: room.member_name(&ctx.user_id).await,
+    };
+    let draft = read_draft(ctx, &message).await;
+    let approval = approval(ctx, &message, &facts).await;
+    let vote = media::vote_words(room, &message).await;
+    let mut receipt_due = ctx.spec.conversation.read_receipts;
+    loop {
+        let step = plan::plan(&Known {
+            message: &message,
+            room: &facts,
+            me: &me,
+            conversation: &ctx.spec.conversation,
+            access: &ctx.access,
+            approval,
+            draft: draft.as_ref(),
+            vote: vote.as_deref(),
+        });
+        debug!(?step, "planned");
+        if step.passed_gate() && std::mem::take(&mut receipt_due) {
+            read_receipt(room, &message).await;
+        }
+        match step {
+            Step::Resume => match &draft {
+                Some(draft) => return record::resume_interrupted(ctx, room, &message, draft).await,
+                None => return,
+            },
+            Step::Skip(reason) => {
+                debug!(reason, "not answered");
+                return record::skip(ctx, &message, reason).await;
+            }
+            Step::Hold(reason) => return warn!(reason, "message left pending"),
+            Step::Challenge => return challenge(ctx, room, &message).await,
+            Step::Transcribe(voice) => match media::transcribe_voice(ctx, &voice).await {
+                // Planned again with its words: a command, or a question for the backend.
+                Ok(words) => (message.body, message.attachment) = (words, None),
+                Err(reply) => return reply_directly(ctx, room, &message, &facts, reply).await,
+            },
+            Step::Command(command) => {
+                let key = message.conversation_key();
+                let route = ctx.routing.pick(&message.sender, &facts);
+                let reply = commands::run(ctx, &command, &key, &message, route).await;
+                return reply_directly(ctx, room, &message, &facts, reply).await;
+            }
+            Step::Answer { words } => {
+                if let Some(words) = words {
+                    message.body = words;
+                }
+                return answer(ctx, room, &message, &facts).await;
+            }
+        }
+    }
+}
+
+/// Asks the backend and streams its answer into the room.
+async fn answer<R: RoomPort>(
+    ctx: &TurnContext,
+    room: &R,
+    message: &InboundMessage,
+    facts: &RoomFacts,
+) {
+    let conv = &ctx.spec.conversation;
+    let key = message.conversation_key();
+    let placement = plan::placement(message, conv.reply_to_message, facts.is_dm);
+    let route = ctx.routing.pick(&message.sender, facts);
+    let cues = Cues::start(room, message, conv, &ctx.account);
+
+    let mut conversation = history::conversation(ctx, room, message, &key, facts.is_dm).await;
+    if route.backend.accepts_images()
+        && let Some(Attachment::File(image)) = &message.attachment
+        && let Some(current) = conversation.last_mut()
+    {
+        media::attach_image(ctx, image, current).await;
+    }
+    let request = ChatRequest {
+        messages: conversation,
+        account: ctx.account.clone(),
+        room_id: message.room_id.to_string(),
+        thread_root: message.thread_root.as_ref().map(ToString::to_string),
+        sender: message.sender.to_string(),
+    };
+    debug!(backend = %route.name, turns = request.messages.len(), "asking the backend");
+    let found = FoundAction::default();
+    let stream = actions::split_actions(
+        stream_retrying_once(route.backend.clone(), request),
+        found.clone(),
+    );
+    let started = Instant::now();
+    let sink = room_sink(ctx, room, message, &placement, Some(cues.visible()));
+    let delivery = Delivery::new(stream, StreamSettings::of(conv), sink, Span::current());
+    let mut outcome = deliver(ctx, delivery, route.deadline).await;
+    if let (Ok(delivered), Some(action)) = (&mut outcome, actions::take(&found)) {
+        actions::send_asked(room, message, &placement, &action, &mut delivered.text).await;
+    }
+    let backend_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    ctx.board.update(&ctx.account, |s| {
+        s.backend_ms_total = s.backend_ms_total.saturating_add(backend_ms);
+        s.backend_answers += 1;
+    });
+    // The outcome is recorded before the cues are cleared: a redaction held back by a 429 must
+    // not leave a delivered answer pending.
+    record::record(ctx, room, message, &key, outcome, Remember::Yes).await;
+    cues.clear(room.clone(), message);
+}
+
+/// Answers `message` with `text` in one message, without the backend (commands, refusals).
+async fn reply_directly<R: RoomPort>(
+    ctx: &TurnContext,
+    room: &R,
+    message: &InboundMessage,
+    facts: &RoomFacts,
+    text: String,
+) {
+    let conv = &ctx.spec.conversation;
+    let placement = plan::placement(message, conv.reply_to_message, facts.is_dm);
+    let key = message.conversation_key();
+    let settings = StreamSettings::of(conv).at_once();
+    let sink = room_sink(ctx, room, message, &placement, None);
+    let delivery = Delivery::new(once(text), settings, sink, Span::current());
+    let outcome = deliver(ctx, delivery, DIRECT_REPLY_DEADLINE).await;
+    record::record(ctx, room, message, &key, outcome, Remember::No).await;
+}
+
+/// A DM from an unknown sender under OTP self-approval: the `OtpGate` decides, the sender gets
+/// its answer (never the code).
+async fn challenge<R: RoomPort>(ctx: &TurnContext, room: &R, message: &InboundMessage) {
+    let outcome = match ask_otp_gate(ctx, message).await {
+        Ok(outcome) => outcome,
+        Err(e) => return warn!(error = %e, "OTP gate unavailable; message left pending"),
+    };
+    if matches!(outcome, OtpOutcome::Challenged { .. }) {
+        ctx.board.update(&ctx.account, |s| s.otp_challenges += 1);
+    }
+    let Some(text) = otp::reply_text(&outcome) else {
+        let reason = "OTP gate: no reply (locked out or throttled)";
+        return record::skip(ctx, message, reason).await;
+    };
+    let settings = StreamSettings::of(&ctx.spec.conversation).at_once();
+    let sink = room_sink(ctx, room, message, &Placement::Plain, None);
+    let delivery = Delivery::new(once(text), settings, sink, Span::current());
+    let outcome = deliver(ctx, delivery, DIRECT_REPLY_DEADLINE).await;
+    record::record(ctx, room, message, "", outcome, Remember::No).await;
+}
+
+async fn ask_otp_gate(
+    ctx: &TurnContext,
+    message: &InboundMessage,
+) -> Result<OtpOutcome, AccountError> {
+    let gate = ctx
+        .children
+        .otp
+        .get()
+        .ok_or(AccountError::ChildGone("OTP gate"))?;
+    let check = |reply| OtpMsg::Check {
+        sender: message.sender.clone(),
+        room_id: message.room_id.clone(),
+        body: message.body.clone(),
+        reply,
+    };
+    let called = gate.call(check, Some(OTP_DEADLINE)).await;
+    Ok(children::answer("OTP gate", OTP_DEADLINE, called)??)
+}
+
+/// Runs `delivery` on the `StreamEditor` (inline while it restarts), for at most `deadline`.
+async fn deliver(
+    ctx: &TurnContext,
+    delivery: Delivery,
+    deadline: Duration,
+) -> Result<Delivered, AccountError> {
+    let Some(editor) = ctx.children.editor.get() else {
+        return Ok(delivery.run.await?);
+    };
+    let called = editor
+        .call(|reply| EditorMsg::Deliver(delivery, reply), Some(deadline))
+        .await;
+    Ok(children::answer("stream editor", deadline, called)??)
+}
+
+/// Where the answer to `message` goes: `room`, through the outbox.
+fn room_sink<R: RoomPort>(
+    ctx: &TurnContext,
+    room: &R,
+    message: &InboundMessage,
+    placement: &Placement,
+    visible: Option<Arc<AtomicBool>>,
+) -> RoomSink<R> {
+    RoomSink {
+        room: room.clone(),
+        account: ctx.account.clone(),
+        store: ctx.store.clone(),
+        answering: message.event_id.clone(),
+        placement: placement.clone(),
+        draft: Draft {
+            room_id: message.room_id.to_string(),
+            parts: Vec::new(),
+        },
+        visible,
+        own_keys: ctx.owns_keys(),
+    }
+}
+
+/// A stream of just `text`.
+fn once(text: String) -> TextStream {
+    Box::pin(futures_util::stream::iter([Ok(text)]))
+}
+
+/// The outbox draft of an answer to `message`, if one was saved (a read failure answers afresh).
+async fn read_draft(ctx: &TurnContext, message: &InboundMessage) -> Option<Draft> {
+    ctx.store
+        .draft(&ctx.account, message.event_id.as_str())
+        .await
+        .unwrap_or_else(|e| {
+            warn!(error = %e, "could not read the draft; answering afresh");
+            None
+        })
+}
+
+/// Whether the sender of a DM approved themselves, when OTP self-approval is on.
+async fn approval(ctx: &TurnContext, message: &InboundMessage, facts: &RoomFacts) -> Approval {
+    if !(ctx.spec.conversation.otp_self_approval && facts.is_dm) {
+        return Approval::NotAsked;
+    }
+    match ctx
+        .store
+        .is_approved(&ctx.account, message.sender.as_str())
+        .await
+    {
+        Ok(true) => Approval::Approved,
+        Ok(false) => Approval::NotApproved,
+        Err(e) => {
+            warn!(error = %e, "could not read approvals");
+            Approval::Unknown
+        }
+    }
+}
+
+async fn read_receipt<R: RoomPort>(room: &R, message: &InboundMessage) {
+    if let Err(e) = room.read_receipt(&message.event_id).await {
+        debug!(error = %e, "read receipt not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use mxfleet_matrix::matrix_sdk::{
+        Client,
+        ruma::{EventId, OwnedRoomId, RoomId, UserId},
+    };
+    use mxfleet_store::{InboxEntry, InboxState, Store, now_ms};
+
+    use super::*;
+    use crate::{
+        children::Children,
+        gate::Access,
+        rooms::Rooms,
+        status::{AccountState, StatusBoard},
+        testing::{Scripted, accounts},
+        texts,
+        turn::{
+            context::TurnArgs,
+            room::fake::{Did, FakeRoom},
+        },
+    };
+
+    /// A turn context for the account `bot` with `extra` keys, its backend `backend`, no
+    /// children (answers are delivered inline), and a fresh store.
+    async fn context(extra: &str, backend: Arc<Scripted>) -> (TurnContext, tempfile::TempDir) {
+        let spec = accounts(&[("bot", extra)])
+            .remove("bot")
+            .expect("the account");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::open(&dir.path().join("mxfleet.redb")).expect("a store");
+        let client = Client::builder()
+            .homeserver_url("http://127.0.0.1:9")
+            .build()
+            .await
+            .expect("an offline client");
+        let board = StatusBoard::new();
+        board.transition("bot", AccountState::Syncing, None);
+        let access = Access::new(&spec.conversation, []);
+        let ctx = TurnContext::new(TurnArgs {
+            spec: Arc::new(spec),
+            rooms: Rooms::new(client.clone(), Default::default()),
+            client,
+            user_id: UserId::parse("@bot:hs").expect("a user id"),
+            backend,
+            store,
+            board,
+            access,
+            children: Children::default(),
+        });
+        (ctx, dir)
+    }
+
+    fn room_id() -> OwnedRoomId {
+        RoomId::parse("!dm:hs").expect("a room id")
+    }
+
+    fn message(id: &str, sender: &str, body: &str, ts: u64) -> InboundMessage {
+        InboundMessage {
+            room_id: room_id(),
+            event_id: EventId::parse(id).expect("an event id"),
+            sender: UserId::parse(sender).expect("a user id"),
+            body: body.into(),
+            origin_server_ts_ms: ts,
+            thread_root: None,
+            formatted_body: None,
+            mentions: None,
+            reply_to: None,
+            attachment: None,
+        }
+    }
+
+    /// Claims `message` in the inbox, as the sync does.
+    async fn claim(ctx: &TurnContext, message: &InboundMessage) {
+        let entry = InboxEntry {
+            event_id: message.event_id.to_string(),
+            claimed_at_ms: now_ms(),
+            state: InboxState::Pending,
+            message: message.clone(),
+        };
+        ctx.store
+            .commit_sync("bot", "s1", vec![entry])
+            .await
+            .expect("claimed");
+    }
+
+    async fn pending(ctx: &TurnContext) -> usize {
+        let (pending, _) = ctx
+            .store
+            .pending::<InboundMessage>("bot")
+            .await
+            .expect("the inbox");
+        pending.len()
+    }
+
+    /// Waits until `room` saw `what` (the cues are cleared on a task of their own).
+    async fn eventually(room: &FakeRoom, what: impl Fn(&[Did]) -> bool) -> Vec<Did> {
+        for _ in 0..200 {
+            let did = room.did();
+            if what(&did) {
+                return did;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        room.did()
+    }
+
+    fn bodies(room: &FakeRoom) -> Vec<String> {
+        room.sent()
+            .iter()
+            .filter(|s| s["type"] == "m.room.message")
+            .map(|s| s["content"]["body"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_dm_is_answered_with_cues_and_remembered() {
+        let backend = Scripted::new("Hello **Ann**");
+        let (ctx, _dir) = context("dm_policy = \"open\"", backend.clone()).await;
+        let me = UserId::parse("@bot:hs").expect("a user id");
+        let ann = UserId::parse("@ann:hs").expect("a user id");
+        let room = FakeRoom::new(&room_id(), true)
+            .name(&me, "Helper")
+            .name(&ann, "Ann");
+        let question = message("$q", "@ann:hs", "hi there", now_ms());
+        claim(&ctx, &question).await;
+
+        handle(&ctx, &room, question.clone()).await;
+
+        assert_eq!(bodies(&room), ["Hello **Ann**"]);
+        let sent = room.sent();
+        let answer = sent
+            .iter()
+            .find(|s| s["type"] == "m.room.message")
+            .expect("an answer");
+        assert_eq!(
+            answer["content"]["formatted_body"], "<p>Hello <strong>Ann</strong></p>",
+            "rendered from Markdown"
+        );
+        assert!(
+            answer["content"]["m.relates_to"].is_null(),
+            "no rich reply in a DM"
+        );
+        let reaction = sent
+            .iter()
+            .find(|s| s["type"] == "m.reaction")
+            .expect("the ack reaction");
+        assert_eq!(reaction["content"]["m.relates_to"]["key"], "👀");
+        assert_eq!(reaction["content"]["m.relates_to"]["event_id"], "$q");
+        let did = eventually(&room, |d| d.iter().any(|d| matches!(d, Did::Redacted(_)))).await;
+        assert!(did.contains(&Did::Typing(true)), "{did:?}");
+        assert!(did.contains(&Did::Typing(false)), "{did:?}");
+        assert!(
+            did.iter().any(|d| matches!(d, Did::Redacted(_))),
+            "ack removed: {did:?}"
+        );
+
+        let request = backend.requests().pop().expect("the backend was asked");
+        assert_eq!(request.messages.len(), 1);
+        assert_eq!(request.messages[0].content, "hi there");
+        assert_eq!(request.messages[0].name, None, "no names in a DM");
+        assert_eq!(pending(&ctx).await, 0, "recorded as answered");
+        let memory = ctx.store.memory("bot", "!dm:hs").await.expect("memory");
+        let remembered: Vec<&str> = memory.turns.iter().map(|t| t.text.as_str()).collect();
+        assert_eq!(remembered, ["hi there", "Hello **Ann**"]);
+    }
+
+    #[tokio::test]
+    async fn a_room_question_sees_its_history_and_gets_a_rich_reply() {
+        let backend = Scripted::new("ok");
+        let extra = "room_policy = \"open\"\nmention_mode = \"mention\"\nack_reaction = \"\"";
+        let (ctx, _dir) = context(extra, backend.clone()).await;
+        let bob = UserId::parse("@bob:hs").expect("a user id");
+        let now = now_ms();
+        let in_thread = InboundMessage {
+            thread_root: Some(EventId::parse("$root").expect("an event id")),
+            ..message("$t", "@bob:hs", "in a thread", now - 3)
+        };
+        let room = FakeRoom::new(&room_id(), false)
+            .name(&bob, "Bob <script>")
+            .said(message("$1", "@bob:hs", "earlier words", now - 5))
+            .said(in_thread);
+        let question = message("$q", "@bob:hs", "@bot:hs what did I say?", now);
+        claim(&ctx, &question).await;
+
+        handle(&ctx, &room, question).await;
+
+        let request = backend.requests().pop().expect("the backend was asked");
+        let said: Vec<(&str, Option<&str>)> = request
+            .messages
+            .iter()
+            .map(|m| (m.content.as_str(), m.name.as_deref()))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                ("earlier words", Some("Bob script")),
+                ("@bot:hs what did I say?", Some("Bob script")),
+            ],
+            "the thread's message is not the room's history; names are sanitised"
+        );
+        let sent = room.sent();
+        assert_eq!(
+            sent[0]["content"]["m.relates_to"]["m.in_reply_to"]["event_id"],
+            "$q"
+        );
+        assert!(
+            sent.iter().all(|s| s["type"] != "m.reaction"),
+            "ack_reaction off"
+        );
+    }
+
+    #[tokio::test]
+    async fn commands_are_answered_without_the_backend_and_not_remembered() {
+        let backend = Scripted::new("never");
+        let (ctx, _dir) = context("dm_policy = \"open\"", backend.clone()).await;
+        let room = FakeRoom::new(&room_id(), true);
+        let question = message("$q", "@ann:hs", "!help", now_ms());
+        claim(&ctx, &question).await;
+
+        handle(&ctx, &room, question).await;
+
+        assert_eq!(bodies(&room), [texts::HELP]);
+        assert!(backend.requests().is_empty());
+        assert!(
+            room.sent().iter().all(|s| s["type"] != "m.reaction"),
+            "no cues"
+        );
+        let memory = ctx.store.memory("bot", "!dm:hs").await.expect("memory");
+        assert!(memory.turns.is_empty());
+        assert_eq!(pending(&ctx).await, 0);
+    }
+
+    // Paused time: the sends' retries (with their backoff) take no real time.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_message_is_recorded_and_an_unsent_answer_stays_pending() {
+        let backend = Scripted::new("ok");
+        let (ctx, _dir) = context("", backend.clone()).await;
+        let room = FakeRoom::new(&room_id(), true);
+        let stranger = message("$s", "@stranger:hs", "hi", now_ms());
+        claim(&ctx, &stranger).await;
+        handle(&ctx, &room, stranger).await;
+        assert!(room.sent().is_empty() && backend.requests().is_empty());
+        assert_eq!(pending(&ctx).await, 0, "skipped is recorded");
+
+        let (ctx, _dir) = context("dm_policy = \"open\"\nack_reaction = \"\"", backend).await;
+        let down = FakeRoom::new(&room_id(), true).refusing_sends();
+        let question = message("$q", "@ann:hs", "hi", now_ms());
+        claim(&ctx, &question).await;
+        handle(&ctx, &down, question).await;
+        assert_eq!(pending(&ctx).await, 1, "left for the next start");
+    }
+
+    #[tokio::test]
+    async fn a_vote_on_the_bots_poll_is_answered_in_its_words() {
+        let backend = Scripted::new("Monday it is");
+        let (ctx, _dir) = context("dm_policy = \"open\"", backend.clone()).await;
+        let poll = EventId::parse("$poll").expect("an event id");
+        let vote = mxfleet_matrix::polls::PollVote {
+            question: "Which day?".into(),
+            chosen: vec!["Monday".into()],
+        };
+        let room = FakeRoom::new(&room_id(), true).poll(&poll, vote);
+        let ballot = InboundMessage {
+            attachment: Some(Attachment::PollResponse {
+                poll_id: poll.clone(),
+                answers: vec!["answer-1".into()],
+            }),
+            ..message("$v", "@ann:hs", "", now_ms())
+        };
+        claim(&ctx, &ballot).await;
+
+        handle(&ctx, &room, ballot).await;
+
+        let request = backend.requests().pop().expect("the backend was asked");
+        assert_eq!(
+            request.last_user_message(),
+            "[my vote in your poll \"Which day?\"] Monday"
+        );
+        assert_eq!(bodies(&room), ["Monday it is"]);
+    }
+}

@@ -1,0 +1,109 @@
+//! Recording what became of a message: the inbox entry is finished (answered or skipped), the
+//! conversation memory gets the exchange, the counters move. A message whose answer could not
+//! be sent is left pending: it is handled again at the next start.
+
+use mxfleet_message::InboundMessage;
+use mxfleet_store::{Draft, InboxState, Turn, now_ms};
+use tracing::{error, info, warn};
+
+use super::{
+    context::TurnContext,
+    history::{speaker, turn_of},
+    outbox::finish_interrupted,
+    room::RoomPort,
+};
+use crate::{error::AccountError, stream_editor::Delivered};
+
+/// Whether an answer joins the conversation memory (commands and refusals do not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Remember {
+    /// Keep the exchange.
+    Yes,
+    /// Do not.
+    No,
+}
+
+/// Records a delivery: memory, counters, inbox.
+pub(crate) async fn record<R: RoomPort>(
+    ctx: &TurnContext,
+    room: &R,
+    message: &InboundMessage,
+    key: &str,
+    outcome: Result<Delivered, AccountError>,
+    remember: Remember,
+) {
+    let delivered = match outcome {
+        Ok(delivered) => delivered,
+        Err(e) => {
+            return error!(error = %e, "could not send the answer; it stays pending until the next start");
+        }
+    };
+    info!(
+        reply = ?delivered.first_event_id,
+        parts = delivered.parts,
+        edits = delivered.edits,
+        first_visible_ms = delivered.first_visible.map(|t| t.as_millis() as u64),
+        backend_error = delivered.backend_error.as_deref(),
+        rate_limited = delivered.rate_limited,
+        "answered"
+    );
+    ctx.board.update(&ctx.account, |s| s.replies_out += 1);
+    let reply_event_id = delivered
+        .first_event_id
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    if remember == Remember::Yes {
+        let turns = vec![
+            turn_of(message, speaker(room, message).await),
+            Turn {
+                role: "assistant".into(),
+                name: None,
+                text: delivered.text,
+                event_id: reply_event_id.clone(),
+                ts_ms: now_ms().max(message.origin_server_ts_ms.saturating_add(1)),
+            },
+        ];
+        let keep = ctx.spec.conversation.history_max_messages.max(2);
+        if let Err(e) = ctx.store.remember(&ctx.account, key, turns, keep).await {
+            warn!(error = %e, "could not store the conversation turn");
+        }
+    }
+    finish(ctx, message, InboxState::Answered { reply_event_id }).await;
+}
+
+/// Records that `message` is not answered, and why.
+pub(crate) async fn skip(ctx: &TurnContext, message: &InboundMessage, reason: &str) {
+    let state = InboxState::Skipped {
+        reason: reason.to_owned(),
+    };
+    finish(ctx, message, state).await;
+}
+
+/// Finishes the answer a previous process left mid-stream, and records it.
+pub(crate) async fn resume_interrupted<R: RoomPort>(
+    ctx: &TurnContext,
+    room: &R,
+    message: &InboundMessage,
+    draft: &Draft,
+) {
+    match finish_interrupted(room, &message.event_id, draft).await {
+        Ok(first) => {
+            info!("finished an answer interrupted by a restart");
+            let state = InboxState::Answered {
+                reply_event_id: first.unwrap_or_default(),
+            };
+            finish(ctx, message, state).await;
+        }
+        Err(e) => {
+            error!(error = %e, "could not finish an interrupted answer; retried at the next start")
+        }
+    }
+}
+
+async fn finish(ctx: &TurnContext, message: &InboundMessage, state: InboxState) {
+    let event_id = message.event_id.as_str();
+    if let Err(e) = ctx.store.finish(&ctx.account, event_id, state).await {
+        error!(error = %e, "could not record the outcome; the message may be answered again after a restart");
+    }
+}
