@@ -6,46 +6,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use mxfleet_testkit::{FakeOpenAi, FakeWebhook, FleetProcess, Human, MembershipState, Synapse};
+use mxfleet_testkit::{FakeOpenAi, FakeWebhook, Human, MembershipState, Scenario, Synapse};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// An account table for `user_id` with `extra` keys (policies, streaming, …).
-fn account(
-    id: &str,
-    homeserver: &str,
-    (user_id, password): &(String, String),
-    extra: &str,
-) -> String {
-    format!(
-        "[accounts.{id}]\nhomeserver = {homeserver:?}\nuser_id = {user_id:?}\npassword = {password:?}\n{extra}\n\n"
-    )
-}
-
-/// A backend `llm` on `llm` and the account `bot` using it with `extra` keys.
-fn llm_bot(llm: &FakeOpenAi, homeserver: &str, bot: &(String, String), extra: &str) -> String {
-    format!(
-        "[backends.llm]\nkind = \"openai\"\nbase_url = {:?}\nmodel = \"base-model\"\n\n{}",
-        llm.base_url,
-        account("bot", homeserver, bot, extra)
-    )
-}
-
-/// Starts a fleet on `config` and waits until `accounts` are syncing.
-async fn running(config: &str, accounts: &[&str]) -> Result<FleetProcess> {
-    let mut fleet = FleetProcess::new(config)?;
-    fleet.start().await?;
-    for account in accounts {
-        let syncing = fleet.wait_state(account, "syncing", TIMEOUT).await;
-        syncing.with_context(|| format!("the fleet's log:\n{}", fleet.all_logs()))?;
-    }
-    Ok(fleet)
-}
-
-async fn human(synapse: &Synapse) -> Result<Human> {
-    let (id, pw) = synapse.fresh_user("human").await?;
-    Human::login(synapse.url(), &id, &pw).await
-}
 
 /// Lets the bot misbehave for a while before counting.
 async fn settle() {
@@ -54,11 +17,12 @@ async fn settle() {
 
 #[tokio::test]
 async fn in_rooms_only_mentions_are_answered_and_at_room_is_not_one() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let human = human(synapse).await?;
-    let extra = "backend = \"echo\"\nroom_policy = \"open\"\nmention_mode = \"mention\"";
-    let mut fleet = running(&account("bot", synapse.url(), &bot, extra), &["bot"]).await?;
+    let mut s = Scenario::new()
+        .bot(|b| b.mentioned_in_rooms())
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
     let room = human.room_with(&[&bot.0], false).await?;
 
     human.send(&room, "nobody is mentioned here").await?;
@@ -89,21 +53,21 @@ async fn in_rooms_only_mentions_are_answered_and_at_room_is_not_one() -> Result<
         .map(|s| human.current_text(s))
         .collect();
     assert_eq!(said, ["bot, a question", fallback.as_str()]);
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn invites_and_dms_follow_the_allowlists() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let friend = human(synapse).await?;
-    let stranger = human(synapse).await?;
-    let extra = format!(
-        "backend = \"echo\"\ndm_policy = \"allowlist\"\nuser_allowlist = [{:?}]\nroom_policy = \"allowlist\"",
-        friend.user_id.as_str()
-    );
-    let mut fleet = running(&account("bot", synapse.url(), &bot, &extra), &["bot"]).await?;
+    let allowlists =
+        "dm_policy = \"allowlist\"\nuser_allowlist = [{human0}]\nroom_policy = \"allowlist\"";
+    let mut s = Scenario::new()
+        .humans(2)
+        .bot(|b| b.key(allowlists))
+        .start()
+        .await?;
+    let (friend, stranger) = (&s.humans[0], &s.humans[1]);
+    let bot = s.bot("bot").credentials();
 
     // A stranger's DM and the friend's (not allowlisted) group room: rejected.
     let stranger_dm = stranger.create_room(&[&bot.0], true).await?;
@@ -121,25 +85,28 @@ async fn invites_and_dms_follow_the_allowlists() -> Result<()> {
         .expect_final_text(&dm, &bot.0, "hello friend", TIMEOUT)
         .await?;
     assert!(stranger.seen_from(&stranger_dm, &bot.0).is_empty());
-    let log = fleet.all_logs();
+    let log = s.fleet.all_logs();
     ensure!(log.contains("invite rejected"), "no rejection logged");
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_streamed_answer_is_one_message_edited_in_place_with_cues() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let human = human(synapse).await?;
     let text: String = (1..=12)
         .map(|i| format!("Paragraph {i} has **bold** words and `code`, streamed slowly.\n\n"))
         .collect();
     let text = text.trim_end().to_owned();
     let llm = FakeOpenAi::start_with(7, Duration::from_millis(12), Some(text.clone())).await?;
-    let extra = "backend = \"llm\"\ndm_policy = \"open\"\nstream_min_initial_chars = 20\nedit_throttle_ms = 300\nmax_edits_per_message = 6";
-    let config = llm_bot(&llm, synapse.url(), &bot, extra);
-    let mut fleet = running(&config, &["bot"]).await?;
+    let streaming =
+        "stream_min_initial_chars = 20\nedit_throttle_ms = 300\nmax_edits_per_message = 6";
+    let mut s = Scenario::new()
+        .llm(&llm)
+        .bot(|b| b.llm().open_dms().key(streaming))
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
     let dm = human.dm(&bot.0).await?;
     let asked = human.send(&dm, "tell me a long story").await?;
 
@@ -181,23 +148,25 @@ async fn a_streamed_answer_is_one_message_edited_in_place_with_cues() -> Result<
         html.contains("<strong>bold</strong>") && html.contains("<code>code</code>"),
         "{html}"
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_threaded_question_is_answered_in_the_thread_with_its_history() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let human = human(synapse).await?;
     let llm =
         FakeOpenAi::start_with(5, Duration::from_millis(2), Some("It is cheese.".into())).await?;
-    let extra = format!(
-        "backend = \"llm\"\nroom_policy = \"open\"\nmention_mode = \"mention\"\n\n[accounts.bot.user_overrides.{:?}]\nmodel = \"user-model\"",
-        human.user_id.as_str()
-    );
-    let config = llm_bot(&llm, synapse.url(), &bot, &extra);
-    let mut fleet = running(&config, &["bot"]).await?;
+    let mut s = Scenario::new()
+        .llm(&llm)
+        .human()
+        .bot(|b| {
+            b.llm()
+                .mentioned_in_rooms()
+                .table("user_overrides.{human0}", "model = \"user-model\"")
+        })
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
     let room = human.room_with(&[&bot.0], false).await?;
 
     let root = human
@@ -243,23 +212,20 @@ async fn a_threaded_question_is_answered_in_the_thread_with_its_history() -> Res
             .last()
             .is_some_and(|c| c.ends_with("what is the topic?"))
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn commands_answer_directly_and_new_forgets_the_conversation() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let human = human(synapse).await?;
     let llm = FakeOpenAi::start(50).await?;
-    let config = llm_bot(
-        &llm,
-        synapse.url(),
-        &bot,
-        "backend = \"llm\"\ndm_policy = \"open\"",
-    );
-    let mut fleet = running(&config, &["bot"]).await?;
+    let mut s = Scenario::new()
+        .llm(&llm)
+        .bot(|b| b.llm().open_dms())
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
     let dm = human.dm(&bot.0).await?;
 
     let said = |needle: &'static str| {
@@ -318,35 +284,28 @@ async fn commands_answer_directly_and_new_forgets_the_conversation() -> Result<(
         "!new forgot it: {}",
         text(2)
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn webhook_and_command_backends_answer() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let hook_bot = synapse.fresh_user("hookbot").await?;
-    let cli_bot = synapse.fresh_user("clibot").await?;
-    let human = human(synapse).await?;
     let hook = FakeWebhook::start().await?;
-    let config = format!(
-        "[backends.hook]\nkind = \"webhook\"\nurl = {:?}\ntoken = \"hook-secret\"\n\n\
-         [backends.cli]\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"read line; printf 'cli heard: %s' \\\"$line\\\"\"]\n\n{}{}",
-        hook.url,
-        account(
-            "hook",
-            synapse.url(),
-            &hook_bot,
-            "backend = \"hook\"\ndm_policy = \"open\""
-        ),
-        account(
-            "cli",
-            synapse.url(),
-            &cli_bot,
-            "backend = \"cli\"\ndm_policy = \"open\""
-        ),
+    let hook_backend = format!(
+        "kind = \"webhook\"\nurl = {:?}\ntoken = \"hook-secret\"",
+        hook.url
     );
-    let mut fleet = running(&config, &["hook", "cli"]).await?;
+    let cli_backend = "kind = \"command\"\ncommand = [\"sh\", \"-c\", \"read line; printf 'cli heard: %s' \\\"$line\\\"\"]";
+    let mut s = Scenario::new()
+        .backend("hook", &hook_backend)
+        .backend("cli", cli_backend)
+        .bot_named("hook", |b| b.backend("hook").open_dms())
+        .bot_named("cli", |b| b.backend("cli").open_dms())
+        .human()
+        .start()
+        .await?;
+    let human = &s.humans[0];
+    let (hook_bot, cli_bot) = (s.bot("hook").credentials(), s.bot("cli").credentials());
     let dm_hook = human.dm(&hook_bot.0).await?;
     let dm_cli = human.dm(&cli_bot.0).await?;
     human.send(&dm_hook, "ping over http").await?;
@@ -369,20 +328,22 @@ async fn webhook_and_command_backends_answer() -> Result<()> {
     );
     assert_eq!(requests[0].body["room_id"], dm_hook.as_str());
     assert_eq!(requests[0].body["sender"], human.user_id.as_str());
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn an_answer_cut_short_by_a_crash_is_finished_as_interrupted() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let human = human(synapse).await?;
     let text = "word ".repeat(400);
     let llm = FakeOpenAi::start_with(5, Duration::from_millis(40), Some(text)).await?;
-    let extra = "backend = \"llm\"\ndm_policy = \"open\"\nstream_min_initial_chars = 10\nedit_throttle_ms = 200";
-    let config = llm_bot(&llm, synapse.url(), &bot, extra);
-    let mut fleet = running(&config, &["bot"]).await?;
+    let streaming = "stream_min_initial_chars = 10\nedit_throttle_ms = 200";
+    let mut s = Scenario::new()
+        .llm(&llm)
+        .bot(|b| b.llm().open_dms().key(streaming))
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
     let dm = human.dm(&bot.0).await?;
     human.send(&dm, "a long one please").await?;
     // Killed while the answer streams (it takes ~16 s).
@@ -392,8 +353,8 @@ async fn an_answer_cut_short_by_a_crash_is_finished_as_interrupted() -> Result<(
         })
         .await?;
     tokio::time::sleep(Duration::from_millis(600)).await;
-    fleet.kill().await?;
-    fleet.start().await?;
+    s.fleet.kill().await?;
+    s.fleet.start().await?;
     let finished = human
         .wait_for("interrupted edit", TIMEOUT, |h| {
             h.edits_of(&original.event_id)
@@ -409,24 +370,28 @@ async fn an_answer_cut_short_by_a_crash_is_finished_as_interrupted() -> Result<(
         "not answered a second time"
     );
     assert_eq!(llm.requests().len(), 1);
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn with_synapse_default_rate_limits_a_long_stream_ends_with_the_full_text() -> Result<()> {
     let synapse = Synapse::start_private_default_limits().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let human = human(&synapse).await?;
     let text: String = (1..=40)
         .map(|i| format!("Line {i} of a long answer that keeps coming.\n"))
         .collect();
     let text = text.trim_end().to_owned();
     let llm = FakeOpenAi::start_with(10, Duration::from_millis(15), Some(text.clone())).await?;
     // Aggressive streaming so the homeserver's 429s are certain.
-    let extra = "backend = \"llm\"\ndm_policy = \"open\"\nstream_min_initial_chars = 5\nedit_throttle_ms = 100\nmax_edits_per_message = 100";
-    let config = llm_bot(&llm, synapse.url(), &bot, extra);
-    let mut fleet = running(&config, &["bot"]).await?;
+    let streaming =
+        "stream_min_initial_chars = 5\nedit_throttle_ms = 100\nmax_edits_per_message = 100";
+    let mut s = Scenario::new()
+        .llm(&llm)
+        .bot(|b| b.llm().open_dms().key(streaming))
+        .human()
+        .start_on(&synapse)
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
     let dm = human.dm(&bot.0).await?;
     human.send(&dm, "go").await?;
     human
@@ -436,7 +401,8 @@ async fn with_synapse_default_rate_limits_a_long_stream_ends_with_the_full_text(
     // The outcome is logged once the last edit landed.
     let mut rate_limited = None;
     for _ in 0..100 {
-        rate_limited = fleet
+        rate_limited = s
+            .fleet
             .all_logs()
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -450,7 +416,7 @@ async fn with_synapse_default_rate_limits_a_long_stream_ends_with_the_full_text(
     ensure!(
         rate_limited > 0,
         "the homeserver never rate-limited the stream; the test proves nothing: {}",
-        fleet
+        s.fleet
             .all_logs()
             .lines()
             .filter(|l| l.contains("answered"))
@@ -458,7 +424,7 @@ async fn with_synapse_default_rate_limits_a_long_stream_ends_with_the_full_text(
             .join("\n")
     );
 
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
@@ -531,29 +497,35 @@ async fn create_room_as(
 #[tokio::test]
 async fn upgraded_rooms_are_followed_with_their_memory_and_forged_ones_refused() -> Result<()> {
     use matrix_sdk::ruma::api::client::room::create_room::v3::RoomPreset;
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let human = human(synapse).await?;
     let llm = FakeOpenAi::start(50).await?;
+    let mut s = Scenario::new()
+        .llm(&llm)
+        .bot(|b| b.llm())
+        .human()
+        .prepare()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
     // Room ids in the allowlist (aliases would move with the upgrade and prove nothing).
-    let public = create_room_as(&human, RoomPreset::PublicChat, &[&bot.0], None).await?;
+    let public = create_room_as(human, RoomPreset::PublicChat, &[&bot.0], None).await?;
     let private = human.create_room(&[&bot.0], false).await?;
-    let extra = format!(
-        "backend = \"llm\"\nroom_policy = \"allowlist\"\nroom_allowlist = [{:?}, {:?}]\nmention_mode = \"always\"",
+    let allowlist = format!(
+        "room_policy = \"allowlist\"\nroom_allowlist = [{:?}, {:?}]\nmention_mode = \"always\"",
         public.as_str(),
         private.as_str()
     );
-    let mut fleet = running(&llm_bot(&llm, synapse.url(), &bot, &extra), &["bot"]).await?;
+    s.reconfigure(|c| c.bot(|b| b.key(&allowlist))).await?;
+    s.start().await?;
+    let human = &s.humans[0];
     human.wait_joined(&public, &bot.0, TIMEOUT).await?;
     human.wait_joined(&private, &bot.0, TIMEOUT).await?;
     human.send(&public, "remember the number 4242").await?;
-    answered(&human, &public, &bot.0, "remember the number 4242").await?;
+    answered(human, &public, &bot.0, "remember the number 4242").await?;
 
     // A public room's upgrade: the bot joins the new room by itself and remembers.
-    let new_public = upgrade(&human, &public).await?;
+    let new_public = upgrade(human, &public).await?;
     human.wait_joined(&new_public, &bot.0, TIMEOUT).await?;
     human.send(&new_public, "which number was it?").await?;
-    answered(&human, &new_public, &bot.0, "which number was it?").await?;
+    answered(human, &new_public, &bot.0, "which number was it?").await?;
     let last = llm
         .requests()
         .last()
@@ -566,7 +538,7 @@ async fn upgraded_rooms_are_followed_with_their_memory_and_forged_ones_refused()
 
     // An invite-only room's upgrade: the bot cannot join alone; the invite that follows (as
     // Element sends when upgrading) is accepted although the new id is in no allowlist.
-    let new_private = upgrade(&human, &private).await?;
+    let new_private = upgrade(human, &private).await?;
     human
         .client
         .get_room(&new_private)
@@ -575,49 +547,43 @@ async fn upgraded_rooms_are_followed_with_their_memory_and_forged_ones_refused()
         .await?;
     human.wait_joined(&new_private, &bot.0, TIMEOUT).await?;
     human.send(&new_private, "still here?").await?;
-    answered(&human, &new_private, &bot.0, "still here?").await?;
+    answered(human, &new_private, &bot.0, "still here?").await?;
 
     // A room that merely claims an allowed room as its predecessor (no tombstone names it) is
     // an ordinary room outside the allowlist: its invite is rejected.
-    let forged = create_room_as(&human, RoomPreset::PrivateChat, &[&bot.0], Some(&public)).await?;
+    let forged = create_room_as(human, RoomPreset::PrivateChat, &[&bot.0], Some(&public)).await?;
     human
         .wait_membership(&forged, &bot.0, MembershipState::Leave, TIMEOUT)
         .await?;
     ensure!(
-        fleet.all_logs().contains("followed the room upgrade"),
+        s.fleet.all_logs().contains("followed the room upgrade"),
         "no log line for the upgrade"
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn voice_messages_are_transcribed_and_locations_and_files_described() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let deaf = synapse.fresh_user("deaf").await?;
-    let human = human(synapse).await?;
     let llm = FakeOpenAi::start(50).await?;
     let stt = format!(
-        "[backends.stt]\nkind = \"openai\"\nbase_url = {:?}\nmodel = \"whisper-1\"\n\n",
+        "kind = \"openai\"\nbase_url = {:?}\nmodel = \"whisper-1\"",
         llm.base_url
     );
-    let config = format!(
-        "{stt}{}{}",
-        llm_bot(
-            &llm,
-            synapse.url(),
-            &bot,
-            "backend = \"llm\"\ndm_policy = \"open\"\ntranscription = \"stt\"\nmax_media_bytes = 1024"
-        ),
-        account(
-            "deaf",
-            synapse.url(),
-            &deaf,
-            "backend = \"llm\"\ndm_policy = \"open\""
-        )
-    );
-    let mut fleet = running(&config, &["bot", "deaf"]).await?;
+    let mut s = Scenario::new()
+        .llm(&llm)
+        .backend("stt", &stt)
+        .bot(|b| {
+            b.llm()
+                .open_dms()
+                .key("transcription = \"stt\"\nmax_media_bytes = 1024")
+        })
+        .bot_named("deaf", |b| b.llm().open_dms())
+        .human()
+        .start()
+        .await?;
+    let human = &s.humans[0];
+    let (bot, deaf) = (s.bot("bot").credentials(), s.bot("deaf").credentials());
 
     // In an encrypted DM the voice message's file is encrypted too: downloaded, decrypted,
     // transcribed, and its words answered.
@@ -659,11 +625,11 @@ async fn voice_messages_are_transcribed_and_locations_and_files_described() -> R
     human
         .send_location(&dm, "Big Ben", "geo:51.5007,-0.1246")
         .await?;
-    answered(&human, &dm, &bot.0, "geo:51.5007,-0.1246").await?;
+    answered(human, &dm, &bot.0, "geo:51.5007,-0.1246").await?;
     human
         .send_file(&dm, "cat.png", "image/png", vec![0x89, b'P', b'N', b'G'])
         .await?;
-    answered(&human, &dm, &bot.0, "[sent an image: cat.png, image/png").await?;
+    answered(human, &dm, &bot.0, "[sent an image: cat.png, image/png").await?;
 
     // Without a transcription backend the bot says how to set one up instead of going silent.
     let deaf_dm = human.dm(&deaf.0).await?;
@@ -691,24 +657,21 @@ async fn voice_messages_are_transcribed_and_locations_and_files_described() -> R
         chats == 3,
         "{chats} chat requests; the refusals must not reach the backend"
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_backend_asks_with_a_poll_and_the_vote_comes_back_as_words() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let human = human(synapse).await?;
     let asked = "Happy to help.\n\n```poll\nWhat shall we eat?\n- Pizza\n- Sushi\n```\n";
     let llm = FakeOpenAi::start_with(5, Duration::from_millis(2), Some(asked.to_owned())).await?;
-    let config = llm_bot(
-        &llm,
-        synapse.url(),
-        &bot,
-        "backend = \"llm\"\ndm_policy = \"open\"\nedit_throttle_ms = 50",
-    );
-    let mut fleet = running(&config, &["bot"]).await?;
+    let mut s = Scenario::new()
+        .llm(&llm)
+        .bot(|b| b.llm().open_dms().key("edit_throttle_ms = 50"))
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
     let dm = human.encrypted_dm(&bot.0).await?;
     human.send(&dm, "dinner?").await?;
 
@@ -768,24 +731,21 @@ async fn a_backend_asks_with_a_poll_and_the_vote_comes_back_as_words() -> Result
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_backend_shares_a_location_with_a_location_block() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let human = human(synapse).await?;
     let answer = "It is right here:\n```location\ngeo:51.5007,-0.1246\nBig Ben, London\n```\n";
     let llm = FakeOpenAi::start_with(4, Duration::from_millis(2), Some(answer.to_owned())).await?;
-    let config = llm_bot(
-        &llm,
-        synapse.url(),
-        &bot,
-        "backend = \"llm\"\ndm_policy = \"open\"",
-    );
-    let mut fleet = running(&config, &["bot"]).await?;
+    let mut s = Scenario::new()
+        .llm(&llm)
+        .bot(|b| b.llm().open_dms())
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
     let dm = human.dm(&bot.0).await?;
     human.send(&dm, "where is Big Ben?").await?;
     let shared = human
@@ -812,27 +772,24 @@ async fn a_backend_shares_a_location_with_a_location_block() -> Result<()> {
             .all(|t| !t.contains("geo:") && !t.contains('`')),
         "the block showed: {texts:?}"
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn images_reach_a_backend_that_sees_them() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let human = human(synapse).await?;
     let llm = FakeOpenAi::start(50).await?;
-    let config = format!(
-        "[backends.vision]\nkind = \"openai\"\nbase_url = {:?}\nmodel = \"a-vision-model\"\nimages = true\n\n{}",
-        llm.base_url,
-        account(
-            "bot",
-            synapse.url(),
-            &bot,
-            "backend = \"vision\"\ndm_policy = \"open\""
-        )
+    let vision = format!(
+        "kind = \"openai\"\nbase_url = {:?}\nmodel = \"a-vision-model\"\nimages = true",
+        llm.base_url
     );
-    let mut fleet = running(&config, &["bot"]).await?;
+    let mut s = Scenario::new()
+        .backend("vision", &vision)
+        .bot(|b| b.backend("vision").open_dms())
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
     // Encrypted: the image is uploaded encrypted, downloaded and decrypted by the bot.
     let dm = human.encrypted_dm(&bot.0).await?;
     let png: Vec<u8> = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 1, 2, 3];
@@ -874,6 +831,6 @@ async fn images_reach_a_backend_that_sees_them() -> Result<()> {
         parts[1]["image_url"]["url"] == "data:image/png;base64,iVBORw0KGgoBAgM=",
         "{parts:?}"
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }

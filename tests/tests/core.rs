@@ -6,45 +6,22 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use mxfleet_testkit::{CountingProxy, FakeOpenAi, Fault, FleetProcess, Human, Synapse};
+use mxfleet_testkit::{CountingProxy, FakeOpenAi, Fault, FleetProcess, Human, Scenario, Synapse};
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Access settings under which the bot answers everyone everywhere (the defaults are allowlists).
-const OPEN: &str = "dm_policy = \"open\"\nroom_policy = \"open\"\nmention_mode = \"always\"\n";
-
-fn password_account(id: &str, homeserver: &str, user_id: &str, password: &str) -> String {
-    format!(
-        "[accounts.{id}]\nhomeserver = {homeserver:?}\nuser_id = {user_id:?}\npassword = {password:?}\n{OPEN}backend = \"echo\"\n\n"
-    )
-}
-
-/// A bot user and a human logged in on the shared Synapse.
-async fn bot_and_human(synapse: &Synapse) -> Result<((String, String), Human)> {
-    let bot = synapse.fresh_user("bot").await?;
-    let (human_id, human_pw) = synapse.fresh_user("human").await?;
-    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
-    Ok((bot, human))
-}
 
 #[tokio::test]
 async fn two_accounts_answer_in_dms_and_a_shared_room() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let (alice_bot, alice_pw) = synapse.fresh_user("alicebot").await?;
-    let (token_bot, token_bot_pw) = synapse.fresh_user("tokenbot").await?;
-    let (token, _device) = synapse.login_token(&token_bot, &token_bot_pw).await?;
-    let (human_id, human_pw) = synapse.fresh_user("human").await?;
-    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
-
     // One password account, one access-token account whose user id comes from whoami.
-    let config = format!(
-        "{}[accounts.tok]\nhomeserver = {:?}\naccess_token = {token:?}\n{OPEN}backend = \"echo\"\n",
-        password_account("alice", synapse.url(), &alice_bot, &alice_pw),
-        synapse.url()
-    );
-    let mut fleet = FleetProcess::new(&config)?;
-    fleet.start().await?;
-    fleet.wait_state("alice", "syncing", REPLY_TIMEOUT).await?;
-    let tok = fleet.wait_state("tok", "syncing", REPLY_TIMEOUT).await?;
+    let mut s = Scenario::new()
+        .bot_named("alice", |b| b.open())
+        .bot_named("tok", |b| b.open().access_token())
+        .human()
+        .start()
+        .await?;
+    let human = &s.humans[0];
+    let (alice_bot, token_bot) = (s.bot("alice").user_id.clone(), s.bot("tok").user_id.clone());
+    let tok = s.fleet.wait_state("tok", "syncing", REPLY_TIMEOUT).await?;
     assert_eq!(
         tok["user_id"],
         token_bot.as_str(),
@@ -76,10 +53,10 @@ async fn two_accounts_answer_in_dms_and_a_shared_room() -> Result<()> {
     assert_eq!(human.count(&shared, &alice_bot, "hello both"), 1);
     assert_eq!(human.count(&shared, &token_bot, "hello both"), 1);
 
-    let status = fleet.stop().await?;
+    let status = s.fleet.stop().await?;
     assert!(status.success(), "clean shutdown exits 0, got {status:?}");
     assert_eq!(
-        fleet.status().context("status.json")?["accounts"]["alice"]["state"],
+        s.fleet.status().context("status.json")?["accounts"]["alice"]["state"],
         "stopped"
     );
     Ok(())
@@ -88,12 +65,16 @@ async fn two_accounts_answer_in_dms_and_a_shared_room() -> Result<()> {
 #[tokio::test]
 async fn restarts_reuse_the_session_and_answer_each_message_once() -> Result<()> {
     let synapse = Synapse::shared().await?;
-    let ((bot, bot_pw), human) = bot_and_human(synapse).await?;
     let proxy = CountingProxy::start(synapse.url()).await?;
-    let mut fleet = FleetProcess::new(&password_account("bot", &proxy.url, &bot, &bot_pw))?;
+    let mut s = Scenario::new()
+        .bot(|b| b.open().via(&proxy.url))
+        .human()
+        .prepare()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").user_id.clone());
 
-    fleet.start().await?;
-    let first = fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
+    s.fleet.start().await?;
+    let first = s.fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
     let room = human.dm(&bot).await?;
     human.send(&room, "before restart").await?;
     human
@@ -101,18 +82,18 @@ async fn restarts_reuse_the_session_and_answer_each_message_once() -> Result<()>
         .await?;
 
     // A clean restart, then a crash (SIGKILL) with a message sent while the fleet is down.
-    fleet.stop().await?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
+    s.fleet.stop().await?;
+    s.fleet.start().await?;
+    s.fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
     human.send(&room, "between restarts").await?;
     human
         .expect_message(&room, &bot, "between restarts", REPLY_TIMEOUT)
         .await?;
-    fleet.kill().await?;
+    s.fleet.kill().await?;
     human.send(&room, "sent while down").await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    fleet.start().await?;
-    let last = fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
+    s.fleet.start().await?;
+    let last = s.fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
     human
         .expect_message(&room, &bot, "sent while down", REPLY_TIMEOUT)
         .await?;
@@ -138,14 +119,19 @@ async fn restarts_reuse_the_session_and_answer_each_message_once() -> Result<()>
         1,
         "no extra devices were created"
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_new_account_ignores_history_and_old_messages_are_skipped() -> Result<()> {
     let synapse = Synapse::shared().await?;
-    let ((bot, bot_pw), human) = bot_and_human(synapse).await?;
+    let mut s = Scenario::new()
+        .bot(|b| b.open().key("catch_up_max_age_secs = 3"))
+        .human()
+        .prepare()
+        .await?;
+    let (human, (bot, bot_pw)) = (&s.humans[0], s.bot("bot").credentials());
     // The bot joins a room with history before mxfleet ever runs.
     let bot_client = Human::login(synapse.url(), &bot, &bot_pw).await?;
     let room = human.room_with(&[], true).await?;
@@ -161,13 +147,8 @@ async fn a_new_account_ignores_history_and_old_messages_are_skipped() -> Result<
     human.send(&room, "old history").await?;
     drop(bot_client);
 
-    let config = password_account("bot", synapse.url(), &bot, &bot_pw).replace(
-        "backend = \"echo\"",
-        "backend = \"echo\"\ncatch_up_max_age_secs = 3",
-    );
-    let mut fleet = FleetProcess::new(&config)?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
+    s.fleet.start().await?;
+    s.fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
     human.send(&room, "fresh").await?;
     human
         .expect_message(&room, &bot, "fresh", REPLY_TIMEOUT)
@@ -179,11 +160,11 @@ async fn a_new_account_ignores_history_and_old_messages_are_skipped() -> Result<
     );
 
     // Down for longer than catch_up_max_age_secs: that message is skipped and counted.
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     human.send(&room, "too old by the time we are back").await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
+    s.fleet.start().await?;
+    s.fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
     human.send(&room, "after catch-up").await?;
     human
         .expect_message(&room, &bot, "after catch-up", REPLY_TIMEOUT)
@@ -192,28 +173,30 @@ async fn a_new_account_ignores_history_and_old_messages_are_skipped() -> Result<
         human.count(&room, &bot, "too old by the time we are back"),
         0
     );
-    let status = fleet.status().context("status.json")?;
+    let status = s.fleet.status().context("status.json")?;
     assert_eq!(status["accounts"]["bot"]["skipped_old"], 1, "{status}");
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_deleted_device_fails_one_account_fast_and_the_other_keeps_answering() -> Result<()> {
     let synapse = Synapse::shared().await?;
-    let ((victim, victim_pw), human) = bot_and_human(synapse).await?;
-    let (survivor, survivor_pw) = synapse.fresh_user("survivor").await?;
     let victim_proxy = CountingProxy::start(synapse.url()).await?;
-    let config = format!(
-        "{}{}",
-        password_account("victim", &victim_proxy.url, &victim, &victim_pw),
-        password_account("survivor", synapse.url(), &survivor, &survivor_pw)
+    let mut s = Scenario::new()
+        .bot_named("victim", |b| b.open().via(&victim_proxy.url))
+        .bot_named("survivor", |b| b.open())
+        .human()
+        .start()
+        .await?;
+    let human = &s.humans[0];
+    let (victim, survivor) = (
+        s.bot("victim").user_id.clone(),
+        s.bot("survivor").user_id.clone(),
     );
-    let mut fleet = FleetProcess::new(&config)?;
-    fleet.start().await?;
-    let record = fleet.wait_state("victim", "syncing", REPLY_TIMEOUT).await?;
-    fleet
-        .wait_state("survivor", "syncing", REPLY_TIMEOUT)
+    let record = s
+        .fleet
+        .wait_state("victim", "syncing", REPLY_TIMEOUT)
         .await?;
     let device = record["device_id"]
         .as_str()
@@ -224,7 +207,8 @@ async fn a_deleted_device_fails_one_account_fast_and_the_other_keeps_answering()
     synapse
         .admin_delete_device(&admin, &victim, &device)
         .await?;
-    let failed = fleet
+    let failed = s
+        .fleet
         .wait_state("victim", "auth_failed", Duration::from_secs(10))
         .await?;
     assert!(
@@ -252,32 +236,25 @@ async fn a_deleted_device_fails_one_account_fast_and_the_other_keeps_answering()
     let extra = victim_proxy.requests()[after_failure..].to_vec();
     ensure!(extra.len() <= 1, "requests after auth_failed: {extra:?}");
     assert_eq!(
-        fleet.status().context("status")?["accounts"]["victim"]["state"],
+        s.fleet.status().context("status")?["accounts"]["victim"]["state"],
         "auth_failed"
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn every_account_reconnects_after_synapse_is_killed_or_hangs() -> Result<()> {
     let mut synapse = Synapse::start_private().await?;
-    let (bot_a, pw_a) = synapse.fresh_user("bota").await?;
-    let (bot_b, pw_b) = synapse.fresh_user("botb").await?;
-    let (human_id, human_pw) = synapse.fresh_user("human").await?;
-    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
-    let config = format!(
-        "[restart]\ninitial_delay_ms = 200\nmax_delay_ms = 2000\n\n{}{}",
-        password_account("a", synapse.url(), &bot_a, &pw_a),
-        password_account("b", synapse.url(), &bot_b, &pw_b).replace(
-            "backend = \"echo\"",
-            "backend = \"echo\"\nsync_timeout_secs = 2"
-        )
-    );
-    let mut fleet = FleetProcess::new(&config)?;
-    fleet.start().await?;
-    fleet.wait_state("a", "syncing", REPLY_TIMEOUT).await?;
-    fleet.wait_state("b", "syncing", REPLY_TIMEOUT).await?;
+    let mut s = Scenario::new()
+        .toml("[restart]\ninitial_delay_ms = 200\nmax_delay_ms = 2000")
+        .bot_named("a", |b| b.open())
+        .bot_named("b", |b| b.open().key("sync_timeout_secs = 2"))
+        .human()
+        .start_on(&synapse)
+        .await?;
+    let human = &s.humans[0];
+    let (bot_a, bot_b) = (s.bot("a").user_id.clone(), s.bot("b").user_id.clone());
     let room_a = human.dm(&bot_a).await?;
     let room_b = human.dm(&bot_b).await?;
     human.send(&room_a, "ping a").await?;
@@ -286,19 +263,19 @@ async fn every_account_reconnects_after_synapse_is_killed_or_hangs() -> Result<(
         .await?;
 
     synapse.kill()?;
-    fleet
+    s.fleet
         .wait_state("a", "backoff", Duration::from_secs(60))
         .await?;
-    fleet
+    s.fleet
         .wait_state("b", "backoff", Duration::from_secs(60))
         .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     synapse.restart().await?;
 
-    fleet
+    s.fleet
         .wait_state("a", "syncing", Duration::from_secs(60))
         .await?;
-    fleet
+    s.fleet
         .wait_state("b", "syncing", Duration::from_secs(60))
         .await?;
     human.send(&room_a, "after the outage a").await?;
@@ -319,7 +296,8 @@ async fn every_account_reconnects_after_synapse_is_killed_or_hangs() -> Result<(
     // A hung Synapse (SIGSTOP): account b has a 2 s long-poll, so its request times out after
     // 2 + 15 s and the account shows the problem; on SIGCONT it recovers by itself.
     synapse.pause().await?;
-    let hung = fleet
+    let hung = s
+        .fleet
         .wait_state("b", "backoff", Duration::from_secs(40))
         .await;
     synapse.resume().await?;
@@ -328,27 +306,23 @@ async fn every_account_reconnects_after_synapse_is_killed_or_hangs() -> Result<(
         hung["last_error"].as_str().is_some_and(|e| !e.is_empty()),
         "{hung}"
     );
-    fleet
+    s.fleet
         .wait_state("b", "syncing", Duration::from_secs(60))
         .await?;
     human.send(&room_b, "after the freeze").await?;
     human
         .expect_message(&room_b, &bot_b, "after the freeze", REPLY_TIMEOUT)
         .await?;
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_second_fleet_on_the_same_data_dir_exits_at_once() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let (bot, bot_pw) = synapse.fresh_user("bot").await?;
-    let mut fleet = FleetProcess::new(&password_account("bot", synapse.url(), &bot, &bot_pw))?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
+    let mut s = Scenario::new().bot(|b| b.open()).start().await?;
 
     let started = std::time::Instant::now();
-    let second = fleet.run_command(&["run"]).await?;
+    let second = s.fleet.run_command(&["run"]).await?;
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(3), "stderr: {stderr}");
     assert!(
@@ -358,10 +332,10 @@ async fn a_second_fleet_on_the_same_data_dir_exits_at_once() -> Result<()> {
     assert!(started.elapsed() < Duration::from_secs(5), "exits at once");
     // The first one is undisturbed.
     assert_eq!(
-        fleet.status().context("status")?["accounts"]["bot"]["state"],
+        s.fleet.status().context("status")?["accounts"]["bot"]["state"],
         "syncing"
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
@@ -392,12 +366,9 @@ async fn malformed_config_is_rejected_with_key_and_source() -> Result<()> {
 
 #[tokio::test]
 async fn check_prints_the_merged_config_with_secrets_redacted() -> Result<()> {
-    let fleet = FleetProcess::new(&password_account(
-        "bot",
-        "http://127.0.0.1:1",
-        "@bot:localhost",
-        "sup3r-secret",
-    ))?;
+    let fleet = FleetProcess::new(
+        "[accounts.bot]\nhomeserver = \"http://127.0.0.1:1\"\nuser_id = \"@bot:localhost\"\npassword = \"sup3r-secret\"\nbackend = \"echo\"\n",
+    )?;
     let output = fleet.run_command(&["check"]).await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -419,18 +390,18 @@ async fn check_prints_the_merged_config_with_secrets_redacted() -> Result<()> {
 
 #[tokio::test]
 async fn the_openai_backend_streams_a_whole_answer() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let ((bot, bot_pw), human) = bot_and_human(synapse).await?;
     let llm = FakeOpenAi::start(3).await?;
-    let config = format!(
-        "[backends.llm]\nkind = \"openai\"\nbase_url = {:?}\nmodel = \"test-model\"\napi_key = \"sk-test\"\nsystem_prompt = \"be brief\"\n\n{}",
-        llm.base_url,
-        password_account("bot", synapse.url(), &bot, &bot_pw)
-            .replace("backend = \"echo\"", "backend = \"llm\"")
+    let backend = format!(
+        "kind = \"openai\"\nbase_url = {:?}\nmodel = \"test-model\"\napi_key = \"sk-test\"\nsystem_prompt = \"be brief\"",
+        llm.base_url
     );
-    let mut fleet = FleetProcess::new(&config)?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
+    let mut s = Scenario::new()
+        .backend("llm", &backend)
+        .bot(|b| b.llm().open())
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").user_id.clone());
     let room = human.dm(&bot).await?;
     human.send(&room, "what is mxfleet?").await?;
     let expected = FakeOpenAi::answer_for("what is mxfleet?");
@@ -448,32 +419,33 @@ async fn the_openai_backend_streams_a_whole_answer() -> Result<()> {
     assert_eq!(requests[0].body["stream"], true);
     assert_eq!(requests[0].body["messages"][0]["content"], "be brief");
     assert!(
-        !fleet.all_logs().contains("sk-test"),
+        !s.fleet.all_logs().contains("sk-test"),
         "the API key never reaches the logs"
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_failing_sync_backs_off_alone_and_recovers() -> Result<()> {
     let synapse = Synapse::shared().await?;
-    let ((flaky, flaky_pw), human) = bot_and_human(synapse).await?;
-    let (steady, steady_pw) = synapse.fresh_user("steady").await?;
     let proxy = CountingProxy::start(synapse.url()).await?;
-    let config = format!(
-        "[restart]\ninitial_delay_ms = 100\nmax_delay_ms = 1500\nmax_restarts = 3\nrestart_window_secs = 60\n\n{}{}",
+    let restart = "[restart]\ninitial_delay_ms = 100\nmax_delay_ms = 1500\nmax_restarts = 3\nrestart_window_secs = 60";
+    let mut s = Scenario::new()
+        .toml(restart)
         // A short long-poll, so the request in flight when the fault starts ends soon.
-        password_account("flaky", &proxy.url, &flaky, &flaky_pw).replace(
-            "backend = \"echo\"",
-            "backend = \"echo\"\nsync_timeout_secs = 2"
-        ),
-        password_account("steady", synapse.url(), &steady, &steady_pw)
+        .bot_named("flaky", |b| {
+            b.open().via(&proxy.url).key("sync_timeout_secs = 2")
+        })
+        .bot_named("steady", |b| b.open())
+        .human()
+        .start()
+        .await?;
+    let human = &s.humans[0];
+    let (flaky, steady) = (
+        s.bot("flaky").user_id.clone(),
+        s.bot("steady").user_id.clone(),
     );
-    let mut fleet = FleetProcess::new(&config)?;
-    fleet.start().await?;
-    fleet.wait_state("flaky", "syncing", REPLY_TIMEOUT).await?;
-    fleet.wait_state("steady", "syncing", REPLY_TIMEOUT).await?;
     let flaky_room = human.dm(&flaky).await?;
     let steady_room = human.dm(&steady).await?;
 
@@ -483,7 +455,9 @@ async fn a_failing_sync_backs_off_alone_and_recovers() -> Result<()> {
         status: 500,
         body: r#"{"errcode":"M_UNKNOWN","error":"injected by the test"}"#.into(),
     }));
-    fleet.wait_state("flaky", "backoff", REPLY_TIMEOUT).await?;
+    s.fleet
+        .wait_state("flaky", "backoff", REPLY_TIMEOUT)
+        .await?;
 
     human.send(&steady_room, "are you unaffected?").await?;
     human
@@ -494,7 +468,7 @@ async fn a_failing_sync_backs_off_alone_and_recovers() -> Result<()> {
     // Repeated failures back off exponentially and hit the intensity bound.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let delays = loop {
-        let delays = restart_delays(&fleet.log(), "flaky");
+        let delays = restart_delays(&s.fleet.log(), "flaky");
         if delays.iter().any(|(_, parked)| *parked) || tokio::time::Instant::now() > deadline {
             break delays;
         }
@@ -513,7 +487,7 @@ async fn a_failing_sync_backs_off_alone_and_recovers() -> Result<()> {
         "a delay exceeded the cap: {delays:?}"
     );
     ensure!(delays[2].0 > delays[0].0, "delays do not grow: {delays:?}");
-    let steady_status = fleet.status().context("status")?["accounts"]["steady"].clone();
+    let steady_status = s.fleet.status().context("status")?["accounts"]["steady"].clone();
     assert_eq!(steady_status["state"], "syncing");
     assert_eq!(
         steady_status["restarts"], 0,
@@ -522,7 +496,7 @@ async fn a_failing_sync_backs_off_alone_and_recovers() -> Result<()> {
 
     // Healed: the account resumes from its sync position and answers the message once.
     proxy.set_fault(None);
-    fleet
+    s.fleet
         .wait_state("flaky", "syncing", Duration::from_secs(30))
         .await?;
     human
@@ -533,7 +507,7 @@ async fn a_failing_sync_backs_off_alone_and_recovers() -> Result<()> {
         human.count(&flaky_room, &flaky, "sent during the outage"),
         1
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
@@ -555,33 +529,33 @@ fn restart_delays(log: &str, account: &str) -> Vec<(u64, bool)> {
 
 #[tokio::test]
 async fn traces_reach_an_otlp_collector_and_a_dead_one_changes_nothing() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let ((bot, bot_pw), human) = bot_and_human(synapse).await?;
-    let mut fleet = FleetProcess::new(&password_account("bot", synapse.url(), &bot, &bot_pw))?;
+    let mut s = Scenario::new().bot(|b| b.open()).human().prepare().await?;
+    let (human, (bot, bot_pw)) = (&s.humans[0], s.bot("bot").credentials());
 
     // A collector that does not exist: messages are answered all the same.
     let dead = format!("http://127.0.0.1:{}", mxfleet_testkit::free_port()?);
-    fleet.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", &dead);
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
+    s.fleet.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", &dead);
+    s.fleet.start().await?;
+    s.fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
     let room = human.dm(&bot).await?;
     human.send(&room, "anyone tracing?").await?;
     human
         .expect_message(&room, &bot, "anyone tracing?", REPLY_TIMEOUT)
         .await?;
-    let stopped = fleet.stop().await?;
+    let stopped = s.fleet.stop().await?;
     assert!(stopped.success(), "{stopped:?}");
 
     // A live collector receives the message's spans, tagged with the account.
     let collector = mxfleet_testkit::FakeCollector::start().await?;
-    fleet.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint);
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
+    s.fleet
+        .set_env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint);
+    s.fleet.start().await?;
+    s.fleet.wait_state("bot", "syncing", REPLY_TIMEOUT).await?;
     human.send(&room, "traced message").await?;
     human
         .expect_message(&room, &bot, "traced message", REPLY_TIMEOUT)
         .await?;
-    fleet.stop().await?; // flushes the batch exporter
+    s.fleet.stop().await?; // flushes the batch exporter
     ensure!(!collector.exports().is_empty(), "no trace export arrived");
     for needle in ["mxfleet", "message", "account", "event_id"] {
         ensure!(collector.saw(needle), "no {needle:?} in the exported spans");

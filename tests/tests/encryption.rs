@@ -6,15 +6,9 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use mxfleet_testkit::{FleetProcess, Human, Synapse};
+use mxfleet_testkit::{FleetProcess, Human, Scenario, Synapse};
 
 const TIMEOUT: Duration = Duration::from_secs(45);
-
-fn account(id: &str, homeserver: &str, (user, password): &(String, String), extra: &str) -> String {
-    format!(
-        "[accounts.{id}]\nhomeserver = {homeserver:?}\nuser_id = {user:?}\npassword = {password:?}\nbackend = \"echo\"\ndm_policy = \"open\"\n{extra}\n\n"
-    )
-}
 
 /// The human's view of the bot's device (`MXFLEET_BOT`).
 async fn bot_device(
@@ -53,8 +47,9 @@ async fn wait_device_signed(
         }
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "the bot's device was never signed: {:?}",
-            fleet.status()
+            "the bot's device was never signed: {:?}\n{}",
+            fleet.status(),
+            fleet.log()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -134,13 +129,12 @@ async fn start_emoji_flow(
 
 #[tokio::test]
 async fn an_encrypted_dm_is_read_and_answered_encrypted_across_restarts() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let (human_id, human_pw) = synapse.fresh_user("human").await?;
-    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
-    let mut fleet = FleetProcess::new(&account("bot", synapse.url(), &bot, ""))?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let mut s = Scenario::new()
+        .bot(|b| b.open_dms())
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
     let dm = human.encrypted_dm(&bot.0).await?;
 
     // Five restarts, each followed by a new message that must be read and answered encrypted.
@@ -152,37 +146,31 @@ async fn an_encrypted_dm_is_read_and_answered_encrypted_across_restarts() -> Res
             answer.encrypted,
             "round {round}: the answer came in plaintext"
         );
-        fleet.stop().await?;
-        fleet.start().await?;
-        fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+        s.fleet.stop().await?;
+        s.fleet.start().await?;
+        s.fleet.wait_state("bot", "syncing", TIMEOUT).await?;
     }
-    let logs = fleet.all_logs();
+    let logs = s.fleet.all_logs();
     assert!(
         !logs.contains("One time key") && !logs.contains("already exists"),
         "key upload errors across restarts"
     );
-    let status = fleet.status().unwrap_or_default();
+    let status = s.fleet.status().unwrap_or_default();
     assert_eq!(status["accounts"]["bot"]["device_id"], "MXFLEET_BOT");
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn an_undecryptable_message_gets_one_notice_per_session_and_no_answer() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let (human_id, human_pw) = synapse.fresh_user("human").await?;
     // This human's client withholds its room keys from unverified devices: the bot's.
-    let human = Human::login_with(synapse.url(), &human_id, &human_pw, true).await?;
-    let port = mxfleet_testkit::free_port()?;
-    let admin =
-        format!("[admin]\nbind = \"127.0.0.1:{port}\"\ntoken = \"metrics-token-0123456789\"\n\n");
-    let mut fleet = FleetProcess::new(&format!(
-        "{admin}{}",
-        account("bot", synapse.url(), &bot, "")
-    ))?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let mut s = Scenario::new()
+        .admin()
+        .bot(|b| b.open_dms())
+        .wary_human()
+        .start()
+        .await?;
+    let (human, bot, api) = (&s.humans[0], s.bot("bot").credentials(), s.api());
     let dm = human.encrypted_dm(&bot.0).await?;
 
     human.send(&dm, "you cannot read this").await?;
@@ -198,7 +186,7 @@ async fn an_undecryptable_message_gets_one_notice_per_session_and_no_answer() ->
     // Both messages counted, one notice for the session, and nothing was answered.
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
-        let status = fleet.status().unwrap_or_default();
+        let status = s.fleet.status().unwrap_or_default();
         // The notice is counted once it is sent, a moment after the event.
         if status["accounts"]["bot"]["undecryptable"] == 2
             && status["accounts"]["bot"]["undecryptable_notices"] == 1
@@ -214,18 +202,18 @@ async fn an_undecryptable_message_gets_one_notice_per_session_and_no_answer() ->
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(human.seen_from(&dm, &bot.0).len(), 1, "only the notice");
     assert_eq!(
-        fleet.status().unwrap_or_default()["accounts"]["bot"]["undecryptable_notices"],
+        s.fleet.status().unwrap_or_default()["accounts"]["bot"]["undecryptable_notices"],
         1,
         "one notice per session"
     );
     assert_eq!(
-        fleet.status().unwrap_or_default()["accounts"]["bot"]["state"],
+        s.fleet.status().unwrap_or_default()["accounts"]["bot"]["state"],
         "syncing"
     );
     // The same counts as Prometheus metrics.
     let metrics = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .bearer_auth("metrics-token-0123456789")
+        .get(format!("{api}/metrics"))
+        .bearer_auth(mxfleet_testkit::ADMIN_TOKEN)
         .send()
         .await?
         .text()
@@ -237,85 +225,74 @@ async fn an_undecryptable_message_gets_one_notice_per_session_and_no_answer() ->
     ] {
         anyhow::ensure!(metrics.contains(line), "no {line:?} in\n{metrics}");
     }
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_lost_crypto_store_fails_fast_until_a_new_device_is_allowed() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let (human_id, human_pw) = synapse.fresh_user("human").await?;
-    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
-    let config = account("bot", synapse.url(), &bot, "");
-    let mut fleet = FleetProcess::new(&config)?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
-    fleet.stop().await?;
+    let mut s = Scenario::new()
+        .bot(|b| b.open_dms())
+        .human()
+        .start()
+        .await?;
+    let bot = s.bot("bot").credentials();
+    s.fleet.stop().await?;
 
-    std::fs::remove_dir_all(fleet.data_dir().join("accounts/bot/matrix"))?;
-    fleet.start().await?;
-    let failed = fleet.wait_state("bot", "failed", TIMEOUT).await?;
+    std::fs::remove_dir_all(s.fleet.data_dir().join("accounts/bot/matrix"))?;
+    s.fleet.start().await?;
+    let failed = s.fleet.wait_state("bot", "failed", TIMEOUT).await?;
     let error = failed["last_error"].as_str().unwrap_or_default().to_owned();
     anyhow::ensure!(
         error.contains("crypto store of device MXFLEET_BOT is missing")
             && error.contains("allow_new_device"),
         "{error}"
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
 
-    fleet.rewrite_config(&account(
-        "bot",
-        synapse.url(),
-        &bot,
-        "allow_new_device = true",
-    ))?;
-    fleet.start().await?;
-    let running = fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    s.reconfigure(|c| c.bot(|b| b.key("allow_new_device = true")))
+        .await?;
+    s.fleet.start().await?;
+    let running = s.fleet.wait_state("bot", "syncing", TIMEOUT).await?;
     let device = running["device_id"].as_str().unwrap_or_default().to_owned();
     anyhow::ensure!(
         device.starts_with("MXFLEET_BOT_") && device != "MXFLEET_BOT",
         "{device}"
     );
+    let human = &s.humans[0];
     let dm = human.encrypted_dm(&bot.0).await?;
     human.send(&dm, "hello new device").await?;
     let answer = human
         .expect_final_text(&dm, &bot.0, "hello new device", TIMEOUT)
         .await?;
     assert!(answer.encrypted);
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_bot_owned_device_is_signed_by_the_bots_identity_once() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let (human_id, human_pw) = synapse.fresh_user("human").await?;
-    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
-    let mut fleet = FleetProcess::new(&account(
-        "bot",
-        synapse.url(),
-        &bot,
-        "ownership_mode = \"bot_owned\"",
-    ))?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let mut s = Scenario::new()
+        .bot(|b| b.open_dms().key("ownership_mode = \"bot_owned\""))
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
 
-    wait_device_signed(&human, &bot.0, &fleet, TIMEOUT).await?;
+    wait_device_signed(human, &bot.0, &s.fleet, TIMEOUT).await?;
     // status.json is flushed every 250 ms: wait for it to say so too.
-    wait_line(&fleet, "ownership", "bootstrapped now", TIMEOUT).await?;
+    wait_line(&s.fleet, "ownership", "bootstrapped now", TIMEOUT).await?;
 
     // Idempotent: a restart finds the keys, and the server's identity matching them.
-    fleet.stop().await?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
-    wait_line(&fleet, "ownership", "set up, device signed", TIMEOUT).await?;
+    s.fleet.stop().await?;
+    s.fleet.start().await?;
+    s.fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    wait_line(&s.fleet, "ownership", "set up, device signed", TIMEOUT).await?;
     anyhow::ensure!(
-        !fleet.all_logs().contains(&bot.1),
+        !s.fleet.all_logs().contains(&bot.1),
         "the password reached the logs"
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
@@ -326,9 +303,6 @@ async fn a_cross_signing_upload_awaiting_approval_is_surfaced_and_retried() -> R
     const APPROVE_AT: &str =
         "https://auth.example.test/account/?action=org.matrix.cross_signing_reset";
     let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let (human_id, human_pw) = synapse.fresh_user("human").await?;
-    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
     // A homeserver that delegates its auth (OAuth, MAS) answers the cross-signing upload with
     // the approval stage instead of a password stage until the user approves (MSC4312); the
     // proxy in front of Synapse answers so until it is healed.
@@ -347,19 +321,21 @@ async fn a_cross_signing_upload_awaiting_approval_is_surfaced_and_retried() -> R
         status: 401,
         body: approval.to_string(),
     }));
-    let mut fleet = FleetProcess::new(&account(
-        "bot",
-        &proxy.url,
-        &bot,
-        "ownership_mode = \"bot_owned\"",
-    ))?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let mut s = Scenario::new()
+        .bot(|b| {
+            b.open_dms()
+                .via(&proxy.url)
+                .key("ownership_mode = \"bot_owned\"")
+        })
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
 
-    let line = wait_line(&fleet, "ownership", APPROVE_AT, TIMEOUT).await?;
+    let line = wait_line(&s.fleet, "ownership", APPROVE_AT, TIMEOUT).await?;
     anyhow::ensure!(line.contains("approved"), "{line}");
     anyhow::ensure!(
-        fleet.all_logs().contains(APPROVE_AT),
+        s.fleet.all_logs().contains(APPROVE_AT),
         "the approval URL is not in the logs"
     );
     let refused = proxy.count_ending(UPLOAD);
@@ -370,18 +346,18 @@ async fn a_cross_signing_upload_awaiting_approval_is_surfaced_and_retried() -> R
     human
         .expect_final_text(&dm, &bot.0, "still there?", TIMEOUT)
         .await?;
-    anyhow::ensure!(!bot_device(&human, &bot.0).await?.is_cross_signed_by_owner());
+    anyhow::ensure!(!bot_device(human, &bot.0).await?.is_cross_signed_by_owner());
 
     // The user approves; the next try (every 30 s) uploads the same keys and signs the device.
     proxy.set_fault(None);
-    wait_device_signed(&human, &bot.0, &fleet, Duration::from_secs(75)).await?;
-    wait_line(&fleet, "ownership", "bootstrapped now", TIMEOUT).await?;
+    wait_device_signed(human, &bot.0, &s.fleet, Duration::from_secs(75)).await?;
+    wait_line(&s.fleet, "ownership", "bootstrapped now", TIMEOUT).await?;
     anyhow::ensure!(proxy.count_ending(UPLOAD) > refused, "never retried");
     anyhow::ensure!(
-        !fleet.all_logs().contains(&bot.1),
+        !s.fleet.all_logs().contains(&bot.1),
         "the password reached the logs"
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
@@ -389,14 +365,15 @@ async fn a_cross_signing_upload_awaiting_approval_is_surfaced_and_retried() -> R
 async fn sas_verification_by_chat_needs_the_users_verify_yes() -> Result<()> {
     use futures_util::StreamExt;
     use matrix_sdk::encryption::verification::SasState;
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let (human_id, human_pw) = synapse.fresh_user("human").await?;
-    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
-    let extra = format!("user_allowlist = [{human_id:?}]\nverification_timeout_secs = 60");
-    let mut fleet = FleetProcess::new(&account("bot", synapse.url(), &bot, &extra))?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let mut s = Scenario::new()
+        .human()
+        .bot(|b| {
+            b.open_dms()
+                .key("user_allowlist = [{human0}]\nverification_timeout_secs = 60")
+        })
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
     let dm = human.encrypted_dm(&bot.0).await?;
     human.send(&dm, "hello before verifying").await?;
     human
@@ -404,7 +381,7 @@ async fn sas_verification_by_chat_needs_the_users_verify_yes() -> Result<()> {
         .await?;
 
     // The human starts a verification of the bot's device, then the emoji comparison.
-    let device = bot_device(&human, &bot.0).await?;
+    let device = bot_device(human, &bot.0).await?;
     assert!(!device.is_verified());
     let sas = start_emoji_flow(&device).await?;
     let mut sas_changes = sas.changes();
@@ -417,7 +394,8 @@ async fn sas_verification_by_chat_needs_the_users_verify_yes() -> Result<()> {
     })
     .await
     .map_err(|_| {
-        let log: Vec<String> = fleet
+        let log: Vec<String> = s
+            .fleet
             .all_logs()
             .lines()
             .filter(|l| l.contains("erif") || l.contains("WARN"))
@@ -458,7 +436,7 @@ async fn sas_verification_by_chat_needs_the_users_verify_yes() -> Result<()> {
         }
     })
     .await?;
-    let device = bot_device(&human, &bot.0).await?;
+    let device = bot_device(human, &bot.0).await?;
     anyhow::ensure!(
         device.is_verified(),
         "the bot's device is not verified in the human's view"
@@ -470,36 +448,22 @@ async fn sas_verification_by_chat_needs_the_users_verify_yes() -> Result<()> {
                 .find(|s| s.body.contains("Verified"))
         })
         .await?;
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn after_a_store_wipe_the_recovery_key_makes_old_messages_readable() -> Result<()> {
     use mxfleet_testkit::FakeOpenAi;
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let (human_id, human_pw) = synapse.fresh_user("human").await?;
-    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
     let llm = FakeOpenAi::start(50).await?;
-    let backend = format!(
-        "[backends.llm]\nkind = \"openai\"\nbase_url = {:?}\nmodel = \"m\"\n\n",
-        llm.base_url
-    );
-    let bot_config = |extra: &str| {
-        let mut table = account(
-            "bot",
-            synapse.url(),
-            &bot,
-            &format!("ownership_mode = \"bot_owned\"\n{extra}"),
-        );
-        table = table.replace("backend = \"echo\"", "backend = \"llm\"");
-        format!("{backend}{table}")
-    };
-    let mut fleet = FleetProcess::new(&bot_config(""))?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
-    wait_line(&fleet, "recovery", "set up now", TIMEOUT).await?;
+    let mut s = Scenario::new()
+        .llm(&llm)
+        .bot(|b| b.llm().open_dms().key("ownership_mode = \"bot_owned\""))
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
+    wait_line(&s.fleet, "recovery", "set up now", TIMEOUT).await?;
     let dm = human.encrypted_dm(&bot.0).await?;
     human
         .send(&dm, "remember: the password is swordfish")
@@ -511,9 +475,9 @@ async fn after_a_store_wipe_the_recovery_key_makes_old_messages_readable() -> Re
         .await?;
     // Give the key backup time to upload the room key.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    fleet.stop().await?;
+    s.fleet.stop().await?;
 
-    let shown = fleet.run_command(&["recovery-key", "bot"]).await?;
+    let shown = s.fleet.run_command(&["recovery-key", "bot"]).await?;
     anyhow::ensure!(
         shown.status.success(),
         "{}",
@@ -525,17 +489,17 @@ async fn after_a_store_wipe_the_recovery_key_makes_old_messages_readable() -> Re
         "not a recovery key: {key:?}"
     );
     anyhow::ensure!(
-        !fleet.all_logs().contains(&key),
+        !s.fleet.all_logs().contains(&key),
         "the recovery key reached the logs"
     );
 
     // The store is lost; the operator allows a new device and gives the recovery key.
-    std::fs::remove_dir_all(fleet.data_dir().join("accounts/bot/matrix"))?;
-    fleet.rewrite_config(&bot_config(&format!(
-        "allow_new_device = true\nrecovery_key = {key:?}"
-    )))?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    std::fs::remove_dir_all(s.fleet.data_dir().join("accounts/bot/matrix"))?;
+    let recovery = format!("allow_new_device = true\nrecovery_key = {key:?}");
+    s.reconfigure(|c| c.bot(|b| b.key(&recovery))).await?;
+    let human = &s.humans[0];
+    s.fleet.start().await?;
+    s.fleet.wait_state("bot", "syncing", TIMEOUT).await?;
 
     // The history the backend sees includes the message from before the wipe, decrypted with a
     // key from the backup (downloaded after the first failure, hence a few tries; the human's
@@ -564,11 +528,11 @@ async fn after_a_store_wipe_the_recovery_key_makes_old_messages_readable() -> Re
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
             "the old message never became readable: {last}; status {:?}",
-            fleet.status()
+            s.fleet.status()
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let status = fleet.status().unwrap_or_default();
+    let status = s.fleet.status().unwrap_or_default();
     let recovery = status["accounts"]["bot"]["recovery"]
         .as_str()
         .unwrap_or_default()
@@ -579,7 +543,7 @@ async fn after_a_store_wipe_the_recovery_key_makes_old_messages_readable() -> Re
         .unwrap_or_default()
         .to_owned();
     anyhow::ensure!(ownership.contains("set up, device signed"), "{ownership}");
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
@@ -588,7 +552,11 @@ async fn a_message_whose_keys_come_late_is_answered_once_they_arrive() -> Result
     use matrix_sdk::{config::SyncSettings, encryption::LocalTrust, ruma::device_id};
     const TEXT: &str = "a message whose keys come late";
     let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
+    let mut s = Scenario::new()
+        .bot(|b| b.open_dms().key("ownership_mode = \"bot_owned\""))
+        .prepare()
+        .await?;
+    let bot = s.bot("bot").credentials();
     let (human_id, human_pw) = synapse.fresh_user("human").await?;
     let bot_user = matrix_sdk::ruma::OwnedUserId::try_from(bot.0.as_str())?;
 
@@ -613,15 +581,10 @@ async fn a_message_whose_keys_come_late_is_answered_once_they_arrive() -> Result
         .wait_for_backups_to_upload()
         .await?;
 
-    let mut fleet = FleetProcess::new(&account(
-        "bot",
-        synapse.url(),
-        &bot,
-        &format!("ownership_mode = \"bot_owned\"\nrecovery_key = {recovery_key:?}"),
-    ))?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
-    wait_line(&fleet, "recovery", "recovered", TIMEOUT).await?;
+    let recovery = format!("recovery_key = {recovery_key:?}");
+    s.reconfigure(|c| c.bot(|b| b.key(&recovery))).await?;
+    s.start().await?;
+    wait_line(&s.fleet, "recovery", "recovered", TIMEOUT).await?;
 
     // The human's client shares room keys only with devices it trusts: the other one, not the
     // bot's. The bot cannot read the message when it arrives.
@@ -664,28 +627,26 @@ async fn a_message_whose_keys_come_late_is_answered_once_they_arrive() -> Result
         .await?;
     anyhow::ensure!(answer.encrypted, "the late answer went out in plaintext");
     let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while fleet.status().unwrap_or_default()["accounts"]["bot"]["decrypted_late"] != 1 {
+    while s.fleet.status().unwrap_or_default()["accounts"]["bot"]["decrypted_late"] != 1 {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
             "not counted: {:?}",
-            fleet.status()
+            s.fleet.status()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn in_an_encrypted_room_only_mentions_are_answered() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let (human_id, human_pw) = synapse.fresh_user("human").await?;
-    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
-    let extra = "room_policy = \"open\"\nmention_mode = \"mention\"";
-    let mut fleet = FleetProcess::new(&account("bot", synapse.url(), &bot, extra))?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let mut s = Scenario::new()
+        .bot(|b| b.open_dms().mentioned_in_rooms())
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
     let room = human.create_room_with(&[&bot.0], false, true).await?;
     human.wait_joined(&room, &bot.0, TIMEOUT).await?;
 
@@ -703,7 +664,7 @@ async fn in_an_encrypted_room_only_mentions_are_answered() -> Result<()> {
         1,
         "the unmentioned message was answered"
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
@@ -711,18 +672,17 @@ async fn in_an_encrypted_room_only_mentions_are_answered() -> Result<()> {
 async fn verification_requests_from_strangers_are_declined() -> Result<()> {
     use futures_util::StreamExt;
     use matrix_sdk::encryption::verification::VerificationRequestState;
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let (human_id, human_pw) = synapse.fresh_user("stranger").await?;
-    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
     // DMs are open, but the stranger is not in user_allowlist: no verification.
-    let mut fleet = FleetProcess::new(&account("bot", synapse.url(), &bot, ""))?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let mut s = Scenario::new()
+        .bot(|b| b.open_dms())
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
     let dm = human.encrypted_dm(&bot.0).await?;
     human.send(&dm, "hi").await?;
     human.expect_final_text(&dm, &bot.0, "hi", TIMEOUT).await?;
-    let device = bot_device(&human, &bot.0).await?;
+    let device = bot_device(human, &bot.0).await?;
     let request = device.request_verification().await?;
     let mut changes = request.changes();
     let cancelled = tokio::time::timeout(TIMEOUT, async {
@@ -737,7 +697,7 @@ async fn verification_requests_from_strangers_are_declined() -> Result<()> {
     })
     .await?;
     anyhow::ensure!(cancelled, "the stranger's request was not declined");
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
@@ -745,9 +705,6 @@ async fn verification_requests_from_strangers_are_declined() -> Result<()> {
 async fn nothing_the_bot_sends_into_an_encrypted_room_is_plaintext() -> Result<()> {
     use mxfleet_testkit::FakeOpenAi;
     let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let (human_id, human_pw) = synapse.fresh_user("human").await?;
-    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
     // A streamed answer (send + edits), the ack reaction and its redaction, a command's answer.
     let text = "A long answer, streamed in pieces so that it is edited several times. ".repeat(6);
     let llm = FakeOpenAi::start_with(
@@ -756,20 +713,17 @@ async fn nothing_the_bot_sends_into_an_encrypted_room_is_plaintext() -> Result<(
         Some(text.trim_end().to_owned()),
     )
     .await?;
-    let config = format!(
-        "[backends.llm]\nkind = \"openai\"\nbase_url = {:?}\nmodel = \"m\"\n\n{}",
-        llm.base_url,
-        account(
-            "bot",
-            synapse.url(),
-            &bot,
-            "stream_min_initial_chars = 10\nedit_throttle_ms = 100"
-        )
-        .replace("backend = \"echo\"", "backend = \"llm\"")
-    );
-    let mut fleet = FleetProcess::new(&config)?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let mut s = Scenario::new()
+        .llm(&llm)
+        .bot(|b| {
+            b.llm()
+                .open_dms()
+                .key("stream_min_initial_chars = 10\nedit_throttle_ms = 100")
+        })
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
     let dm = human.encrypted_dm(&bot.0).await?;
     human.send(&dm, "tell me").await?;
     let answer = human
@@ -814,24 +768,19 @@ async fn nothing_the_bot_sends_into_an_encrypted_room_is_plaintext() -> Result<(
             "the bot sent a {kind} event into an encrypted room: {from_bot:?}"
         );
     }
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn an_access_token_account_neither_reads_nor_sends_in_encrypted_rooms() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let (bot_id, bot_pw) = synapse.fresh_user("tokenbot").await?;
-    let (token, _device) = synapse.login_token(&bot_id, &bot_pw).await?;
-    let (human_id, human_pw) = synapse.fresh_user("human").await?;
-    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
-    let config = format!(
-        "[accounts.tok]\nhomeserver = {:?}\naccess_token = {token:?}\nbackend = \"echo\"\ndm_policy = \"open\"\n",
-        synapse.url()
-    );
-    let mut fleet = FleetProcess::new(&config)?;
-    fleet.start().await?;
-    let status = fleet.wait_state("tok", "syncing", TIMEOUT).await?;
+    let mut s = Scenario::new()
+        .bot_named("tok", |b| b.open_dms().access_token())
+        .human()
+        .start()
+        .await?;
+    let (human, bot_id) = (&s.humans[0], s.bot("tok").user_id.clone());
+    let status = s.fleet.wait_state("tok", "syncing", TIMEOUT).await?;
     anyhow::ensure!(
         status["encryption"]
             .as_str()
@@ -844,12 +793,16 @@ async fn an_access_token_account_neither_reads_nor_sends_in_encrypted_rooms() ->
     // It reads nothing, and it refuses to send into the encrypted room (its notice included):
     // what it encrypted with keys that are not its device's could not be trusted.
     let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while !fleet.all_logs().contains("refused, the room is encrypted") {
+    while !s
+        .fleet
+        .all_logs()
+        .contains("refused, the room is encrypted")
+    {
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "no refusal logged");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     anyhow::ensure!(
-        fleet
+        s.fleet
             .all_logs()
             .contains("access-token accounts cannot decrypt"),
         "no warning logged"
@@ -859,23 +812,21 @@ async fn an_access_token_account_neither_reads_nor_sends_in_encrypted_rooms() ->
         human.all_from(&dm, &bot_id).is_empty(),
         "the token account sent something into the encrypted room"
     );
-    let status = fleet.status().unwrap_or_default();
+    let status = s.fleet.status().unwrap_or_default();
     assert_eq!(status["accounts"]["tok"]["undecryptable"], 2);
     assert_eq!(status["accounts"]["tok"]["replies_out"], 0);
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn verify_show_repeats_the_emoji_and_verify_no_cancels() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let (human_id, human_pw) = synapse.fresh_user("human").await?;
-    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
-    let extra = format!("user_allowlist = [{human_id:?}]");
-    let mut fleet = FleetProcess::new(&account("bot", synapse.url(), &bot, &extra))?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let mut s = Scenario::new()
+        .human()
+        .bot(|b| b.open_dms().key("user_allowlist = [{human0}]"))
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
     let dm = human.encrypted_dm(&bot.0).await?;
     human.send(&dm, "verify show").await?;
     human
@@ -886,7 +837,7 @@ async fn verify_show_repeats_the_emoji_and_verify_no_cancels() -> Result<()> {
         })
         .await?;
 
-    let device = bot_device(&human, &bot.0).await?;
+    let device = bot_device(human, &bot.0).await?;
     let sas = start_emoji_flow(&device).await?;
     human
         .wait_for("emoji", TIMEOUT, |h| {
@@ -913,22 +864,23 @@ async fn verify_show_repeats_the_emoji_and_verify_no_cancels() -> Result<()> {
     human.send(&dm, "verify no").await?;
     wait_cancelled(&sas, TIMEOUT).await?;
     anyhow::ensure!(!device.is_verified(), "a mismatch verified the device");
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn verify_cancel_and_the_timeout_end_a_flow_unverified() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let (human_id, human_pw) = synapse.fresh_user("human").await?;
-    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
-    let extra = format!("user_allowlist = [{human_id:?}]\nverification_timeout_secs = 5");
-    let mut fleet = FleetProcess::new(&account("bot", synapse.url(), &bot, &extra))?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let mut s = Scenario::new()
+        .human()
+        .bot(|b| {
+            b.open_dms()
+                .key("user_allowlist = [{human0}]\nverification_timeout_secs = 5")
+        })
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
     let dm = human.encrypted_dm(&bot.0).await?;
-    let device = bot_device(&human, &bot.0).await?;
+    let device = bot_device(human, &bot.0).await?;
 
     // `verify cancel` ends the flow at once.
     let sas = start_emoji_flow(&device).await?;
@@ -960,9 +912,9 @@ async fn verify_cancel_and_the_timeout_end_a_flow_unverified() -> Result<()> {
         .await?;
     wait_cancelled(&sas, TIMEOUT).await?;
     anyhow::ensure!(
-        !bot_device(&human, &bot.0).await?.is_verified(),
+        !bot_device(human, &bot.0).await?.is_verified(),
         "an unanswered flow verified the device"
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }

@@ -6,26 +6,12 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use mxfleet_testkit::{CountingProxy, FleetProcess, Human, Synapse, free_port};
+use mxfleet_testkit::{
+    ADMIN_TOKEN as TOKEN, CountingProxy, FleetProcess, Human, Scenario, Synapse, free_port,
+};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-const TOKEN: &str = "test-admin-token-0123456789";
-
-/// An `[admin]` table on a free loopback port; returns it and the API's base URL.
-fn admin() -> Result<(String, String)> {
-    let port = free_port()?;
-    Ok((
-        format!("[admin]\nbind = \"127.0.0.1:{port}\"\ntoken = {TOKEN:?}\n\n"),
-        format!("http://127.0.0.1:{port}"),
-    ))
-}
-
-fn account(id: &str, homeserver: &str, (user, password): &(String, String), extra: &str) -> String {
-    format!(
-        "[accounts.{id}]\nhomeserver = {homeserver:?}\nuser_id = {user:?}\npassword = {password:?}\nbackend = \"echo\"\ndm_policy = \"open\"\n{extra}\n\n"
-    )
-}
 
 /// `method path` with `token`; returns the status and the body as JSON (or a JSON string).
 async fn call(method: &str, url: &str, token: Option<&str>) -> Result<(u16, Value)> {
@@ -44,22 +30,14 @@ async fn call(method: &str, url: &str, token: Option<&str>) -> Result<(u16, Valu
     Ok((status, body))
 }
 
-async fn running(config: &str, accounts: &[&str]) -> Result<FleetProcess> {
-    let mut fleet = FleetProcess::new(config)?;
-    fleet.start().await?;
-    for account in accounts {
-        fleet.wait_state(account, "syncing", TIMEOUT).await?;
-    }
-    Ok(fleet)
-}
-
 #[tokio::test]
 async fn the_admin_api_needs_its_token_and_reports_the_fleet() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let (admin, api) = admin()?;
-    let config = format!("{admin}{}", account("bot", synapse.url(), &bot, ""));
-    let mut fleet = running(&config, &["bot"]).await?;
+    let mut s = Scenario::new()
+        .admin()
+        .bot(|b| b.open_dms())
+        .start()
+        .await?;
+    let api = s.api();
 
     for path in [
         "/health",
@@ -133,28 +111,24 @@ async fn the_admin_api_needs_its_token_and_reports_the_fleet() -> Result<()> {
     assert_eq!(status, 200);
     ensure!(page.as_str().is_some_and(|p| p.contains("Admin token")));
     ensure!(
-        !fleet.all_logs().contains(TOKEN),
+        !s.fleet.all_logs().contains(TOKEN),
         "the admin token reached the logs"
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn unknown_senders_approve_themselves_with_the_operators_code() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let (human_id, human_pw) = synapse.fresh_user("stranger").await?;
-    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
-    let (admin, api) = admin()?;
-    let extra = "dm_policy = \"allowlist\"\notp_self_approval = true\notp_cooldown_secs = 4";
-    let config = format!(
-        "{admin}[accounts.bot]\nhomeserver = {:?}\nuser_id = {:?}\npassword = {:?}\nbackend = \"echo\"\n{extra}\n",
-        synapse.url(),
-        bot.0,
-        bot.1
-    );
-    let mut fleet = running(&config, &["bot"]).await?;
+    let otp = "dm_policy = \"allowlist\"\notp_self_approval = true\notp_cooldown_secs = 4";
+    let mut s = Scenario::new()
+        .admin()
+        .bot(|b| b.key(otp))
+        .human()
+        .start()
+        .await?;
+    let (human, bot, api) = (&s.humans[0], s.bot("bot").credentials(), s.api());
+    let human_id = human.user_id.to_string();
     let dm = human.dm(&bot.0).await?;
 
     let said = |needle: &'static str| {
@@ -169,7 +143,7 @@ async fn unknown_senders_approve_themselves_with_the_operators_code() -> Result<
     human
         .wait_for("challenge", TIMEOUT, said("ask the operator"))
         .await
-        .with_context(|| fleet.log_tail(40))?;
+        .with_context(|| s.fleet.log_tail(40))?;
 
     // The code is visible to the operator only: API and CLI.
     let (_, pending) = call("GET", &format!("{api}/otp"), Some(TOKEN)).await?;
@@ -180,7 +154,7 @@ async fn unknown_senders_approve_themselves_with_the_operators_code() -> Result<
         .context("no challenge listed")?
         .to_owned();
     ensure!(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()));
-    let listed = fleet.run_command(&["otp", "list"]).await?;
+    let listed = s.fleet.run_command(&["otp", "list"]).await?;
     ensure!(
         String::from_utf8_lossy(&listed.stdout).contains(&code),
         "CLI does not list the code"
@@ -228,19 +202,20 @@ async fn unknown_senders_approve_themselves_with_the_operators_code() -> Result<
         .await?;
 
     // The approval survives a restart.
-    fleet.stop().await?;
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    s.fleet.stop().await?;
+    s.fleet.start().await?;
+    s.fleet.wait_state("bot", "syncing", TIMEOUT).await?;
     human.send(&dm, "still approved?").await?;
     human
         .expect_final_text(&dm, &bot.0, "still approved?", TIMEOUT)
         .await?;
 
     // The operator lists the approvals and withdraws this one: the next DM is challenged again.
-    let approved = fleet.run_command(&["otp", "approved"]).await?;
+    let approved = s.fleet.run_command(&["otp", "approved"]).await?;
     let approved = String::from_utf8_lossy(&approved.stdout).into_owned();
     ensure!(approved.contains(&human_id), "{approved}");
-    let revoked = fleet
+    let revoked = s
+        .fleet
         .run_command(&["otp", "revoke", "bot", &human_id])
         .await?;
     ensure!(
@@ -254,7 +229,7 @@ async fn unknown_senders_approve_themselves_with_the_operators_code() -> Result<
             .filter(|s| h.current_text(s).contains("ask the operator"))
             .count()
     };
-    let before = challenges(&human);
+    let before = challenges(human);
     human.send(&dm, "am I still in?").await?;
     human
         .wait_for("a new challenge", TIMEOUT, |h| {
@@ -265,7 +240,8 @@ async fn unknown_senders_approve_themselves_with_the_operators_code() -> Result<
         human.count(&dm, &bot.0, "am I still in?") == 0,
         "answered after the revocation"
     );
-    let again = fleet
+    let again = s
+        .fleet
         .run_command(&["otp", "revoke", "bot", &human_id])
         .await?;
     ensure!(
@@ -275,45 +251,40 @@ async fn unknown_senders_approve_themselves_with_the_operators_code() -> Result<
         String::from_utf8_lossy(&again.stderr)
     );
     ensure!(
-        !fleet.all_logs().contains(&code),
+        !s.fleet.all_logs().contains(&code),
         "the code reached the logs"
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn restarting_one_account_leaves_the_others_sync_alone() -> Result<()> {
     let synapse = Synapse::shared().await?;
-    let (a, b) = (
-        synapse.fresh_user("abot").await?,
-        synapse.fresh_user("bbot").await?,
-    );
-    let (human_id, human_pw) = synapse.fresh_user("human").await?;
-    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
     // B's traffic goes through a proxy that records every request with its query.
     let proxy = CountingProxy::start(synapse.url()).await?;
-    let (admin, api) = admin()?;
-    let config = format!(
-        "{admin}{}{}",
-        account("a", synapse.url(), &a, ""),
-        account("b", &proxy.url, &b, "")
-    );
-    let mut fleet = running(&config, &["a", "b"]).await?;
+    let mut s = Scenario::new()
+        .admin()
+        .bot_named("a", |b| b.open_dms())
+        .bot_named("b", |b| b.open_dms().via(&proxy.url))
+        .human()
+        .start()
+        .await?;
+    let (human, b, api) = (&s.humans[0], s.bot("b").credentials(), s.api());
     let dm_b = human.dm(&b.0).await?;
-    let b_before = fleet.status().context("status")?["accounts"]["b"].clone();
+    let b_before = s.fleet.status().context("status")?["accounts"]["b"].clone();
     let requests_before = proxy.requests().len();
 
     let (status, _) = call("POST", &format!("{api}/accounts/a/restart"), Some(TOKEN)).await?;
     assert_eq!(status, 200);
-    fleet.wait_state("a", "syncing", TIMEOUT).await?;
-    let restarted = fleet.run_command(&["restart", "a"]).await?;
+    s.fleet.wait_state("a", "syncing", TIMEOUT).await?;
+    let restarted = s.fleet.run_command(&["restart", "a"]).await?;
     ensure!(
         restarted.status.success(),
         "{}",
         String::from_utf8_lossy(&restarted.stderr)
     );
-    fleet.wait_state("a", "syncing", TIMEOUT).await?;
+    s.fleet.wait_state("a", "syncing", TIMEOUT).await?;
     human.send(&dm_b, "b, are you still there?").await?;
     human
         .expect_final_text(&dm_b, &b.0, "b, are you still there?", TIMEOUT)
@@ -321,7 +292,7 @@ async fn restarting_one_account_leaves_the_others_sync_alone() -> Result<()> {
 
     // B never left `syncing`, was never restarted, and never began a new sync run (each run's
     // first /sync has timeout=0; the running loop long-polls).
-    let b_after = fleet.status().context("status")?["accounts"]["b"].clone();
+    let b_after = s.fleet.status().context("status")?["accounts"]["b"].clone();
     assert_eq!(b_after["since_ms"], b_before["since_ms"]);
     assert_eq!(
         (b_after["state"].as_str(), b_after["restarts"].as_u64()),
@@ -338,46 +309,45 @@ async fn restarting_one_account_leaves_the_others_sync_alone() -> Result<()> {
     );
 
     // Stop and start through the CLI; unknown accounts are refused.
-    let stop = fleet.run_command(&["stop", "a"]).await?;
+    let stop = s.fleet.run_command(&["stop", "a"]).await?;
     ensure!(stop.status.success());
-    fleet.wait_state("a", "stopped", TIMEOUT).await?;
-    let start = fleet.run_command(&["start", "a"]).await?;
+    s.fleet.wait_state("a", "stopped", TIMEOUT).await?;
+    let start = s.fleet.run_command(&["start", "a"]).await?;
     ensure!(start.status.success());
-    fleet.wait_state("a", "syncing", TIMEOUT).await?;
-    let unknown = fleet.run_command(&["restart", "nope"]).await?;
+    s.fleet.wait_state("a", "syncing", TIMEOUT).await?;
+    let unknown = s.fleet.run_command(&["restart", "nope"]).await?;
     ensure!(
         !unknown.status.success()
             && String::from_utf8_lossy(&unknown.stderr).contains("no account \"nope\""),
         "{}",
         String::from_utf8_lossy(&unknown.stderr)
     );
-    let table = fleet.run_command(&["status"]).await?;
+    let table = s.fleet.run_command(&["status"]).await?;
     let table = String::from_utf8_lossy(&table.stdout).into_owned();
     ensure!(
         table.contains("stream_editor=running") && table.lines().count() == 3,
         "{table}"
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn reload_adds_accounts_and_a_broken_config_changes_nothing() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let (a, b) = (
-        synapse.fresh_user("abot").await?,
-        synapse.fresh_user("bbot").await?,
-    );
-    let (human_id, human_pw) = synapse.fresh_user("human").await?;
-    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
-    let (admin, api) = admin()?;
-    let only_a = format!("{admin}{}", account("a", synapse.url(), &a, ""));
-    let mut fleet = running(&only_a, &["a"]).await?;
-    let a_since = fleet.status().context("status")?["accounts"]["a"]["since_ms"].clone();
+    let mut s = Scenario::new()
+        .admin()
+        .bot_named("a", |b| b.open_dms())
+        .bot_named("b", |b| b.open_dms())
+        .without("b")
+        .human()
+        .start()
+        .await?;
+    let (b, api) = (s.bot("b").credentials(), s.api());
+    let a_since = s.fleet.status().context("status")?["accounts"]["a"]["since_ms"].clone();
 
     // Add b: it starts and answers; a is untouched.
-    fleet.rewrite_config(&format!("{only_a}{}", account("b", synapse.url(), &b, "")))?;
-    let out = fleet.run_command(&["reload"]).await?;
+    s.reconfigure(|c| c.with("b")).await?;
+    let out = s.fleet.run_command(&["reload"]).await?;
     ensure!(
         out.status.success(),
         "{}",
@@ -386,23 +356,23 @@ async fn reload_adds_accounts_and_a_broken_config_changes_nothing() -> Result<()
     let report: Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(report["added"], serde_json::json!(["b"]));
     assert_eq!(report["unchanged"], serde_json::json!(["a"]));
-    fleet.wait_state("b", "syncing", TIMEOUT).await?;
+    s.fleet.wait_state("b", "syncing", TIMEOUT).await?;
+    let human = &s.humans[0];
     let dm = human.dm(&b.0).await?;
     human.send(&dm, "hello new bot").await?;
     human
         .expect_final_text(&dm, &b.0, "hello new bot", TIMEOUT)
         .await?;
     assert_eq!(
-        fleet.status().context("status")?["accounts"]["a"]["since_ms"],
+        s.fleet.status().context("status")?["accounts"]["a"]["since_ms"],
         a_since
     );
 
     // A broken config is rejected whole, by the API and by SIGHUP, and nothing changes.
-    fleet.rewrite_config(&format!(
-        "{only_a}[accounts.c]\nhomeserver = \"not a url\"\nbackend = \"echo\"\nmention_mode = \"sometimes\"\n"
-    ))?;
+    let broken = "[accounts.c]\nhomeserver = \"not a url\"\nbackend = \"echo\"\nmention_mode = \"sometimes\"";
+    s.reconfigure(|c| c.without("b").toml(broken)).await?;
     // The CLI reads the same file and refuses before it asks the fleet…
-    let out = fleet.run_command(&["reload"]).await?;
+    let out = s.fleet.run_command(&["reload"]).await?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     ensure!(stderr.contains("accounts.c.mention_mode"), "{stderr}");
@@ -417,52 +387,54 @@ async fn reload_adds_accounts_and_a_broken_config_changes_nothing() -> Result<()
     ] {
         ensure!(body.contains(needle), "no {needle:?} in {body}");
     }
-    let pid = fleet.pid().context("pid")?;
+    let pid = s.fleet.pid().context("pid")?;
     let hup = std::process::Command::new("kill")
         .args(["-HUP", &pid.to_string()])
         .status()?;
     ensure!(hup.success());
     let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while !fleet.all_logs().contains("reload rejected") {
+    while !s.fleet.all_logs().contains("reload rejected") {
         if tokio::time::Instant::now() > deadline {
             bail!("SIGHUP with a broken config logged no rejection");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let status = fleet.status().context("status")?;
+    let status = s.fleet.status().context("status")?;
     assert_eq!(
         status["accounts"]["b"]["state"], "syncing",
         "b kept running"
     );
     assert!(status["accounts"].get("c").is_none());
+    let human = &s.humans[0];
     human.send(&dm, "still here after the bad reload?").await?;
     human
         .expect_final_text(&dm, &b.0, "still here after the bad reload?", TIMEOUT)
         .await?;
 
     // Removing b stops it.
-    fleet.rewrite_config(&only_a)?;
-    let out = fleet.run_command(&["reload"]).await?;
+    s.reconfigure(|_| {
+        Scenario::new()
+            .bot_named("a", |b| b.open_dms())
+            .bot_named("b", |b| b.open_dms())
+            .without("b")
+    })
+    .await?;
+    let out = s.fleet.run_command(&["reload"]).await?;
     let report: Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(report["removed"], serde_json::json!(["b"]));
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn the_status_page_shows_the_accounts_in_a_real_browser() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let (a, b) = (
-        synapse.fresh_user("abot").await?,
-        synapse.fresh_user("bbot").await?,
-    );
-    let (admin, api) = admin()?;
-    let config = format!(
-        "{admin}{}{}",
-        account("alpha", synapse.url(), &a, ""),
-        account("beta", synapse.url(), &b, "")
-    );
-    let mut fleet = running(&config, &["alpha", "beta"]).await?;
+    let mut s = Scenario::new()
+        .admin()
+        .bot_named("alpha", |b| b.open_dms())
+        .bot_named("beta", |b| b.open_dms())
+        .start()
+        .await?;
+    let api = s.api();
     let chromium = ["chromium", "chromium-browser"]
         .into_iter()
         .find(|c| {
@@ -511,7 +483,7 @@ async fn the_status_page_shows_the_accounts_in_a_real_browser() -> Result<()> {
         "no screenshot at {}",
         shot.display()
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
     Ok(())
 }
 
@@ -523,17 +495,19 @@ fn tempfile_dir(name: &str) -> Result<std::path::PathBuf> {
 
 #[tokio::test]
 async fn doctor_checks_an_account_without_a_running_fleet() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot = synapse.fresh_user("bot").await?;
-    let config = format!(
-        "{}[accounts.down]\nhomeserver = \"http://127.0.0.1:{}\"\naccess_token = \"nope\"\nbackend = \"echo\"\n",
-        account("bot", synapse.url(), &bot, ""),
+    let down = format!(
+        "[accounts.down]\nhomeserver = \"http://127.0.0.1:{}\"\naccess_token = \"nope\"\nbackend = \"echo\"",
         free_port()?
     );
-    let mut fleet = FleetProcess::new(&config)?;
+    let mut s = Scenario::new()
+        .bot(|b| b.open_dms())
+        .toml(&down)
+        .prepare()
+        .await?;
+    let bot = s.bot("bot").credentials();
 
     // Before the first run: reachable, no session yet (and no login attempted).
-    let out = fleet.run_command(&["doctor", "bot"]).await?;
+    let out = s.fleet.run_command(&["doctor", "bot"]).await?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure!(out.status.success(), "{text}");
     ensure!(
@@ -541,18 +515,18 @@ async fn doctor_checks_an_account_without_a_running_fleet() -> Result<()> {
         "{text}"
     );
 
-    fleet.start().await?;
-    fleet.wait_state("bot", "syncing", TIMEOUT).await?;
-    let out = fleet.run_command(&["doctor", "bot"]).await?;
+    s.fleet.start().await?;
+    s.fleet.wait_state("bot", "syncing", TIMEOUT).await?;
+    let out = s.fleet.run_command(&["doctor", "bot"]).await?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure!(
         text.contains("a fleet is running on this data dir"),
         "{text}"
     );
-    fleet.stop().await?;
+    s.fleet.stop().await?;
 
     // After it: the stored session is checked with whoami.
-    let out = fleet.run_command(&["doctor", "bot"]).await?;
+    let out = s.fleet.run_command(&["doctor", "bot"]).await?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure!(out.status.success(), "{text}");
     let whoami = format!(
@@ -563,7 +537,7 @@ async fn doctor_checks_an_account_without_a_running_fleet() -> Result<()> {
     ensure!(text.contains("PASS  encryption"), "{text}");
 
     // An unreachable homeserver fails with the fix, and exit 1.
-    let out = fleet.run_command(&["doctor", "down"]).await?;
+    let out = s.fleet.run_command(&["doctor", "down"]).await?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "{text}");
     ensure!(
@@ -579,19 +553,17 @@ async fn doctor_checks_an_account_without_a_running_fleet() -> Result<()> {
 
 #[tokio::test]
 async fn two_replicas_split_the_accounts_and_their_bots_never_answer_each_other() -> Result<()> {
-    let synapse = Synapse::shared().await?;
-    let bot_a = synapse.fresh_user("bot").await?;
-    let bot_b = synapse.fresh_user("bot").await?;
-    let (human_id, human_pw) = synapse.fresh_user("human").await?;
-    let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
     // Group rooms answered without a mention: two echo bots in one room would echo each other
     // forever if either took the other's answer for a human's message.
-    let extra = "room_policy = \"open\"\nmention_mode = \"always\"";
-    let accounts = format!(
-        "{}{}",
-        account("alice", synapse.url(), &bot_a, extra),
-        account("bob", synapse.url(), &bot_b, extra)
-    );
+    let everywhere = "room_policy = \"open\"\nmention_mode = \"always\"";
+    let s = Scenario::new()
+        .bot_named("alice", |b| b.open_dms().key(everywhere))
+        .bot_named("bob", |b| b.open_dms().key(everywhere))
+        .human()
+        .prepare()
+        .await?;
+    let (human, accounts) = (&s.humans[0], s.config());
+    let (bot_a, bot_b) = (s.bot("alice").credentials(), s.bot("bob").credentials());
     let owner = |id: &str| mxfleet_config::shard_of(id, 2);
     ensure!(owner("alice") != owner("bob"), "pick ids that hash apart");
     let mut replicas = Vec::new();

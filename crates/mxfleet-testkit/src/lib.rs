@@ -5,7 +5,8 @@
 //! - [`Human`]: a matrix-sdk client playing the human side;
 //! - [`FleetProcess`]: the `mxfleet` binary as a child process;
 //! - [`FakeOpenAi`]: an OpenAI-compatible streaming server;
-//! - [`CountingProxy`]: a recording proxy in front of Synapse.
+//! - [`CountingProxy`]: a recording proxy in front of Synapse;
+//! - [`Scenario`]: bots, humans, backends and the fleet, set up in one expression.
 
 // matrix-sdk's futures are deep; proving `Send` for a spawned sync needs more than 128.
 #![recursion_limit = "256"]
@@ -15,6 +16,7 @@ mod fleet;
 mod human;
 mod openai;
 mod proxy;
+mod scenario;
 mod synapse;
 mod webhook;
 
@@ -28,6 +30,7 @@ pub use matrix_sdk::ruma::OwnedRoomId;
 pub use matrix_sdk::ruma::events::room::member::MembershipState;
 pub use openai::{FakeOpenAi, SeenRequest};
 pub use proxy::{CountingProxy, Fault};
+pub use scenario::{ADMIN_TOKEN, Bot, BotSpec, Running, Scenario};
 pub use synapse::{Synapse, wait_until_up};
 pub use webhook::FakeWebhook;
 

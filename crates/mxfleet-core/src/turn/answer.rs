@@ -40,58 +40,79 @@ const DIRECT_REPLY_DEADLINE: Duration = Duration::from_secs(300);
 
 /// Handles one claimed message of `room` and records what became of it.
 pub(crate) async fn handle<R: RoomPort>(ctx: &TurnContext, room: &R, mut message: InboundMessage) {
-    let facts = room.facts().await;
-    let me = Me {
-        user_id: ctx.user_id.clone(),
-        display_name: room.member_name(&ctx.user_id).await,
-    };
-    let draft = read_draft(ctx, &message).await;
-    let approval = approval(ctx, &message, &facts).await;
-    let vote = media::vote_words(room, &message).await;
+    let known = Gathered::of(ctx, room, &message).await;
     let mut receipt_due = ctx.spec.conversation.read_receipts;
     loop {
-        let step = plan::plan(&Known {
-            message: &message,
-            room: &facts,
-            me: &me,
-            conversation: &ctx.spec.conversation,
-            access: &ctx.access,
-            approval,
-            draft: draft.as_ref(),
-            vote: vote.as_deref(),
-        });
+        let step = plan::plan(&known.about(ctx, &message));
         debug!(?step, "planned");
         if step.passed_gate() && std::mem::take(&mut receipt_due) {
             read_receipt(room, &message).await;
         }
+        let facts = &known.facts;
         match step {
-            Step::Resume => match &draft {
+            Step::Resume => match &known.draft {
                 Some(draft) => return record::resume_interrupted(ctx, room, &message, draft).await,
                 None => return,
             },
-            Step::Skip(reason) => {
-                debug!(reason, "not answered");
-                return record::skip(ctx, &message, reason).await;
-            }
+            Step::Skip(reason) => return record::skip(ctx, &message, reason).await,
             Step::Hold(reason) => return warn!(reason, "message left pending"),
             Step::Challenge => return challenge(ctx, room, &message).await,
             Step::Transcribe(voice) => match media::transcribe_voice(ctx, &voice).await {
                 // Planned again with its words: a command, or a question for the backend.
                 Ok(words) => (message.body, message.attachment) = (words, None),
-                Err(reply) => return reply_directly(ctx, room, &message, &facts, reply).await,
+                Err(reply) => return reply_directly(ctx, room, &message, facts, reply).await,
             },
             Step::Command(command) => {
+                let route = ctx.routing.pick(&message.sender, facts);
                 let key = message.conversation_key();
-                let route = ctx.routing.pick(&message.sender, &facts);
                 let reply = commands::run(ctx, &command, &key, &message, route).await;
-                return reply_directly(ctx, room, &message, &facts, reply).await;
+                return reply_directly(ctx, room, &message, facts, reply).await;
             }
             Step::Answer { words } => {
-                if let Some(words) = words {
-                    message.body = words;
-                }
-                return answer(ctx, room, &message, &facts).await;
+                message.body = words.unwrap_or(message.body);
+                return answer(ctx, room, &message, facts).await;
             }
+        }
+    }
+}
+
+/// What is read about a message before its step is planned.
+struct Gathered {
+    facts: RoomFacts,
+    me: Me,
+    draft: Option<Draft>,
+    approval: Approval,
+    vote: Option<String>,
+}
+
+impl Gathered {
+    /// Reads what [`plan`] needs about `message` in `room`.
+    async fn of<R: RoomPort>(ctx: &TurnContext, room: &R, message: &InboundMessage) -> Self {
+        let facts = room.facts().await;
+        let me = Me {
+            user_id: ctx.user_id.clone(),
+            display_name: room.member_name(&ctx.user_id).await,
+        };
+        Self {
+            draft: read_draft(ctx, message).await,
+            approval: approval(ctx, message, &facts).await,
+            vote: media::vote_words(room, message).await,
+            facts,
+            me,
+        }
+    }
+
+    /// The plan's view of `message`.
+    fn about<'a>(&'a self, ctx: &'a TurnContext, message: &'a InboundMessage) -> Known<'a> {
+        Known {
+            message,
+            room: &self.facts,
+            me: &self.me,
+            conversation: &ctx.spec.conversation,
+            access: &ctx.access,
+            approval: self.approval,
+            draft: self.draft.as_ref(),
+            vote: self.vote.as_deref(),
         }
     }
 }

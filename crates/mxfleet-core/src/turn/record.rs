@@ -4,7 +4,7 @@
 
 use mxfleet_message::InboundMessage;
 use mxfleet_store::{Draft, InboxState, Turn, now_ms};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{
     context::TurnContext,
@@ -74,6 +74,7 @@ pub(crate) async fn record<R: RoomPort>(
 
 /// Records that `message` is not answered, and why.
 pub(crate) async fn skip(ctx: &TurnContext, message: &InboundMessage, reason: &str) {
+    debug!(reason, "not answered");
     let state = InboxState::Skipped {
         reason: reason.to_owned(),
     };
