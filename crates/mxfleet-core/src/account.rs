@@ -279,13 +279,7 @@ impl AccountRuntime {
         self.dispatch_pending(&mut turns).await;
         self.turns = Some(turns);
         if matches!(self.args.spec.auth, AccountAuth::Password(_)) {
-            let crypto = CryptoArgs {
-                spec: self.args.spec.clone(),
-                client: live.connection.client.clone(),
-                user_id: live.connection.user_id.clone(),
-                board: self.args.board.clone(),
-                store: self.args.store.clone(),
-            };
+            let crypto = self.crypto_args(&live);
             self.children.spawn_crypto(myself.get_cell(), crypto).await;
         }
         self.connection = Some(live);
@@ -442,13 +436,7 @@ impl AccountRuntime {
             Some(Child::Crypto) => {
                 warn!(%error, "crypto actor crashed; restarting it");
                 if let Some(live) = &self.connection {
-                    let crypto = CryptoArgs {
-                        spec: self.args.spec.clone(),
-                        client: live.connection.client.clone(),
-                        user_id: live.connection.user_id.clone(),
-                        board: self.args.board.clone(),
-                        store: self.args.store.clone(),
-                    };
+                    let crypto = self.crypto_args(live);
                     self.children.spawn_crypto(myself.get_cell(), crypto).await;
                 }
             }
@@ -525,6 +513,17 @@ impl AccountRuntime {
             Retry::Sync => || AccountMsg::StartSync,
         };
         ractor::time::send_after(decision.delay, myself.get_cell(), message);
+    }
+
+    /// What the `CryptoActor` of `live` needs.
+    fn crypto_args(&self, live: &Live) -> CryptoArgs {
+        CryptoArgs {
+            spec: self.args.spec.clone(),
+            client: live.connection.client.clone(),
+            user_id: live.connection.user_id.clone(),
+            board: self.args.board.clone(),
+            store: self.args.store.clone(),
+        }
     }
 
     /// Ends the account without a crash, so nothing restarts it.

@@ -300,38 +300,22 @@ fn contains_word(haystack: &str, needle: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use mxfleet_matrix::matrix_sdk::ruma::{EventId, RoomId};
     use mxfleet_message::MentionList;
 
     use super::*;
-
-    fn user(id: &str) -> OwnedUserId {
-        UserId::parse(id).expect("a user id")
-    }
+    use crate::testing::{room as room_id, said, user};
 
     fn conv() -> ConversationConfig {
         ConversationConfig {
             dm_policy: AccessPolicy::Open,
             room_policy: AccessPolicy::Open,
-            mention_mode: MentionMode::Mention,
-            allow_room_mentions: false,
-            otp_self_approval: false,
-            otp_ttl_secs: 600,
-            otp_cooldown_secs: 300,
             user_allowlist: vec!["@friend:hs".into()],
             room_allowlist: vec!["!ok:hs".into(), "#ok:hs".into()],
-            auto_join: AutoJoin::Always,
-            stream_mode: mxfleet_config::StreamMode::EditInPlace,
-            stream_min_initial_chars: 30,
             edit_throttle_ms: 500,
             max_edits_per_message: 10,
-            reply_to_message: true,
             ack_reaction: String::new(),
-            typing_notices: true,
-            cue_delay_ms: 0,
-            read_receipts: false,
             history_max_messages: 10,
-            utd_notice_cooldown_secs: 3600,
+            ..ConversationConfig::default()
         }
     }
 
@@ -343,23 +327,12 @@ mod tests {
     }
 
     fn msg(sender: &str, body: &str) -> InboundMessage {
-        InboundMessage {
-            room_id: RoomId::parse("!r:hs").expect("a room id"),
-            event_id: EventId::parse("$e").expect("an event id"),
-            sender: user(sender),
-            body: body.into(),
-            origin_server_ts_ms: 0,
-            thread_root: None,
-            formatted_body: None,
-            mentions: None,
-            reply_to: None,
-            attachment: None,
-        }
+        said("!r:hs", "$e", sender, body)
     }
 
     fn room(id: &str, is_dm: bool) -> RoomFacts {
         RoomFacts {
-            room_id: RoomId::parse(id).expect("a room id"),
+            room_id: room_id(id),
             is_dm,
             aliases: Vec::new(),
             predecessors: Vec::new(),

@@ -79,3 +79,39 @@ impl mxfleet_backend::Backend for Scripted {
         }))
     }
 }
+
+/// The user id `id`.
+pub(crate) fn user(id: &str) -> mxfleet_matrix::matrix_sdk::ruma::OwnedUserId {
+    mxfleet_matrix::matrix_sdk::ruma::UserId::parse(id).expect("a user id")
+}
+
+/// The event id `id`.
+pub(crate) fn event(id: &str) -> mxfleet_matrix::matrix_sdk::ruma::OwnedEventId {
+    mxfleet_matrix::matrix_sdk::ruma::EventId::parse(id).expect("an event id")
+}
+
+/// The room id `id`.
+pub(crate) fn room(id: &str) -> mxfleet_matrix::matrix_sdk::ruma::OwnedRoomId {
+    mxfleet_matrix::matrix_sdk::ruma::RoomId::parse(id).expect("a room id")
+}
+
+/// A plain text message `event` of `sender` in `room`, sent at time 0.
+pub(crate) fn said(
+    room: &str,
+    event: &str,
+    sender: &str,
+    body: &str,
+) -> mxfleet_message::InboundMessage {
+    mxfleet_message::InboundMessage {
+        room_id: self::room(room),
+        event_id: self::event(event),
+        sender: user(sender),
+        body: body.into(),
+        origin_server_ts_ms: 0,
+        thread_root: None,
+        formatted_body: None,
+        mentions: None,
+        reply_to: None,
+        attachment: None,
+    }
+}

@@ -311,7 +311,7 @@ mod tests {
 
     use mxfleet_matrix::matrix_sdk::{
         Client,
-        ruma::{EventId, OwnedRoomId, RoomId, UserId},
+        ruma::{EventId, OwnedRoomId, UserId},
     };
     use mxfleet_store::{InboxEntry, InboxState, Store, now_ms};
 
@@ -321,7 +321,7 @@ mod tests {
         gate::Access,
         rooms::Rooms,
         status::{AccountState, StatusBoard},
-        testing::{Scripted, accounts},
+        testing::{self, Scripted, accounts},
         texts,
         turn::{
             context::TurnArgs,
@@ -360,21 +360,13 @@ mod tests {
     }
 
     fn room_id() -> OwnedRoomId {
-        RoomId::parse("!dm:hs").expect("a room id")
+        testing::room("!dm:hs")
     }
 
     fn message(id: &str, sender: &str, body: &str, ts: u64) -> InboundMessage {
         InboundMessage {
-            room_id: room_id(),
-            event_id: EventId::parse(id).expect("an event id"),
-            sender: UserId::parse(sender).expect("a user id"),
-            body: body.into(),
             origin_server_ts_ms: ts,
-            thread_root: None,
-            formatted_body: None,
-            mentions: None,
-            reply_to: None,
-            attachment: None,
+            ..testing::said("!dm:hs", id, sender, body)
         }
     }
 

@@ -134,11 +134,9 @@ async fn still_wanted(delay: Duration, visible: &AtomicBool) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use mxfleet_matrix::matrix_sdk::ruma::{EventId, RoomId, UserId};
-
     use super::*;
     use crate::{
-        testing::accounts,
+        testing::{self, accounts},
         turn::room::fake::{Did, FakeRoom},
     };
 
@@ -149,22 +147,11 @@ mod tests {
     }
 
     fn question() -> InboundMessage {
-        InboundMessage {
-            room_id: RoomId::parse("!r:hs").expect("a room id"),
-            event_id: EventId::parse("$q").expect("an event id"),
-            sender: UserId::parse("@ann:hs").expect("a user id"),
-            body: "hi".into(),
-            origin_server_ts_ms: 0,
-            thread_root: None,
-            formatted_body: None,
-            mentions: None,
-            reply_to: None,
-            attachment: None,
-        }
+        testing::said("!r:hs", "$q", "@ann:hs", "hi")
     }
 
     fn room() -> FakeRoom {
-        FakeRoom::new(&RoomId::parse("!r:hs").expect("a room id"), false)
+        FakeRoom::new(&testing::room("!r:hs"), false)
     }
 
     fn reacted(did: &[Did]) -> bool {

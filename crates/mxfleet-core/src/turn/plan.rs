@@ -154,66 +154,32 @@ fn addressed_to(message: &InboundMessage, words: &str, me: &Me) -> InboundMessag
 
 #[cfg(test)]
 mod tests {
-    use mxfleet_config::{AccessPolicy, AutoJoin, MentionMode, StreamMode};
-    use mxfleet_matrix::matrix_sdk::ruma::{EventId, OwnedEventId, OwnedUserId, RoomId, UserId};
+    use mxfleet_config::AccessPolicy;
     use mxfleet_store::DraftPart;
 
     use super::*;
-    use crate::{crypto::VerifyWord, turn::commands::Command};
-
-    fn user(id: &str) -> OwnedUserId {
-        UserId::parse(id).expect("a user id")
-    }
-
-    fn event(id: &str) -> OwnedEventId {
-        EventId::parse(id).expect("an event id")
-    }
+    use crate::{
+        crypto::VerifyWord,
+        testing::{self, event, user},
+        turn::commands::Command,
+    };
 
     fn conversation() -> ConversationConfig {
         ConversationConfig {
-            dm_policy: AccessPolicy::Allowlist,
             room_policy: AccessPolicy::Open,
-            mention_mode: MentionMode::Mention,
-            allow_room_mentions: false,
-            otp_self_approval: false,
-            otp_ttl_secs: 600,
-            otp_cooldown_secs: 300,
             user_allowlist: vec!["@friend:hs".into()],
-            room_allowlist: Vec::new(),
-            auto_join: AutoJoin::Always,
-            stream_mode: StreamMode::EditInPlace,
-            stream_min_initial_chars: 30,
-            edit_throttle_ms: 500,
-            max_edits_per_message: 10,
-            reply_to_message: true,
-            ack_reaction: String::new(),
-            typing_notices: true,
-            cue_delay_ms: 0,
-            read_receipts: false,
-            history_max_messages: 10,
-            utd_notice_cooldown_secs: 3600,
+            ..ConversationConfig::default()
         }
     }
 
     /// A message from `sender` saying `body`.
     fn said(sender: &str, body: &str) -> InboundMessage {
-        InboundMessage {
-            room_id: RoomId::parse("!r:hs").expect("a room id"),
-            event_id: event("$m"),
-            sender: user(sender),
-            body: body.into(),
-            origin_server_ts_ms: 1,
-            thread_root: None,
-            formatted_body: None,
-            mentions: None,
-            reply_to: None,
-            attachment: None,
-        }
+        testing::said("!r:hs", "$m", sender, body)
     }
 
     fn room(is_dm: bool) -> RoomFacts {
         RoomFacts {
-            room_id: RoomId::parse("!r:hs").expect("a room id"),
+            room_id: testing::room("!r:hs"),
             is_dm,
             aliases: Vec::new(),
             predecessors: Vec::new(),
