@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use mxfleet_testkit::{FleetProcess, Human, Scenario, Synapse};
 
 const TIMEOUT: Duration = Duration::from_secs(45);
@@ -915,6 +915,89 @@ async fn verify_cancel_and_the_timeout_end_a_flow_unverified() -> Result<()> {
         !bot_device(human, &bot.0).await?.is_verified(),
         "an unanswered flow verified the device"
     );
+    s.fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_undecryptable_message_is_answered_after_a_restart_when_its_keys_come() -> Result<()> {
+    use matrix_sdk::{config::SyncSettings, encryption::LocalTrust, ruma::device_id};
+    const TEXT: &str = "undecryptable until after a restart";
+    let synapse = Synapse::shared().await?;
+    // A short catch-up age: the message is older than it by the time its keys come, but it
+    // was received in time.
+    let mut s = Scenario::new()
+        .bot(|b| {
+            b.open_dms()
+                .key("ownership_mode = \"bot_owned\"\ncatch_up_max_age_secs = 5")
+        })
+        .prepare()
+        .await?;
+    let bot = s.bot("bot").credentials();
+    let (human_id, human_pw) = synapse.fresh_user("human").await?;
+    let bot_user = matrix_sdk::ruma::OwnedUserId::try_from(bot.0.as_str())?;
+    // The operator's other device holds the cross-signing identity and the key backup.
+    let other = matrix_sdk::Client::builder()
+        .homeserver_url(synapse.url())
+        .build()
+        .await?;
+    other
+        .matrix_auth()
+        .login_username(&bot.0, &bot.1)
+        .device_id("OTHER")
+        .send()
+        .await?;
+    let first = other.sync_once(SyncSettings::default()).await?;
+    other.encryption().bootstrap_cross_signing(None).await?;
+    let recovery_key = other
+        .encryption()
+        .recovery()
+        .enable()
+        .wait_for_backups_to_upload()
+        .await?;
+    let recovery = format!("recovery_key = {recovery_key:?}");
+    s.reconfigure(|c| c.bot(|b| b.key(&recovery))).await?;
+    s.start().await?;
+    wait_line(&s.fleet, "recovery", "recovered", TIMEOUT).await?;
+
+    // Keys shared only with the other device: the bot cannot read the message.
+    let human = Human::login_with(synapse.url(), &human_id, &human_pw, true).await?;
+    human
+        .client
+        .encryption()
+        .request_user_identity(&bot_user)
+        .await?;
+    human
+        .client
+        .encryption()
+        .get_device(&bot_user, device_id!("OTHER"))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the human does not know the other device"))?
+        .set_local_trust(LocalTrust::Verified)
+        .await?;
+    let dm = human.encrypted_dm(&bot.0).await?;
+    human.send(&dm, TEXT).await?;
+    human
+        .wait_for("notice", TIMEOUT, |h| {
+            h.seen_from(&dm, &bot.0)
+                .into_iter()
+                .find(|s| s.body.contains("could not decrypt"))
+        })
+        .await?;
+
+    // The fleet stops; meanwhile the keys reach the backup, and the catch-up age passes.
+    s.fleet.stop().await?;
+    other
+        .sync_once(SyncSettings::default().token(first.next_batch))
+        .await?;
+    other.encryption().backups().wait_for_steady_state().await?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    s.start().await?;
+    let answer = human
+        .expect_final_text(&dm, &bot.0, TEXT, Duration::from_secs(150))
+        .await
+        .with_context(|| s.fleet.log())?;
+    anyhow::ensure!(answer.encrypted, "the late answer went out in plaintext");
     s.fleet.stop().await?;
     Ok(())
 }

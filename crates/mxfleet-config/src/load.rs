@@ -112,6 +112,7 @@ struct TopLevel {
     data_dir: PathBuf,
     log: LogConfig,
     shutdown_timeout_secs: u64,
+    shutdown_drain_secs: u64,
     restart: RestartConfig,
     admin: AdminConfig,
     shard: ShardConfig,

@@ -24,6 +24,10 @@ pub struct Config {
     /// How long a clean shutdown may take before the stragglers are killed.
     #[serde(default = "defaults::shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+    /// At shutdown, how long answers in flight get to finish; answers still streaming then end
+    /// with an "interrupted" edit. Below `shutdown_timeout_secs`.
+    #[serde(default = "defaults::shutdown_drain_secs")]
+    pub shutdown_drain_secs: u64,
     /// How failed accounts and children are restarted.
     #[serde(default)]
     pub restart: RestartConfig,
@@ -364,6 +368,13 @@ pub struct SyncConfig {
     /// Restart the sync if no sync succeeded for this long (beyond the long-poll timeout).
     #[serde(default = "defaults::sync_stall_secs")]
     pub sync_stall_secs: u64,
+    /// The most events of a room one sync returns; a room with more new events since the last
+    /// sync (after downtime) is backfilled from its history, back to the last position.
+    #[serde(default = "defaults::sync_timeline_limit")]
+    pub sync_timeline_limit: u32,
+    /// The most events backfilled per room and gap (older ones are skipped and counted).
+    #[serde(default = "defaults::backfill_max_events")]
+    pub backfill_max_events: u32,
 }
 
 /// How an account converses: who it talks to, how answers are shown, which cues it gives.
@@ -494,6 +505,8 @@ impl Default for SyncConfig {
             catch_up_max_age_secs: defaults::catch_up_max_age_secs(),
             sync_timeout_secs: defaults::sync_timeout_secs(),
             sync_stall_secs: defaults::sync_stall_secs(),
+            sync_timeline_limit: defaults::sync_timeline_limit(),
+            backfill_max_events: defaults::backfill_max_events(),
         }
     }
 }
@@ -589,6 +602,7 @@ impl Default for Config {
             data_dir: defaults::data_dir(),
             log: LogConfig::default(),
             shutdown_timeout_secs: defaults::shutdown_timeout_secs(),
+            shutdown_drain_secs: defaults::shutdown_drain_secs(),
             restart: RestartConfig::default(),
             backends: BTreeMap::new(),
             admin: AdminConfig::default(),
@@ -637,6 +651,9 @@ pub(crate) mod defaults {
     pub(crate) fn shutdown_timeout_secs() -> u64 {
         10
     }
+    pub(crate) fn shutdown_drain_secs() -> u64 {
+        5
+    }
     pub(crate) fn initial_delay_ms() -> u64 {
         500
     }
@@ -675,6 +692,12 @@ pub(crate) mod defaults {
     }
     pub(crate) fn sync_stall_secs() -> u64 {
         30
+    }
+    pub(crate) fn sync_timeline_limit() -> u32 {
+        50
+    }
+    pub(crate) fn backfill_max_events() -> u32 {
+        500
     }
     pub(crate) fn access_policy() -> super::AccessPolicy {
         super::AccessPolicy::Allowlist

@@ -42,6 +42,7 @@ pub(crate) fn validate(
         data_dir: raw.data_dir.clone(),
         log: raw.log.clone(),
         shutdown_timeout_secs: raw.shutdown_timeout_secs,
+        shutdown_drain_secs: raw.shutdown_drain_secs,
         restart: raw.restart.clone(),
         admin,
         accounts,

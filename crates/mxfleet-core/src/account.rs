@@ -31,8 +31,9 @@ use crate::{
     crypto::CryptoArgs,
     error::AccountError,
     gate::Access,
+    homeservers::Homeservers,
     otp::{OtpArgs, OtpPolicy},
-    restart::{RestartPolicy, RestartTracker},
+    restart::{RestartDecision, RestartPolicy, RestartTracker},
     rooms::{JoinedDms, Rooms},
     status::{AccountState, ChildState, StatusBoard},
     sync::{SyncActor, SyncArgs, SyncMsg},
@@ -47,8 +48,8 @@ pub const REASON_FAILED: &str = "failed";
 /// Stop reason of an account stopped on request (shutdown, operator).
 pub const REASON_STOPPED: &str = "stopped";
 
-/// How long in-flight replies get when the account stops.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+/// How long the sync child gets to stop.
+const SYNC_STOP_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The account actor.
 pub(crate) struct AccountActor;
@@ -62,6 +63,9 @@ pub(crate) struct AccountArgs {
     pub(crate) data_dir: PathBuf,
     pub(crate) policy: RestartPolicy,
     pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) homeservers: Homeservers,
+    /// How long answers in flight get when the account stops (`shutdown_drain_secs`).
+    pub(crate) drain: Duration,
 }
 
 /// Messages of the account actor.
@@ -72,6 +76,13 @@ pub(crate) enum AccountMsg {
     Connected(Result<Connection, MatrixFailure>),
     /// Spawn the sync child.
     StartSync,
+    /// A retry scheduled after a failure (see `AccountRuntime::schedule`).
+    Retry {
+        /// What to retry.
+        what: Retry,
+        /// Which failure's retry it is.
+        generation: u64,
+    },
     /// A sync batch committed new messages or invites, or met undecryptable events.
     Synced(Synced),
 }
@@ -99,6 +110,10 @@ pub(crate) struct AccountRuntime {
     children: Children,
     /// Kept across reconnects (see [`JoinedDms`]).
     joined_dms: JoinedDms,
+    /// The generation of the retry due; older ones are stale.
+    retry_generation: u64,
+    /// Waits for the homeserver to answer again during an outage.
+    outage_waiter: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A connection and what was learned with it.
@@ -110,7 +125,7 @@ struct Live {
 
 /// What to retry after a transient failure.
 #[derive(Debug, Clone, Copy)]
-enum Retry {
+pub(crate) enum Retry {
     Connect,
     Sync,
 }
@@ -138,6 +153,8 @@ impl Actor for AccountActor {
             turns: None,
             children: Children::default(),
             joined_dms: JoinedDms::default(),
+            retry_generation: 0,
+            outage_waiter: None,
         })
     }
 
@@ -160,6 +177,9 @@ impl Actor for AccountActor {
                         .await
                 }
                 AccountMsg::StartSync => state.start_sync(&myself).await,
+                AccountMsg::Retry { what, generation } => {
+                    state.on_retry(&myself, what, generation).await
+                }
                 AccountMsg::Synced(synced) => state.on_synced(synced),
             }
         }
@@ -190,13 +210,16 @@ impl Actor for AccountActor {
         // Reverse order of start: first the sync (no new work), then the replies in flight.
         if let Some(sync) = state.sync.take() {
             let _ = sync
-                .stop_and_wait(Some(REASON_STOPPED.into()), Some(DRAIN_DEADLINE))
+                .stop_and_wait(Some(REASON_STOPPED.into()), Some(SYNC_STOP_DEADLINE))
                 .await;
         }
         if let Some(turns) = state.turns.take() {
-            turns.shutdown(DRAIN_DEADLINE).await;
+            turns.shutdown(state.args.drain).await;
         }
         state.children.stop_all(REASON_STOPPED);
+        if let Some(waiter) = state.outage_waiter.take() {
+            waiter.abort();
+        }
         let (board, id) = (&state.args.board, state.args.spec.id.as_str());
         board.update(id, |s| {
             s.sync = ChildState::Stopped;
@@ -254,7 +277,7 @@ impl AccountRuntime {
             s.encryption = Some(encryption.to_owned());
         });
         if let Some(old) = self.turns.take() {
-            old.shutdown(DRAIN_DEADLINE).await;
+            old.shutdown(self.args.drain).await;
         }
         self.start_children(myself).await;
         let conversation = &self.args.spec.conversation;
@@ -465,7 +488,8 @@ impl AccountRuntime {
                     return self.end(myself, AccountState::Failed, &failure, REASON_FAILED);
                 }
                 self.connection = None;
-                self.schedule(myself, &failure, Retry::Connect, None);
+                let decision = self.tracker.failed(Instant::now(), rand::random(), None);
+                self.schedule(myself, &failure, Retry::Connect, decision, false);
             }
             FailureClass::Auth { .. } => self.end(
                 myself,
@@ -474,22 +498,57 @@ impl AccountRuntime {
                 REASON_AUTH_FAILED,
             ),
             FailureClass::Fatal => self.end(myself, AccountState::Failed, &failure, REASON_FAILED),
-            FailureClass::RateLimited(after) => self.schedule(myself, &failure, retry, after),
-            FailureClass::Transient => self.schedule(myself, &failure, retry, None),
+            FailureClass::RateLimited(after) => {
+                let decision = self.tracker.failed(Instant::now(), rand::random(), after);
+                self.schedule(myself, &failure, retry, decision, false);
+            }
+            FailureClass::Transient => self.back_off(myself, &failure, retry).await,
         }
     }
 
-    /// Restarts `retry` after the backoff.
+    /// Backs off after a transient failure. An outage (the homeserver does not answer a
+    /// probe either) is not the account's doing: it is not counted towards parking, and the
+    /// account retries the moment its homeserver answers again.
+    async fn back_off(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        failure: &AccountError,
+        retry: Retry,
+    ) {
+        let homeserver = self.args.spec.homeserver.clone();
+        let outage = !self.args.homeservers.answers(&homeserver).await;
+        let (now, unit) = (Instant::now(), rand::random::<f64>());
+        let decision = match outage {
+            true => self.tracker.outage(now, unit),
+            false => self.tracker.failed(now, unit, None),
+        };
+        let generation = self.schedule(myself, failure, retry, decision, outage);
+        if outage {
+            let back = self.args.homeservers.back_up(&homeserver);
+            let me = myself.clone();
+            let waiter = tokio::spawn(async move {
+                back.await;
+                let _ = me.cast(AccountMsg::Retry {
+                    what: retry,
+                    generation,
+                });
+            });
+            if let Some(old) = self.outage_waiter.replace(waiter) {
+                old.abort();
+            }
+        }
+    }
+
+    /// Restarts `retry` after `decision`'s delay; returns the retry's generation (a retry of an
+    /// older generation is stale and ignored).
     fn schedule(
         &mut self,
         myself: &ActorRef<AccountMsg>,
         failure: &AccountError,
         retry: Retry,
-        at_least: Option<Duration>,
-    ) {
-        let decision = self
-            .tracker
-            .failed(Instant::now(), rand::random::<f64>(), at_least);
+        decision: RestartDecision,
+        outage: bool,
+    ) -> u64 {
         let delay_ms = u64::try_from(decision.delay.as_millis()).unwrap_or(u64::MAX);
         let until = now_ms().saturating_add(delay_ms);
         let board = &self.args.board;
@@ -505,14 +564,34 @@ impl AccountRuntime {
             delay_ms,
             attempt = decision.attempt,
             parked = decision.parked,
+            outage,
             what = ?retry,
             "restarting after backoff"
         );
-        let message: fn() -> AccountMsg = match retry {
-            Retry::Connect => || AccountMsg::Connect,
-            Retry::Sync => || AccountMsg::StartSync,
+        self.retry_generation = self.retry_generation.wrapping_add(1);
+        let generation = self.retry_generation;
+        let message = move || AccountMsg::Retry {
+            what: retry,
+            generation,
         };
         ractor::time::send_after(decision.delay, myself.get_cell(), message);
+        generation
+    }
+
+    /// A scheduled retry arrived: carried out unless a newer failure or the other waker of the
+    /// same retry came first.
+    async fn on_retry(&mut self, myself: &ActorRef<AccountMsg>, what: Retry, generation: u64) {
+        if generation != self.retry_generation {
+            return;
+        }
+        self.retry_generation = self.retry_generation.wrapping_add(1);
+        if let Some(waiter) = self.outage_waiter.take() {
+            waiter.abort();
+        }
+        match what {
+            Retry::Connect => self.start_connect(myself),
+            Retry::Sync => self.start_sync(myself).await,
+        }
     }
 
     /// What the `CryptoActor` of `live` needs.

@@ -24,6 +24,7 @@ use crate::{
     account::{
         AccountActor, AccountArgs, AccountMsg, REASON_AUTH_FAILED, REASON_FAILED, REASON_STOPPED,
     },
+    homeservers::Homeservers,
     restart::{RestartPolicy, RestartTracker},
     status::{AccountState, StatusBoard},
 };
@@ -109,6 +110,9 @@ pub struct FleetState {
     data_dir: PathBuf,
     policy: RestartPolicy,
     shutdown_deadline: Duration,
+    /// How long answers in flight get at shutdown.
+    drain: Duration,
+    homeservers: Homeservers,
 }
 
 struct Slot {
@@ -137,6 +141,8 @@ impl Actor for FleetSupervisor {
             data_dir: args.config.data_dir,
             policy: RestartPolicy::from(&args.config.restart),
             shutdown_deadline: Duration::from_secs(args.config.shutdown_timeout_secs),
+            drain: Duration::from_secs(args.config.shutdown_drain_secs),
+            homeservers: Homeservers::new(),
         };
         state
             .board
@@ -314,6 +320,7 @@ impl FleetState {
             .set_peers(config.peers.values().flatten().cloned());
         self.policy = RestartPolicy::from(&config.restart);
         self.shutdown_deadline = Duration::from_secs(config.shutdown_timeout_secs);
+        self.drain = Duration::from_secs(config.shutdown_drain_secs);
         for id in plan.remove.iter().chain(&plan.restart) {
             self.stop_actor(id).await;
             self.slots.remove(id);
@@ -360,6 +367,8 @@ impl FleetState {
             data_dir: self.data_dir.clone(),
             policy: self.policy.clone(),
             backend,
+            homeservers: self.homeservers.clone(),
+            drain: self.drain,
         };
         match Actor::spawn_linked(
             Some(format!("account:{id}")),

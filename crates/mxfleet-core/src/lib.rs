@@ -16,6 +16,7 @@ mod crypto;
 mod error;
 mod fleet;
 mod gate;
+mod homeservers;
 mod otp;
 pub mod restart;
 mod rooms;

@@ -3,7 +3,10 @@
 //!
 //! Pure: time and randomness come in as arguments, so every rule is unit-tested without sleeping.
 //! Erlang-style intensity: more than `max_restarts` failures within `window` park the subject at
-//! the cap delay instead of restarting it quickly, and the fleet itself never gives up.
+//! the cap delay instead of restarting it quickly, and the fleet itself never gives up. An
+//! *outage* (the homeserver down or unreachable, not the account's doing) backs off the same
+//! way but is not counted and never parks: the account retries as soon as its homeserver
+//! answers again.
 
 use std::{collections::VecDeque, time::Duration};
 
@@ -96,13 +99,30 @@ impl RestartTracker {
         self.started_at = Some(now);
     }
 
-    /// Records a failure at `now` and decides the delay. `unit` is a uniform random sample in
-    /// [0, 1); `at_least` is a server-imposed minimum (429 `retry_after`).
+    /// Records a failure of the subject's own at `now` and decides the delay. `unit` is a
+    /// uniform random sample in [0, 1); `at_least` is a server-imposed minimum (429
+    /// `retry_after`).
     pub fn failed(
         &mut self,
         now: Instant,
         unit: f64,
         at_least: Option<Duration>,
+    ) -> RestartDecision {
+        self.decide(now, unit, at_least, true)
+    }
+
+    /// Records a failure caused by an outage at `now`: the delay grows as for
+    /// [`RestartTracker::failed`], but the failure is not counted towards parking.
+    pub fn outage(&mut self, now: Instant, unit: f64) -> RestartDecision {
+        self.decide(now, unit, None, false)
+    }
+
+    fn decide(
+        &mut self,
+        now: Instant,
+        unit: f64,
+        at_least: Option<Duration>,
+        counted: bool,
     ) -> RestartDecision {
         let healthy = self
             .started_at
@@ -120,8 +140,10 @@ impl RestartTracker {
         {
             self.recent.pop_front();
         }
-        self.recent.push_back(now);
-        let parked = self.recent.len() > self.policy.max_restarts as usize;
+        if counted {
+            self.recent.push_back(now);
+        }
+        let parked = counted && self.recent.len() > self.policy.max_restarts as usize;
 
         let delay = if parked {
             self.policy.max
@@ -212,6 +234,28 @@ mod tests {
         // Once the window has passed, failures are counted afresh.
         let later = t.failed(start + Duration::from_secs(200), 0.5, None);
         assert!(!later.parked);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outages_back_off_but_never_park_nor_count_towards_parking() {
+        let mut t = RestartTracker::new(policy());
+        let start = Instant::now();
+        let delays: Vec<(u64, bool)> = (0..10)
+            .map(|i| {
+                let d = t.outage(start + Duration::from_secs(i), 0.5);
+                (d.delay.as_millis() as u64, d.parked)
+            })
+            .collect();
+        assert!(delays.iter().all(|(_, parked)| !parked), "{delays:?}");
+        assert_eq!(delays[0].0, 500);
+        assert!(delays.windows(2).all(|w| w[1].0 >= w[0].0), "{delays:?}");
+        assert_eq!(delays[9].0, 60_000, "capped");
+        // The account's own failures afterwards start their count from nothing.
+        for i in 0..5 {
+            let d = t.failed(start + Duration::from_secs(20 + i), 0.5, None);
+            assert!(!d.parked, "own failure {i} parked after outages");
+        }
+        assert!(t.failed(start + Duration::from_secs(30), 0.5, None).parked);
     }
 
     #[tokio::test(start_paused = true)]

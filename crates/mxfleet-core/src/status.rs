@@ -86,6 +86,9 @@ pub struct AccountStatus {
     pub replies_out: u64,
     /// Messages skipped as older than `catch_up_max_age_secs`.
     pub skipped_old: u64,
+    /// Messages given up on: every attempt to answer them failed (see `last_error`).
+    #[serde(default)]
+    pub messages_failed: u64,
     /// The state of the `StreamEditor` child.
     #[serde(default = "stopped")]
     pub stream_editor: ChildState,
@@ -143,6 +146,7 @@ impl AccountStatus {
             messages_in: 0,
             replies_out: 0,
             skipped_old: 0,
+            messages_failed: 0,
             stream_editor: ChildState::Stopped,
             otp_gate: None,
             otp_challenges: 0,

@@ -27,6 +27,7 @@ use mxfleet_config::{ConversationConfig, StreamMode};
 use mxfleet_matrix::{MatrixFailure, matrix_sdk::ruma::OwnedEventId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::{
+    sync::watch,
     task::JoinSet,
     time::{Instant, sleep_until},
 };
@@ -124,14 +125,15 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    /// Streams `stream` into `sink` following `settings`, when run.
+    /// Streams `stream` into `sink` following `settings`, when run, until `wrap_up`.
     pub(crate) fn new<S: AnswerSink + 'static>(
         stream: TextStream,
         settings: StreamSettings,
         mut sink: S,
+        wrap_up: WrapUp,
         span: Span,
     ) -> Self {
-        let run = Box::pin(async move { deliver(stream, &settings, &mut sink).await });
+        let run = Box::pin(async move { deliver(stream, &settings, &mut sink, wrap_up).await });
         Self { run, span }
     }
 }
@@ -196,15 +198,21 @@ impl Actor for StreamEditor {
     }
 }
 
-/// Streams `stream` into `sink` following `settings`.
+/// Tells running deliveries to wrap up (the account is stopping): stop reading the backend and
+/// end the answer with its "interrupted" edit.
+pub(crate) type WrapUp = watch::Receiver<bool>;
+
+/// Streams `stream` into `sink` following `settings`, until it ends or `wrap_up` says so.
 pub(crate) async fn deliver<S: AnswerSink>(
     mut stream: TextStream,
     settings: &StreamSettings,
     sink: &mut S,
+    mut wrap_up: WrapUp,
 ) -> Result<Delivered, MatrixFailure> {
     let mut w = Writer::new(settings);
     let mut next_flush: Option<Instant> = None;
     let mut backend_error = None;
+    let mut interrupted = false;
     loop {
         let timer = async {
             match next_flush {
@@ -222,6 +230,10 @@ pub(crate) async fn deliver<S: AnswerSink>(
                 None => break,
             },
             () = timer => w.flush(sink, false).await?,
+            () = wrapping_up(&mut wrap_up) => {
+                interrupted = true;
+                break;
+            }
         }
         if settings.mode == StreamMode::EditInPlace {
             next_flush = w.next_flush_at();
@@ -232,9 +244,17 @@ pub(crate) async fn deliver<S: AnswerSink>(
         }
     }
     drop(stream);
-    w.conclude(texts::answer_ending(backend_error.as_deref(), w.is_empty()));
+    let ending = texts::answer_ending(backend_error.as_deref(), w.is_empty(), interrupted);
+    w.conclude(ending);
     w.flush(sink, true).await?;
     Ok(w.delivered(backend_error))
+}
+
+/// Resolves once `wrap_up` says so (never, if its sender is gone).
+async fn wrapping_up(wrap_up: &mut WrapUp) {
+    if wrap_up.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 #[cfg(test)]
@@ -310,6 +330,11 @@ mod tests {
         }
     }
 
+    /// A wrap-up signal that never comes.
+    fn never() -> WrapUp {
+        watch::channel(false).1
+    }
+
     fn settings(mode: StreamMode) -> StreamSettings {
         StreamSettings {
             mode,
@@ -336,7 +361,7 @@ mod tests {
         let (stream, full) = slow_stream(100, Duration::from_millis(50));
         let mut sink = Recorder::default();
         let settings = settings(StreamMode::EditInPlace);
-        let d = deliver(stream, &settings, &mut sink)
+        let d = deliver(stream, &settings, &mut sink, never())
             .await
             .map_err(|e| e.message);
         let d = d.unwrap_or_default();
@@ -371,7 +396,7 @@ mod tests {
             max_edits: 100,
             ..settings(StreamMode::EditInPlace)
         };
-        let d = deliver(stream, &settings, &mut sink)
+        let d = deliver(stream, &settings, &mut sink, never())
             .await
             .map_err(|e| e.message)
             .unwrap_or_default();
@@ -391,10 +416,15 @@ mod tests {
             (3, FailureClass::RateLimited(None)),
             (3, FailureClass::Transient),
         ]);
-        let d = deliver(stream, &settings(StreamMode::EditInPlace), &mut sink)
-            .await
-            .map_err(|e| e.message)
-            .unwrap_or_default();
+        let d = deliver(
+            stream,
+            &settings(StreamMode::EditInPlace),
+            &mut sink,
+            never(),
+        )
+        .await
+        .map_err(|e| e.message)
+        .unwrap_or_default();
         assert_eq!(sink.final_texts(), [full.trim_end()]);
         assert_eq!(d.text, full);
         // Nothing was sent within retry_after of a 429.
@@ -409,10 +439,15 @@ mod tests {
             let chunks: Vec<Result<String, BackendError>> =
                 (0..30).map(|_| Ok(paragraph.clone())).collect();
             let mut sink = Recorder::default();
-            let d = deliver(Box::pin(stream::iter(chunks)), &settings(mode), &mut sink)
-                .await
-                .map_err(|e| e.message)
-                .unwrap_or_default();
+            let d = deliver(
+                Box::pin(stream::iter(chunks)),
+                &settings(mode),
+                &mut sink,
+                never(),
+            )
+            .await
+            .map_err(|e| e.message)
+            .unwrap_or_default();
             let parts = sink.final_texts();
             assert!(parts.len() >= 4, "{mode:?}: {} parts", parts.len());
             assert!(parts.iter().all(|p| p.len() <= 2000));
@@ -442,6 +477,7 @@ mod tests {
             Box::pin(stream::iter(items)),
             &settings(StreamMode::EditInPlace),
             &mut sink,
+            never(),
         )
         .await
         .map_err(|e| e.message)

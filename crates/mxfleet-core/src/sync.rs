@@ -11,6 +11,7 @@
 //! sync position, so a crash replays a batch rather than losing it, and replays are deduplicated.
 //! Events that fail to decrypt wait in [`decryption_retry`] for their keys.
 
+mod backfill;
 mod decryption_retry;
 
 use std::{collections::HashSet, panic::AssertUnwindSafe, pin::Pin, sync::Arc, time::Duration};
@@ -21,8 +22,8 @@ use mxfleet_matrix::{
     MatrixFailure, Normalised,
     matrix_sdk::{
         Client,
-        config::SyncSettings,
-        ruma::{OwnedRoomId, OwnedUserId, api::client::filter::FilterDefinition},
+        config::{SyncSettings, SyncToken},
+        ruma::{OwnedRoomId, OwnedUserId, UInt, api::client::filter::FilterDefinition},
         sync::SyncResponse,
     },
     normalise,
@@ -33,7 +34,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use self::decryption_retry::{DecryptionRetries, Retried, join_retry, next_room_keys, try_decrypt};
+use self::decryption_retry::{
+    Decrypted, DecryptionRetries, Retried, join_retry, next_room_keys, try_decrypt,
+};
 use crate::{
     account::{AccountMsg, Synced},
     error::AccountError,
@@ -135,7 +138,12 @@ async fn sync_loop(args: &SyncArgs) -> AccountError {
 /// One run of the loop: the position, the health, and the decryption retries.
 struct SyncRun<'a> {
     args: &'a SyncArgs,
+    /// The committed position (redb is its only source: matrix-sdk's own token is never used).
     token: Option<String>,
+    /// When the account's very first sync began: what was sent before is history.
+    born_ms: u64,
+    /// Whether that was in this run (the first sync's timeline is then all history).
+    born_now: bool,
     healthy: bool,
     long_poll: Duration,
     stall_after: Duration,
@@ -157,23 +165,30 @@ struct SyncRun<'a> {
 impl<'a> SyncRun<'a> {
     async fn start(args: &'a SyncArgs) -> Result<Self, AccountError> {
         let token = args.store.sync_position(&args.spec.id).await?;
+        let now = now_ms();
+        let born_ms = args.store.birth(&args.spec.id, now).await?;
         let long_poll = Duration::from_secs(args.spec.sync.sync_timeout_secs);
         let reads_encrypted = matches!(args.spec.auth, AccountAuth::Password(_));
         let room_keys = match reads_encrypted {
             true => room_keys(&args.client).await,
             false => None,
         };
+        // Events a previous run could not decrypt wait again.
+        let mut retries = DecryptionRetries::default();
+        retries.restore(args.store.undecryptable(&args.spec.id).await?);
         Ok(Self {
             args,
             token,
+            born_ms,
+            born_now: born_ms == now,
             healthy: false,
             long_poll,
             stall_after: long_poll
                 + REQUEST_MARGIN
                 + Duration::from_secs(args.spec.sync.sync_stall_secs),
-            filter: FilterDefinition::with_lazy_loading(),
+            filter: filter(args.spec.sync.sync_timeline_limit),
             reads_encrypted,
-            retries: DecryptionRetries::default(),
+            retries,
             room_keys,
             in_flight: None,
             upgrades_seen: HashSet::new(),
@@ -193,9 +208,12 @@ impl<'a> SyncRun<'a> {
         let mut settings = SyncSettings::default()
             .timeout(wait)
             .filter(self.filter.clone().into());
-        if let Some(token) = &self.token {
-            settings = settings.token(token.clone());
-        }
+        // Without a committed position the sync starts afresh, whatever token matrix-sdk kept
+        // from a run that died before committing.
+        settings = settings.token(match &self.token {
+            Some(token) => SyncToken::Specific(token.clone()),
+            None => SyncToken::NoToken,
+        });
         let sync = tokio::time::timeout(self.stall_after, self.args.client.sync_once(settings));
         tokio::pin!(sync);
         let outcome = loop {
@@ -238,20 +256,32 @@ impl<'a> SyncRun<'a> {
     /// Claims the batch's messages (committing the new position with them) and hands what the
     /// account acts on to it.
     async fn take(&mut self, response: SyncResponse) -> Result<(), AccountError> {
-        let (mut entries, utds) = if self.token.is_none() {
+        let (mut entries, utds) = if self.token.is_none() && self.born_now {
             let rooms = response.rooms.joined.len();
             info!(rooms, "first sync: existing history is not answered");
             (Vec::new(), Vec::new())
         } else {
-            self.read_batch(&response)
+            let (mut entries, utds) = self.read_batch(&response).await?;
+            if self.token.is_none() {
+                // A first sync again (an earlier one never committed): what was sent since the
+                // account's birth is answered, what came before is history.
+                let born = self.born_ms;
+                entries.retain(|e| e.message.origin_server_ts_ms > born);
+                info!(
+                    answered = entries.len(),
+                    "first sync resumed: messages since the account's first start are answered"
+                );
+            }
+            (entries, utds)
         };
         // Keys may have arrived (to-device, or from the backup): try the earlier failures.
-        if self.token.is_some() && self.retries.due(!response.to_device.is_empty()) {
+        let keys_may_have_arrived = !response.to_device.is_empty();
+        if self.token.is_some() && self.retries.due(keys_may_have_arrived, now_ms()) {
             let late = self
                 .retries
                 .retry(&self.args.client, &self.args.user_id)
                 .await;
-            entries.extend(self.claim_late(late));
+            entries.extend(self.claim_late(late).await?);
         }
         let invites: Vec<OwnedRoomId> = response.rooms.invited.keys().cloned().collect();
         let mut upgrades = pending_upgrades(&self.args.client, response.rooms.joined.keys());
@@ -271,14 +301,27 @@ impl<'a> SyncRun<'a> {
         self.hand_on(synced)
     }
 
-    /// The messages and undecryptable events of a batch's joined rooms.
-    fn read_batch(
+    /// The messages and undecryptable events of a batch's joined rooms, each room's gap (if its
+    /// timeline was limited) backfilled before its timeline.
+    async fn read_batch(
         &mut self,
         response: &SyncResponse,
-    ) -> (Vec<InboxEntry<InboundMessage>>, Vec<Undecryptable>) {
+    ) -> Result<(Vec<InboxEntry<InboundMessage>>, Vec<Undecryptable>), AccountError> {
         let (mut entries, mut utds) = (Vec::new(), Vec::new());
+        // Records of the events that wait for their keys, kept before the batch commits.
+        let mut waiting = Vec::new();
         for (room_id, update) in &response.rooms.joined {
-            for event in &update.timeline.events {
+            let gap = match (
+                &update.timeline.prev_batch,
+                self.args.client.get_room(room_id),
+            ) {
+                (Some(prev_batch), Some(room)) if update.timeline.limited => {
+                    let since = self.token.as_deref();
+                    backfill::gap(&room, &self.args.store, prev_batch, since, self.bounds()).await?
+                }
+                _ => Vec::new(),
+            };
+            for event in gap.iter().chain(&update.timeline.events) {
                 match normalise(room_id, event, &self.args.user_id) {
                     // An access-token account's device keys are not its own: whatever
                     // matrix-sdk managed to decrypt is not treated as read.
@@ -296,7 +339,10 @@ impl<'a> SyncRun<'a> {
                     Normalised::Message(message) => entries.push(claim(message)),
                     Normalised::Undecryptable(utd) => {
                         warn!(%room_id, event_id = %utd.event_id, sender = %utd.sender, reason = %utd.reason, "could not decrypt a message; retried when keys arrive");
-                        self.retries.remember(room_id, event.raw().clone());
+                        let kept = self
+                            .retries
+                            .remember(room_id, event.raw().clone(), now_ms());
+                        waiting.extend(kept);
                         utds.push(utd);
                     }
                     Normalised::Ignored(reason) => debug!(%room_id, reason, "event ignored"),
@@ -306,7 +352,20 @@ impl<'a> SyncRun<'a> {
                 }
             }
         }
-        (entries, utds)
+        let account = self.args.spec.id.as_str();
+        self.args.store.save_undecryptable(account, waiting).await?;
+        Ok((entries, utds))
+    }
+
+    /// How far back a gap is backfilled.
+    fn bounds(&self) -> backfill::Bounds<'_> {
+        let spec = &self.args.spec;
+        let max_age_ms = spec.sync.catch_up_max_age_secs.saturating_mul(1000);
+        backfill::Bounds {
+            account: &spec.id,
+            oldest_ms: now_ms().saturating_sub(max_age_ms).max(self.born_ms),
+            max_events: usize::try_from(spec.sync.backfill_max_events).unwrap_or(usize::MAX),
+        }
     }
 
     fn mark_healthy(&mut self) {
@@ -331,38 +390,58 @@ impl<'a> SyncRun<'a> {
         Ok(())
     }
 
-    /// Claims messages that decrypted on a retry (the keys came late), and counts them.
-    fn claim_late(&self, late: Vec<InboundMessage>) -> Vec<InboxEntry<InboundMessage>> {
+    /// Claims messages that decrypted on a retry (the keys came late), counts them, and drops
+    /// their records (and those of events given up on) from the store. Their catch-up age
+    /// counts from when the bot first saw them.
+    async fn claim_late(
+        &mut self,
+        late: Vec<Decrypted>,
+    ) -> Result<Vec<InboxEntry<InboundMessage>>, AccountError> {
+        let account = self.args.spec.id.as_str();
+        let mut done = self.retries.take_forgotten();
+        done.extend(late.iter().map(|d| d.message.event_id.to_string()));
+        self.args.store.forget_undecryptable(account, done).await?;
         if !late.is_empty() {
             let n = late.len() as u64;
-            let account = self.args.spec.id.as_str();
             self.args.board.update(account, |s| s.decrypted_late += n);
         }
-        late.into_iter()
-            .map(|message| {
+        let entries = late
+            .into_iter()
+            .map(|Decrypted { message, first_seen_ms }| {
                 info!(room_id = %message.room_id, event_id = %message.event_id, "decrypted a message that had failed before: its keys came late");
-                claim(message)
+                InboxEntry {
+                    seen_at_ms: Some(first_seen_ms),
+                    ..claim(message)
+                }
             })
-            .collect()
+            .collect();
+        Ok(entries)
     }
 
     /// Claims and hands on messages decrypted between syncs, at the current sync position.
-    async fn deliver_late(&mut self, late: Vec<InboundMessage>) -> Result<(), AccountError> {
+    async fn deliver_late(&mut self, late: Vec<Decrypted>) -> Result<(), AccountError> {
         // Retries begin after the first sync, so there is a position to commit at.
-        let Some(token) = self.token.as_deref().filter(|_| !late.is_empty()) else {
+        let Some(token) = self.token.clone().filter(|_| !late.is_empty()) else {
             return Ok(());
         };
-        let entries = self.claim_late(late);
+        let entries = self.claim_late(late).await?;
         let fresh = self
             .args
             .store
-            .commit_sync(&self.args.spec.id, token, entries)
+            .commit_sync(&self.args.spec.id, &token, entries)
             .await?;
         self.hand_on(Synced {
             fresh,
             ..Synced::default()
         })
     }
+}
+
+/// The sync filter: lazy-loaded members, at most `timeline_limit` events per room.
+fn filter(timeline_limit: u32) -> FilterDefinition {
+    let mut filter = FilterDefinition::with_lazy_loading();
+    filter.room.timeline.limit = Some(UInt::from(timeline_limit));
+    filter
 }
 
 /// The stream of rooms whose keys matrix-sdk stored.
@@ -380,6 +459,9 @@ fn claim(message: InboundMessage) -> InboxEntry<InboundMessage> {
     InboxEntry {
         event_id: message.event_id.to_string(),
         claimed_at_ms: now_ms(),
+        seq: 0,
+        attempts: 0,
+        seen_at_ms: None,
         state: InboxState::Pending,
         message,
     }

@@ -115,3 +115,68 @@ pub(crate) fn said(
         attachment: None,
     }
 }
+
+/// A turn context for the account `bot` with `extra` keys, its backend `backend`, no children
+/// (answers are delivered inline), and a fresh store (kept while the directory lives).
+pub(crate) async fn context(
+    extra: &str,
+    backend: std::sync::Arc<Scripted>,
+) -> (crate::turn::context::TurnContext, tempfile::TempDir) {
+    use crate::turn::context::{TurnArgs, TurnContext};
+    let spec = accounts(&[("bot", extra)])
+        .remove("bot")
+        .expect("the account");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = mxfleet_store::Store::open(&dir.path().join("mxfleet.redb")).expect("a store");
+    let client = mxfleet_matrix::matrix_sdk::Client::builder()
+        .homeserver_url("http://127.0.0.1:9")
+        .build()
+        .await
+        .expect("an offline client");
+    let board = crate::status::StatusBoard::new();
+    board.transition("bot", crate::status::AccountState::Syncing, None);
+    let access = crate::gate::Access::new(&spec.conversation, []);
+    let args = TurnArgs {
+        spec: std::sync::Arc::new(spec),
+        rooms: crate::rooms::Rooms::new(client.clone(), Default::default()),
+        client,
+        user_id: user("@bot:hs"),
+        backend,
+        store,
+        board,
+        access,
+        children: crate::children::Children::default(),
+    };
+    let ctx = TurnContext::new(args, tokio::sync::watch::channel(false).1);
+    (ctx, dir)
+}
+
+/// Claims `message` in `bot`'s inbox, as the sync does.
+pub(crate) async fn claim(
+    ctx: &crate::turn::context::TurnContext,
+    message: &mxfleet_message::InboundMessage,
+) {
+    let entry = mxfleet_store::InboxEntry {
+        event_id: message.event_id.to_string(),
+        claimed_at_ms: mxfleet_store::now_ms(),
+        seq: 0,
+        attempts: 0,
+        seen_at_ms: None,
+        state: mxfleet_store::InboxState::Pending,
+        message: message.clone(),
+    };
+    ctx.store
+        .commit_sync("bot", "s1", vec![entry])
+        .await
+        .expect("claimed");
+}
+
+/// How many of `bot`'s messages are pending.
+pub(crate) async fn pending(ctx: &crate::turn::context::TurnContext) -> usize {
+    let (pending, _) = ctx
+        .store
+        .pending::<mxfleet_message::InboundMessage>("bot")
+        .await
+        .expect("the inbox");
+    pending.len()
+}

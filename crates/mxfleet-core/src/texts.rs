@@ -226,8 +226,19 @@ pub(crate) enum Ending {
 }
 
 /// The ending of an answer whose stream stopped with `backend_error` (if any) after `empty` or
-/// some text.
-pub(crate) fn answer_ending(backend_error: Option<&str>, empty: bool) -> Option<Ending> {
+/// some text, or was `interrupted` because mxfleet is stopping.
+pub(crate) fn answer_ending(
+    backend_error: Option<&str>,
+    empty: bool,
+    interrupted: bool,
+) -> Option<Ending> {
+    const STOPPED: &str = "*(interrupted: mxfleet stopped before this answer was complete)*";
+    if interrupted {
+        return Some(match empty {
+            true => Ending::Replace(STOPPED.to_owned()),
+            false => Ending::Append(format!("\n\n{STOPPED}")),
+        });
+    }
     match (backend_error, empty) {
         (Some(e), true) => Some(Ending::Replace(format!(
             "Sorry, I could not get an answer from the backend: {e}"

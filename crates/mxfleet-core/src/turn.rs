@@ -27,16 +27,21 @@ pub(crate) mod record;
 pub(crate) mod room;
 pub(crate) mod routing;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap, future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration,
+};
 
+use futures_util::FutureExt;
 use mxfleet_matrix::matrix_sdk::ruma::OwnedRoomId;
 use mxfleet_message::{InboundMessage, Undecryptable};
 use mxfleet_store::{InboxEntry, now_ms};
+
+use crate::error::AccountError;
 use tokio::{
     sync::{mpsc, watch},
     task::JoinSet,
 };
-use tracing::{Instrument, error, info, info_span};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use self::{
     context::{TurnArgs, TurnContext},
@@ -44,37 +49,55 @@ use self::{
     room::MatrixRoom,
 };
 
+/// Attempts to answer one message before giving up on it (a crash of the process during an
+/// attempt counts too, so a message that kills the process is not tried forever).
+const MAX_ATTEMPTS: u32 = 5;
+/// The wait before the second attempt; it doubles with each further one.
+const FIRST_RETRY: Duration = Duration::from_secs(2);
+
+/// How long answers that were told to wrap up get to send their final edit.
+const WRAP_UP_GRACE: Duration = Duration::from_secs(5);
+
 /// The per-room answer queues of one account.
 pub(crate) struct Turns {
     context: Arc<TurnContext>,
     notices: UtdNotices,
     queues: HashMap<OwnedRoomId, mpsc::UnboundedSender<InboundMessage>>,
     workers: JoinSet<()>,
+    /// Workers take no new message.
     stop: watch::Sender<bool>,
+    /// Answers still streaming end with their final edit.
+    wrap_up: watch::Sender<bool>,
 }
 
 impl Turns {
     /// Workers for one account's messages.
     pub(crate) fn new(args: TurnArgs) -> Self {
         let (stop, _) = watch::channel(false);
+        let (wrap_up, wrapping_up) = watch::channel(false);
         Self {
-            context: Arc::new(TurnContext::new(args)),
+            context: Arc::new(TurnContext::new(args, wrapping_up)),
             notices: UtdNotices::default(),
             queues: HashMap::new(),
             workers: JoinSet::new(),
             stop,
+            wrap_up,
         }
     }
 
     /// Queues `entry` for an answer, or skips it: sent by another bot of the fleet, or older
-    /// than `catch_up_max_age_secs`.
+    /// than `catch_up_max_age_secs` (its age now, or for a message decrypted late its age when
+    /// the bot first saw it).
     pub(crate) fn dispatch(&mut self, entry: InboxEntry<InboundMessage>) {
         let ctx = self.context.clone();
         let message = entry.message;
         if ctx.board.is_fleet_user(message.sender.as_str()) {
             return self.skip_later(message, "sent by another account of this fleet".into());
         }
-        let age_ms = now_ms().saturating_sub(message.origin_server_ts_ms);
+        // A message decrypted late was received in time if it was young when the bot first saw
+        // it; how long its keys took does not count.
+        let judged_at = entry.seen_at_ms.unwrap_or_else(now_ms);
+        let age_ms = judged_at.saturating_sub(message.origin_server_ts_ms);
         if age_ms > ctx.catch_up_max_age_ms() {
             info!(account = %ctx.account, event_id = %message.event_id, age_secs = age_ms / 1000,
                 "message older than catch_up_max_age_secs: skipped");
@@ -103,29 +126,43 @@ impl Turns {
         self.notices.report(&self.context, utd);
     }
 
-    /// Lets in-flight answers finish within `deadline`, then aborts the rest. Queued messages
-    /// stay pending in the inbox and are answered after the next start.
-    pub(crate) async fn shutdown(mut self, deadline: Duration) {
+    /// Lets in-flight answers finish within `drain`; answers still streaming then end with
+    /// their "interrupted" edit (within [`WRAP_UP_GRACE`]), and what is left is aborted. Queued
+    /// messages stay pending in the inbox and are answered after the next start.
+    pub(crate) async fn shutdown(mut self, drain: Duration) {
         let _ = self.stop.send(true);
         self.queues.clear();
-        let drained = tokio::time::timeout(deadline, async {
-            while self.workers.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
+        if self.drain_within(drain).await {
+            return;
+        }
+        info!(account = %self.context.account, workers = self.workers.len(),
+            "answers still streaming at the drain deadline: ending them as interrupted");
+        let _ = self.wrap_up.send(true);
+        if !self.drain_within(WRAP_UP_GRACE).await {
+            warn!(
                 account = %self.context.account,
                 workers = self.workers.len(),
-                "reply workers did not finish within the shutdown deadline; aborted"
+                "reply workers did not finish their final edits in time; aborted"
             );
             self.workers.abort_all();
         }
     }
 
+    /// Waits up to `deadline` for every worker to end; whether they did.
+    async fn drain_within(&mut self, deadline: Duration) -> bool {
+        tokio::time::timeout(deadline, async {
+            while self.workers.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok()
+    }
+
     /// Records, on a task, that `message` is skipped for `reason`.
     fn skip_later(&self, message: InboundMessage, reason: String) {
         let ctx = self.context.clone();
-        tokio::spawn(async move { record::skip(&ctx, &message, &reason).await });
+        tokio::spawn(async move {
+            let _ = record::skip(&ctx, &message, &reason).await;
+        });
     }
 }
 
@@ -142,16 +179,163 @@ async fn room_worker(
             message = queue.recv() => match message { Some(message) => message, None => return },
         };
         let span = info_span!(parent: None, "message", account = %ctx.account, room = %message.room_id, event_id = %message.event_id);
-        async {
-            match ctx.rooms.get(&message.room_id) {
-                Some(room) => {
-                    let room = MatrixRoom::new(room, ctx.rooms.clone());
-                    answer::handle(&ctx, &room, message).await;
-                }
-                None => record::skip(&ctx, &message, "not in the room").await,
+        let handle = |message| handle_in_room(&ctx, message);
+        attempt(&ctx, &message, &mut stop, handle)
+            .instrument(span)
+            .await;
+    }
+}
+
+/// Answers `message`, trying again while its failures may pass (the room's later messages
+/// wait: answers stay in order), and gives up after [`MAX_ATTEMPTS`]. A panic while answering
+/// stays with this message.
+async fn attempt<F, Fut>(
+    ctx: &TurnContext,
+    message: &InboundMessage,
+    stop: &mut watch::Receiver<bool>,
+    handle: F,
+) where
+    F: Fn(InboundMessage) -> Fut,
+    Fut: Future<Output = Result<(), AccountError>>,
+{
+    let mut wait = FIRST_RETRY;
+    loop {
+        let attempt = match ctx
+            .store
+            .begin_attempt(&ctx.account, message.event_id.as_str())
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                return error!(error = %e, "could not count the attempt; message left pending");
             }
+        };
+        if attempt > MAX_ATTEMPTS {
+            let reason = format!("no answer after {MAX_ATTEMPTS} attempts");
+            return record::give_up(ctx, message, &reason).await;
         }
-        .instrument(span)
+        let handled = AssertUnwindSafe(handle(message.clone()))
+            .catch_unwind()
+            .await;
+        let failure = match handled {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) if !e.is_retryable() => {
+                return record::give_up(ctx, message, &e.to_string()).await;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "panicked while answering".to_owned(),
+        };
+        warn!(attempt, error = %failure, wait_ms = wait.as_millis() as u64, "answering failed; trying again");
+        tokio::select! {
+            _ = stop.wait_for(|stopping| *stopping) => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = wait.saturating_mul(2);
+    }
+}
+
+/// Handles `message` in its room; a room the account is not in is skipped.
+async fn handle_in_room(ctx: &TurnContext, message: InboundMessage) -> Result<(), AccountError> {
+    match ctx.rooms.get(&message.room_id) {
+        Some(room) => {
+            let room = MatrixRoom::new(room, ctx.rooms.clone());
+            answer::handle(ctx, &room, message).await
+        }
+        None => record::skip(ctx, &message, "not in the room").await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use mxfleet_matrix::{FailureClass, MatrixFailure};
+    use mxfleet_store::InboxState;
+
+    use super::*;
+    use crate::testing::{Scripted, claim, context, said};
+
+    fn transient() -> AccountError {
+        MatrixFailure::new(FailureClass::Transient, "homeserver down").into()
+    }
+
+    /// Runs `attempt` on a claimed message with a handler that answers the n-th call (1-based)
+    /// with `outcome(n)`; returns the calls made, the inbox state and the failed count.
+    async fn run(outcome: impl Fn(u32) -> Result<(), AccountError>) -> (u32, String, u64) {
+        let (ctx, _dir) = context("", Scripted::new("")).await;
+        let message = said("!r:hs", "$m", "@ann:hs", "hi");
+        claim(&ctx, &message).await;
+        let calls = AtomicU32::new(0);
+        let (_stop, mut stopping) = watch::channel(false);
+        let handler = |_message| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let result = outcome(n);
+            async move {
+                // A handler that panics: the panic stays with this message.
+                if matches!(&result, Err(AccountError::Panicked(_))) {
+                    panic!("a poison message");
+                }
+                result
+            }
+        };
+        attempt(&ctx, &message, &mut stopping, handler).await;
+        let entry = ctx
+            .store
+            .entry::<serde_json::Value>("bot", "$m")
+            .await
+            .expect("the inbox");
+        let state = entry
+            .map(|e| match &e.state {
+                InboxState::Failed { reason } => format!("failed: {reason}"),
+                other => format!("{other:?}"),
+            })
+            .unwrap_or_default();
+        let failed = ctx.board.account("bot").map_or(0, |s| s.messages_failed);
+        (calls.load(Ordering::SeqCst), state, failed)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_that_may_pass_are_tried_again_and_then_given_up() {
+        // Two panics, then it works: answered on the third attempt.
+        let (calls, state, failed) = run(|n| match n {
+            1 | 2 => Err(AccountError::Panicked("the handler")),
+            _ => Ok(()),
+        })
         .await;
+        assert_eq!((calls, failed), (3, 0));
+        assert_eq!(state, "Pending", "the handler records its own outcome");
+
+        // Never works: given up after MAX_ATTEMPTS, with the reason.
+        let (calls, state, failed) = run(|_| Err(transient())).await;
+        assert_eq!((calls, failed), (MAX_ATTEMPTS, 1));
+        assert!(state.starts_with("failed: no answer after"), "{state}");
+
+        // A failure that cannot pass: given up at once.
+        let forbidden = || -> AccountError {
+            MatrixFailure::new(FailureClass::Fatal, "M_FORBIDDEN: you may not speak").into()
+        };
+        let (calls, state, failed) = run(|_| Err(forbidden())).await;
+        assert_eq!((calls, failed), (1, 1));
+        assert!(state.contains("M_FORBIDDEN"), "{state}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_that_keeps_crashing_the_process_is_given_up() {
+        let (ctx, _dir) = context("", Scripted::new("")).await;
+        let message = said("!r:hs", "$m", "@ann:hs", "hi");
+        claim(&ctx, &message).await;
+        // Earlier processes began MAX_ATTEMPTS attempts and never finished them.
+        for _ in 0..MAX_ATTEMPTS {
+            ctx.store.begin_attempt("bot", "$m").await.expect("counted");
+        }
+        let (_stop, mut stopping) = watch::channel(false);
+        let calls = AtomicU32::new(0);
+        let handler = |_message| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        };
+        attempt(&ctx, &message, &mut stopping, handler).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "not tried again");
+        assert_eq!(ctx.board.account("bot").map(|s| s.messages_failed), Some(1));
     }
 }

@@ -89,7 +89,12 @@ pub async fn connect(
             }
         }
     };
-    let client = Client::builder()
+    let mut builder = Client::builder();
+    if matches!(spec.auth, AccountAuth::Password(_)) {
+        // Expired access tokens are refreshed (and the new ones saved before use, below).
+        builder = builder.handle_refresh_tokens();
+    }
+    let client = builder
         .homeserver_url(spec.homeserver.as_str())
         // The configured URL is authoritative: a fresh login must not switch to the server's
         // advertised base URL while restored sessions use the configured one.
@@ -117,6 +122,7 @@ pub async fn connect(
                 ),
             )
         })?;
+    save_rotated_tokens(&client, store, &spec.id)?;
 
     match (&spec.auth, stored) {
         (AccountAuth::Password(password), Some(session)) if !crypto_store_existed => {
@@ -195,6 +201,7 @@ async fn login_with_password(
         .login_username(user, password)
         .device_id(device_id)
         .initial_device_display_name(&spec.device_display_name)
+        .request_refresh_token()
         .send()
         .await
         .map_err(|e| MatrixFailure::from_sdk("password login", &e))?;
@@ -310,6 +317,41 @@ async fn adopt_access_token(
         .await
         .map_err(|e| MatrixFailure::new(FailureClass::Fatal, e.to_string()))?;
     restore(client, session).await
+}
+
+/// Makes matrix-sdk save every rotation of the session's tokens (a refresh) to mxfleet's store
+/// the moment it happens, before the new access token is used: a process killed right after a
+/// refresh restores the new tokens, not the old ones the homeserver no longer accepts.
+fn save_rotated_tokens(client: &Client, store: &Store, account: &str) -> Result<(), MatrixFailure> {
+    let (saver, reloader) = (store.clone(), store.clone());
+    let (save_as, reload_as) = (account.to_owned(), account.to_owned());
+    let save = Box::new(move |client: Client| {
+        let (Some(meta), Some(tokens)) = (client.session_meta(), client.session_tokens()) else {
+            return Ok(());
+        };
+        let session = StoredSession {
+            user_id: meta.user_id.to_string(),
+            device_id: meta.device_id.to_string(),
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            needs_relogin: false,
+        };
+        saver.save_session_now(&save_as, &session)?;
+        info!(account = %save_as, "access token refreshed; the new tokens are saved");
+        Ok(())
+    });
+    let reload = Box::new(move |_client: Client| {
+        let session = reloader
+            .session_now(&reload_as)?
+            .ok_or("no stored session to reload")?;
+        Ok(SessionTokens {
+            access_token: session.access_token,
+            refresh_token: session.refresh_token,
+        })
+    });
+    client
+        .set_session_callbacks(reload, save)
+        .map_err(|e| MatrixFailure::new(FailureClass::Fatal, format!("session callbacks: {e}")))
 }
 
 fn parse_user_id(raw: &str) -> Result<OwnedUserId, MatrixFailure> {

@@ -16,6 +16,7 @@ pub mod inbound;
 pub mod media;
 pub mod outbound;
 pub mod polls;
+pub mod probe;
 
 pub use connect::{Connection, account_dir, connect};
 pub use failure::{FailureClass, MatrixFailure};

@@ -33,6 +33,13 @@ const MEMORY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("memor
 const OTP: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("otp_challenges");
 const APPROVED: TableDefinition<(&str, &str), u64> = TableDefinition::new("approved_senders");
 const RECOVERY_KEYS: TableDefinition<&str, &str> = TableDefinition::new("recovery_keys");
+/// Per account, the `seq` of the last claimed inbox entry.
+const INBOX_SEQ: TableDefinition<&str, u64> = TableDefinition::new("inbox_seq");
+/// Per account and event, an encrypted event waiting for its keys.
+const UNDECRYPTABLE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("undecryptable");
+/// Per account, when its very first sync began (ms since the epoch): messages sent before are
+/// history, messages after are answered, even if that first sync never completed.
+const BIRTHS: TableDefinition<&str, u64> = TableDefinition::new("account_births");
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +132,23 @@ pub enum InboxState {
         /// Why.
         reason: String,
     },
+    /// Given up on: every attempt failed (the last one's reason).
+    Failed {
+        /// Why the last attempt failed.
+        reason: String,
+    },
+}
+
+/// An encrypted event that could not be decrypted yet, kept so it is tried again after a
+/// restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredUndecryptable {
+    /// Its room.
+    pub room_id: String,
+    /// The event as the homeserver sent it (JSON).
+    pub event: String,
+    /// When the bot first saw it (ms since the epoch).
+    pub first_seen_ms: u64,
 }
 
 /// One inbound event claimed for handling.
@@ -134,6 +158,18 @@ pub struct InboxEntry<T> {
     pub event_id: String,
     /// When the entry was claimed (ms since the Unix epoch).
     pub claimed_at_ms: u64,
+    /// The account's claim counter when it was claimed: pending entries are handled again in
+    /// this order (arrival), not in the order of their keys. Set by the store.
+    #[serde(default)]
+    pub seq: u64,
+    /// How many times handling it began (counted before each attempt, so a message that
+    /// crashes the process is counted too).
+    #[serde(default)]
+    pub attempts: u32,
+    /// When the bot first saw the event, if that differs from when it was claimed (a message
+    /// that could only be decrypted later): its catch-up age counts from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seen_at_ms: Option<u64>,
     /// Where it stands.
     pub state: InboxState,
     /// The normalised message.
@@ -161,6 +197,13 @@ pub struct DraftPart {
     pub shown: String,
     /// Edits sent so far.
     pub edits: u32,
+    /// The number of the last edit attempt's transaction id (`…e<n>`): an attempt with other
+    /// text takes the next number, so a lost answer to an earlier attempt never swallows it.
+    #[serde(default)]
+    pub edit_seq: u32,
+    /// A fingerprint of the text of that attempt (a retry of the same text reuses its id).
+    #[serde(default)]
+    pub edit_text: u64,
 }
 
 /// One remembered turn of a conversation.
@@ -265,6 +308,25 @@ impl Store {
         .await
     }
 
+    /// The saved session of `account`, read on the calling thread.
+    pub fn session_now(&self, account: &str) -> Result<Option<StoredSession>, StoreError> {
+        self.get_json(SESSIONS, "sessions", account)
+    }
+
+    /// Saves the session of `account` now, on the calling thread (for matrix-sdk's synchronous
+    /// session callback: a refreshed token is committed before it is used).
+    pub fn save_session_now(
+        &self,
+        account: &str,
+        session: &StoredSession,
+    ) -> Result<(), StoreError> {
+        let bytes = to_json(session);
+        self.write(|tx| {
+            tx.open_table(SESSIONS)?.insert(account, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
     /// Forgets the session of `account` (the next start logs in afresh).
     pub async fn delete_session(&self, account: &str) -> Result<(), StoreError> {
         let account = account.to_owned();
@@ -326,6 +388,109 @@ impl Store {
             .await
     }
 
+    /// When `account`'s very first sync began: the stored time, or `now_ms`, stored now.
+    pub async fn birth(&self, account: &str, now_ms: u64) -> Result<u64, StoreError> {
+        let account = account.to_owned();
+        self.blocking(move |s| {
+            s.write(|tx| {
+                let mut births = tx.open_table(BIRTHS)?;
+                if let Some(born) = births.get(account.as_str())? {
+                    return Ok(born.value());
+                }
+                births.insert(account.as_str(), now_ms)?;
+                Ok(now_ms)
+            })
+        })
+        .await
+    }
+
+    /// Keeps `events` (by event id) of `account` that wait for their keys.
+    pub async fn save_undecryptable(
+        &self,
+        account: &str,
+        events: Vec<(String, StoredUndecryptable)>,
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let account = account.to_owned();
+        self.blocking(move |s| {
+            s.write(|tx| {
+                let mut table = tx.open_table(UNDECRYPTABLE)?;
+                for (event_id, record) in &events {
+                    let key = (account.as_str(), event_id.as_str());
+                    table.insert(key, to_json(record).as_slice())?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// The events of `account` that wait for their keys (a record that does not decode is
+    /// dropped: it would never decrypt).
+    pub async fn undecryptable(
+        &self,
+        account: &str,
+    ) -> Result<Vec<(String, StoredUndecryptable)>, StoreError> {
+        let account = account.to_owned();
+        self.blocking(move |s| {
+            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
+            let table = tx.open_table(UNDECRYPTABLE).map_err(|e| s.err(e))?;
+            let mut found = Vec::new();
+            let range = table
+                .range((account.as_str(), "")..)
+                .map_err(|e| s.err(e))?;
+            for row in range {
+                let (key, value) = row.map_err(|e| s.err(e))?;
+                let (owner, event_id) = key.value();
+                if owner != account {
+                    break;
+                }
+                if let Ok(record) = serde_json::from_slice(value.value()) {
+                    found.push((event_id.to_owned(), record));
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    /// Forgets `account`'s events `event_ids` (decrypted, or given up on).
+    pub async fn forget_undecryptable(
+        &self,
+        account: &str,
+        event_ids: Vec<String>,
+    ) -> Result<(), StoreError> {
+        if event_ids.is_empty() {
+            return Ok(());
+        }
+        let account = account.to_owned();
+        self.blocking(move |s| {
+            s.write(|tx| {
+                let mut table = tx.open_table(UNDECRYPTABLE)?;
+                for event_id in &event_ids {
+                    table.remove((account.as_str(), event_id.as_str()))?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Forgets `account`'s sync position: its next sync starts afresh (without any token),
+    /// answering what was sent since its birth and within the catch-up age.
+    pub async fn forget_sync_position(&self, account: &str) -> Result<(), StoreError> {
+        let account = account.to_owned();
+        self.blocking(move |s| {
+            s.write(|tx| {
+                tx.open_table(SYNC_POSITIONS)?.remove(account.as_str())?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
     /// Commits a sync batch: claims each event not claimed before and moves the sync position
     /// to `next_batch`, in one transaction. Returns the newly claimed entries.
     pub async fn commit_sync<T>(
@@ -343,14 +508,19 @@ impl Store {
                 let mut fresh = Vec::new();
                 {
                     let mut inbox = tx.open_table(INBOX)?;
-                    for entry in entries {
+                    let mut seqs = tx.open_table(INBOX_SEQ)?;
+                    let mut seq = seqs.get(account.as_str())?.map_or(0, |v| v.value());
+                    for mut entry in entries {
                         let key = (account.as_str(), entry.event_id.as_str());
                         if inbox.get(key)?.is_some() {
                             continue;
                         }
+                        seq = seq.saturating_add(1);
+                        entry.seq = seq;
                         inbox.insert(key, to_json(&entry).as_slice())?;
                         fresh.push(entry);
                     }
+                    seqs.insert(account.as_str(), seq)?;
                 }
                 tx.open_table(SYNC_POSITIONS)?
                     .insert(account.as_str(), next_batch.as_str())?;
@@ -360,8 +530,64 @@ impl Store {
         .await
     }
 
-    /// Entries of `account` still pending (claimed before a crash or restart, not answered).
-    /// Corrupt entries are returned as errors in the second list, not dropped.
+    /// The inbox entry of `event_id` for `account`, if claimed.
+    pub async fn entry<T>(
+        &self,
+        account: &str,
+        event_id: &str,
+    ) -> Result<Option<InboxEntry<T>>, StoreError>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        let (account, event_id) = (account.to_owned(), event_id.to_owned());
+        self.blocking(move |s| {
+            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
+            let table = tx.open_table(INBOX).map_err(|e| s.err(e))?;
+            let Some(value) = table
+                .get((account.as_str(), event_id.as_str()))
+                .map_err(|e| s.err(e))?
+            else {
+                return Ok(None);
+            };
+            serde_json::from_slice(value.value())
+                .map(Some)
+                .map_err(|source| StoreError::Corrupt {
+                    table: "inbox",
+                    key: format!("{account}/{event_id}"),
+                    source,
+                })
+        })
+        .await
+    }
+
+    /// Which of `event_ids` are already in `account`'s inbox.
+    pub async fn claimed(
+        &self,
+        account: &str,
+        event_ids: Vec<String>,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let account = account.to_owned();
+        self.blocking(move |s| {
+            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
+            let table = tx.open_table(INBOX).map_err(|e| s.err(e))?;
+            let mut known = std::collections::HashSet::new();
+            for id in event_ids {
+                if table
+                    .get((account.as_str(), id.as_str()))
+                    .map_err(|e| s.err(e))?
+                    .is_some()
+                {
+                    known.insert(id);
+                }
+            }
+            Ok(known)
+        })
+        .await
+    }
+
+    /// Entries of `account` still pending (claimed before a crash or restart, not answered), in
+    /// the order they were claimed. Corrupt entries are returned as errors in the second list,
+    /// not dropped.
     pub async fn pending<T>(
         &self,
         account: &str,
@@ -393,6 +619,7 @@ impl Store {
                     }),
                 }
             }
+            pending.sort_by_key(|e: &InboxEntry<T>| (e.seq, e.claimed_at_ms));
             Ok((pending, corrupt))
         })
         .await
@@ -638,6 +865,28 @@ impl Store {
         .await
     }
 
+    /// Counts the beginning of an attempt to handle an inbox entry; returns the attempt's
+    /// number (1 for the first). An entry that is not in the inbox counts as a first attempt.
+    pub async fn begin_attempt(&self, account: &str, event_id: &str) -> Result<u32, StoreError> {
+        let (account, event_id) = (account.to_owned(), event_id.to_owned());
+        self.blocking(move |s| {
+            s.write(|tx| {
+                let mut inbox = tx.open_table(INBOX)?;
+                let key = (account.as_str(), event_id.as_str());
+                let current = inbox.get(key)?.map(|v| v.value().to_vec());
+                let Some(bytes) = current else { return Ok(1) };
+                let Ok(mut entry) = serde_json::from_slice::<InboxEntry<serde_json::Value>>(&bytes)
+                else {
+                    return Ok(1);
+                };
+                entry.attempts = entry.attempts.saturating_add(1);
+                inbox.insert(key, to_json(&entry).as_slice())?;
+                Ok(entry.attempts)
+            })
+        })
+        .await
+    }
+
     /// Records how an inbox entry ended.
     pub async fn finish(
         &self,
@@ -694,6 +943,9 @@ impl Store {
             tx.open_table(OTP)?;
             tx.open_table(APPROVED)?;
             tx.open_table(RECOVERY_KEYS)?;
+            tx.open_table(INBOX_SEQ)?;
+            tx.open_table(BIRTHS)?;
+            tx.open_table(UNDECRYPTABLE)?;
             Ok(())
         })
     }
@@ -804,6 +1056,9 @@ mod tests {
         InboxEntry {
             event_id: id.into(),
             claimed_at_ms: now_ms(),
+            seq: 0,
+            attempts: 0,
+            seen_at_ms: None,
             state: InboxState::Pending,
             message: format!("body of {id}"),
         }
@@ -856,6 +1111,24 @@ mod tests {
         );
 
         assert_eq!(store.prune_inbox(now_ms() + 1).await?, 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn pending_entries_come_back_in_the_order_they_were_claimed() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+        let store = Store::open(&dir.path().join("db.redb"))?;
+        // Event ids sort differently from arrival.
+        store
+            .commit_sync("a", "s1", vec![entry("$zeta"), entry("$alpha")])
+            .await?;
+        store
+            .commit_sync("a", "s2", vec![entry("$mu"), entry("$alpha")])
+            .await?;
+        store.commit_sync("a", "s3", vec![entry("$beta")]).await?;
+        let (pending, _) = store.pending::<String>("a").await?;
+        let order: Vec<&str> = pending.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(order, ["$zeta", "$alpha", "$mu", "$beta"]);
         Ok(())
     }
 

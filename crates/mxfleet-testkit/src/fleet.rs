@@ -133,6 +133,17 @@ impl FleetProcess {
         )
     }
 
+    /// Forgets `account`'s committed sync position in the stopped fleet's database, as if its
+    /// first sync had died before committing (while matrix-sdk kept its own token).
+    pub async fn forget_sync_position(&self, account: &str) -> Result<()> {
+        if self.child.is_some() {
+            bail!("stop the fleet first");
+        }
+        let store = mxfleet_store::Store::open(&self.data_dir().join("mxfleet.redb"))?;
+        store.forget_sync_position(account).await?;
+        Ok(())
+    }
+
     /// The current `status.json`, if written.
     pub fn status(&self) -> Option<Value> {
         let bytes = std::fs::read(self.data_dir().join("status.json")).ok()?;
@@ -150,6 +161,29 @@ impl FleetProcess {
             if tokio::time::Instant::now() >= deadline {
                 bail!(
                     "{account} not {state} within {timeout:?}; status: {current:?}\nlog tail:\n{}",
+                    self.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the status satisfies `ok`; returns it.
+    pub async fn wait_for_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.status().filter(|s| ok(s)) {
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{what}: not in the status within {timeout:?}: {:?}\nlog tail:\n{}",
+                    self.status(),
                     self.log_tail(30)
                 );
             }

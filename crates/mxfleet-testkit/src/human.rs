@@ -120,7 +120,10 @@ impl Human {
         password: &str,
         only_trusted_devices: bool,
     ) -> Result<Human> {
-        let mut builder = Client::builder().homeserver_url(homeserver);
+        // Refresh tokens, so a human outlives a homeserver's short access-token lifetimes.
+        let mut builder = Client::builder()
+            .homeserver_url(homeserver)
+            .handle_refresh_tokens();
         if only_trusted_devices {
             builder = builder.with_room_key_recipient_strategy(
                 matrix_sdk_base::crypto::CollectStrategy::OnlyTrustedDevices,
@@ -130,6 +133,7 @@ impl Human {
         client
             .matrix_auth()
             .login_username(user_id, password)
+            .request_refresh_token()
             .send()
             .await?;
         let record = Arc::new(Mutex::new(Record::default()));

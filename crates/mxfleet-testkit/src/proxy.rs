@@ -1,7 +1,13 @@
 //! An HTTP proxy in front of Synapse that records every request (method, path and query), so
-//! tests can count `/login` calls, see a `/sync`'s timeout, or requests made after a failure.
+//! tests can count `/login` calls, see a `/sync`'s timeout, or requests made after a failure;
+//! and that injects faults: an error answer instead of forwarding, a network cut (every
+//! connection dropped without an answer), or a lost response (the request reaches Synapse, the
+//! answer never comes back).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, Ordering},
+};
 
 use axum::{
     Router,
@@ -18,13 +24,15 @@ pub struct CountingProxy {
     pub url: String,
     paths: Arc<Mutex<Vec<String>>>,
     fault: Arc<Mutex<Option<Fault>>>,
+    cut: Arc<AtomicBool>,
+    lost: Arc<Mutex<Vec<Loss>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 /// A failure the proxy injects instead of forwarding.
 #[derive(Debug, Clone)]
 pub struct Fault {
-    /// Requests whose path ends with this fail.
+    /// Requests whose path ends with this, or contains it, fail.
     pub path_suffix: String,
     /// The status to answer with.
     pub status: u16,
@@ -38,43 +46,66 @@ struct AppState {
     client: reqwest::Client,
     paths: Arc<Mutex<Vec<String>>>,
     fault: Arc<Mutex<Option<Fault>>>,
+    cut: Arc<AtomicBool>,
+    /// Responses to lose.
+    lost: Arc<Mutex<Vec<Loss>>>,
+}
+
+/// A response to lose: the one of the request after `skip` more matching `path_part`.
+#[derive(Debug)]
+struct Loss {
+    path_part: String,
+    skip: usize,
+    done: bool,
 }
 
 impl CountingProxy {
     /// Proxies to `upstream`.
     pub async fn start(upstream: &str) -> anyhow::Result<CountingProxy> {
-        let paths = Arc::new(Mutex::new(Vec::new()));
-        let fault = Arc::new(Mutex::new(None));
         let state = AppState {
             upstream: upstream.trim_end_matches('/').to_owned(),
             client: reqwest::Client::new(),
-            paths: paths.clone(),
-            fault: fault.clone(),
+            paths: Arc::default(),
+            fault: Arc::default(),
+            cut: Arc::default(),
+            lost: Arc::default(),
         };
-        let app = Router::new().fallback(forward).with_state(state);
+        let app = Router::new().fallback(forward).with_state(state.clone());
         let (addr, task) = crate::serve_on_loopback(app).await?;
         Ok(CountingProxy {
             url: format!("http://{addr}"),
-            paths,
-            fault,
+            paths: state.paths,
+            fault: state.fault,
+            cut: state.cut,
+            lost: state.lost,
             task,
         })
     }
 
     /// Makes matching requests fail (or, with `None`, heals the proxy).
     pub fn set_fault(&self, fault: Option<Fault>) {
-        *self
-            .fault
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = fault;
+        *lock(&self.fault) = fault;
+    }
+
+    /// Cuts the network (`true`): every request, and every answer still on its way, has its
+    /// connection dropped; `false` heals it.
+    pub fn cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::SeqCst);
+    }
+
+    /// Loses the response of the `nth` (1-based, counted from now) request whose path contains
+    /// `path_part`: it reaches Synapse, its answer never comes back (the connection is dropped).
+    pub fn lose_response(&self, path_part: &str, nth: usize) {
+        lock(&self.lost).push(Loss {
+            path_part: path_part.to_owned(),
+            skip: nth.saturating_sub(1),
+            done: false,
+        });
     }
 
     /// Every request seen so far, as `METHOD /path`.
     pub fn requests(&self) -> Vec<String> {
-        self.paths
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        lock(&self.paths).clone()
     }
 
     /// How many requests had a path (query left out) ending in `suffix`.
@@ -103,20 +134,15 @@ async fn forward(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    state
-        .paths
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .push(format!(
-            "{method} {}",
-            uri.path_and_query().map_or("/", |p| p.as_str())
-        ));
-    let fault = state
-        .fault
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    if let Some(fault) = fault.filter(|f| uri.path().ends_with(&f.path_suffix)) {
+    lock(&state.paths).push(format!(
+        "{method} {}",
+        uri.path_and_query().map_or("/", |p| p.as_str())
+    ));
+    if state.cut.load(Ordering::SeqCst) {
+        return dropped();
+    }
+    let fault = lock(&state.fault).clone();
+    if let Some(fault) = fault.filter(|f| uri.path().contains(&f.path_suffix)) {
         return Response::builder()
             .status(fault.status)
             .header("content-type", "application/json")
@@ -134,7 +160,9 @@ async fn forward(
             request = request.header(name, value);
         }
     }
+    let lose = take_loss(&state.lost, uri.path());
     match request.send().await {
+        Ok(_) if lose || state.cut.load(Ordering::SeqCst) => dropped(),
         Ok(upstream) => {
             let mut response = Response::builder().status(upstream.status());
             for (name, value) in upstream.headers() {
@@ -150,4 +178,37 @@ async fn forward(
             .body(Body::from("upstream unreachable"))
             .unwrap_or_default(),
     }
+}
+
+/// A response whose body fails at once: the connection is dropped without an answer.
+fn dropped() -> Response {
+    let failing = futures_util::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other("dropped by the test proxy"))
+    });
+    Response::builder()
+        .status(200)
+        .body(Body::from_stream(failing))
+        .unwrap_or_default()
+}
+
+/// Whether the response to a request for `path` is to be lost (and counts it).
+fn take_loss(lost: &Mutex<Vec<Loss>>, path: &str) -> bool {
+    let mut lost = lock(lost);
+    for loss in lost
+        .iter_mut()
+        .filter(|l| !l.done && path.contains(&l.path_part))
+    {
+        if loss.skip == 0 {
+            loss.done = true;
+            return true;
+        }
+        loss.skip -= 1;
+    }
+    false
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -98,7 +98,8 @@ impl Scenario {
         self
     }
 
-    /// Adds top-level TOML (`[restart]`, `[shard]`, or a raw table).
+    /// Adds top-level TOML (`[restart]`, `[shard]`, or a raw table); bare keys go in the first
+    /// one, before any table.
     pub fn toml(mut self, text: &str) -> Self {
         self.top.push(text.to_owned());
         self
@@ -384,14 +385,14 @@ impl Running {
     /// The config text the scenario makes (without the data dir, which the fleet adds).
     pub fn config(&self) -> String {
         let mut text = String::new();
+        for top in &self.scenario.top {
+            text.push_str(top);
+            text.push_str("\n\n");
+        }
         if let Some(bind) = &self.admin {
             text.push_str(&format!(
                 "[admin]\nbind = {bind:?}\ntoken = {ADMIN_TOKEN:?}\n\n"
             ));
-        }
-        for top in &self.scenario.top {
-            text.push_str(top);
-            text.push_str("\n\n");
         }
         for (name, body) in &self.scenario.backends {
             text.push_str(&format!("[backends.{name}]\n{body}\n\n"));

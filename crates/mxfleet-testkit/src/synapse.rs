@@ -60,7 +60,17 @@ impl Synapse {
         Self::start_private_with(true).await
     }
 
+    /// A Synapse of this test's own (raised rate limits) with `yaml` added to its
+    /// configuration, e.g. short token lifetimes; stopped when dropped.
+    pub async fn start_private_configured(yaml: &str) -> Result<Synapse> {
+        Self::start_configured(false, yaml).await
+    }
+
     async fn start_private_with(default_limits: bool) -> Result<Synapse> {
+        Self::start_configured(default_limits, "").await
+    }
+
+    async fn start_configured(default_limits: bool, yaml: &str) -> Result<Synapse> {
         let temp = tempfile::tempdir()?;
         let dir = temp.path().to_path_buf();
         let port = free_port()?;
@@ -70,6 +80,13 @@ impl Synapse {
             args.push("default-ratelimits");
         }
         script(&args).await?;
+        if !yaml.is_empty() {
+            use std::io::Write;
+            let mut config = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.join("homeserver.yaml"))?;
+            writeln!(config, "{yaml}")?;
+        }
 
         let mut synapse = Synapse {
             dir,

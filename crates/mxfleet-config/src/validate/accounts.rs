@@ -85,6 +85,16 @@ fn one(
         &format!("{key}.sync_stall_secs"),
         "must be at least 1",
     );
+    check.require(
+        (1..=1000).contains(&sync.sync_timeline_limit),
+        &format!("{key}.sync_timeline_limit"),
+        "must be between 1 and 1000",
+    );
+    check.require(
+        sync.backfill_max_events <= 10_000,
+        &format!("{key}.backfill_max_events"),
+        "must be at most 10000",
+    );
     let device_id = login
         .device_id
         .clone()

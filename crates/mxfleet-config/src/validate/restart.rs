@@ -3,7 +3,7 @@
 use super::Checker;
 use crate::Config;
 
-/// Checks `[restart]` and `shutdown_timeout_secs`.
+/// Checks `[restart]`, `shutdown_timeout_secs` and `shutdown_drain_secs`.
 pub(super) fn check(check: &mut Checker<'_>, raw: &Config) {
     let r = &raw.restart;
     check.require(
@@ -40,5 +40,10 @@ pub(super) fn check(check: &mut Checker<'_>, raw: &Config) {
         raw.shutdown_timeout_secs >= 1,
         "shutdown_timeout_secs",
         "must be at least 1",
+    );
+    check.require(
+        raw.shutdown_drain_secs < raw.shutdown_timeout_secs,
+        "shutdown_drain_secs",
+        "must be below shutdown_timeout_secs (the final edits need time after the drain)",
     );
 }

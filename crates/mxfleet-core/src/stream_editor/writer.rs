@@ -11,8 +11,9 @@ use tracing::{debug, warn};
 use super::{AnswerSink, Delivered, StreamSettings};
 use crate::texts;
 
-/// How many times one send or edit is retried before the answer fails.
-const SEND_ATTEMPTS: u32 = 10;
+/// How many transient failures of one send or edit end the delivery (the room worker tries the
+/// message again later, with its own backoff).
+const SEND_ATTEMPTS: u32 = 3;
 /// The wait after a 429 without `retry_after`.
 const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(2);
 
@@ -228,13 +229,14 @@ impl<'a> Writer<'a> {
                     return Ok(());
                 }
                 Err(f) => {
-                    attempt += 1;
+                    // A 429 is the homeserver pacing us: waited out, not counted.
                     let wait = match f.class {
                         FailureClass::RateLimited(after) => {
                             self.rate_limited += 1;
                             after.unwrap_or(DEFAULT_RATE_LIMIT_WAIT)
                         }
                         FailureClass::Transient => {
+                            attempt += 1;
                             Duration::from_millis(500 * 2u64.pow(attempt.min(4)))
                         }
                         _ => return Err(f),

@@ -38,8 +38,13 @@ const OTP_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a reply without the backend (a command, a refusal) may take to be delivered.
 const DIRECT_REPLY_DEADLINE: Duration = Duration::from_secs(300);
 
-/// Handles one claimed message of `room` and records what became of it.
-pub(crate) async fn handle<R: RoomPort>(ctx: &TurnContext, room: &R, mut message: InboundMessage) {
+/// Handles one claimed message of `room` and records what became of it; an error means it
+/// stays pending (its answer could not be delivered, or a child could not be asked).
+pub(crate) async fn handle<R: RoomPort>(
+    ctx: &TurnContext,
+    room: &R,
+    mut message: InboundMessage,
+) -> Result<(), AccountError> {
     let known = Gathered::of(ctx, room, &message).await;
     let mut receipt_due = ctx.spec.conversation.read_receipts;
     loop {
@@ -52,10 +57,13 @@ pub(crate) async fn handle<R: RoomPort>(ctx: &TurnContext, room: &R, mut message
         match step {
             Step::Resume => match &known.draft {
                 Some(draft) => return record::resume_interrupted(ctx, room, &message, draft).await,
-                None => return,
+                None => return Ok(()),
             },
             Step::Skip(reason) => return record::skip(ctx, &message, reason).await,
-            Step::Hold(reason) => return warn!(reason, "message left pending"),
+            Step::Hold(reason) => {
+                warn!(reason, "message left pending");
+                return Ok(());
+            }
             Step::Challenge => return challenge(ctx, room, &message).await,
             Step::Transcribe(voice) => match media::transcribe_voice(ctx, &voice).await {
                 // Planned again with its words: a command, or a question for the backend.
@@ -123,7 +131,7 @@ async fn answer<R: RoomPort>(
     room: &R,
     message: &InboundMessage,
     facts: &RoomFacts,
-) {
+) -> Result<(), AccountError> {
     let conv = &ctx.spec.conversation;
     let key = message.conversation_key();
     let placement = plan::placement(message, conv.reply_to_message, facts.is_dm);
@@ -152,7 +160,13 @@ async fn answer<R: RoomPort>(
     );
     let started = Instant::now();
     let sink = room_sink(ctx, room, message, &placement, Some(cues.visible()));
-    let delivery = Delivery::new(stream, StreamSettings::of(conv), sink, Span::current());
+    let delivery = Delivery::new(
+        stream,
+        StreamSettings::of(conv),
+        sink,
+        ctx.wrap_up.clone(),
+        Span::current(),
+    );
     let mut outcome = deliver(ctx, delivery, route.deadline).await;
     if let (Ok(delivered), Some(action)) = (&mut outcome, actions::take(&found)) {
         actions::send_asked(room, message, &placement, &action, &mut delivered.text).await;
@@ -164,8 +178,9 @@ async fn answer<R: RoomPort>(
     });
     // The outcome is recorded before the cues are cleared: a redaction held back by a 429 must
     // not leave a delivered answer pending.
-    record::record(ctx, room, message, &key, outcome, Remember::Yes).await;
+    let recorded = record::record(ctx, room, message, &key, outcome, Remember::Yes).await;
     cues.clear(room.clone(), message);
+    recorded
 }
 
 /// Answers `message` with `text` in one message, without the backend (commands, refusals).
@@ -175,24 +190,31 @@ async fn reply_directly<R: RoomPort>(
     message: &InboundMessage,
     facts: &RoomFacts,
     text: String,
-) {
+) -> Result<(), AccountError> {
     let conv = &ctx.spec.conversation;
     let placement = plan::placement(message, conv.reply_to_message, facts.is_dm);
     let key = message.conversation_key();
     let settings = StreamSettings::of(conv).at_once();
     let sink = room_sink(ctx, room, message, &placement, None);
-    let delivery = Delivery::new(once(text), settings, sink, Span::current());
+    let delivery = Delivery::new(
+        once(text),
+        settings,
+        sink,
+        ctx.wrap_up.clone(),
+        Span::current(),
+    );
     let outcome = deliver(ctx, delivery, DIRECT_REPLY_DEADLINE).await;
-    record::record(ctx, room, message, &key, outcome, Remember::No).await;
+    record::record(ctx, room, message, &key, outcome, Remember::No).await
 }
 
 /// A DM from an unknown sender under OTP self-approval: the `OtpGate` decides, the sender gets
 /// its answer (never the code).
-async fn challenge<R: RoomPort>(ctx: &TurnContext, room: &R, message: &InboundMessage) {
-    let outcome = match ask_otp_gate(ctx, message).await {
-        Ok(outcome) => outcome,
-        Err(e) => return warn!(error = %e, "OTP gate unavailable; message left pending"),
-    };
+async fn challenge<R: RoomPort>(
+    ctx: &TurnContext,
+    room: &R,
+    message: &InboundMessage,
+) -> Result<(), AccountError> {
+    let outcome = ask_otp_gate(ctx, message).await?;
     if matches!(outcome, OtpOutcome::Challenged { .. }) {
         ctx.board.update(&ctx.account, |s| s.otp_challenges += 1);
     }
@@ -202,9 +224,15 @@ async fn challenge<R: RoomPort>(ctx: &TurnContext, room: &R, message: &InboundMe
     };
     let settings = StreamSettings::of(&ctx.spec.conversation).at_once();
     let sink = room_sink(ctx, room, message, &Placement::Plain, None);
-    let delivery = Delivery::new(once(text), settings, sink, Span::current());
+    let delivery = Delivery::new(
+        once(text),
+        settings,
+        sink,
+        ctx.wrap_up.clone(),
+        Span::current(),
+    );
     let outcome = deliver(ctx, delivery, DIRECT_REPLY_DEADLINE).await;
-    record::record(ctx, room, message, "", outcome, Remember::No).await;
+    record::record(ctx, room, message, "", outcome, Remember::No).await
 }
 
 async fn ask_otp_gate(
@@ -307,57 +335,15 @@ async fn read_receipt<R: RoomPort>(room: &R, message: &InboundMessage) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use mxfleet_matrix::matrix_sdk::{
-        Client,
-        ruma::{EventId, OwnedRoomId, UserId},
-    };
-    use mxfleet_store::{InboxEntry, InboxState, Store, now_ms};
+    use mxfleet_matrix::matrix_sdk::ruma::{EventId, OwnedRoomId, UserId};
+    use mxfleet_store::now_ms;
 
     use super::*;
     use crate::{
-        children::Children,
-        gate::Access,
-        rooms::Rooms,
-        status::{AccountState, StatusBoard},
-        testing::{self, Scripted, accounts},
+        testing::{self, Scripted, claim, context, pending},
         texts,
-        turn::{
-            context::TurnArgs,
-            room::fake::{Did, FakeRoom},
-        },
+        turn::room::fake::{Did, FakeRoom},
     };
-
-    /// A turn context for the account `bot` with `extra` keys, its backend `backend`, no
-    /// children (answers are delivered inline), and a fresh store.
-    async fn context(extra: &str, backend: Arc<Scripted>) -> (TurnContext, tempfile::TempDir) {
-        let spec = accounts(&[("bot", extra)])
-            .remove("bot")
-            .expect("the account");
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = Store::open(&dir.path().join("mxfleet.redb")).expect("a store");
-        let client = Client::builder()
-            .homeserver_url("http://127.0.0.1:9")
-            .build()
-            .await
-            .expect("an offline client");
-        let board = StatusBoard::new();
-        board.transition("bot", AccountState::Syncing, None);
-        let access = Access::new(&spec.conversation, []);
-        let ctx = TurnContext::new(TurnArgs {
-            spec: Arc::new(spec),
-            rooms: Rooms::new(client.clone(), Default::default()),
-            client,
-            user_id: UserId::parse("@bot:hs").expect("a user id"),
-            backend,
-            store,
-            board,
-            access,
-            children: Children::default(),
-        });
-        (ctx, dir)
-    }
 
     fn room_id() -> OwnedRoomId {
         testing::room("!dm:hs")
@@ -368,29 +354,6 @@ mod tests {
             origin_server_ts_ms: ts,
             ..testing::said("!dm:hs", id, sender, body)
         }
-    }
-
-    /// Claims `message` in the inbox, as the sync does.
-    async fn claim(ctx: &TurnContext, message: &InboundMessage) {
-        let entry = InboxEntry {
-            event_id: message.event_id.to_string(),
-            claimed_at_ms: now_ms(),
-            state: InboxState::Pending,
-            message: message.clone(),
-        };
-        ctx.store
-            .commit_sync("bot", "s1", vec![entry])
-            .await
-            .expect("claimed");
-    }
-
-    async fn pending(ctx: &TurnContext) -> usize {
-        let (pending, _) = ctx
-            .store
-            .pending::<InboundMessage>("bot")
-            .await
-            .expect("the inbox");
-        pending.len()
     }
 
     /// Waits until `room` saw `what` (the cues are cleared on a task of their own).
@@ -425,7 +388,7 @@ mod tests {
         let question = message("$q", "@ann:hs", "hi there", now_ms());
         claim(&ctx, &question).await;
 
-        handle(&ctx, &room, question.clone()).await;
+        let _ = handle(&ctx, &room, question.clone()).await;
 
         assert_eq!(bodies(&room), ["Hello **Ann**"]);
         let sent = room.sent();
@@ -483,7 +446,7 @@ mod tests {
         let question = message("$q", "@bob:hs", "@bot:hs what did I say?", now);
         claim(&ctx, &question).await;
 
-        handle(&ctx, &room, question).await;
+        let _ = handle(&ctx, &room, question).await;
 
         let request = backend.requests().pop().expect("the backend was asked");
         let said: Vec<(&str, Option<&str>)> = request
@@ -518,7 +481,7 @@ mod tests {
         let question = message("$q", "@ann:hs", "!help", now_ms());
         claim(&ctx, &question).await;
 
-        handle(&ctx, &room, question).await;
+        let _ = handle(&ctx, &room, question).await;
 
         assert_eq!(bodies(&room), [texts::HELP]);
         assert!(backend.requests().is_empty());
@@ -539,7 +502,7 @@ mod tests {
         let room = FakeRoom::new(&room_id(), true);
         let stranger = message("$s", "@stranger:hs", "hi", now_ms());
         claim(&ctx, &stranger).await;
-        handle(&ctx, &room, stranger).await;
+        let _ = handle(&ctx, &room, stranger).await;
         assert!(room.sent().is_empty() && backend.requests().is_empty());
         assert_eq!(pending(&ctx).await, 0, "skipped is recorded");
 
@@ -547,7 +510,7 @@ mod tests {
         let down = FakeRoom::new(&room_id(), true).refusing_sends();
         let question = message("$q", "@ann:hs", "hi", now_ms());
         claim(&ctx, &question).await;
-        handle(&ctx, &down, question).await;
+        let _ = handle(&ctx, &down, question).await;
         assert_eq!(pending(&ctx).await, 1, "left for the next start");
     }
 
@@ -570,7 +533,7 @@ mod tests {
         };
         claim(&ctx, &ballot).await;
 
-        handle(&ctx, &room, ballot).await;
+        let _ = handle(&ctx, &room, ballot).await;
 
         let request = backend.requests().pop().expect("the backend was asked");
         assert_eq!(

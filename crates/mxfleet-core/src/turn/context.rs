@@ -9,7 +9,9 @@ use mxfleet_matrix::matrix_sdk::{Client, ruma::OwnedUserId};
 use mxfleet_store::Store;
 
 use super::routing::Routing;
-use crate::{children::Children, gate::Access, rooms::Rooms, status::StatusBoard};
+use crate::{
+    children::Children, gate::Access, rooms::Rooms, status::StatusBoard, stream_editor::WrapUp,
+};
 
 /// What the turns of one account need from it.
 pub(crate) struct TurnArgs {
@@ -55,11 +57,13 @@ pub(crate) struct TurnContext {
     pub(crate) board: StatusBoard,
     /// The account's children.
     pub(crate) children: Children,
+    /// Set when the account stops: answers still streaming end with their final edit.
+    pub(crate) wrap_up: WrapUp,
 }
 
 impl TurnContext {
-    /// The context of `args`.
-    pub(crate) fn new(args: TurnArgs) -> Self {
+    /// The context of `args`; answers wrap up when `wrap_up` says so.
+    pub(crate) fn new(args: TurnArgs, wrap_up: WrapUp) -> Self {
         Self {
             account: args.spec.id.clone(),
             routing: Routing::new(&args.spec, args.backend),
@@ -71,6 +75,7 @@ impl TurnContext {
             store: args.store,
             board: args.board,
             children: args.children,
+            wrap_up,
         }
     }
 

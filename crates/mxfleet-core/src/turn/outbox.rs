@@ -82,7 +82,8 @@ impl<R: RoomPort> AnswerSink for RoomSink<R> {
 
     async fn edit(&mut self, part: usize, n: u32, text: &str) -> Result<(), MatrixFailure> {
         let original = self.event_id(part)?;
-        let txn_id = transaction_id(self.answering.as_str(), &format!("{part}.e{n}"));
+        let seq = self.edit_attempt(part, text).await;
+        let txn_id = transaction_id(self.answering.as_str(), &format!("{part}.e{seq}"));
         let content = edit_content(&original, &render_markdown(text));
         self.room
             .send(content.into(), txn_id, "editing the answer", Attempts::Once)
@@ -97,6 +98,26 @@ impl<R: RoomPort> AnswerSink for RoomSink<R> {
 }
 
 impl<R> RoomSink<R> {
+    /// The transaction number of an edit of message `part` to `text`: the last attempt's if it
+    /// had the same text (a retry), else the next one, saved before the attempt.
+    async fn edit_attempt(&mut self, part: usize, text: &str) -> u32 {
+        let fingerprint = fingerprint(text);
+        let Some(stored) = self.draft.parts.get_mut(part) else {
+            return 1;
+        };
+        if stored.edit_seq > 0 && stored.edit_text == fingerprint {
+            return stored.edit_seq;
+        }
+        stored.edit_seq = stored
+            .edit_seq
+            .saturating_add(1)
+            .max(stored.edits.saturating_add(1));
+        stored.edit_text = fingerprint;
+        let seq = stored.edit_seq;
+        self.save().await;
+        seq
+    }
+
     async fn save(&self) {
         if let Err(e) = self
             .store
@@ -151,4 +172,60 @@ pub(crate) async fn finish_interrupted<R: RoomPort>(
     )
     .await?;
     Ok(draft.parts.first().and_then(|p| p.event_id.clone()))
+}
+
+/// A stable fingerprint of `text` (FNV-1a, 64 bit): the same text gives the same number in any
+/// process.
+fn fingerprint(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        testing::{self, event},
+        turn::room::fake::{Did, FakeRoom},
+    };
+
+    #[tokio::test]
+    async fn every_edit_attempt_with_other_text_has_its_own_transaction_id() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::open(&dir.path().join("db.redb")).expect("a store");
+        let room = FakeRoom::new(&testing::room("!r:hs"), true);
+        let mut sink = RoomSink {
+            room: room.clone(),
+            account: "bot".into(),
+            store,
+            answering: event("$q"),
+            placement: Placement::Plain,
+            draft: Draft::default(),
+            visible: None,
+            own_keys: true,
+        };
+        sink.send_new(0, "one").await.expect("sent");
+        // An attempt whose answer was lost, then the next text, then a retry of that text.
+        for (n, text) in [(1, "one two"), (1, "one two three"), (1, "one two three")] {
+            sink.edit(0, n, text).await.expect("edited");
+        }
+        let txns: Vec<String> = room
+            .did()
+            .into_iter()
+            .filter_map(|d| match d {
+                Did::Sent(txn, _) => Some(txn),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            txns,
+            [
+                "mxfleet._q.0",
+                "mxfleet._q.0.e1",
+                "mxfleet._q.0.e2",
+                "mxfleet._q.0.e2"
+            ]
+        );
+    }
 }

@@ -1,6 +1,6 @@
-//! Recording what became of a message: the inbox entry is finished (answered or skipped), the
-//! conversation memory gets the exchange, the counters move. A message whose answer could not
-//! be sent is left pending: it is handled again at the next start.
+//! Recording what became of a message: the inbox entry is finished (answered, skipped, or
+//! failed for good), the conversation memory gets the exchange, the counters move. A message
+//! whose answer could not be sent stays pending: its room worker tries again (see `turn.rs`).
 
 use mxfleet_message::InboundMessage;
 use mxfleet_store::{Draft, InboxState, Turn, now_ms};
@@ -23,7 +23,8 @@ pub(crate) enum Remember {
     No,
 }
 
-/// Records a delivery: memory, counters, inbox.
+/// Records a delivery: memory, counters, inbox. A failed delivery is returned, the message
+/// left pending.
 pub(crate) async fn record<R: RoomPort>(
     ctx: &TurnContext,
     room: &R,
@@ -31,13 +32,8 @@ pub(crate) async fn record<R: RoomPort>(
     key: &str,
     outcome: Result<Delivered, AccountError>,
     remember: Remember,
-) {
-    let delivered = match outcome {
-        Ok(delivered) => delivered,
-        Err(e) => {
-            return error!(error = %e, "could not send the answer; it stays pending until the next start");
-        }
-    };
+) -> Result<(), AccountError> {
+    let delivered = outcome?;
     info!(
         reply = ?delivered.first_event_id,
         parts = delivered.parts,
@@ -70,36 +66,51 @@ pub(crate) async fn record<R: RoomPort>(
         }
     }
     finish(ctx, message, InboxState::Answered { reply_event_id }).await;
+    Ok(())
 }
 
-/// Records that `message` is not answered, and why.
-pub(crate) async fn skip(ctx: &TurnContext, message: &InboundMessage, reason: &str) {
-    debug!(reason, "not answered");
-    let state = InboxState::Skipped {
+/// Gives up on `message`: every attempt failed, the last for `reason`. Counted, shown in the
+/// account's status.
+pub(crate) async fn give_up(ctx: &TurnContext, message: &InboundMessage, reason: &str) {
+    error!(%reason, "gave up on a message");
+    ctx.board.update(&ctx.account, |s| {
+        s.messages_failed += 1;
+        s.last_error = Some(format!("gave up on message {}: {reason}", message.event_id));
+    });
+    let state = InboxState::Failed {
         reason: reason.to_owned(),
     };
     finish(ctx, message, state).await;
 }
 
-/// Finishes the answer a previous process left mid-stream, and records it.
+/// Records that `message` is not answered, and why.
+pub(crate) async fn skip(
+    ctx: &TurnContext,
+    message: &InboundMessage,
+    reason: &str,
+) -> Result<(), AccountError> {
+    debug!(reason, "not answered");
+    let state = InboxState::Skipped {
+        reason: reason.to_owned(),
+    };
+    finish(ctx, message, state).await;
+    Ok(())
+}
+
+/// Finishes the answer a previous attempt left mid-stream, and records it.
 pub(crate) async fn resume_interrupted<R: RoomPort>(
     ctx: &TurnContext,
     room: &R,
     message: &InboundMessage,
     draft: &Draft,
-) {
-    match finish_interrupted(room, &message.event_id, draft).await {
-        Ok(first) => {
-            info!("finished an answer interrupted by a restart");
-            let state = InboxState::Answered {
-                reply_event_id: first.unwrap_or_default(),
-            };
-            finish(ctx, message, state).await;
-        }
-        Err(e) => {
-            error!(error = %e, "could not finish an interrupted answer; retried at the next start")
-        }
-    }
+) -> Result<(), AccountError> {
+    let first = finish_interrupted(room, &message.event_id, draft).await?;
+    info!("finished an answer an earlier attempt left mid-stream");
+    let state = InboxState::Answered {
+        reply_event_id: first.unwrap_or_default(),
+    };
+    finish(ctx, message, state).await;
+    Ok(())
 }
 
 async fn finish(ctx: &TurnContext, message: &InboundMessage, state: InboxState) {
