@@ -18,6 +18,8 @@ mod fleet;
 mod gate;
 mod homeservers;
 mod otp;
+#[cfg(test)]
+mod properties;
 pub mod restart;
 mod rooms;
 pub mod status;

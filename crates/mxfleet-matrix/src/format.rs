@@ -122,7 +122,7 @@ pub fn cut(text: &str, max: usize) -> Cut {
         }
     }
     if let Some((end, _, open)) = best {
-        return finish_cut(text, end, open);
+        return finish_cut(text, end, open, max);
     }
     // One very long line: a space, else any character boundary.
     let window = mxfleet_message::truncate_at_char_boundary(text, max.saturating_sub(8));
@@ -131,7 +131,7 @@ pub fn cut(text: &str, max: usize) -> Cut {
         .filter(|&i| i > window.len() / 2)
         .map_or(window.len(), |i| i + 1);
     let open = open_fence_at(text, end);
-    finish_cut(text, end.max(1), open)
+    finish_cut(text, end.max(1), open, max)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,7 +188,11 @@ fn consider(
     }
 }
 
-fn finish_cut(text: &str, end: usize, open: Option<Fence>) -> Cut {
+fn finish_cut(text: &str, end: usize, open: Option<Fence>, max: usize) -> Cut {
+    // A fence is only closed and carried over when that fits the part and the next part still
+    // moves on; a pathological fence (a marker or opening line nearly as long as a part) is cut
+    // like plain text instead.
+    let open = open.filter(|f| f.opening.len() < end && end + 1 + f.marker.len() <= max);
     let mut head = text[..end].to_owned();
     let carry = match open {
         Some(f) => {
@@ -386,5 +390,77 @@ mod tests {
         let words = "abc ".repeat(100);
         let parts = split_markdown(&words, 64);
         assert_eq!(parts.join(" ").split_whitespace().count(), 100);
+    }
+
+    #[test]
+    fn a_fence_opening_nearly_as_long_as_a_part_does_not_stall_the_split() {
+        // Found by the property tests: the carried fence took the whole part, and the split
+        // looped forever, growing without bound.
+        let text = "```\u{1d3b6}\n s6d32Xsjy9Uu5faOUd\u{db19e}2\n\n\n %";
+        let parts = split_markdown(text, 17);
+        assert!(parts.iter().all(|p| p.len() <= 17), "{parts:?}");
+        let long_marker = format!("{}\n{}\n", "`".repeat(12), "code ".repeat(10));
+        let parts = split_markdown(&long_marker, 16);
+        assert!(parts.iter().all(|p| p.len() <= 16), "{parts:?}");
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// Markdown-ish text: words, spaces, line and paragraph breaks, fences, markup and
+        /// arbitrary Unicode.
+        fn markdown() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                4 => "[a-zA-Z0-9]{1,12}",
+                3 => Just(" ".to_owned()),
+                2 => Just("\n".to_owned()),
+                1 => Just("\n\n".to_owned()),
+                1 => prop::sample::select(vec!["```", "```rust\n", "\n```\n", "~~~\n", "**", "`", "# ", "- ", "> ", "<script>", "[a](javascript:x)", "|a|b|\n|-|-|\n"]).prop_map(str::to_owned),
+                2 => any::<char>().prop_map(String::from),
+            ];
+            prop::collection::vec(piece, 0..200).prop_map(|p| p.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn rendering_keeps_the_body_and_never_lets_script_through(text in markdown()) {
+                let f = render_markdown(&text);
+                prop_assert_eq!(&f.body, &text);
+                if let Some(html) = f.html {
+                    prop_assert!(!html.contains("<script"), "{html}");
+                    prop_assert!(!html.contains("href=\"javascript:"), "{html}");
+                }
+            }
+
+            #[test]
+            fn every_cut_makes_progress(text in markdown(), max in 16usize..300) {
+                // As split_markdown goes: every cut, the carried fence included, shortens the rest.
+                let mut rest = text;
+                while rest.len() > max {
+                    let c = cut(&rest, max);
+                    prop_assert!(c.consumed > c.carry.len(), "{rest:?} {c:?}");
+                    rest = format!("{}{}", c.carry, &rest[c.consumed..]);
+                }
+            }
+
+            #[test]
+            fn every_part_fits_and_is_cut_on_a_character_boundary(text in markdown(), max in 16usize..300) {
+                for part in split_markdown(&text, max) {
+                    prop_assert!(part.len() <= max, "{} > {max}: {part:?}", part.len());
+                }
+            }
+
+            #[test]
+            fn splitting_text_without_fences_loses_and_adds_nothing(text in markdown(), max in 16usize..300) {
+                let text = text.replace(['`', '~'], "'");
+                let visible = |s: &str| s.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+                let parts = split_markdown(&text, max);
+                prop_assert_eq!(visible(&parts.concat()), visible(&text));
+            }
+        }
     }
 }

@@ -149,7 +149,7 @@ pub(crate) async fn send_asked<R: RoomPort>(
 
 /// The text state of [`split_actions`].
 #[derive(Debug, Default)]
-struct ActionSplitter {
+pub(crate) struct ActionSplitter {
     /// Everything received.
     text: String,
     /// How much of `text` was passed on.
@@ -160,7 +160,7 @@ struct ActionSplitter {
 
 impl ActionSplitter {
     /// Takes `chunk`; returns the text that can be shown now.
-    fn push(&mut self, chunk: &str) -> String {
+    pub(crate) fn push(&mut self, chunk: &str) -> String {
         self.text.push_str(chunk);
         if self.block_at.is_some() {
             return String::new();
@@ -179,7 +179,7 @@ impl ActionSplitter {
     }
 
     /// The rest of the text, and the action if the block made a valid one.
-    fn finish(self) -> (String, Option<Action>) {
+    pub(crate) fn finish(self) -> (String, Option<Action>) {
         let Some((at, mark)) = self.block_at else {
             return (self.text[self.emitted..].to_owned(), None);
         };
