@@ -421,3 +421,156 @@ async fn short_lived_tokens_are_refreshed_and_survive_a_kill_right_after_a_refre
     s.fleet.stop().await?;
     Ok(())
 }
+
+/// The device a bot's status shows once it is syncing.
+async fn syncing_device(s: &mxfleet_testkit::Running, bot: &str) -> Result<String> {
+    let record = s.fleet.wait_state(bot, "syncing", TIMEOUT).await?;
+    Ok(record["device_id"]
+        .as_str()
+        .context("no device id")?
+        .to_owned())
+}
+
+#[tokio::test]
+async fn a_logged_out_account_comes_back_with_relogin_as_a_new_device() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let mut s = Scenario::new()
+        .admin()
+        .bot(|b| b.open_dms())
+        .bot_named("tok", |b| b.open_dms().access_token())
+        .human()
+        .start_on(synapse)
+        .await?;
+    let (human, bot, api) = (&s.humans[0], s.bot("bot").user_id.clone(), s.api());
+    let dm = human.encrypted_dm(&bot).await?;
+    human.send(&dm, "before the logout").await?;
+    human
+        .expect_final_text(&dm, &bot, "before the logout", TIMEOUT)
+        .await?;
+    let old_device = syncing_device(&s, "bot").await?;
+
+    // The homeserver ends the session: the device is deleted, its token dies with it.
+    let admin = synapse.admin_token().await?;
+    synapse
+        .admin_delete_device(&admin, &bot, &old_device)
+        .await?;
+    s.fleet.wait_state("bot", "auth_failed", TIMEOUT).await?;
+
+    // An access-token account cannot log in by itself: refused, untouched.
+    let refused = reqwest::Client::new()
+        .post(format!("{api}/accounts/tok/relogin"))
+        .bearer_auth(mxfleet_testkit::ADMIN_TOKEN)
+        .send()
+        .await?;
+    ensure!(refused.status() == 409, "{:?}", refused.text().await);
+
+    let relogin = s.fleet.run_command(&["relogin", "bot"]).await?;
+    ensure!(
+        relogin.status.success(),
+        "{}",
+        String::from_utf8_lossy(&relogin.stderr)
+    );
+    let new_device = syncing_device(&s, "bot").await?;
+    ensure!(
+        new_device.starts_with("MXFLEET_BOT_") && new_device != old_device,
+        "{new_device} after {old_device}"
+    );
+    let kept_aside = std::fs::read_dir(s.fleet.data_dir().join("accounts/bot"))?
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("matrix.replaced-")
+        });
+    ensure!(kept_aside, "the old stores were not kept aside");
+
+    human.send(&dm, "after the relogin").await?;
+    let answer = human
+        .expect_final_text(&dm, &bot, "after the relogin", TIMEOUT)
+        .await
+        .with_context(|| s.fleet.log_tail(40))?;
+    ensure!(answer.encrypted, "the answer was not encrypted");
+
+    // The new device is the account's device from now on: a restart restores it.
+    s.fleet.stop().await?;
+    s.fleet.start().await?;
+    ensure!(syncing_device(&s, "bot").await? == new_device);
+    s.fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn relogin_auto_logs_a_logged_out_account_in_again_by_itself() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let mut s = Scenario::new()
+        .bot(|b| b.open_dms().key("relogin = \"auto\""))
+        .human()
+        .start_on(synapse)
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").user_id.clone());
+    let old_device = syncing_device(&s, "bot").await?;
+    let admin = synapse.admin_token().await?;
+    synapse
+        .admin_delete_device(&admin, &bot, &old_device)
+        .await?;
+
+    let status = s
+        .fleet
+        .wait_for_status("a new device", TIMEOUT, |status| {
+            let record = &status["accounts"]["bot"];
+            record["state"] == "syncing" && record["device_id"] != old_device.as_str()
+        })
+        .await?;
+    ensure!(
+        status["accounts"]["bot"]["device_id"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("MXFLEET_BOT_")),
+        "{status}"
+    );
+    let dm = human.dm(&bot).await?;
+    human.send(&dm, "are you back?").await?;
+    human
+        .expect_message(&dm, &bot, "are you back?", TIMEOUT)
+        .await?;
+    s.fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_fresh_data_dir_does_not_take_over_a_device_that_has_keys() -> Result<()> {
+    let mut s = Scenario::new()
+        .bot(|b| b.open_dms())
+        .human()
+        .start()
+        .await?;
+    let bot = s.bot("bot").user_id.clone();
+    let old_device = syncing_device(&s, "bot").await?;
+    s.fleet.stop().await?;
+
+    // The whole data dir is lost (or another process owns the device).
+    std::fs::remove_dir_all(s.fleet.data_dir())?;
+    s.fleet.start().await?;
+    let failed = s.fleet.wait_state("bot", "failed", TIMEOUT).await?;
+    let error = failed["last_error"].as_str().unwrap_or_default().to_owned();
+    ensure!(
+        error.contains(&format!("device {old_device}"))
+            && error.contains("already has encryption keys")
+            && error.contains("mxfleet relogin bot"),
+        "{error}"
+    );
+    s.fleet.stop().await?;
+
+    s.reconfigure(|c| c.bot(|b| b.key("allow_new_device = true")))
+        .await?;
+    s.fleet.start().await?;
+    let device = syncing_device(&s, "bot").await?;
+    ensure!(device.starts_with("MXFLEET_BOT_"), "{device}");
+    let human = &s.humans[0];
+    let dm = human.encrypted_dm(&bot).await?;
+    human.send(&dm, "hello from scratch").await?;
+    human
+        .expect_final_text(&dm, &bot, "hello from scratch", TIMEOUT)
+        .await?;
+    s.fleet.stop().await?;
+    Ok(())
+}

@@ -181,8 +181,9 @@ async fn control(
         "start" => Control::Start,
         "stop" => Control::Stop,
         "restart" => Control::Restart,
+        "relogin" => Control::Relogin,
         other => {
-            let error = format!("unknown action {other:?}: start, stop or restart");
+            let error = format!("unknown action {other:?}: start, stop, restart or relogin");
             return (StatusCode::NOT_FOUND, Json(json!({"error": error}))).into_response();
         }
     };
@@ -198,9 +199,14 @@ async fn control(
     match outcome.await {
         Ok(Ok(())) => Json(json!({"ok": true, "account": id, "action": action})).into_response(),
         Ok(Err(ControlError::Unknown(_))) => not_found(&id),
-        Ok(Err(e @ ControlError::Disabled(_))) => {
+        Ok(Err(e @ (ControlError::Disabled(_) | ControlError::NotPassword(_)))) => {
             (StatusCode::CONFLICT, Json(json!({"error": e.to_string()}))).into_response()
         }
+        Ok(Err(e @ ControlError::Relogin { .. })) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": e.to_string()})),
+        )
+            .into_response(),
         Err(_) => unavailable(),
     }
 }

@@ -332,6 +332,11 @@ pub struct EncryptionConfig {
     /// instead of failing (the old device's keys are lost either way).
     #[serde(default)]
     pub allow_new_device: bool,
+    /// What happens after a hard logout (the session revoked or its device deleted): wait for
+    /// `mxfleet relogin` (`manual`), or log in as a new device at once (`auto`, at most once
+    /// every ten minutes).
+    #[serde(default)]
+    pub relogin: ReloginMode,
 }
 
 /// Which backend answers an account, with which model and prompt, and where others do.
@@ -517,8 +522,20 @@ impl Default for EncryptionConfig {
             ownership_mode: OwnershipMode::default(),
             verification_timeout_secs: defaults::verification_timeout_secs(),
             allow_new_device: false,
+            relogin: ReloginMode::default(),
         }
     }
+}
+
+/// What a password account does after a hard logout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloginMode {
+    /// The account stays `auth_failed` until an operator runs `mxfleet relogin`.
+    #[default]
+    Manual,
+    /// The fleet logs the account in again as a new device (rate-bounded).
+    Auto,
 }
 
 /// Who manages an account's cross-signing identity.

@@ -191,6 +191,11 @@ fn semantic_errors_are_collected() {
             homeserver = "http://127.0.0.1:8008"
             password_file = "no-such-file"
             backend = "echo"
+            [accounts.erin]
+            homeserver = "http://127.0.0.1:8008"
+            access_token = "t"
+            relogin = "auto"
+            backend = "echo"
             "#,
         )?;
         let err = load(&sources("bad.toml"))
@@ -215,6 +220,10 @@ fn semantic_errors_are_collected() {
         );
         assert!(
             has("accounts.dave.password_file: cannot read no-such-file"),
+            "{text:#?}"
+        );
+        assert!(
+            has("accounts.erin.relogin: auto needs password login"),
             "{text:#?}"
         );
         Ok(())

@@ -43,6 +43,10 @@ use crate::{
 
 /// Stop reason of an account whose credentials were rejected.
 pub const REASON_AUTH_FAILED: &str = "auth_failed";
+/// Stop reason of an account whose running session was ended by the homeserver (a hard
+/// logout: the token revoked, the device deleted). Its state is `auth_failed` too; with
+/// `relogin = "auto"` the fleet logs it in again as a new device.
+pub const REASON_LOGGED_OUT: &str = "logged_out";
 /// Stop reason of an account with a permanent error.
 pub const REASON_FAILED: &str = "failed";
 /// Stop reason of an account stopped on request (shutdown, operator).
@@ -487,16 +491,19 @@ impl AccountRuntime {
                     let failure = AccountError::Store(e);
                     return self.end(myself, AccountState::Failed, &failure, REASON_FAILED);
                 }
-                self.connection = None;
+                self.retire_connection().await;
                 let decision = self.tracker.failed(Instant::now(), rand::random(), None);
                 self.schedule(myself, &failure, Retry::Connect, decision, false);
             }
-            FailureClass::Auth { .. } => self.end(
-                myself,
-                AccountState::AuthFailed,
-                &failure,
-                REASON_AUTH_FAILED,
-            ),
+            // A session that synced and then died was logged out; a rejected login or token
+            // is a credentials problem.
+            FailureClass::Auth { .. } => {
+                let reason = match retry {
+                    Retry::Sync => REASON_LOGGED_OUT,
+                    Retry::Connect => REASON_AUTH_FAILED,
+                };
+                self.end(myself, AccountState::AuthFailed, &failure, reason)
+            }
             FailureClass::Fatal => self.end(myself, AccountState::Failed, &failure, REASON_FAILED),
             FailureClass::RateLimited(after) => {
                 let decision = self.tracker.failed(Instant::now(), rand::random(), after);
@@ -592,6 +599,19 @@ impl AccountRuntime {
             Retry::Connect => self.start_connect(myself),
             Retry::Sync => self.start_sync(myself).await,
         }
+    }
+
+    /// Lets go of the current client before another one is built for the same device: its
+    /// turns are drained and its crypto actor stopped, so nothing keeps it (and the account's
+    /// store lock) alive. What was in flight stays pending in the inbox.
+    async fn retire_connection(&mut self) {
+        if let Some(turns) = self.turns.take() {
+            turns.shutdown(self.args.drain).await;
+        }
+        if let Some(crypto) = self.children.crypto.set(None) {
+            crypto.stop(None);
+        }
+        self.connection = None;
     }
 
     /// What the `CryptoActor` of `live` needs.

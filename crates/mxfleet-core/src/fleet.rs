@@ -10,7 +10,8 @@
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use futures_util::future::join_all;
-use mxfleet_config::{AccountSpec, ValidConfig};
+use mxfleet_config::{AccountAuth, AccountSpec, ReloginMode, ValidConfig};
+use mxfleet_matrix::{FailureClass, MatrixFailure, prepare_relogin};
 use mxfleet_store::{Store, now_ms};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,8 @@ mod reload;
 use self::reload::ReloadPlan;
 use crate::{
     account::{
-        AccountActor, AccountArgs, AccountMsg, REASON_AUTH_FAILED, REASON_FAILED, REASON_STOPPED,
+        AccountActor, AccountArgs, AccountMsg, REASON_AUTH_FAILED, REASON_FAILED,
+        REASON_LOGGED_OUT, REASON_STOPPED,
     },
     homeservers::Homeservers,
     restart::{RestartPolicy, RestartTracker},
@@ -55,6 +57,8 @@ pub enum FleetMsg {
         /// The outcome.
         reply: oneshot::Sender<Result<(), ControlError>>,
     },
+    /// Log an account that was logged out in again as a new device (`relogin = "auto"`).
+    AutoRelogin(String),
     /// Apply a new configuration: start added accounts, stop removed ones, restart changed ones.
     Reload {
         /// The new, validated configuration.
@@ -74,6 +78,9 @@ pub enum Control {
     Stop,
     /// Stop it and start it again.
     Restart,
+    /// Stop it, drop its session and stores, and log in again as a new device (password
+    /// accounts; for a session the homeserver ended).
+    Relogin,
 }
 
 /// Why an operator action was refused.
@@ -85,6 +92,20 @@ pub enum ControlError {
     /// The account is configured with `enabled = false`.
     #[error("account {0:?} is disabled in the configuration (enabled = false)")]
     Disabled(String),
+    /// `relogin` of an access-token account.
+    #[error(
+        "account {0:?} logs in with an access token: put a new token in the configuration \
+         instead (relogin needs password login)"
+    )]
+    NotPassword(String),
+    /// The re-login could not be prepared; the account was started again as it was.
+    #[error("account {account:?} could not be prepared for a re-login: {reason}")]
+    Relogin {
+        /// The account id.
+        account: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// What a reload changed.
@@ -121,7 +142,14 @@ struct Slot {
     tracker: RestartTracker,
     /// Stopped by the operator: not started again until the operator says so.
     held: bool,
+    /// When the fleet last logged this account in again by itself.
+    last_auto_relogin: Option<Instant>,
 }
+
+/// The least time between two automatic re-logins of one account.
+const AUTO_RELOGIN_INTERVAL: Duration = Duration::from_secs(600);
+/// How long a re-login waits for the account's old client to let go of its stores.
+const RELOGIN_LOCK_WAIT: Duration = Duration::from_secs(10);
 
 impl Actor for FleetSupervisor {
     type Msg = FleetMsg;
@@ -170,6 +198,7 @@ impl Actor for FleetSupervisor {
                 let outcome = state.control(&myself, &account, action).await;
                 let _ = reply.send(outcome);
             }
+            FleetMsg::AutoRelogin(id) => state.auto_relogin(&myself, &id).await,
             FleetMsg::Reload { config, reply } => {
                 let report = state.reload(&myself, *config).await?;
                 let _ = reply.send(report);
@@ -187,7 +216,9 @@ impl Actor for FleetSupervisor {
         let (cell, failure) = match &event {
             SupervisionEvent::ActorFailed(cell, error) => (cell, Some(error.to_string())),
             SupervisionEvent::ActorTerminated(cell, _, reason) => match reason.as_deref() {
-                Some(REASON_AUTH_FAILED | REASON_FAILED | REASON_STOPPED) => (cell, None),
+                Some(REASON_AUTH_FAILED | REASON_FAILED | REASON_STOPPED | REASON_LOGGED_OUT) => {
+                    (cell, None)
+                }
                 other => (
                     cell,
                     Some(format!("account actor stopped unexpectedly ({other:?})")),
@@ -203,6 +234,19 @@ impl Actor for FleetSupervisor {
             return Ok(());
         };
         slot.actor = None;
+        let logged_out = matches!(
+            &event,
+            SupervisionEvent::ActorTerminated(_, _, Some(reason)) if reason == REASON_LOGGED_OUT
+        );
+        if logged_out && slot.spec.encryption.relogin == ReloginMode::Auto {
+            let wait = slot.last_auto_relogin.map_or(Duration::ZERO, |at| {
+                AUTO_RELOGIN_INTERVAL.saturating_sub(at.elapsed())
+            });
+            info!(account = %id, wait_secs = wait.as_secs(), "logged out; re-login (auto) scheduled");
+            let id = id.clone();
+            ractor::time::send_after(wait, myself.get_cell(), move || FleetMsg::AutoRelogin(id));
+            return Ok(());
+        }
         if let Some(failure) = failure {
             // The account crashed: restart it alone, after its own backoff.
             let id = id.clone();
@@ -258,6 +302,7 @@ impl FleetState {
             actor: None,
             tracker: RestartTracker::new(self.policy.clone()),
             held: false,
+            last_auto_relogin: None,
         };
         self.slots.insert(id, slot);
         Ok(())
@@ -288,9 +333,17 @@ impl FleetState {
         match self.configured.get(id) {
             None => return Err(ControlError::Unknown(id.to_owned())),
             Some(spec) if !spec.enabled => return Err(ControlError::Disabled(id.to_owned())),
+            Some(spec)
+                if action == Control::Relogin && !matches!(spec.auth, AccountAuth::Password(_)) =>
+            {
+                return Err(ControlError::NotPassword(id.to_owned()));
+            }
             Some(_) => {}
         }
         info!(account = %id, ?action, "operator action");
+        if action == Control::Relogin {
+            return self.relogin(myself, id).await;
+        }
         if matches!(action, Control::Stop | Control::Restart) {
             if let Some(slot) = self.slots.get_mut(id) {
                 slot.held = true;
@@ -306,6 +359,63 @@ impl FleetState {
             self.start_account(myself, id).await;
         }
         Ok(())
+    }
+
+    /// Stops `id`, gets it ready to log in as a new device, and starts it again. If it cannot
+    /// be prepared (its old client does not let go of the stores in time), it is started
+    /// again as it was.
+    async fn relogin(&mut self, myself: &ActorRef<FleetMsg>, id: &str) -> Result<(), ControlError> {
+        if let Some(slot) = self.slots.get_mut(id) {
+            slot.held = true;
+        }
+        self.stop_actor(id).await;
+        let prepared = self.prepare_relogin(id).await;
+        if let Some(slot) = self.slots.get_mut(id) {
+            slot.held = false;
+            slot.tracker = RestartTracker::new(self.policy.clone());
+        }
+        if let Err(e) = &prepared {
+            warn!(account = %id, error = %e, "re-login not prepared; starting the account as it was");
+        }
+        self.start_account(myself, id).await;
+        prepared.map_err(|e| ControlError::Relogin {
+            account: id.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// [`prepare_relogin`], retried while the account's old client still holds its stores.
+    async fn prepare_relogin(&self, id: &str) -> Result<(), MatrixFailure> {
+        let deadline = Instant::now() + RELOGIN_LOCK_WAIT;
+        loop {
+            match prepare_relogin(&self.store, &self.data_dir, id).await {
+                Err(e) if e.class == FailureClass::Transient && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// A re-login scheduled after a logout (`relogin = "auto"`): done unless the operator took
+    /// the account over meanwhile.
+    async fn auto_relogin(&mut self, myself: &ActorRef<FleetMsg>, id: &str) {
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        let waiting = slot.actor.is_none() && !slot.held;
+        let logged_out = self
+            .board
+            .account(id)
+            .is_some_and(|s| s.state == AccountState::AuthFailed);
+        if !(waiting && logged_out) {
+            return;
+        }
+        slot.last_auto_relogin = Some(Instant::now());
+        info!(account = %id, "logging the account in again as a new device (relogin = auto)");
+        if let Err(e) = self.relogin(myself, id).await {
+            error!(account = %id, error = %e, "automatic re-login failed");
+        }
     }
 
     /// Applies `config` as its [`ReloadPlan`] says: accounts whose settings are unchanged are

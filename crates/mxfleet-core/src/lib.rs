@@ -33,7 +33,7 @@ mod upgrades;
 
 use ractor::{Actor, ActorRef};
 
-pub use account::{REASON_AUTH_FAILED, REASON_FAILED, REASON_STOPPED};
+pub use account::{REASON_AUTH_FAILED, REASON_FAILED, REASON_LOGGED_OUT, REASON_STOPPED};
 pub use error::AccountError;
 pub use fleet::{
     Control, ControlError, FleetArgs, FleetMsg, FleetState, FleetSupervisor, ReloadReport,

@@ -5,17 +5,23 @@
 //! password login happens only for a brand-new account or after a soft logout, and always into
 //! the account's stable device id.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use matrix_sdk::{
     Client, SessionMeta, SessionTokens, SqliteStoreConfig,
     authentication::matrix::MatrixSession,
     config::RequestConfig,
     encryption::{BackupDownloadStrategy, EncryptionSettings},
-    ruma::{OwnedDeviceId, OwnedUserId},
+    ruma::{
+        OwnedDeviceId, OwnedUserId,
+        api::client::{
+            session::login,
+            uiaa::{MatrixUserIdentifier, UserIdentifier},
+        },
+    },
 };
 use mxfleet_config::{AccountAuth, AccountSpec};
-use mxfleet_store::{Store, StoredSession};
+use mxfleet_store::{DirLock, Store, StoreError, StoredSession, now_ms};
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -45,19 +51,27 @@ pub fn account_dir(data_dir: &std::path::Path, account: &str) -> PathBuf {
 }
 
 /// Builds the client of `spec` and restores or creates its session.
+///
+/// The account's store directory is locked for as long as the returned client (or any clone of
+/// it) lives: a second client of the same account, such as one built while a replaced one is
+/// still shutting down, fails with a transient error instead of running a second Olm machine
+/// on the same device.
 pub async fn connect(
     spec: &AccountSpec,
     store: &Store,
     data_dir: &std::path::Path,
 ) -> Result<Connection, MatrixFailure> {
+    let lock = lock_account(data_dir, &spec.id)?;
     let store_dir = account_dir(data_dir, &spec.id).join("matrix");
     // Checked before the client is built: building creates the store files, and a fresh crypto
     // store under a known device would give that device a second identity.
     let crypto_store_existed = store_dir.join(CRYPTO_STORE_FILE).exists();
-    let stored = store
-        .session(&spec.id)
+    let stored = store.session(&spec.id).await.map_err(store_error)?;
+    let relogin = store
+        .relogin_requested(&spec.id)
         .await
-        .map_err(|e| MatrixFailure::new(FailureClass::Fatal, e.to_string()))?;
+        .map_err(store_error)?
+        .is_some();
     if let (AccountAuth::Password(_), Some(session), false, false) = (
         &spec.auth,
         &stored,
@@ -68,21 +82,139 @@ pub async fn connect(
             FailureClass::Fatal,
             format!(
                 "the crypto store of device {} is missing ({} has no {CRYPTO_STORE_FILE}): the \
-                 device's encryption keys are lost. Restore the store from a backup, or set \
-                 allow_new_device = true to log in as a new device",
+                 device's encryption keys are lost. Restore the store from a backup, run \
+                 `mxfleet relogin {}` to log in as a new device, or set allow_new_device = true",
                 session.device_id,
-                store_dir.display()
+                store_dir.display(),
+                spec.id,
             ),
         ));
     }
-    let mut store_config = SqliteStoreConfig::with_low_memory_config(&store_dir);
+    let client = build_client(spec, store, &store_dir).await?;
+    // The lock lives as long as the client's last clone.
+    client.add_event_handler_context(AccountLock(Arc::new(lock)));
+    save_rotated_tokens(&client, store, &spec.id)?;
+
+    let login = |device_id: String, fresh_keys: bool| Login {
+        device_id,
+        fresh_keys,
+    };
+    match (&spec.auth, stored) {
+        (AccountAuth::Password(password), Some(session)) if !crypto_store_existed => {
+            let device_id = new_device_id(&spec.device_id);
+            warn!(
+                old_device = %session.device_id,
+                new_device = %device_id,
+                "crypto store lost; allow_new_device is set: logging in as a new device"
+            );
+            store.delete_session(&spec.id).await.map_err(store_error)?;
+            // The new stores know no room yet: a full sync teaches them.
+            store
+                .forget_sync_position(&spec.id)
+                .await
+                .map_err(store_error)?;
+            let login = login(device_id, false);
+            login_with_password(spec, store, client, password.expose(), login).await
+        }
+        (AccountAuth::Password(_), Some(session)) if !session.needs_relogin => {
+            restore(client, session).await
+        }
+        (AccountAuth::Password(password), Some(session)) => {
+            // After a soft logout, log into the device we already have keys for.
+            let login = login(session.device_id, false);
+            login_with_password(spec, store, client, password.expose(), login).await
+        }
+        (AccountAuth::Password(password), None) if relogin => {
+            let device_id = new_device_id(&spec.device_id);
+            info!(new_device = %device_id, "re-login requested: logging in as a new device");
+            let login = login(device_id, false);
+            login_with_password(spec, store, client, password.expose(), login).await
+        }
+        (AccountAuth::Password(password), None) => {
+            // No session: whatever crypto store there is holds no keys of ours for the device
+            // (at most an empty one from an attempt that failed), so the device must be free.
+            let login = login(spec.device_id.clone(), true);
+            login_with_password(spec, store, client, password.expose(), login).await
+        }
+        (AccountAuth::AccessToken(token), Some(session))
+            if session.access_token == token.expose() =>
+        {
+            restore(client, session).await
+        }
+        (AccountAuth::AccessToken(token), _) => {
+            adopt_access_token(spec, store, client, token.expose()).await
+        }
+    }
+}
+
+/// Gets an account ready for `mxfleet relogin`: its matrix-sdk stores are moved aside (kept
+/// for forensics as `matrix.replaced-<unix secs>`), its session is dropped, and its next
+/// connect logs in as a new device. Fails with a transient error while a client of the
+/// account still runs.
+pub async fn prepare_relogin(
+    store: &Store,
+    data_dir: &std::path::Path,
+    account: &str,
+) -> Result<(), MatrixFailure> {
+    let _lock = lock_account(data_dir, account)?;
+    let store_dir = account_dir(data_dir, account).join("matrix");
+    if store_dir.exists() {
+        let aside = store_dir.with_file_name(format!("matrix.replaced-{}", now_ms() / 1000));
+        std::fs::rename(&store_dir, &aside).map_err(|e| {
+            MatrixFailure::new(
+                FailureClass::Fatal,
+                format!("moving {} aside: {e}", store_dir.display()),
+            )
+        })?;
+        info!(moved_to = %aside.display(), "the old device's stores are kept aside");
+    }
+    store
+        .request_relogin(account, now_ms())
+        .await
+        .map_err(store_error)
+}
+
+/// The account's store lock, kept in its client (see [`connect`]).
+#[derive(Debug, Clone)]
+struct AccountLock(#[allow(dead_code)] Arc<DirLock>);
+
+/// How a password login goes.
+struct Login {
+    /// The device to log into.
+    device_id: String,
+    /// Whether the crypto store is new: the device must not have keys on the server yet.
+    fresh_keys: bool,
+}
+
+/// Takes the account's store lock.
+fn lock_account(data_dir: &std::path::Path, account: &str) -> Result<DirLock, MatrixFailure> {
+    DirLock::acquire(&account_dir(data_dir, account), ACCOUNT_LOCK_FILE).map_err(|e| match e {
+        StoreError::Locked { path } => MatrixFailure::new(
+            FailureClass::Transient,
+            format!(
+                "the account's stores are still in use by a previous client ({} is locked); \
+                 waiting for it to stop",
+                path.display()
+            ),
+        ),
+        other => store_error(other),
+    })
+}
+
+/// Builds the account's client on its encrypted sqlite stores.
+async fn build_client(
+    spec: &AccountSpec,
+    store: &Store,
+    store_dir: &std::path::Path,
+) -> Result<Client, MatrixFailure> {
+    let mut store_config = SqliteStoreConfig::with_low_memory_config(store_dir);
     store_config = match &spec.store_passphrase {
         Some(passphrase) => store_config.passphrase(Some(passphrase.expose())),
         None => {
             let secret = store
                 .store_passphrase(&spec.id, generate_store_key)
                 .await
-                .map_err(|e| MatrixFailure::new(FailureClass::Fatal, e.to_string()))?;
+                .map_err(store_error)?;
             match parse_store_key(&secret) {
                 Some(key) => store_config.key(Some(&key)),
                 None => store_config.passphrase(Some(&secret)),
@@ -94,7 +226,7 @@ pub async fn connect(
         // Expired access tokens are refreshed (and the new ones saved before use, below).
         builder = builder.handle_refresh_tokens();
     }
-    let client = builder
+    builder
         .homeserver_url(spec.homeserver.as_str())
         // The configured URL is authoritative: a fresh login must not switch to the server's
         // advertised base URL while restored sessions use the configured one.
@@ -121,40 +253,7 @@ pub async fn connect(
                     store_dir.display()
                 ),
             )
-        })?;
-    save_rotated_tokens(&client, store, &spec.id)?;
-
-    match (&spec.auth, stored) {
-        (AccountAuth::Password(password), Some(session)) if !crypto_store_existed => {
-            let device_id = new_device_id(&spec.device_id);
-            warn!(
-                old_device = %session.device_id,
-                new_device = %device_id,
-                "crypto store lost; allow_new_device is set: logging in as a new device"
-            );
-            store
-                .delete_session(&spec.id)
-                .await
-                .map_err(|e| MatrixFailure::new(FailureClass::Fatal, e.to_string()))?;
-            login_with_password(spec, store, client, password.expose(), &device_id).await
-        }
-        (AccountAuth::Password(_), Some(session)) if !session.needs_relogin => {
-            restore(client, session).await
-        }
-        (AccountAuth::Password(password), stored) => {
-            // After a soft logout, log into the device we already have keys for.
-            let device_id = stored.map_or_else(|| spec.device_id.clone(), |s| s.device_id);
-            login_with_password(spec, store, client, password.expose(), &device_id).await
-        }
-        (AccountAuth::AccessToken(token), Some(session))
-            if session.access_token == token.expose() =>
-        {
-            restore(client, session).await
-        }
-        (AccountAuth::AccessToken(token), _) => {
-            adopt_access_token(spec, store, client, token.expose()).await
-        }
-    }
+        })
 }
 
 async fn restore(client: Client, session: StoredSession) -> Result<Connection, MatrixFailure> {
@@ -183,12 +282,15 @@ async fn restore(client: Client, session: StoredSession) -> Result<Connection, M
     })
 }
 
+/// Logs in with the password and hands the new session to `client`. The login is a plain
+/// request, not matrix-sdk's: the client's Olm machine is only created once the device is known
+/// to be free of someone else's keys.
 async fn login_with_password(
     spec: &AccountSpec,
     store: &Store,
     client: Client,
     password: &str,
-    device_id: &str,
+    login: Login,
 ) -> Result<Connection, MatrixFailure> {
     let Some(user) = spec.user_id.as_deref() else {
         return Err(MatrixFailure::new(
@@ -196,33 +298,97 @@ async fn login_with_password(
             "password login needs user_id in the account's config",
         ));
     };
-    let response = client
-        .matrix_auth()
-        .login_username(user, password)
-        .device_id(device_id)
-        .initial_device_display_name(&spec.device_display_name)
-        .request_refresh_token()
-        .send()
-        .await
-        .map_err(|e| MatrixFailure::from_sdk("password login", &e))?;
-    let session = StoredSession {
-        user_id: response.user_id.to_string(),
-        device_id: response.device_id.to_string(),
-        access_token: response.access_token.clone(),
-        refresh_token: response.refresh_token.clone(),
-        needs_relogin: false,
-    };
+    let mut session = password_login(&client, spec, user, password, &login.device_id).await?;
+    if login.fresh_keys && device_has_keys(&client, &session).await? {
+        if !spec.encryption.allow_new_device {
+            return Err(MatrixFailure::new(
+                FailureClass::Fatal,
+                format!(
+                    "device {} of {} already has encryption keys on the homeserver, but this \
+                     data_dir has no crypto store for it (a lost data_dir, or another process \
+                     owns the device). Restore the data_dir, run `mxfleet relogin {}` to log \
+                     in as a new device, or set allow_new_device = true",
+                    session.device_id, session.user_id, spec.id
+                ),
+            ));
+        }
+        let device_id = new_device_id(&spec.device_id);
+        warn!(
+            old_device = %session.device_id,
+            new_device = %device_id,
+            "the device already has keys on the server; allow_new_device is set: logging in \
+             as a new device"
+        );
+        session = password_login(&client, spec, user, password, &device_id).await?;
+    }
     store
         .save_session(&spec.id, &session)
         .await
-        .map_err(|e| MatrixFailure::new(FailureClass::Fatal, e.to_string()))?;
-    info!(user_id = %response.user_id, device_id = %response.device_id, "logged in with password");
-    Ok(Connection {
-        client,
-        user_id: response.user_id,
-        device_id: response.device_id,
-        logged_in: true,
+        .map_err(store_error)?;
+    info!(user_id = %session.user_id, device_id = %session.device_id, "logged in with password");
+    let mut connection = restore(client, session).await?;
+    connection.logged_in = true;
+    Ok(connection)
+}
+
+/// `POST /login` with the password into `device_id`, asking for a refresh token.
+async fn password_login(
+    client: &Client,
+    spec: &AccountSpec,
+    user: &str,
+    password: &str,
+    device_id: &str,
+) -> Result<StoredSession, MatrixFailure> {
+    let identifier = UserIdentifier::Matrix(MatrixUserIdentifier::new(user.to_owned()));
+    let mut request = login::v3::Request::new(login::v3::LoginInfo::Password(
+        login::v3::Password::new(identifier, password.to_owned()),
+    ));
+    request.device_id = Some(device_id.into());
+    request.initial_device_display_name = Some(spec.device_display_name.clone());
+    request.refresh_token = true;
+    let response = client
+        .send(request)
+        .await
+        .map_err(|e| MatrixFailure::from_http("password login", &e))?;
+    Ok(StoredSession {
+        user_id: response.user_id.to_string(),
+        device_id: response.device_id.to_string(),
+        access_token: response.access_token,
+        refresh_token: response.refresh_token,
+        needs_relogin: false,
     })
+}
+
+/// Whether the homeserver already holds device keys for the session's device.
+async fn device_has_keys(client: &Client, session: &StoredSession) -> Result<bool, MatrixFailure> {
+    let url = client
+        .homeserver()
+        .join("_matrix/client/v3/keys/query")
+        .map_err(|e| MatrixFailure::new(FailureClass::Fatal, format!("homeserver URL: {e}")))?;
+    let body = serde_json::json!({ "device_keys": { &session.user_id: [&session.device_id] } });
+    let transient =
+        |e: String| MatrixFailure::new(FailureClass::Transient, format!("keys query: {e}"));
+    let response = client
+        .http_client()
+        .post(url)
+        .bearer_auth(&session.access_token)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| transient(e.without_url().to_string()))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(transient(format!("HTTP {status}")));
+    }
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| transient(e.without_url().to_string()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| transient(format!("bad response: {e}")))?;
+    Ok(value["device_keys"][&session.user_id][&session.device_id].is_object())
 }
 
 async fn adopt_access_token(
@@ -315,7 +481,7 @@ async fn adopt_access_token(
     store
         .save_session(&spec.id, &session)
         .await
-        .map_err(|e| MatrixFailure::new(FailureClass::Fatal, e.to_string()))?;
+        .map_err(store_error)?;
     restore(client, session).await
 }
 
@@ -380,6 +546,14 @@ fn store_failure(context: &str, error: &matrix_sdk::Error) -> MatrixFailure {
     failure
 }
 
+/// The lock file inside an account's directory.
+const ACCOUNT_LOCK_FILE: &str = "account.lock";
+
+/// A store failure while connecting: nothing the homeserver can fix.
+fn store_error(error: StoreError) -> MatrixFailure {
+    MatrixFailure::new(FailureClass::Fatal, error.to_string())
+}
+
 /// The crypto store's file inside an account's store directory.
 const CRYPTO_STORE_FILE: &str = "matrix-sdk-crypto.sqlite3";
 
@@ -416,6 +590,30 @@ fn parse_store_key(secret: &str) -> Option<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_account_in_use_is_neither_connected_twice_nor_moved_aside() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("db.redb")).expect("store");
+        let matrix = account_dir(dir.path(), "a").join("matrix");
+        std::fs::create_dir_all(&matrix).expect("store dir");
+
+        let held = lock_account(dir.path(), "a").expect("first lock");
+        let second = lock_account(dir.path(), "a").expect_err("a second client");
+        assert_eq!(second.class, FailureClass::Transient);
+        assert!(second.message.contains("still in use"), "{second}");
+        let refused = prepare_relogin(&store, dir.path(), "a").await;
+        assert!(refused.is_err_and(|e| e.class == FailureClass::Transient));
+        assert!(matrix.exists(), "stores in use were moved");
+        assert!(lock_account(dir.path(), "b").is_ok(), "accounts lock apart");
+
+        drop(held);
+        prepare_relogin(&store, dir.path(), "a")
+            .await
+            .expect("free now");
+        assert!(!matrix.exists());
+        assert!(store.relogin_requested("a").await.expect("read").is_some());
+    }
 
     #[test]
     fn generated_store_keys_round_trip() {

@@ -18,7 +18,7 @@ pub mod outbound;
 pub mod polls;
 pub mod probe;
 
-pub use connect::{Connection, account_dir, connect};
+pub use connect::{Connection, account_dir, connect, prepare_relogin};
 pub use failure::{FailureClass, MatrixFailure};
 pub use inbound::{Normalised, normalise};
 pub use matrix_sdk;

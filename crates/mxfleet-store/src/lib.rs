@@ -40,6 +40,9 @@ const UNDECRYPTABLE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new
 /// Per account, when its very first sync began (ms since the epoch): messages sent before are
 /// history, messages after are answered, even if that first sync never completed.
 const BIRTHS: TableDefinition<&str, u64> = TableDefinition::new("account_births");
+/// Per account, when an operator (or `relogin = "auto"`) asked for a fresh login as a new
+/// device (ms since the epoch); cleared when the new session is saved.
+const RELOGINS: TableDefinition<&str, u64> = TableDefinition::new("relogins");
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -302,8 +305,37 @@ impl Store {
             s.write(|tx| {
                 tx.open_table(SESSIONS)?
                     .insert(account.as_str(), bytes.as_slice())?;
+                tx.open_table(RELOGINS)?.remove(account.as_str())?;
                 Ok(())
             })
+        })
+        .await
+    }
+
+    /// Drops the session of `account` and asks its next connect to log in as a new device, in
+    /// one transaction. The sync position goes too: the new device's empty stores need a full
+    /// sync to know the rooms (what was already answered stays so, through the inbox).
+    pub async fn request_relogin(&self, account: &str, now_ms: u64) -> Result<(), StoreError> {
+        let account = account.to_owned();
+        self.blocking(move |s| {
+            s.write(|tx| {
+                tx.open_table(SESSIONS)?.remove(account.as_str())?;
+                tx.open_table(SYNC_POSITIONS)?.remove(account.as_str())?;
+                tx.open_table(RELOGINS)?.insert(account.as_str(), now_ms)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// When a re-login of `account` as a new device was asked for, if one is still due.
+    pub async fn relogin_requested(&self, account: &str) -> Result<Option<u64>, StoreError> {
+        let account = account.to_owned();
+        self.blocking(move |s| {
+            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
+            let table = tx.open_table(RELOGINS).map_err(|e| s.err(e))?;
+            let value = table.get(account.as_str()).map_err(|e| s.err(e))?;
+            Ok(value.map(|v| v.value()))
         })
         .await
     }
@@ -946,6 +978,7 @@ impl Store {
             tx.open_table(INBOX_SEQ)?;
             tx.open_table(BIRTHS)?;
             tx.open_table(UNDECRYPTABLE)?;
+            tx.open_table(RELOGINS)?;
             Ok(())
         })
     }
@@ -1155,6 +1188,32 @@ mod tests {
         assert!(!format!("{session:?}").contains("secret-token"));
         store.delete_session("a").await?;
         assert_eq!(store.session("a").await?, None);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_relogin_drops_the_session_until_a_new_one_is_saved() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+        let store = Store::open(&dir.path().join("db.redb"))?;
+        let session = StoredSession {
+            user_id: "@a:x".into(),
+            device_id: "D".into(),
+            access_token: "t".into(),
+            refresh_token: None,
+            needs_relogin: false,
+        };
+        store.save_session("a", &session).await?;
+        store.save_session("b", &session).await?;
+        store
+            .commit_sync("a", "s1", Vec::<InboxEntry<String>>::new())
+            .await?;
+        store.request_relogin("a", 42).await?;
+        assert_eq!(store.session("a").await?, None);
+        assert_eq!(store.sync_position("a").await?, None);
+        assert_eq!(store.relogin_requested("a").await?, Some(42));
+        assert_eq!(store.relogin_requested("b").await?, None, "per account");
+        store.save_session("a", &session).await?;
+        assert_eq!(store.relogin_requested("a").await?, None);
         Ok(())
     }
 

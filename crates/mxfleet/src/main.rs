@@ -76,6 +76,12 @@ enum Command {
         /// The account id.
         account: String,
     },
+    /// Log a password account in again as a new device, after the homeserver ended its session
+    /// (token revoked, device deleted); its old stores are kept aside.
+    Relogin {
+        /// The account id.
+        account: String,
+    },
     /// One-time-code challenges of unknown DM senders.
     Otp {
         #[command(subcommand)]
@@ -184,6 +190,7 @@ fn main() -> ExitCode {
         Command::Start { account } => control(&loaded, &account, "start"),
         Command::Stop { account } => control(&loaded, &account, "stop"),
         Command::Restart { account } => control(&loaded, &account, "restart"),
+        Command::Relogin { account } => control(&loaded, &account, "relogin"),
         Command::Otp {
             command: OtpCommand::List,
         } => otp_list(&loaded),

@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     AccessPolicy, AccountAuth, AccountConfig, AccountSpec, BackendSpec, Config, ConversationConfig,
-    CredentialsConfig, OwnershipMode, Secret,
+    CredentialsConfig, OwnershipMode, ReloginMode, Secret,
 };
 
 /// The valid accounts, by id (the invalid ones are reported).
@@ -154,6 +154,12 @@ fn credentials(check: &mut Checker<'_>, key: &str, account: &AccountConfig) -> S
         check.fail(
             &format!("{key}.ownership_mode"),
             "bot_owned needs password login (the password answers the cross-signing upload)",
+        );
+    }
+    if account.encryption.relogin == ReloginMode::Auto && !has_password {
+        check.fail(
+            &format!("{key}.relogin"),
+            "auto needs password login (an access token cannot log in again by itself)",
         );
     }
     let token = check.secret(key, "access_token", &c.access_token, &c.access_token_file);
