@@ -574,3 +574,172 @@ async fn a_fresh_data_dir_does_not_take_over_a_device_that_has_keys() -> Result<
     s.fleet.stop().await?;
     Ok(())
 }
+
+/// A tmpfs mounted on a directory for as long as it lives (root only; CI runs as root).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()?;
+        ensure!(
+            status.success(),
+            "mount tmpfs on {} (needs root)",
+            dir.display()
+        );
+        Ok(Self(dir.to_owned()))
+    }
+
+    /// Fills the file system up to the last block; returns the filler file.
+    fn fill(&self) -> Result<std::path::PathBuf> {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path)?;
+        for chunk in [1 << 20, 4096, 512] {
+            let block = vec![0u8; chunk];
+            while file.write_all(&block).is_ok() {}
+        }
+        let _ = file.sync_all();
+        Ok(path)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// `GET {api}{path}` on the admin API: its HTTP status and JSON body.
+async fn admin_get(api: &str, path: &str) -> Result<(u16, serde_json::Value)> {
+    let response = reqwest::Client::new()
+        .get(format!("{api}{path}"))
+        .bearer_auth(mxfleet_testkit::ADMIN_TOKEN)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let body = response.bytes().await?;
+    Ok((status, serde_json::from_slice(&body)?))
+}
+
+#[tokio::test]
+async fn a_full_disk_degrades_the_accounts_and_everything_resumes_when_space_returns() -> Result<()>
+{
+    let mut s = Scenario::new()
+        .admin()
+        .toml(DRAIN)
+        .bot_named("a", |b| b.open_dms())
+        .bot_named("b", |b| b.open_dms())
+        .human()
+        .prepare()
+        .await?;
+    let disk = Tmpfs::mount(&s.fleet.data_dir(), "48m")?;
+    s.start().await?;
+    let (human, api) = (&s.humans[0], s.api());
+    let (a, b) = (s.bot("a").user_id.clone(), s.bot("b").user_id.clone());
+    let (dm_a, dm_b) = (human.dm(&a).await?, human.dm(&b).await?);
+    for (room, bot) in [(&dm_a, &a), (&dm_b, &b)] {
+        human.send(room, "warm up").await?;
+        human.expect_message(room, bot, "warm up", TIMEOUT).await?;
+    }
+
+    let filler = disk.fill()?;
+    let to_a: Vec<String> = (1..=3).map(|i| format!("while full {i} for a")).collect();
+    let to_b = vec!["while full 1 for b".to_owned()];
+    for q in &to_a {
+        human.send(&dm_a, q).await?;
+    }
+    human.send(&dm_b, &to_b[0]).await?;
+
+    // The fault is visible: accounts degraded, health unhealthy.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let degraded = loop {
+        let (code, body) = admin_get(&api, "/health").await?;
+        if code == 503 && body["status"] == "degraded" {
+            break body;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "health never turned unhealthy: {code} {body}\n{}",
+            s.fleet.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    ensure!(
+        degraded["degraded"]
+            .as_array()
+            .is_some_and(|ids| !ids.is_empty()),
+        "{degraded}"
+    );
+
+    // Space returns: everything resumes by itself, nothing lost, nothing doubled.
+    std::fs::remove_file(filler)?;
+    answered_once_in_order(human, &dm_a, &a, &to_a)
+        .await
+        .with_context(|| s.fleet.log_tail(40))?;
+    answered_once_in_order(human, &dm_b, &b, &to_b).await?;
+    let (code, body) = admin_get(&api, "/health").await?;
+    ensure!(code == 200 && body["status"] == "ok", "{code} {body}");
+    for bot in ["a", "b"] {
+        let (_, record) = admin_get(&api, &format!("/accounts/{bot}")).await?;
+        ensure!(record["state"] == "syncing", "{record}");
+    }
+    s.fleet.stop().await?;
+    drop(disk);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_answer_streaming_when_the_disk_fills_ends_whole_and_once() -> Result<()> {
+    let llm = FakeOpenAi::start_with(4, Duration::from_millis(150), None).await?;
+    let mut s = Scenario::new()
+        .admin()
+        .llm(&llm)
+        .bot(|b| b.open_dms().llm())
+        .human()
+        .prepare()
+        .await?;
+    let disk = Tmpfs::mount(&s.fleet.data_dir(), "48m")?;
+    s.start().await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").user_id.clone());
+    let dm = human.dm(&bot).await?;
+    let question = "stream on while the disk fills";
+    human.send(&dm, question).await?;
+    human
+        .wait_for("the answer begins", TIMEOUT, |h| {
+            h.seen_from(&dm, &bot).into_iter().next()
+        })
+        .await?;
+
+    // Mid-stream, the disk fills: the draft and inbox writes fail for a while.
+    let filler = disk.fill()?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    std::fs::remove_file(filler)?;
+
+    let expected = FakeOpenAi::answer_for(question);
+    human
+        .expect_final_text(&dm, &bot, &expected, Duration::from_secs(60))
+        .await
+        .with_context(|| s.fleet.log_tail(40))?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let answers = human.seen_from(&dm, &bot).len();
+    ensure!(
+        answers == 1,
+        "{answers} answers: {:?}",
+        human.seen_from(&dm, &bot)
+    );
+    ensure!(
+        llm.requests().len() == 1,
+        "asked the backend {} times",
+        llm.requests().len()
+    );
+    s.fleet.stop().await?;
+    drop(disk);
+    Ok(())
+}

@@ -143,16 +143,36 @@ async fn require_token(
     response
 }
 
-async fn health(State(state): State<AdminState>) -> Json<Value> {
+async fn health(State(state): State<AdminState>) -> Response {
     let snapshot = state.board.snapshot();
-    let syncing = snapshot
+    let count = |wanted: mxfleet_core::AccountState| {
+        snapshot
+            .accounts
+            .values()
+            .filter(|a| a.state == wanted)
+            .count()
+    };
+    let syncing = count(mxfleet_core::AccountState::Syncing);
+    // A storage fault is the fleet's, not one account's: the process is unhealthy until it
+    // passes (it resumes by itself).
+    let degraded: Vec<&String> = snapshot
         .accounts
-        .values()
-        .filter(|a| a.state == mxfleet_core::AccountState::Syncing)
-        .count();
-    Json(
-        json!({"status": "ok", "pid": snapshot.pid, "accounts": snapshot.accounts.len(), "syncing": syncing}),
-    )
+        .iter()
+        .filter(|(_, a)| a.state == mxfleet_core::AccountState::Degraded)
+        .map(|(id, _)| id)
+        .collect();
+    let (code, status) = match degraded.is_empty() {
+        true => (StatusCode::OK, "ok"),
+        false => (StatusCode::SERVICE_UNAVAILABLE, "degraded"),
+    };
+    let body = json!({
+        "status": status,
+        "pid": snapshot.pid,
+        "accounts": snapshot.accounts.len(),
+        "syncing": syncing,
+        "degraded": degraded,
+    });
+    (code, Json(body)).into_response()
 }
 
 async fn accounts(State(state): State<AdminState>) -> Json<Vec<AccountView>> {

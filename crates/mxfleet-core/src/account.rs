@@ -52,6 +52,8 @@ pub const REASON_FAILED: &str = "failed";
 /// Stop reason of an account stopped on request (shutdown, operator).
 pub const REASON_STOPPED: &str = "stopped";
 
+/// The longest wait between two tries of a `degraded` account.
+const DEGRADED_RETRY_MAX: Duration = Duration::from_secs(5);
 /// How long the sync child gets to stop.
 const SYNC_STOP_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -510,6 +512,14 @@ impl AccountRuntime {
                 self.schedule(myself, &failure, retry, decision, false);
             }
             FailureClass::Transient => self.back_off(myself, &failure, retry).await,
+            FailureClass::Storage => {
+                // Not the account's doing either: not counted towards parking, and retried
+                // often (a retry is a local check and one sync) so it resumes soon after space
+                // returns.
+                let mut decision = self.tracker.outage(Instant::now(), rand::random());
+                decision.delay = decision.delay.min(DEGRADED_RETRY_MAX);
+                self.schedule(myself, &failure, retry, decision, false);
+            }
         }
     }
 
@@ -559,7 +569,11 @@ impl AccountRuntime {
         let delay_ms = u64::try_from(decision.delay.as_millis()).unwrap_or(u64::MAX);
         let until = now_ms().saturating_add(delay_ms);
         let board = &self.args.board;
-        board.transition(self.id(), AccountState::Backoff, Some(failure.to_string()));
+        let state = match failure.class() {
+            FailureClass::Storage => AccountState::Degraded,
+            _ => AccountState::Backoff,
+        };
+        board.transition(self.id(), state, Some(failure.to_string()));
         board.update(self.id(), |s| {
             s.backoff_until_ms = Some(until);
             s.restarts += 1;
@@ -594,6 +608,10 @@ impl AccountRuntime {
         self.retry_generation = self.retry_generation.wrapping_add(1);
         if let Some(waiter) = self.outage_waiter.take() {
             waiter.abort();
+        }
+        // After a storage fault the database may need opening again before anything else.
+        if let Err(e) = self.args.store.recover().await {
+            return self.on_failure(myself, AccountError::Store(e), what).await;
         }
         match what {
             Retry::Connect => self.start_connect(myself),

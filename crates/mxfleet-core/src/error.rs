@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use mxfleet_matrix::{FailureClass, MatrixFailure};
-use mxfleet_store::StoreError;
+use mxfleet_store::{StoreError, StoreFault};
 
 /// Why an account's work failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,13 +36,17 @@ pub enum AccountError {
 }
 
 impl AccountError {
-    /// How the supervisor reacts: the Matrix class, or that of the other kinds. A store error
-    /// ends the account (a database that fails a read or commit is not trusted to keep the
-    /// exactly-once promise); a missing, slow or crashed child is restarted after a backoff.
+    /// How the supervisor reacts: the Matrix class, or that of the other kinds. A full disk or
+    /// an I/O failure of the database is a storage fault (the account waits `degraded`, with
+    /// everything it claimed kept); a corrupt store ends the account; a missing, slow or
+    /// crashed child is restarted after a backoff.
     pub fn class(&self) -> FailureClass {
         match self {
             Self::Matrix(failure) => failure.class,
-            Self::Store(_) => FailureClass::Fatal,
+            Self::Store(e) => match e.fault() {
+                StoreFault::Exhausted | StoreFault::Unavailable => FailureClass::Storage,
+                StoreFault::Corrupt | StoreFault::Permanent => FailureClass::Fatal,
+            },
             Self::ChildGone(_) | Self::ChildTimeout { .. } | Self::Panicked(_) => {
                 FailureClass::Transient
             }
@@ -53,7 +57,7 @@ impl AccountError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.class(),
-            FailureClass::Transient | FailureClass::RateLimited(_)
+            FailureClass::Transient | FailureClass::RateLimited(_) | FailureClass::Storage
         )
     }
 }
@@ -101,8 +105,18 @@ mod tests {
         for (error, retry) in cases {
             assert_eq!(error.is_retryable(), retry, "{error}");
         }
+        let full = StoreError::Io {
+            path: PathBuf::from("x"),
+            source: std::io::Error::from_raw_os_error(28),
+        };
+        assert_eq!(AccountError::from(full).class(), FailureClass::Storage);
+        let corrupt = StoreError::CorruptDatabase {
+            path: PathBuf::from("x"),
+            detail: "bad".into(),
+        };
+        assert_eq!(AccountError::from(corrupt).class(), FailureClass::Fatal);
         let store = AccountError::from(StoreError::Task("cancelled".into()));
-        assert_eq!(store.class(), FailureClass::Fatal);
+        assert_eq!(store.class(), FailureClass::Storage);
         assert!(
             std::error::Error::source(&store).is_some(),
             "keeps its source"

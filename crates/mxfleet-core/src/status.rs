@@ -33,6 +33,8 @@ pub enum AccountState {
     Syncing,
     /// Waiting before a restart.
     Backoff,
+    /// Local storage failed (disk full): waiting for it, everything claimed kept.
+    Degraded,
     /// Credentials rejected; not restarted until the operator acts.
     AuthFailed,
     /// A permanent error (e.g. a store that does not match); not restarted.
@@ -50,6 +52,7 @@ impl std::fmt::Display for AccountState {
             Self::Connecting => "connecting",
             Self::Syncing => "syncing",
             Self::Backoff => "backoff",
+            Self::Degraded => "degraded",
             Self::AuthFailed => "auth_failed",
             Self::Failed => "failed",
             Self::Stopped => "stopped",

@@ -34,7 +34,7 @@ use std::{
 use futures_util::FutureExt;
 use mxfleet_matrix::matrix_sdk::ruma::OwnedRoomId;
 use mxfleet_message::{InboundMessage, Undecryptable};
-use mxfleet_store::{InboxEntry, now_ms};
+use mxfleet_store::{InboxEntry, StoreFault, now_ms};
 
 use crate::error::AccountError;
 use tokio::{
@@ -54,6 +54,8 @@ use self::{
 const MAX_ATTEMPTS: u32 = 5;
 /// The wait before the second attempt; it doubles with each further one.
 const FIRST_RETRY: Duration = Duration::from_secs(2);
+/// How often a message waiting for a failed store tries again.
+pub(crate) const STORAGE_RETRY: Duration = Duration::from_secs(2);
 
 /// How long answers that were told to wrap up get to send their final edit.
 const WRAP_UP_GRACE: Duration = Duration::from_secs(5);
@@ -206,6 +208,16 @@ async fn attempt<F, Fut>(
             .await
         {
             Ok(n) => n,
+            // A full disk: the message waits (and the room's later ones behind it) until
+            // the attempt can be counted; it is not given up on for want of space.
+            Err(e) if matches!(e.fault(), StoreFault::Exhausted | StoreFault::Unavailable) => {
+                warn!(error = %e, "storage fault: the message waits for the store");
+                tokio::select! {
+                    _ = stop.wait_for(|stopping| *stopping) => return,
+                    () = tokio::time::sleep(STORAGE_RETRY) => {}
+                }
+                continue;
+            }
             Err(e) => {
                 return error!(error = %e, "could not count the attempt; message left pending");
             }

@@ -20,6 +20,9 @@ pub enum FailureClass {
         /// The server's `soft_logout` flag.
         soft_logout: bool,
     },
+    /// Local storage is exhausted (disk full, quota spent): the account is `degraded` and
+    /// retries once space returns; nothing it claimed is lost.
+    Storage,
     /// Something retrying will not fix (a corrupt or mismatched store, a bad request).
     Fatal,
 }
@@ -46,6 +49,8 @@ impl MatrixFailure {
     /// Classifies a matrix-sdk error.
     pub fn from_sdk(context: &str, error: &matrix_sdk::Error) -> Self {
         let class = match error {
+            // matrix-sdk's sqlite stores on a full disk: "database or disk is full".
+            _ if storage_exhausted(error) => FailureClass::Storage,
             matrix_sdk::Error::Http(http) => classify_http(http),
             matrix_sdk::Error::AuthenticationRequired => FailureClass::Auth { soft_logout: false },
             matrix_sdk::Error::Io(_) => FailureClass::Transient,
@@ -58,6 +63,27 @@ impl MatrixFailure {
     pub fn from_http(context: &str, error: &HttpError) -> Self {
         Self::new(classify_http(error), format!("{context}: {error}"))
     }
+}
+
+/// Whether `error` (or one of its sources) says the disk or quota is full.
+pub fn storage_exhausted(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if [
+            "disk is full",
+            "No space left on device",
+            "os error 28",
+            "Disk quota exceeded",
+        ]
+        .iter()
+        .any(|needle| text.contains(needle))
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 fn classify_kind(kind: &ErrorKind, server_error: bool) -> FailureClass {
@@ -105,6 +131,7 @@ impl fmt::Display for FailureClass {
             Self::RateLimited(None) => f.write_str("rate limited"),
             Self::Auth { soft_logout: true } => f.write_str("soft logout"),
             Self::Auth { soft_logout: false } => f.write_str("authentication failed"),
+            Self::Storage => f.write_str("storage exhausted"),
             Self::Fatal => f.write_str("fatal"),
         }
     }

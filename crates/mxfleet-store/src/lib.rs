@@ -15,7 +15,10 @@ mod lock;
 use std::{
     fmt,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc, PoisonError, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -86,6 +89,40 @@ pub enum StoreError {
     /// The blocking task running a transaction panicked or was cancelled.
     #[error("store task failed: {0}")]
     Task(String),
+    /// The database cannot be used for now (it is being opened again after a fault).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database file is damaged beyond what redb repairs by itself.
+    #[error(
+        "database {path} is corrupt ({detail}): stop mxfleet, move the file aside and restore it \
+         from a backup (without it the accounts' sessions are gone: each needs `mxfleet relogin \
+         ID` or allow_new_device to log in as a new device)"
+    )]
+    CorruptDatabase {
+        /// The database file.
+        path: PathBuf,
+        /// redb's description.
+        detail: String,
+    },
+}
+
+impl StoreError {
+    /// What the failure means: wait for space, retry, or give up.
+    pub fn fault(&self) -> StoreFault {
+        match self {
+            Self::Database { source, .. } => match source.as_ref() {
+                redb::Error::Io(io) if is_exhausted(io) => StoreFault::Exhausted,
+                // redb refuses use after a failed write until reopened (see `Store::recover`).
+                redb::Error::PreviousIo | redb::Error::Io(_) => StoreFault::Unavailable,
+                redb::Error::Corrupted(_) => StoreFault::Corrupt,
+                _ => StoreFault::Permanent,
+            },
+            Self::Io { source, .. } if is_exhausted(source) => StoreFault::Exhausted,
+            Self::Io { .. } | Self::Task(_) | Self::Unavailable(_) => StoreFault::Unavailable,
+            Self::Corrupt { .. } | Self::CorruptDatabase { .. } => StoreFault::Corrupt,
+            Self::Locked { .. } => StoreFault::Permanent,
+        }
+    }
 }
 
 /// A persisted Matrix session.
@@ -265,26 +302,95 @@ impl fmt::Debug for OtpChallenge {
 }
 
 /// mxfleet's database. Cheap to clone.
+///
+/// After a failed write (a full disk) redb refuses further use until the database is opened
+/// again; [`Store::recover`] does that, for every clone at once.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<RwLock<Option<Arc<Database>>>>,
     path: Arc<PathBuf>,
+    /// Set when an error said the database must be opened again.
+    needs_reopen: Arc<AtomicBool>,
+}
+
+/// What a store failure means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreFault {
+    /// The disk is full (or the quota spent): retry once space returns; nothing is lost.
+    Exhausted,
+    /// Another I/O failure, or the database is being opened again: retry after a backoff.
+    Unavailable,
+    /// A record or the database file is corrupt: retrying will not help.
+    Corrupt,
+    /// Anything else retrying will not fix (another process holds the database).
+    Permanent,
 }
 
 impl Store {
     /// Opens (or creates) the database at `path`. Fails with [`StoreError::Locked`] if another
     /// process has it open.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.into() },
-            other => db_error(path, other),
-        })?;
         let store = Self {
-            db: Arc::new(db),
+            db: Arc::new(RwLock::new(Some(Arc::new(create(path)?)))),
             path: Arc::new(path.into()),
+            needs_reopen: Arc::new(AtomicBool::new(false)),
         };
         store.init_tables()?;
         Ok(store)
+    }
+
+    /// Opens the database again if a failed write left it refusing further use (redb's
+    /// "previous I/O error"); a no-op otherwise. Fails, with nothing changed, while the disk
+    /// is still full.
+    pub async fn recover(&self) -> Result<(), StoreError> {
+        if !self.needs_reopen.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.reopen())
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if !self.needs_reopen.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // The file lock is per open file: the old handle must be gone before the new one.
+        if let Some(old) = slot.take() {
+            let deadline = std::time::Instant::now() + REOPEN_WAIT;
+            let mut old = old;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => break drop(db),
+                    Err(still_used) if std::time::Instant::now() < deadline => {
+                        old = still_used;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(still_used) => {
+                        *slot = Some(still_used);
+                        return Err(StoreError::Unavailable(
+                            "the database is still in use; not reopened yet".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        let db = create(&self.path)?;
+        *slot = Some(Arc::new(db));
+        self.needs_reopen.store(false, Ordering::SeqCst);
+        tracing::info!(path = %self.path.display(), "database opened again after a storage fault");
+        Ok(())
+    }
+
+    /// The open database, or an error while it is being opened again.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("the database is being opened again".into()))
     }
 
     /// The saved session of `account`.
@@ -332,7 +438,7 @@ impl Store {
     pub async fn relogin_requested(&self, account: &str) -> Result<Option<u64>, StoreError> {
         let account = account.to_owned();
         self.blocking(move |s| {
-            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
+            let tx = s.db()?.begin_read().map_err(|e| s.err(e))?;
             let table = tx.open_table(RELOGINS).map_err(|e| s.err(e))?;
             let value = table.get(account.as_str()).map_err(|e| s.err(e))?;
             Ok(value.map(|v| v.value()))
@@ -467,7 +573,7 @@ impl Store {
     ) -> Result<Vec<(String, StoredUndecryptable)>, StoreError> {
         let account = account.to_owned();
         self.blocking(move |s| {
-            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
+            let tx = s.db()?.begin_read().map_err(|e| s.err(e))?;
             let table = tx.open_table(UNDECRYPTABLE).map_err(|e| s.err(e))?;
             let mut found = Vec::new();
             let range = table
@@ -573,7 +679,7 @@ impl Store {
     {
         let (account, event_id) = (account.to_owned(), event_id.to_owned());
         self.blocking(move |s| {
-            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
+            let tx = s.db()?.begin_read().map_err(|e| s.err(e))?;
             let table = tx.open_table(INBOX).map_err(|e| s.err(e))?;
             let Some(value) = table
                 .get((account.as_str(), event_id.as_str()))
@@ -600,7 +706,7 @@ impl Store {
     ) -> Result<std::collections::HashSet<String>, StoreError> {
         let account = account.to_owned();
         self.blocking(move |s| {
-            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
+            let tx = s.db()?.begin_read().map_err(|e| s.err(e))?;
             let table = tx.open_table(INBOX).map_err(|e| s.err(e))?;
             let mut known = std::collections::HashSet::new();
             for id in event_ids {
@@ -629,7 +735,7 @@ impl Store {
     {
         let account = account.to_owned();
         self.blocking(move |s| {
-            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
+            let tx = s.db()?.begin_read().map_err(|e| s.err(e))?;
             let table = tx.open_table(INBOX).map_err(|e| s.err(e))?;
             let (mut pending, mut corrupt) = (Vec::new(), Vec::new());
             let range = table
@@ -809,7 +915,7 @@ impl Store {
     ) -> Result<Vec<(String, String, OtpChallenge)>, StoreError> {
         let account = account.map(str::to_owned);
         self.blocking(move |s| {
-            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
+            let tx = s.db()?.begin_read().map_err(|e| s.err(e))?;
             let table = tx.open_table(OTP).map_err(|e| s.err(e))?;
             let mut out = Vec::new();
             for row in table.iter().map_err(|e| s.err(e))? {
@@ -853,7 +959,7 @@ impl Store {
     ) -> Result<Vec<(String, String, u64)>, StoreError> {
         let account = account.map(str::to_owned);
         self.blocking(move |s| {
-            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
+            let tx = s.db()?.begin_read().map_err(|e| s.err(e))?;
             let table = tx.open_table(APPROVED).map_err(|e| s.err(e))?;
             let mut out = Vec::new();
             for row in table.iter().map_err(|e| s.err(e))? {
@@ -887,7 +993,7 @@ impl Store {
     pub async fn is_approved(&self, account: &str, sender: &str) -> Result<bool, StoreError> {
         let (account, sender) = (account.to_owned(), sender.to_owned());
         self.blocking(move |s| {
-            let tx = s.db.begin_read().map_err(|e| s.err(e))?;
+            let tx = s.db()?.begin_read().map_err(|e| s.err(e))?;
             let table = tx.open_table(APPROVED).map_err(|e| s.err(e))?;
             let found = table
                 .get((account.as_str(), sender.as_str()))
@@ -989,7 +1095,7 @@ impl Store {
         table: &'static str,
         key: &str,
     ) -> Result<Option<T>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let t = tx.open_table(def).map_err(|e| self.err(e))?;
         let Some(value) = t.get(key).map_err(|e| self.err(e))? else {
             return Ok(None);
@@ -1008,7 +1114,7 @@ impl Store {
         def: TableDefinition<&str, &str>,
         key: &str,
     ) -> Result<Option<String>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(def).map_err(|e| self.err(e))?;
         let value = table.get(key).map_err(|e| self.err(e))?;
         Ok(value.map(|v| v.value().to_owned()))
@@ -1020,7 +1126,7 @@ impl Store {
         table: &'static str,
         key: &(String, String),
     ) -> Result<Option<T>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let tx = self.db()?.begin_read().map_err(|e| self.err(e))?;
         let t = tx.open_table(def).map_err(|e| self.err(e))?;
         let Some(value) = t
             .get((key.0.as_str(), key.1.as_str()))
@@ -1041,7 +1147,7 @@ impl Store {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<R, redb::Error>,
     ) -> Result<R, StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let tx = self.db()?.begin_write().map_err(|e| self.err(e))?;
         let out = f(&tx).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(out)
@@ -1058,7 +1164,13 @@ impl Store {
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> StoreError {
-        db_error(&self.path, e)
+        let error = db_error(&self.path, e);
+        if let StoreError::Database { source, .. } = &error
+            && matches!(**source, redb::Error::PreviousIo)
+        {
+            self.needs_reopen.store(true, Ordering::SeqCst);
+        }
+        error
     }
 }
 
@@ -1067,6 +1179,40 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How long a reopen waits for transactions in flight on the old handle.
+const REOPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens (or creates) the database file; a corrupt file is named with what to do.
+fn create(path: &Path) -> Result<Database, StoreError> {
+    Database::create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.into() },
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(detail)) => {
+            StoreError::CorruptDatabase {
+                path: path.into(),
+                detail,
+            }
+        }
+        // "Not a redb database: magic number mismatch" and the like.
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            StoreError::CorruptDatabase {
+                path: path.into(),
+                detail: io.to_string(),
+            }
+        }
+        other => db_error(path, other),
+    })
+}
+
+/// Whether an I/O error means the disk (or quota) is full.
+fn is_exhausted(error: &std::io::Error) -> bool {
+    // ENOSPC and EDQUOT.
+    error.kind() == std::io::ErrorKind::StorageFull
+        || error.kind() == std::io::ErrorKind::QuotaExceeded
+        || matches!(error.raw_os_error(), Some(28 | 122))
 }
 
 fn db_error(path: &Path, e: impl Into<redb::Error>) -> StoreError {
@@ -1188,6 +1334,79 @@ mod tests {
         assert!(!format!("{session:?}").contains("secret-token"));
         store.delete_session("a").await?;
         assert_eq!(store.session("a").await?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn each_failure_says_whether_to_wait_retry_or_give_up() {
+        let path = PathBuf::from("db.redb");
+        let io = |code| std::io::Error::from_raw_os_error(code);
+        let database = |e: redb::Error| StoreError::Database {
+            path: path.clone(),
+            source: Box::new(e),
+        };
+        let cases = [
+            (database(redb::Error::Io(io(28))), StoreFault::Exhausted),
+            (database(redb::Error::Io(io(122))), StoreFault::Exhausted),
+            (database(redb::Error::Io(io(5))), StoreFault::Unavailable),
+            (database(redb::Error::PreviousIo), StoreFault::Unavailable),
+            (
+                database(redb::Error::Corrupted("x".into())),
+                StoreFault::Corrupt,
+            ),
+            (
+                StoreError::Io {
+                    path: path.clone(),
+                    source: io(28),
+                },
+                StoreFault::Exhausted,
+            ),
+            (
+                StoreError::Unavailable("reopening".into()),
+                StoreFault::Unavailable,
+            ),
+            (
+                StoreError::Locked { path: path.clone() },
+                StoreFault::Permanent,
+            ),
+            (
+                StoreError::CorruptDatabase {
+                    path: path.clone(),
+                    detail: "bad header".into(),
+                },
+                StoreFault::Corrupt,
+            ),
+        ];
+        for (error, fault) in cases {
+            assert_eq!(error.fault(), fault, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_database_file_is_named_with_what_to_do() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("mxfleet.redb");
+        for garbage in [&b"not a database at all"[..], &[0x5a; 8192][..]] {
+            std::fs::write(&path, garbage).expect("write");
+            let error = Store::open(&path).err().expect("refused");
+            assert_eq!(error.fault(), StoreFault::Corrupt, "{error}");
+            let text = error.to_string();
+            assert!(text.contains(&path.display().to_string()), "{text}");
+            assert!(text.contains("restore it from a backup"), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_needs_no_reopen_recovers_as_a_no_op() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+        let store = Store::open(&dir.path().join("db.redb"))?;
+        store.recover().await?;
+        store.needs_reopen.store(true, Ordering::SeqCst);
+        store.recover().await?;
+        store
+            .commit_sync("a", "s1", Vec::<InboxEntry<String>>::new())
+            .await?;
+        assert_eq!(store.sync_position("a").await?.as_deref(), Some("s1"));
         Ok(())
     }
 

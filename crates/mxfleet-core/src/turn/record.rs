@@ -3,7 +3,7 @@
 //! whose answer could not be sent stays pending: its room worker tries again (see `turn.rs`).
 
 use mxfleet_message::InboundMessage;
-use mxfleet_store::{Draft, InboxState, Turn, now_ms};
+use mxfleet_store::{Draft, InboxState, StoreFault, Turn, now_ms};
 use tracing::{debug, error, info, warn};
 
 use super::{
@@ -12,7 +12,7 @@ use super::{
     outbox::finish_interrupted,
     room::RoomPort,
 };
-use crate::{error::AccountError, stream_editor::Delivered};
+use crate::{error::AccountError, stream_editor::Delivered, turn::STORAGE_RETRY};
 
 /// Whether an answer joins the conversation memory (commands and refusals do not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,9 +113,28 @@ pub(crate) async fn resume_interrupted<R: RoomPort>(
     Ok(())
 }
 
+/// Finishes the inbox entry. Through a storage fault it keeps trying (a few minutes): an
+/// answer that was sent but not recorded would be sent again after a restart.
 async fn finish(ctx: &TurnContext, message: &InboundMessage, state: InboxState) {
     let event_id = message.event_id.as_str();
-    if let Err(e) = ctx.store.finish(&ctx.account, event_id, state).await {
-        error!(error = %e, "could not record the outcome; the message may be answered again after a restart");
+    let mut tries = 0u32;
+    loop {
+        let Err(e) = ctx
+            .store
+            .finish(&ctx.account, event_id, state.clone())
+            .await
+        else {
+            return;
+        };
+        tries += 1;
+        let waits = matches!(e.fault(), StoreFault::Exhausted | StoreFault::Unavailable);
+        if !waits || tries >= FINISH_TRIES {
+            return error!(error = %e, "could not record the outcome; the message may be answered again after a restart");
+        }
+        warn!(error = %e, "storage fault: the outcome waits to be recorded");
+        tokio::time::sleep(STORAGE_RETRY).await;
     }
 }
+
+/// How many times an outcome is tried through a storage fault (with [`STORAGE_RETRY`] between).
+const FINISH_TRIES: u32 = 150;
