@@ -834,3 +834,68 @@ async fn images_reach_a_backend_that_sees_them() -> Result<()> {
     s.fleet.stop().await?;
     Ok(())
 }
+
+/// An OpenAI-compatible endpoint that always fails with HTTP 500 and `body`.
+async fn failing_backend(body: &'static str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let url = format!("http://{}/v1", listener.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = vec![0u8; 65536];
+            let _ = socket.read(&mut request).await;
+            let response = format!(
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+        }
+    });
+    Ok(url)
+}
+
+#[tokio::test]
+async fn a_backend_error_reaches_the_room_as_an_id_and_its_details_only_the_log() -> Result<()> {
+    let url = failing_backend(r#"{"error": {"message": "upstream rejected key sk-live-TOPSECRET at http://10.0.0.7:8080/internal"}}"#).await?;
+    let mut s = Scenario::new()
+        .backend(
+            "broken",
+            &format!(
+                "kind = \"openai\"\nbase_url = \"{url}\"\nmodel = \"m\"\nrequest_timeout_secs = 10"
+            ),
+        )
+        .bot(|b| b.open_dms().backend("broken"))
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").user_id.clone());
+    let dm = human.dm(&bot).await?;
+    human.send(&dm, "are you there?").await?;
+    let answer = human
+        .wait_for("the error answer", TIMEOUT, |h| {
+            h.seen_from(&dm, &bot)
+                .into_iter()
+                .map(|seen| h.current_text(&seen))
+                .find(|text| text.contains("error"))
+        })
+        .await?;
+    ensure!(
+        !answer.contains("TOPSECRET") && !answer.contains("10.0.0.7") && !answer.contains("HTTP"),
+        "the room got the backend's details: {answer}"
+    );
+    let id: String = answer
+        .split("error ")
+        .nth(1)
+        .map(|rest| rest.chars().take_while(char::is_ascii_hexdigit).collect())
+        .unwrap_or_default();
+    ensure!(id.len() == 8, "no error id in {answer:?}");
+    let logs = s.fleet.all_logs();
+    ensure!(
+        logs.lines()
+            .any(|l| l.contains(&id) && l.contains("TOPSECRET")),
+        "the log does not tie error {id} to its details"
+    );
+    s.fleet.stop().await?;
+    Ok(())
+}

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use mxfleet_testkit::{CountingProxy, FakeOpenAi, Fault, Human, OwnedRoomId, Scenario, Synapse};
+use mxfleet_testkit::{
+    CountingProxy, FakeOpenAi, Fault, Human, OwnedRoomId, Scenario, Synapse, soak::Tmpfs,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const DRAIN: &str = "shutdown_drain_secs = 2";
@@ -575,47 +577,6 @@ async fn a_fresh_data_dir_does_not_take_over_a_device_that_has_keys() -> Result<
     Ok(())
 }
 
-/// A tmpfs mounted on a directory for as long as it lives (root only; CI runs as root).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, size: &str) -> Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()?;
-        ensure!(
-            status.success(),
-            "mount tmpfs on {} (needs root)",
-            dir.display()
-        );
-        Ok(Self(dir.to_owned()))
-    }
-
-    /// Fills the file system up to the last block; returns the filler file.
-    fn fill(&self) -> Result<std::path::PathBuf> {
-        use std::io::Write;
-        let path = self.0.join("filler");
-        let mut file = std::fs::File::create(&path)?;
-        for chunk in [1 << 20, 4096, 512] {
-            let block = vec![0u8; chunk];
-            while file.write_all(&block).is_ok() {}
-        }
-        let _ = file.sync_all();
-        Ok(path)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 /// `GET {api}{path}` on the admin API: its HTTP status and JSON body.
 async fn admin_get(api: &str, path: &str) -> Result<(u16, serde_json::Value)> {
     let response = reqwest::Client::new()
@@ -741,5 +702,23 @@ async fn an_answer_streaming_when_the_disk_fills_ends_whole_and_once() -> Result
     );
     s.fleet.stop().await?;
     drop(disk);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_short_chaos_soak_loses_and_doubles_nothing() -> Result<()> {
+    let config = mxfleet_testkit::soak::SoakConfig {
+        duration: Duration::from_secs(100),
+        accounts: 2,
+        interval: Duration::from_millis(400),
+        senders: 1,
+        fault_every_secs: (6, 9),
+        burst: 15,
+        seed: 7,
+    };
+    let report = mxfleet_testkit::soak::run(&config).await?;
+    println!("{report}");
+    report.ensure_exactly_once()?;
+    ensure!(report.faults.len() >= 5, "too few kinds of fault: {report}");
     Ok(())
 }

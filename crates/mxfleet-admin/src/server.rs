@@ -318,6 +318,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         "connecting",
         "syncing",
         "backoff",
+        "degraded",
         "auth_failed",
         "failed",
         "stopped",
@@ -368,6 +369,12 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         "counter",
         "Answers sent.",
         &mut counter(|s| s.replies_out).into_iter(),
+    );
+    family(
+        "mxfleet_messages_failed_total",
+        "counter",
+        "Messages given up on after every attempt failed (the reason is in the status and log).",
+        &mut counter(|s| s.messages_failed).into_iter(),
     );
     family(
         "mxfleet_messages_skipped_old_total",

@@ -31,7 +31,7 @@ use tokio::{
     task::JoinSet,
     time::{Instant, sleep_until},
 };
-use tracing::{Instrument, Span};
+use tracing::{Instrument, Span, warn};
 
 use writer::Writer;
 
@@ -224,7 +224,11 @@ pub(crate) async fn deliver<S: AnswerSink>(
             delta = stream.next() => match delta {
                 Some(Ok(delta)) => w.push(&delta),
                 Some(Err(e)) => {
-                    backend_error = Some(e.to_string());
+                    // The room is told an id; what the backend said (an error body may quote
+                    // a key or an internal URL) goes to the log only.
+                    let id = format!("{:08x}", rand::random::<u32>());
+                    warn!(error_id = %id, error = %e, "the backend failed; the answer says so");
+                    backend_error = Some((id, e.to_string()));
                     break;
                 }
                 None => break,
@@ -244,10 +248,11 @@ pub(crate) async fn deliver<S: AnswerSink>(
         }
     }
     drop(stream);
-    let ending = texts::answer_ending(backend_error.as_deref(), w.is_empty(), interrupted);
+    let error_id = backend_error.as_ref().map(|(id, _)| id.as_str());
+    let ending = texts::answer_ending(error_id, w.is_empty(), interrupted);
     w.conclude(ending);
     w.flush(sink, true).await?;
-    Ok(w.delivered(backend_error))
+    Ok(w.delivered(backend_error.map(|(_, detail)| detail)))
 }
 
 /// Resolves once `wrap_up` says so (never, if its sender is gone).
@@ -432,6 +437,24 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_network_outage_of_tens_of_seconds_is_waited_out_not_cut_short() {
+        let (stream, full) = slow_stream(30, Duration::from_millis(50));
+        let mut sink = Recorder::default();
+        // The homeserver is unreachable for a while at the first send, and again at the
+        // final edit (each try takes the backoff before it): the answer still lands whole.
+        let outage = |at| std::iter::repeat_n((at, FailureClass::Transient), 6);
+        sink.failures = outage(0).chain(outage(1)).collect();
+        let settings = StreamSettings {
+            max_edits: 0,
+            ..settings(StreamMode::EditInPlace)
+        };
+        let d = deliver(stream, &settings, &mut sink, never()).await;
+        let d = d.map_err(|e| e.message);
+        assert!(d.is_ok(), "{d:?}");
+        assert_eq!(sink.final_texts(), [full.trim_end()]);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn long_answers_continue_in_new_messages_and_off_mode_sends_once() {
         let paragraph = format!("{}\n\n", "lorem ipsum ".repeat(20));
         let full = paragraph.repeat(30);
@@ -483,6 +506,13 @@ mod tests {
         .map_err(|e| e.message)
         .unwrap_or_default();
         assert!(d.text.starts_with("partial answer here") && d.text.contains("backend failed"));
+        // The room sees an error id, never what the backend said.
+        assert!(
+            !d.text.contains(&BackendError::Timeout.to_string()),
+            "{}",
+            d.text
+        );
+        assert!(d.backend_error.is_some_and(|e| e.contains("timed out")));
         assert_eq!(sink.final_texts(), [d.text.trim_end()]);
     }
 }

@@ -225,10 +225,11 @@ pub(crate) enum Ending {
     Replace(String),
 }
 
-/// The ending of an answer whose stream stopped with `backend_error` (if any) after `empty` or
-/// some text, or was `interrupted` because mxfleet is stopping.
+/// The ending of an answer whose stream stopped with a backend failure (`error_id` names it in
+/// the log; its details never reach the room) after `empty` or some text, or was `interrupted`
+/// because mxfleet is stopping.
 pub(crate) fn answer_ending(
-    backend_error: Option<&str>,
+    error_id: Option<&str>,
     empty: bool,
     interrupted: bool,
 ) -> Option<Ending> {
@@ -239,12 +240,13 @@ pub(crate) fn answer_ending(
             false => Ending::Append(format!("\n\n{STOPPED}")),
         });
     }
-    match (backend_error, empty) {
-        (Some(e), true) => Some(Ending::Replace(format!(
-            "Sorry, I could not get an answer from the backend: {e}"
+    match (error_id, empty) {
+        (Some(id), true) => Some(Ending::Replace(format!(
+            "Sorry, I could not get an answer from the backend (error {id}; the operator finds \
+             the details in mxfleet's log)."
         ))),
-        (Some(e), false) => Some(Ending::Append(format!(
-            "\n\n⚠️ The answer is incomplete: the backend failed ({e})."
+        (Some(id), false) => Some(Ending::Append(format!(
+            "\n\n⚠️ The answer is incomplete: the backend failed (error {id})."
         ))),
         (None, true) => Some(Ending::Replace(
             "(the backend returned an empty answer)".into(),

@@ -244,6 +244,14 @@ pub struct DraftPart {
     /// A fingerprint of the text of that attempt (a retry of the same text reuses its id).
     #[serde(default)]
     pub edit_text: u64,
+    /// The text of the latest send or edit attempt, saved before it: it may have landed even
+    /// if its answer never came back, so an interrupted answer is finished with it.
+    #[serde(default)]
+    pub attempted: String,
+    /// An earlier try of the first send had other text and may be what landed: once the send
+    /// is confirmed, the message is edited to the text it should show.
+    #[serde(default)]
+    pub may_show_older: bool,
 }
 
 /// One remembered turn of a conversation.

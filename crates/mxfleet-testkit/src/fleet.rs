@@ -245,7 +245,11 @@ pub fn binary() -> PathBuf {
         return bin.into();
     }
     let exe = std::env::current_exe().unwrap_or_default();
-    // target/debug/deps/<test> → target/debug/mxfleet
+    // target/debug/<tool> → target/debug/mxfleet; target/debug/deps/<test> → the same.
+    let beside = exe.parent().map(|d| d.join("mxfleet"));
+    if let Some(bin) = beside.filter(|b| b.is_file()) {
+        return bin;
+    }
     exe.parent()
         .and_then(Path::parent)
         .map_or_else(|| PathBuf::from("mxfleet"), |d| d.join("mxfleet"))

@@ -17,6 +17,7 @@ mod human;
 mod openai;
 mod proxy;
 mod scenario;
+pub mod soak;
 mod synapse;
 mod webhook;
 
@@ -31,7 +32,7 @@ pub use matrix_sdk::ruma::events::room::member::MembershipState;
 pub use openai::{FakeOpenAi, SeenRequest};
 pub use proxy::{CountingProxy, Fault};
 pub use scenario::{ADMIN_TOKEN, Bot, BotSpec, Running, Scenario};
-pub use synapse::{Synapse, wait_until_up};
+pub use synapse::{StoredMessage, Synapse, wait_until_up};
 pub use webhook::FakeWebhook;
 
 /// A random lower-case name with `prefix`.

@@ -238,17 +238,8 @@ impl Synapse {
         admin_token: &str,
         room_id: &str,
     ) -> Result<Vec<(String, String)>> {
-        let value = reqwest::Client::new()
-            .get(format!(
-                "{}/_synapse/admin/v1/rooms/{room_id}/messages?dir=b&limit=1000",
-                self.url
-            ))
-            .bearer_auth(admin_token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json_value()
-            .await?;
+        let path = format!("/_synapse/admin/v1/rooms/{room_id}/messages?dir=b&limit=1000");
+        let value = self.admin_get(admin_token, &path).await?;
         let chunk = value["chunk"].as_array().context("no chunk")?;
         Ok(chunk
             .iter()
@@ -259,19 +250,65 @@ impl Synapse {
             .collect())
     }
 
-    /// The device ids of a user, through the admin API.
-    pub async fn admin_devices(&self, admin_token: &str, user_id: &str) -> Result<Vec<String>> {
-        let value = reqwest::Client::new()
-            .get(format!(
-                "{}/_synapse/admin/v2/users/{user_id}/devices",
-                self.url
-            ))
+    /// Every message of the room, oldest first, through the admin API (all pages): the
+    /// homeserver's own history, for counting answers.
+    pub async fn admin_room_messages(
+        &self,
+        admin_token: &str,
+        room_id: &str,
+    ) -> Result<Vec<StoredMessage>> {
+        let mut messages = Vec::new();
+        let mut from: Option<String> = None;
+        loop {
+            let mut path = format!("/_synapse/admin/v1/rooms/{room_id}/messages?dir=f&limit=1000");
+            if let Some(token) = &from {
+                path.push_str(&format!("&from={token}"));
+            }
+            let value = self.admin_get(admin_token, &path).await?;
+            let chunk = value["chunk"].as_array().context("no chunk")?;
+            for e in chunk.iter().filter(|e| e["type"] == "m.room.message") {
+                let content = &e["content"];
+                let relation = &content["m.relates_to"];
+                let replaces = (relation["rel_type"] == "m.replace")
+                    .then(|| relation["event_id"].as_str().map(str::to_owned))
+                    .flatten();
+                // An edit's text is its new content, not the `* …` fallback.
+                let body = match replaces {
+                    Some(_) => &content["m.new_content"]["body"],
+                    None => &content["body"],
+                };
+                messages.push(StoredMessage {
+                    event_id: e["event_id"].as_str().unwrap_or_default().to_owned(),
+                    sender: e["sender"].as_str().unwrap_or_default().to_owned(),
+                    body: body.as_str().unwrap_or_default().to_owned(),
+                    ts_ms: e["origin_server_ts"].as_u64().unwrap_or_default(),
+                    replaces,
+                });
+            }
+            match value["end"].as_str() {
+                Some(end) if !chunk.is_empty() => from = Some(end.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(messages)
+    }
+
+    /// `GET` of an admin API `path`, as JSON.
+    async fn admin_get(&self, admin_token: &str, path: &str) -> Result<serde_json::Value> {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.url))
             .bearer_auth(admin_token)
             .send()
             .await?
             .error_for_status()?
             .json_value()
-            .await?;
+            .await
+    }
+
+    /// The device ids of a user, through the admin API.
+    pub async fn admin_devices(&self, admin_token: &str, user_id: &str) -> Result<Vec<String>> {
+        let path = format!("/_synapse/admin/v2/users/{user_id}/devices");
+        let value = self.admin_get(admin_token, &path).await?;
         let devices = value["devices"].as_array().context("no devices array")?;
         Ok(devices
             .iter()
@@ -292,6 +329,21 @@ impl Synapse {
         self.child = Some(command.spawn().context("starting synapse")?);
         wait_until_up(&self.url).await
     }
+}
+
+/// A message as the homeserver stored it.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    /// Its event id.
+    pub event_id: String,
+    /// Who sent it.
+    pub sender: String,
+    /// Its `body` (of an edit: the new content's).
+    pub body: String,
+    /// `origin_server_ts`.
+    pub ts_ms: u64,
+    /// The message it edits (`m.replace`), if it is an edit.
+    pub replaces: Option<String>,
 }
 
 impl Drop for Synapse {

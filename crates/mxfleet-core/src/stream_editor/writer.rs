@@ -11,9 +11,13 @@ use tracing::{debug, warn};
 use super::{AnswerSink, Delivered, StreamSettings};
 use crate::texts;
 
-/// How many transient failures of one send or edit end the delivery (the room worker tries the
-/// message again later, with its own backoff).
-const SEND_ATTEMPTS: u32 = 3;
+/// How long a send that must land (the first message, the final edit) keeps trying through
+/// transient failures — a network cut, a homeserver restart — before the delivery fails (the
+/// room worker then tries the message again, and an answer already visible would be finished
+/// as interrupted). The answer's text is in hand meanwhile.
+const MUST_SEND_PATIENCE: Duration = Duration::from_secs(120);
+/// The longest wait between two tries of a send.
+const MAX_SEND_WAIT: Duration = Duration::from_secs(8);
 /// The wait after a 429 without `retry_after`.
 const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(2);
 
@@ -189,7 +193,7 @@ impl<'a> Writer<'a> {
         if self.parts[index].shown.as_deref() == Some(text) {
             return Ok(());
         }
-        let mut attempt = 0;
+        let (mut attempt, began) = (0u32, Instant::now());
         loop {
             if let Some(until) = self.blocked_until {
                 if !must && Instant::now() < until {
@@ -236,13 +240,14 @@ impl<'a> Writer<'a> {
                             after.unwrap_or(DEFAULT_RATE_LIMIT_WAIT)
                         }
                         FailureClass::Transient => {
-                            attempt += 1;
-                            Duration::from_millis(500 * 2u64.pow(attempt.min(4)))
+                            attempt = attempt.saturating_add(1);
+                            MAX_SEND_WAIT.min(Duration::from_millis(500 * 2u64.pow(attempt.min(5))))
                         }
                         _ => return Err(f),
                     };
                     self.blocked_until = Some(Instant::now() + wait);
-                    if !must || attempt >= SEND_ATTEMPTS {
+                    let patience_left = began.elapsed() + wait < MUST_SEND_PATIENCE;
+                    if !must || !patience_left {
                         return Err(f);
                     }
                     warn!(error = %f, wait_ms = wait.as_millis() as u64, "send failed; retrying");

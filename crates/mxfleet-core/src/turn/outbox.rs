@@ -55,8 +55,15 @@ impl<R: RoomPort> AnswerSink for RoomSink<R> {
         if self.draft.parts.len() <= part {
             self.draft.parts.resize_with(part + 1, DraftPart::default);
         }
+        // An earlier try of this send with other text may have landed without its answer
+        // coming back: the homeserver then answers this one (same transaction id) with that
+        // event, which shows the earlier text.
         if let Some(stored) = self.draft.parts.get_mut(part) {
             stored.txn_id = txn_id.to_string();
+            if !stored.attempted.is_empty() && stored.attempted != text {
+                stored.may_show_older = true;
+            }
+            text.clone_into(&mut stored.attempted);
         }
         self.save().await;
         // Only the first message is a rich reply; the later ones stay in the thread, if any.
@@ -77,6 +84,15 @@ impl<R: RoomPort> AnswerSink for RoomSink<R> {
             stored.shown = text.to_owned();
         }
         self.save().await;
+        if self.draft.parts.get(part).is_some_and(|p| p.may_show_older) {
+            // Whichever text landed, the message ends up showing this one (a failed edit is
+            // tried again with the send: the mark stays until it lands).
+            self.edit(part, 1, text).await?;
+            if let Some(stored) = self.draft.parts.get_mut(part) {
+                stored.may_show_older = false;
+            }
+            self.save().await;
+        }
         Ok(event_id)
     }
 
@@ -108,6 +124,7 @@ impl<R> RoomSink<R> {
         if stored.edit_seq > 0 && stored.edit_text == fingerprint {
             return stored.edit_seq;
         }
+        text.clone_into(&mut stored.attempted);
         stored.edit_seq = stored
             .edit_seq
             .saturating_add(1)
@@ -161,7 +178,12 @@ pub(crate) async fn finish_interrupted<R: RoomPort>(
         .as_deref()
         .and_then(|id| OwnedEventId::try_from(id).ok())
         .ok_or_else(|| MatrixFailure::new(FailureClass::Fatal, "bad event id in draft"))?;
-    let text = texts::interrupted(&part.shown);
+    // The latest attempt may have landed without its answer coming back: never show less.
+    let latest = match part.attempted.is_empty() {
+        true => &part.shown,
+        false => &part.attempted,
+    };
+    let text = texts::interrupted(latest);
     let txn_id = transaction_id(answering.as_str(), &format!("{index}.interrupted"));
     let content = edit_content(&original, &render_markdown(&text));
     room.send(
@@ -190,12 +212,9 @@ mod tests {
         turn::room::fake::{Did, FakeRoom},
     };
 
-    #[tokio::test]
-    async fn every_edit_attempt_with_other_text_has_its_own_transaction_id() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = Store::open(&dir.path().join("db.redb")).expect("a store");
-        let room = FakeRoom::new(&testing::room("!r:hs"), true);
-        let mut sink = RoomSink {
+    /// A sink answering `$q` in `room`, its draft in `store`.
+    fn sink(room: &FakeRoom, store: Store) -> RoomSink<FakeRoom> {
+        RoomSink {
             room: room.clone(),
             account: "bot".into(),
             store,
@@ -204,7 +223,15 @@ mod tests {
             draft: Draft::default(),
             visible: None,
             own_keys: true,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn every_edit_attempt_with_other_text_has_its_own_transaction_id() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::open(&dir.path().join("db.redb")).expect("a store");
+        let room = FakeRoom::new(&testing::room("!r:hs"), true);
+        let mut sink = sink(&room, store);
         sink.send_new(0, "one").await.expect("sent");
         // An attempt whose answer was lost, then the next text, then a retry of that text.
         for (n, text) in [(1, "one two"), (1, "one two three"), (1, "one two three")] {
@@ -226,6 +253,62 @@ mod tests {
                 "mxfleet._q.0.e2",
                 "mxfleet._q.0.e2"
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_answer_is_finished_with_the_latest_text_it_tried_to_show() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::open(&dir.path().join("db.redb")).expect("a store");
+        let room = FakeRoom::new(&testing::room("!r:hs"), true);
+        let mut sink = sink(&room, store.clone());
+        sink.send_new(0, "one").await.expect("sent");
+        // The final edit reaches the homeserver, its answer does not, and the process dies.
+        let _ = room.clone().refusing_sends();
+        let lost = sink.edit(0, 1, "one two three, the whole answer").await;
+        assert!(lost.is_err());
+
+        // The next start finishes the answer from the stored draft.
+        let draft = store
+            .draft("bot", "$q")
+            .await
+            .expect("read")
+            .expect("a draft");
+        let next = FakeRoom::new(&testing::room("!r:hs"), true);
+        finish_interrupted(&next, &event("$q"), &draft)
+            .await
+            .expect("finished");
+        let sent = next.sent();
+        let body = sent[0]["content"]["m.new_content"]["body"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            body.starts_with("one two three, the whole answer"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_first_send_retried_with_more_text_is_followed_by_an_edit_to_it() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::open(&dir.path().join("db.redb")).expect("a store");
+        let room = FakeRoom::new(&testing::room("!r:hs"), true);
+        let mut sink = sink(&room, store);
+        // The first try (with the text so far) may land without its answer coming back; the
+        // retry has the same transaction id, so the homeserver returns that first event.
+        let down = room.clone().refusing_sends();
+        assert!(sink.send_new(0, "the first words").await.is_err());
+        down.accepting_sends();
+        sink.send_new(0, "the first words and the rest")
+            .await
+            .expect("sent");
+        // Had the correcting edit failed, the retried send would still correct it.
+        assert!(!sink.draft.parts[0].may_show_older);
+        let sent = room.sent();
+        let last = sent.last().expect("sent something");
+        assert_eq!(
+            last["content"]["m.new_content"]["body"], "the first words and the rest",
+            "{sent:?}"
         );
     }
 }

@@ -300,6 +300,11 @@ pub(crate) mod fake {
             self
         }
 
+        /// Lets sends through again.
+        pub(crate) fn accepting_sends(&self) {
+            self.inner().refuse_sends = false;
+        }
+
         /// What the pipeline did, in order.
         pub(crate) fn did(&self) -> Vec<Did> {
             self.inner().did.clone()
