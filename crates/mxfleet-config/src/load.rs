@@ -145,6 +145,15 @@ fn layered(sources: &Sources, issues: &mut Vec<ConfigIssue>) -> (Figment, Option
     };
 
     figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(TOOL_VARIABLES));
+    // figment parses environment values like TOML (`0123` becomes 123): secrets are read again
+    // as the strings they are, over the parsed ones.
+    let secrets = secret_env(std::env::vars_os());
+    if !secrets.is_empty() {
+        figment = figment.merge(Named::new(
+            "environment variable",
+            Serialized::defaults(secrets),
+        ));
+    }
 
     let mut flags = Dict::new();
     let flag = &sources.flags;
@@ -168,6 +177,55 @@ fn layered(sources: &Sources, issues: &mut Vec<ConfigIssue>) -> (Figment, Option
     }
     figment = figment.merge(Named::new("command-line flag", Serialized::defaults(flags)));
     (figment, config_file)
+}
+
+/// The keys whose values are secrets (`Secret` fields of the configuration).
+const SECRET_KEYS: &[&str] = &[
+    "password",
+    "access_token",
+    "recovery_key",
+    "store_passphrase",
+    "api_key",
+    "token",
+];
+
+/// The `MXFLEET_…` variables of secret keys, nested by `__` like figment's, as strings.
+fn secret_env(vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>) -> Dict {
+    let mut dict = Dict::new();
+    for (key, value) in vars {
+        let (Some(key), Some(value)) = (key.to_str(), value.to_str()) else {
+            continue;
+        };
+        let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+        if path
+            .last()
+            .is_some_and(|k| SECRET_KEYS.contains(&k.as_str()))
+        {
+            insert_path(&mut dict, &path, Value::from(value.to_owned()));
+        }
+    }
+    dict
+}
+
+/// Puts `value` at `path` inside `dict`, making the tables on the way.
+fn insert_path(dict: &mut Dict, path: &[String], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
 }
 
 fn extract(figment: &Figment, issues: &mut Vec<ConfigIssue>) -> Option<Config> {

@@ -433,6 +433,7 @@ fn conversation_keys_have_safe_defaults_and_are_validated() {
             edit_throttle_ms = 1
             transcription = "hook"
             max_media_bytes = 10
+            otp_cooldown_secs = 0
             ack_reaction = ""
             [accounts.a.user_overrides."@x:hs"]
             provider = "nope"
@@ -462,6 +463,7 @@ fn conversation_keys_have_safe_defaults_and_are_validated() {
             "accounts.a.edit_throttle_ms: must be at least 50",
             "accounts.a.transcription: backend \"hook\" is of kind \"webhook\"; transcription needs an \"openai\" backend",
             "accounts.a.max_media_bytes: must be at least 1024",
+            "accounts.a.otp_cooldown_secs: must be between 1 and 86400",
             "accounts.a.user_overrides.@x:hs.backend: no backend named \"nope\"",
             "backends.hook.url: must be an http(s) URL",
             "backends.cli.command: must name a program",
@@ -525,6 +527,34 @@ fn shards_split_the_accounts_and_know_each_others_users() {
                 .any(|l| l.contains("shard.index: must be below shard.count (2)")
                     && l.contains("MXFLEET_SHARD__INDEX")),
             "the error names the key and the variable"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn secrets_from_the_environment_stay_strings() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "fleet.toml",
+            r#"
+            [accounts.alice]
+            homeserver = "http://127.0.0.1:8008"
+            user_id = "@alice:localhost"
+            backend = "echo"
+            "#,
+        )?;
+        jail.set_env("MXFLEET_ACCOUNTS__ALICE__PASSWORD", "0123");
+        jail.set_env("MXFLEET_ACCOUNTS__ALICE__STORE_PASSPHRASE", "true");
+        let loaded = load(&sources("fleet.toml")).map_err(|e| e.to_string())?;
+        let alice = &loaded.config.accounts["alice"];
+        assert_eq!(
+            alice.auth,
+            AccountAuth::Password(crate::Secret::new("0123"))
+        );
+        assert_eq!(
+            alice.store_passphrase.as_ref().map(crate::Secret::expose),
+            Some("true")
         );
         Ok(())
     });

@@ -234,9 +234,10 @@ fn conversation(check: &mut Checker<'_>, key: &str, c: &ConversationConfig, enab
             "must be between 10 and 86400",
         ),
         (
-            c.otp_cooldown_secs <= 86_400,
+            // Without a lockout, wrong codes could be tried as fast as messages can be sent.
+            (1..=86_400).contains(&c.otp_cooldown_secs),
             "otp_cooldown_secs",
-            "must be at most 86400",
+            "must be between 1 and 86400",
         ),
         (
             c.stream_min_initial_chars <= 10_000,
