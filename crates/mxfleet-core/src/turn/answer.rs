@@ -194,8 +194,20 @@ async fn reply_directly<R: RoomPort>(
     let conv = &ctx.spec.conversation;
     let placement = plan::placement(message, conv.reply_to_message, facts.is_dm);
     let key = message.conversation_key();
-    let settings = StreamSettings::of(conv).at_once();
-    let sink = room_sink(ctx, room, message, &placement, None);
+    send_at_once(ctx, room, message, &placement, &key, text).await
+}
+
+/// Sends `text` as one message answering `message` and records it (not remembered).
+async fn send_at_once<R: RoomPort>(
+    ctx: &TurnContext,
+    room: &R,
+    message: &InboundMessage,
+    placement: &Placement,
+    key: &str,
+    text: String,
+) -> Result<(), AccountError> {
+    let settings = StreamSettings::of(&ctx.spec.conversation).at_once();
+    let sink = room_sink(ctx, room, message, placement, None);
     let delivery = Delivery::new(
         once(text),
         settings,
@@ -204,7 +216,7 @@ async fn reply_directly<R: RoomPort>(
         Span::current(),
     );
     let outcome = deliver(ctx, delivery, DIRECT_REPLY_DEADLINE).await;
-    record::record(ctx, room, message, &key, outcome, Remember::No).await
+    record::record(ctx, room, message, key, outcome, Remember::No).await
 }
 
 /// A DM from an unknown sender under OTP self-approval: the `OtpGate` decides, the sender gets
@@ -222,17 +234,7 @@ async fn challenge<R: RoomPort>(
         let reason = "OTP gate: no reply (locked out or throttled)";
         return record::skip(ctx, message, reason).await;
     };
-    let settings = StreamSettings::of(&ctx.spec.conversation).at_once();
-    let sink = room_sink(ctx, room, message, &Placement::Plain, None);
-    let delivery = Delivery::new(
-        once(text),
-        settings,
-        sink,
-        ctx.wrap_up.clone(),
-        Span::current(),
-    );
-    let outcome = deliver(ctx, delivery, DIRECT_REPLY_DEADLINE).await;
-    record::record(ctx, room, message, "", outcome, Remember::No).await
+    send_at_once(ctx, room, message, &Placement::Plain, "", text).await
 }
 
 async fn ask_otp_gate(
