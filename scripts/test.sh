@@ -2,21 +2,25 @@
 # Runs mxfleet's whole test suite: unit tests and end-to-end tests against a real Synapse.
 #
 # Installs Synapse into a virtualenv if needed (scripts/setup-synapse.sh) and Debian's chromium
-# (for the status page test) if missing, starts one shared Synapse on a free loopback port with
-# raised rate limits, runs every test in parallel with cargo-nextest (cargo test if it is
+# (the status page test) and bubblewrap (the sandboxed agent tests) if missing, starts one
+# shared Synapse on a free loopback port with raised rate limits, runs every test in parallel with cargo-nextest (cargo test if it is
 # missing), and stops Synapse again. The status page's screenshot lands in target/test-artifacts/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/setup-synapse.sh >/dev/null
-# The status page is tested in headless Chromium (Debian's package).
-if ! command -v chromium >/dev/null; then
+# The status page is tested in headless Chromium, sandboxed command agents under bubblewrap
+# (Debian's packages).
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v bwrap >/dev/null || missing+=(bubblewrap)
+if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
   elif command -v sudo >/dev/null; then
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
   else
-    echo "chromium is missing and cannot be installed (no root): the status page test will fail" >&2
+    echo "${missing[*]} missing and cannot be installed (no root): their tests fail or skip" >&2
   fi
 fi
 echo "==> building"

@@ -2,13 +2,22 @@
 //!
 //! The program runs without a shell. It gets the prompt (or the whole request as JSON) on stdin,
 //! which is then closed; whatever it prints on stdout is the answer, streamed as it comes. A
-//! non-zero exit ends the answer with an error carrying the end of its stderr. The process is
-//! killed when the answer is dropped (the turn was cancelled) or the timeout passes.
+//! non-zero exit ends the answer with an error carrying the end of its stderr.
+//!
+//! The agent reads untrusted text, so it gets nothing it was not given: an empty environment
+//! plus `PATH`, the configured `env` and the `pass_env` names (never mxfleet's secrets); its own
+//! process group, killed as a whole when the answer is dropped (the turn was cancelled) or the
+//! timeout passes; and, with `sandbox = "bwrap"`, a read-only view of the system in which the
+//! data directory, the configuration and the secret files are hidden.
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
 
 use futures_util::stream;
-use mxfleet_config::{BackendSpec, CommandInput};
+use mxfleet_config::{AgentIsolation, BackendSpec, CommandInput, Sandbox};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     process::{Child, ChildStdout, Command},
@@ -22,6 +31,8 @@ use crate::{Backend, BackendError, ChatRequest, RoutedRequest, TextStream};
 const STDERR_TAIL_BYTES: usize = 2000;
 /// Read size for stdout.
 const READ_CHUNK: usize = 4096;
+/// `PATH` for an agent when mxfleet itself has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// Runs a CLI agent per answer.
 #[derive(Debug, Clone)]
@@ -32,10 +43,12 @@ pub struct CommandBackend {
     model: Option<String>,
     system_prompt: Option<String>,
     timeout: Duration,
+    isolation: AgentIsolation,
 }
 
-/// A running agent: dropping it kills the process.
+/// A running agent: dropping it kills its process group.
 struct Running {
+    group: ProcessGroup,
     child: Child,
     stdout: ChildStdout,
     stderr: JoinHandle<Vec<u8>>,
@@ -54,6 +67,7 @@ impl CommandBackend {
             model,
             system_prompt,
             request_timeout_secs,
+            isolation,
         } = spec
         else {
             return Err(BackendError::Config("not a command backend".into()));
@@ -68,7 +82,34 @@ impl CommandBackend {
             model: model.clone(),
             system_prompt: system_prompt.clone(),
             timeout: Duration::from_secs(*request_timeout_secs),
+            isolation: isolation.clone(),
         })
+    }
+
+    /// The process to start: the agent itself, or bubblewrap running it; environment cleared.
+    fn command(&self, program: &str, args: &[String]) -> Command {
+        let mut command = match self.isolation.sandbox {
+            Sandbox::None => Command::new(program),
+            Sandbox::Bwrap => {
+                let mut bwrap = Command::new("bwrap");
+                bwrap
+                    .args(bwrap_args(
+                        &self.isolation.hidden,
+                        self.working_dir.as_deref(),
+                    ))
+                    .arg("--")
+                    .arg(program);
+                bwrap
+            }
+        };
+        command.args(args).env_clear();
+        let inherited = |name: &str| std::env::var_os(name).map(|value| (name.to_owned(), value));
+        let path = inherited("PATH").map_or_else(|| DEFAULT_PATH.into(), |(_, value)| value);
+        command.env("PATH", path);
+        command.envs(self.isolation.pass_env.iter().filter_map(|n| inherited(n)));
+        command.envs(&self.isolation.env);
+        command.process_group(0);
+        command
     }
 
     fn spawn(&self, request: &ChatRequest) -> Result<Running, BackendError> {
@@ -85,9 +126,8 @@ impl CommandBackend {
             .command
             .split_first()
             .ok_or_else(|| BackendError::Config("the command is empty".into()))?;
-        let mut command = Command::new(program);
+        let mut command = self.command(program, args);
         command
-            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -98,6 +138,7 @@ impl CommandBackend {
         let mut child = command
             .spawn()
             .map_err(|e| BackendError::Config(format!("cannot start {program:?}: {e}")))?;
+        let group = ProcessGroup(child.id());
         if let Some(mut stdin) = child.stdin.take() {
             tokio::spawn(async move {
                 // An agent that exits without reading its input is not an error here.
@@ -125,6 +166,7 @@ impl CommandBackend {
             tail
         });
         Ok(Running {
+            group,
             child,
             stdout,
             stderr,
@@ -158,7 +200,7 @@ async fn next_delta(mut r: Running) -> Option<(Result<String, BackendError>, Run
         let n = match read {
             Err(_) => {
                 r.done = true;
-                let _ = r.child.start_kill();
+                r.group.kill();
                 return Some((Err(BackendError::Timeout), r));
             }
             Ok(Err(e)) => {
@@ -186,7 +228,7 @@ async fn next_delta(mut r: Running) -> Option<(Result<String, BackendError>, Run
 async fn finish(mut r: Running) -> Option<(Result<String, BackendError>, Running)> {
     let status = match tokio::time::timeout_at(r.deadline, r.child.wait()).await {
         Err(_) => {
-            let _ = r.child.start_kill();
+            r.group.kill();
             return Some((Err(BackendError::Timeout), r));
         }
         Ok(Err(e)) => return Some((Err(BackendError::Network(format!("waiting: {e}"))), r)),
@@ -223,6 +265,91 @@ fn take_utf8(bytes: &mut Vec<u8>) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
+/// The arguments that make bubblewrap show the agent a read-only system with a private `/tmp`,
+/// `/dev` and `/proc`, `working_dir` writable, and every existing `hidden` path replaced by an
+/// empty directory or file. Mounts are ordered shallow to deep so that a hidden data directory
+/// inside the working directory stays hidden, and a working directory inside a hidden one shows
+/// only itself.
+fn bwrap_args(hidden: &[PathBuf], working_dir: Option<&Path>) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-all",
+        "--share-net",
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+    ]
+    .map(str::to_owned)
+    .into();
+    let mut mounts: Vec<(&Path, [&str; 2])> = Vec::new();
+    if let Some(dir) = working_dir {
+        mounts.push((dir, ["--bind", ""]));
+    }
+    for path in hidden {
+        if path.starts_with("/tmp") {
+            continue;
+        }
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => mounts.push((path, ["--tmpfs", ""])),
+            Ok(_) => mounts.push((path, ["--ro-bind", "/dev/null"])),
+            Err(_) => {}
+        }
+    }
+    mounts.sort_by_key(|(path, _)| path.components().count());
+    for (path, [op, source]) in mounts {
+        let path = path.display().to_string();
+        args.push(op.to_owned());
+        match op {
+            "--bind" => args.extend([path.clone(), path]),
+            "--tmpfs" => args.push(path),
+            _ => args.extend([source.to_owned(), path]),
+        }
+    }
+    if let Some(dir) = working_dir {
+        args.extend(["--chdir".to_owned(), dir.display().to_string()]);
+    }
+    args
+}
+
+/// The process group an agent runs in (its pid: it leads the group). Dropping it kills the
+/// whole group, so helpers the agent started do not outlive the answer.
+struct ProcessGroup(Option<u32>);
+
+impl ProcessGroup {
+    /// Kills every process in the group.
+    fn kill(&self) {
+        if let Some(pgid) = self.0.and_then(|pid| libc::pid_t::try_from(pid).ok()) {
+            kill_group(pgid);
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends SIGKILL to process group `pgid`; a group that is already gone is no error.
+#[allow(unsafe_code)]
+fn kill_group(pgid: libc::pid_t) {
+    if pgid <= 1 {
+        return;
+    }
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours; a negative pid
+    // addresses the process group, which we created for this agent (pgid > 1 checked above).
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use futures_util::StreamExt;
@@ -238,6 +365,7 @@ mod tests {
             model: Some("m1".into()),
             system_prompt: None,
             timeout: Duration::from_secs(timeout_secs),
+            isolation: AgentIsolation::default(),
         }
     }
 
@@ -320,6 +448,107 @@ mod tests {
         assert!(
             !marker.exists(),
             "the agent kept running after the turn was dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_agent_gets_only_path_and_what_is_configured() {
+        let mut b = backend(&["env"], CommandInput::Prompt, 10);
+        b.isolation.env.insert("AGENT_MODE".into(), "quiet".into());
+        b.isolation.pass_env = vec!["HOME".into(), "NOT_SET_ANYWHERE_42".into()];
+        let answer = collect(&b, request("x")).await.unwrap_or_default();
+        let mut names: Vec<&str> = answer
+            .lines()
+            .filter_map(|line| line.split_once('=').map(|(name, _)| name))
+            .collect();
+        names.sort_unstable();
+        let mut expected = vec!["AGENT_MODE", "PATH"];
+        if std::env::var_os("HOME").is_some() {
+            expected.insert(1, "HOME");
+        }
+        assert_eq!(names, expected, "{answer}");
+        assert!(answer.contains("AGENT_MODE=quiet"));
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_what_the_agent_started_too() {
+        let dir = tempfile_dir();
+        let marker = dir.join("helper-outlived-the-agent");
+        let _ = std::fs::remove_file(&marker);
+        let script = format!(
+            "(sleep 2; touch {}) & echo started; sleep 30",
+            marker.display()
+        );
+        let b = backend(&["sh", "-c", &script], CommandInput::Prompt, 1);
+        assert!(matches!(
+            collect(&b, request("x")).await,
+            Err(BackendError::Timeout)
+        ));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!marker.exists(), "the agent's helper survived the timeout");
+    }
+
+    #[test]
+    fn bwrap_mounts_go_shallow_to_deep_and_skip_what_is_not_there() {
+        let root = std::env::current_dir()
+            .unwrap_or_default()
+            .join("target-bwrap-test");
+        let data = root.join("data");
+        let work = root.join("work");
+        let secret = root.join("secret.txt");
+        for dir in [&data, &work] {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::write(&secret, "s");
+        let hidden = vec![
+            data.clone(),
+            secret.clone(),
+            root.join("missing"),
+            "/tmp/elsewhere".into(),
+        ];
+        let args = bwrap_args(&hidden, Some(&work)).join(" ");
+        let (d, w, f) = (data.display(), work.display(), secret.display());
+        assert!(
+            args.ends_with(&format!(
+                "--tmpfs /tmp --tmpfs {d} --bind {w} {w} --ro-bind /dev/null {f} --chdir {w}"
+            )) || args.ends_with(&format!(
+                "--tmpfs /tmp --bind {w} {w} --tmpfs {d} --ro-bind /dev/null {f} --chdir {w}"
+            )),
+            "{args}"
+        );
+        assert!(
+            !args.contains("missing") && !args.contains("elsewhere"),
+            "{args}"
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test]
+    async fn under_bwrap_hidden_paths_show_nothing() {
+        if !Path::new("/usr/bin/bwrap").exists() {
+            eprintln!("bubblewrap is not installed; skipping");
+            return;
+        }
+        let root = std::env::current_dir()
+            .unwrap_or_default()
+            .join("target-bwrap-run");
+        let data = root.join("data");
+        let _ = std::fs::create_dir_all(&data);
+        let _ = std::fs::write(data.join("mxfleet.redb"), "access-token-xyz");
+        let script = format!(
+            "ls -A {d}; cat {d}/mxfleet.redb; echo done",
+            d = data.display()
+        );
+        let mut b = backend(&["sh", "-c", &script], CommandInput::Prompt, 10);
+        b.isolation.sandbox = Sandbox::Bwrap;
+        b.isolation.hidden = vec![data.clone()];
+        let answer = collect(&b, request("x")).await;
+        let _ = std::fs::remove_dir_all(&root);
+        let answer = answer.unwrap_or_else(|e| format!("error: {e}"));
+        assert!(answer.ends_with("done\n"), "{answer}");
+        assert!(
+            !answer.contains("access-token") && !answer.contains("mxfleet.redb"),
+            "{answer}"
         );
     }
 

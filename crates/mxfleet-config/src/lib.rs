@@ -27,10 +27,11 @@ pub use model::{
     AccessPolicy, AccountConfig, AdminConfig, AnsweringConfig, AutoJoin, BackendConfig,
     CommandInput, Config, ConversationConfig, CredentialsConfig, EncryptionConfig, LogConfig,
     LogFormat, LoginConfig, MediaConfig, MentionMode, OwnershipMode, ReloginMode, RestartConfig,
-    RouteOverride, ShardConfig, StreamFormat, StreamMode, SyncConfig,
+    RouteOverride, Sandbox, ShardConfig, StreamFormat, StreamMode, SyncConfig,
 };
 pub use resolved::{
-    AccountAuth, AccountSpec, AdminSpec, BackendSpec, Route, Transcription, ValidConfig,
+    AccountAuth, AccountSpec, AdminSpec, AgentIsolation, BackendSpec, Route, Transcription,
+    ValidConfig,
 };
 pub use secret::{REDACTED, Secret, constant_time_eq};
 pub use validate::{default_device_id, is_valid_account_id, shard_of};

@@ -206,10 +206,33 @@ pub enum BackendConfig {
         /// The working directory of the process.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         working_dir: Option<PathBuf>,
-        /// Kill the process after this long.
+        /// Kill the process (and its process group) after this long.
         #[serde(default = "defaults::request_timeout_secs")]
         request_timeout_secs: u64,
+        /// Environment variables set for the agent. It starts from an empty environment: only
+        /// `PATH`, these and the ones named in `pass_env` reach it.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        env: BTreeMap<String, String>,
+        /// Names of variables passed on from mxfleet's own environment (`MXFLEET_*` never is).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pass_env: Vec<String>,
+        /// `none` (the default) or `bwrap`: run the agent under bubblewrap, with a read-only view
+        /// of the system in which the data directory, the configuration file and the secret
+        /// files are hidden, a private `/tmp`, and only `working_dir` writable.
+        #[serde(default)]
+        sandbox: Sandbox,
     },
+}
+
+/// Where a command backend's agent runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sandbox {
+    /// A plain child process (own process group, cleared environment).
+    #[default]
+    None,
+    /// Inside bubblewrap (`bwrap`), which must be installed.
+    Bwrap,
 }
 
 /// How a webhook's answer is framed.

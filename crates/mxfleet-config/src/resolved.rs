@@ -9,7 +9,7 @@ use url::Url;
 
 use crate::{
     CommandInput, ConfigIssue, ConversationConfig, EncryptionConfig, LogConfig, RestartConfig,
-    Secret, ShardConfig, StreamFormat, SyncConfig,
+    Sandbox, Secret, ShardConfig, StreamFormat, SyncConfig,
 };
 
 /// A validated configuration: secrets read, references resolved, ready to run.
@@ -112,7 +112,24 @@ pub enum BackendSpec {
         system_prompt: Option<String>,
         /// Kill the process after this long.
         request_timeout_secs: u64,
+        /// What the agent may see of the fleet's environment and files.
+        isolation: AgentIsolation,
     },
+}
+
+/// What a command backend's agent may see: its environment is built from nothing, and under a
+/// sandbox the fleet's secret-bearing paths are hidden.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentIsolation {
+    /// Variables set for the agent.
+    pub env: BTreeMap<String, String>,
+    /// Variables passed on from mxfleet's environment.
+    pub pass_env: Vec<String>,
+    /// Whether the agent runs under bubblewrap.
+    pub sandbox: Sandbox,
+    /// Absolute paths hidden inside the sandbox: the data directory, the configuration file,
+    /// every secret file.
+    pub hidden: Vec<PathBuf>,
 }
 
 impl BackendSpec {
@@ -203,6 +220,18 @@ pub struct AccountSpec {
     pub transcription: Option<Transcription>,
     /// Media larger than this are not downloaded.
     pub max_media_bytes: u64,
+}
+
+impl AccountSpec {
+    /// Every backend this account may ask: its own and its room and user routes'.
+    pub fn backends_mut(&mut self) -> impl Iterator<Item = &mut BackendSpec> {
+        let routes = self
+            .room_routes
+            .values_mut()
+            .chain(self.user_routes.values_mut())
+            .map(|route| &mut route.backend);
+        std::iter::once(&mut self.backend).chain(routes)
+    }
 }
 
 /// A speech-to-text endpoint (an `openai` backend's `/audio/transcriptions`).

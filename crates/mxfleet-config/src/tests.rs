@@ -559,3 +559,67 @@ fn secrets_from_the_environment_stay_strings() {
         Ok(())
     });
 }
+
+#[test]
+fn command_agents_get_a_checked_environment_and_hide_the_secret_paths() {
+    Jail::expect_with(|jail| {
+        jail.create_file("token", "tok-from-file")?;
+        jail.create_file(
+            "bad.toml",
+            r#"
+            [backends.agent]
+            kind = "command"
+            command = ["agent"]
+            env = { "BAD-NAME" = "x" }
+            pass_env = ["HOME", "MXFLEET_ADMIN__TOKEN", "1X"]
+            "#,
+        )?;
+        let err = load(&sources("bad.toml"))
+            .err()
+            .ok_or("expected an error")?;
+        let text = issues(err);
+        let has = |needle: &str| text.iter().any(|l| l.contains(needle));
+        assert!(
+            has("backends.agent.env: \"BAD-NAME\" is not a variable name"),
+            "{text:#?}"
+        );
+        assert!(
+            has("MXFLEET_ADMIN__TOKEN would hand the agent one of mxfleet's own secrets"),
+            "{text:#?}"
+        );
+        assert!(has("\"1X\" is not a variable name"), "{text:#?}");
+        assert!(!has("HOME"), "{text:#?}");
+
+        jail.create_file(
+            "good.toml",
+            r#"
+            data_dir = "state"
+            [backends.agent]
+            kind = "command"
+            command = ["agent"]
+            env = { AGENT_MODE = "quiet" }
+            pass_env = ["HOME"]
+            [accounts.a]
+            homeserver = "http://127.0.0.1:8008"
+            access_token_file = "token"
+            backend = "agent"
+            "#,
+        )?;
+        let loaded = load(&sources("good.toml")).map_err(|e| e.to_string())?;
+        let account = loaded.config.accounts.get("a").ok_or("no account a")?;
+        let BackendSpec::Command { isolation, .. } = &account.backend else {
+            return Err("not a command backend".into());
+        };
+        let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
+        assert_eq!(
+            isolation.hidden,
+            vec![cwd.join("good.toml"), cwd.join("state"), cwd.join("token")]
+        );
+        assert_eq!(isolation.pass_env, ["HOME"]);
+        assert_eq!(
+            isolation.env.get("AGENT_MODE").map(String::as_str),
+            Some("quiet")
+        );
+        Ok(())
+    });
+}

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 
-use crate::{Config, ConfigIssue, Secret, ValidConfig, origin::describe_origin};
+use crate::{BackendSpec, Config, ConfigIssue, Secret, ValidConfig, origin::describe_origin};
 
 /// Runs every pass over `raw`; problems go to `issues`, warnings into the result.
 pub(crate) fn validate(
@@ -32,12 +32,21 @@ pub(crate) fn validate(
         figment,
         issues,
         warnings: Vec::new(),
+        secret_files: Vec::new(),
     };
     restart::check(&mut check, raw);
     let backends = backends::resolve(&mut check, &raw.backends);
     let accounts = accounts::resolve(&mut check, raw, &backends);
     let admin = admin::resolve(&mut check, &raw.admin);
-    let (accounts, peers) = shard::split(&mut check, raw.shard, accounts);
+    let (mut accounts, peers) = shard::split(&mut check, raw.shard, accounts);
+    let hidden = hidden_from_agents(raw, config_file, &check.secret_files);
+    for account in accounts.values_mut() {
+        for spec in account.backends_mut() {
+            if let BackendSpec::Command { isolation, .. } = spec {
+                isolation.hidden.clone_from(&hidden);
+            }
+        }
+    }
     ValidConfig {
         data_dir: raw.data_dir.clone(),
         log: raw.log.clone(),
@@ -59,6 +68,8 @@ pub(crate) struct Checker<'a> {
     figment: &'a Figment,
     issues: &'a mut Vec<ConfigIssue>,
     warnings: Vec<ConfigIssue>,
+    /// Every secret file read, to be hidden from sandboxed agents.
+    secret_files: Vec<PathBuf>,
 }
 
 impl Checker<'_> {
@@ -108,13 +119,16 @@ impl Checker<'_> {
                 None
             }
             (Some(secret), None) => Some(secret.clone()),
-            (None, Some(path)) => match read_secret_file(path) {
-                Ok(secret) => Some(secret),
-                Err(message) => {
-                    self.fail(&format!("{table}.{name}_file"), &message);
-                    None
+            (None, Some(path)) => {
+                self.secret_files.push(path.clone());
+                match read_secret_file(path) {
+                    Ok(secret) => Some(secret),
+                    Err(message) => {
+                        self.fail(&format!("{table}.{name}_file"), &message);
+                        None
+                    }
                 }
-            },
+            }
             (None, None) => None,
         }
     }
@@ -133,6 +147,23 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// The paths a sandboxed agent must not see, made absolute: the data directory, the
+/// configuration file and every secret file.
+fn hidden_from_agents(
+    raw: &Config,
+    config_file: &Option<PathBuf>,
+    secret_files: &[PathBuf],
+) -> Vec<PathBuf> {
+    let mut hidden: Vec<PathBuf> = std::iter::once(&raw.data_dir)
+        .chain(config_file)
+        .chain(secret_files)
+        .map(|path| std::path::absolute(path).unwrap_or_else(|_| path.clone()))
+        .collect();
+    hidden.sort();
+    hidden.dedup();
+    hidden
 }
 
 /// The replica (of `count`) that runs `account_id`: FNV-1a (64 bit) of the id, modulo `count`.

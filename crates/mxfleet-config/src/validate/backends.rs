@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::Checker;
-use crate::{BackendConfig, BackendSpec};
+use crate::{AgentIsolation, BackendConfig, BackendSpec, ENV_PREFIX, Sandbox};
 
 /// The backends that are valid, by name (the invalid ones are reported).
 pub(super) fn resolve(
@@ -85,6 +85,9 @@ fn one(check: &mut Checker<'_>, name: &str, backend: &BackendConfig) -> Option<B
             input,
             working_dir,
             request_timeout_secs,
+            env,
+            pass_env,
+            sandbox,
         } => {
             check.require(
                 command.first().is_some_and(|p| !p.trim().is_empty()),
@@ -106,7 +109,72 @@ fn one(check: &mut Checker<'_>, name: &str, backend: &BackendConfig) -> Option<B
                 model: None,
                 system_prompt: None,
                 request_timeout_secs: *request_timeout_secs,
+                isolation: isolation(check, &key, env, pass_env, *sandbox),
             }
         }
     })
+}
+
+/// The agent's environment and sandbox, checked: variable names are names, `MXFLEET_*` is never
+/// passed on, and `bwrap` is installed when asked for. The hidden paths are filled in once the
+/// whole configuration is known.
+fn isolation(
+    check: &mut Checker<'_>,
+    key: &str,
+    env: &BTreeMap<String, String>,
+    pass_env: &[String],
+    sandbox: Sandbox,
+) -> AgentIsolation {
+    for (name, value) in env {
+        check.require(
+            is_env_name(name),
+            &format!("{key}.env"),
+            &format!("{name:?} is not a variable name (letters, digits and _)"),
+        );
+        check.require(
+            !value.contains('\0'),
+            &format!("{key}.env.{name}"),
+            "must not contain a NUL byte",
+        );
+    }
+    for name in pass_env {
+        check.require(
+            is_env_name(name),
+            &format!("{key}.pass_env"),
+            &format!("{name:?} is not a variable name (letters, digits and _)"),
+        );
+        check.require(
+            !name.to_ascii_uppercase().starts_with(ENV_PREFIX),
+            &format!("{key}.pass_env"),
+            &format!("{name} would hand the agent one of mxfleet's own secrets; set what it needs in env instead"),
+        );
+    }
+    if sandbox == Sandbox::Bwrap {
+        check.require(
+            program_on_path("bwrap"),
+            &format!("{key}.sandbox"),
+            "bubblewrap (bwrap) is not installed; install it (Debian: bubblewrap) or set sandbox = \"none\"",
+        );
+    }
+    AgentIsolation {
+        env: env.clone(),
+        pass_env: pass_env.to_vec(),
+        sandbox,
+        hidden: Vec::new(),
+    }
+}
+
+/// A portable environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Whether `program` is an executable file in one of `PATH`'s directories.
+fn program_on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }

@@ -1,0 +1,108 @@
+//! End-to-end tests of hostile input and isolation: what an agent reading untrusted text can
+//! reach, how far a runaway backend or a spoofing room gets, against a real Synapse.
+
+#![recursion_limit = "256"]
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use matrix_sdk::ruma::RoomId;
+use mxfleet_testkit::{ADMIN_TOKEN, Human, Scenario};
+
+const TIMEOUT: Duration = Duration::from_secs(40);
+
+/// A command backend whose agent prints `script`'s output, then `agent-done`.
+fn agent(script: &str, sandbox: &str) -> String {
+    let script = format!("{script}; echo agent-done");
+    format!("kind = \"command\"\ncommand = [\"sh\", \"-c\", {script:?}]\nsandbox = {sandbox:?}")
+}
+
+/// The final text of the first answer from `bot` in `room` that has finished (`agent-done`).
+async fn agent_answer(human: &Human, room: &RoomId, bot: &str) -> Result<String> {
+    human
+        .wait_for("the agent's answer", TIMEOUT, |h| {
+            h.seen_from(room, bot)
+                .iter()
+                .map(|seen| h.current_text(seen))
+                .find(|text| text.contains("agent-done"))
+        })
+        .await
+}
+
+#[tokio::test]
+async fn a_command_agent_reads_no_secret_from_its_environment_or_the_data_dir() -> Result<()> {
+    let sandboxed = std::path::Path::new("/usr/bin/bwrap").exists();
+    let mut s = Scenario::new()
+        .bot_named("plain", |b| b.backend("plain").open_dms())
+        .bot_named("boxed", |b| b.backend("boxed").open_dms())
+        .backend("plain", &agent("env", "none"))
+        .backend("boxed", &agent("true", "none"))
+        .admin()
+        .human()
+        .prepare()
+        .await?;
+    // The fleet holds secrets in its environment too: the password, given again by variable.
+    let password = s.bot("plain").credentials().1;
+    s.fleet
+        .set_env("MXFLEET_ACCOUNTS__PLAIN__PASSWORD", &password);
+    let (data, config) = (s.fleet.data_dir(), s.fleet.config_path().to_owned());
+    let prying = format!(
+        "env; ls -A {d} 2>&1; cat {d}/mxfleet.redb 2>&1 | head -c 400; cat {c} 2>&1; \
+         tr '\\0' '\\n' < /proc/$PPID/environ 2>&1",
+        d = data.display(),
+        c = config.display()
+    );
+    let sandbox = if sandboxed { "bwrap" } else { "none" };
+    s.reconfigure(|scenario| scenario.backend("boxed", &agent(&prying, sandbox)))
+        .await?;
+    s.start().await?;
+
+    let human = &s.humans[0];
+    let mut answers = Vec::new();
+    let boxed = if sandboxed {
+        &["plain", "boxed"][..]
+    } else {
+        &["plain"][..]
+    };
+    for id in boxed {
+        let bot = s.bot(id).credentials().0;
+        let dm = human.dm(&bot).await?;
+        human.send(&dm, "print everything you can see").await?;
+        answers.push((id, agent_answer(human, &dm, &bot).await?));
+    }
+    let data_files: Vec<String> = std::fs::read_dir(&data)?
+        .filter_map(|entry| Some(entry.ok()?.file_name().to_string_lossy().into_owned()))
+        .collect();
+    ensure!(
+        data_files.iter().any(|f| f == "mxfleet.redb"),
+        "{data_files:?}"
+    );
+    for (id, answer) in &answers {
+        // Access tokens (`syt_…`) live in mxfleet.redb; the admin token in the config file.
+        for secret in [
+            password.as_str(),
+            ADMIN_TOKEN,
+            "MXFLEET_",
+            "syt_",
+            "[admin]",
+        ] {
+            ensure!(
+                !answer.contains(secret),
+                "the {id} agent saw {secret:?}:\n{answer}"
+            );
+        }
+        let listed = answer
+            .lines()
+            .find(|line| data_files.iter().any(|f| f == line.trim()));
+        ensure!(
+            listed.is_none(),
+            "the {id} agent listed the data dir:\n{answer}"
+        );
+        ensure!(
+            answer.contains("PATH="),
+            "the {id} agent's env was not printed:\n{answer}"
+        );
+    }
+    s.fleet.stop().await?;
+    Ok(())
+}
