@@ -106,3 +106,67 @@ async fn a_command_agent_reads_no_secret_from_its_environment_or_the_data_dir() 
     s.fleet.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_runaway_agent_is_cut_at_the_answer_limits_and_stopped() -> Result<()> {
+    // `yes` never stops: each line is 60 characters, so 2 messages of 8,000 bytes fill at once.
+    let marker = format!("runaway-{}", std::process::id());
+    let line = format!("{marker} {}", "x".repeat(40));
+    let backend = format!("kind = \"command\"\ncommand = [\"yes\", {line:?}]");
+    let mut s = Scenario::new()
+        .backend("runaway", &backend)
+        .bot(|b| {
+            b.backend("runaway")
+                .open_dms()
+                .key("max_answer_parts = 2\nmax_answer_chars = 100000")
+        })
+        .admin()
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials().0);
+    let dm = human.dm(&bot).await?;
+    human.send(&dm, "talk forever").await?;
+    let parts = human
+        .wait_for("an answer cut at its limit", TIMEOUT, |h| {
+            let texts: Vec<String> = h
+                .seen_from(&dm, &bot)
+                .iter()
+                .map(|seen| h.current_text(seen))
+                .collect();
+            texts
+                .last()
+                .is_some_and(|t| t.ends_with("*(answer cut: it reached this bot's length limit)*"))
+                .then_some(texts)
+        })
+        .await?;
+    ensure!(parts.len() == 2, "{} messages", parts.len());
+    ensure!(parts.iter().all(|p| p.contains(&marker)), "{parts:?}");
+    // The agent was stopped, not left writing into a pipe nobody reads.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = std::process::Command::new("pgrep")
+        .args(["-f", &marker])
+        .output()?;
+    ensure!(
+        still.stdout.is_empty(),
+        "the agent still runs: {}",
+        String::from_utf8_lossy(&still.stdout)
+    );
+    // Nothing more arrives after the cut.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(
+        human.seen_from(&dm, &bot).len() == 2,
+        "more messages after the cut"
+    );
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", s.api()))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await?
+        .text()
+        .await?;
+    let line = "mxfleet_answers_cut_total{account=\"bot\"} 1";
+    ensure!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    s.fleet.stop().await?;
+    Ok(())
+}

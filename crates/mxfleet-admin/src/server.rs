@@ -377,6 +377,12 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         &mut counter(|s| s.messages_failed).into_iter(),
     );
     family(
+        "mxfleet_answers_cut_total",
+        "counter",
+        "Answers cut at max_answer_chars or max_answer_parts (a runaway backend).",
+        &mut counter(|s| s.answers_cut).into_iter(),
+    );
+    family(
         "mxfleet_messages_skipped_old_total",
         "counter",
         "Messages skipped as older than catch_up_max_age_secs.",

@@ -452,6 +452,13 @@ pub struct ConversationConfig {
     /// The most edits one message of a streamed answer gets (the final edit included).
     #[serde(default = "defaults::max_edits_per_message")]
     pub max_edits_per_message: u32,
+    /// The longest answer, in characters; the rest is not read and the answer ends with a note
+    /// that it was cut.
+    #[serde(default = "defaults::max_answer_chars")]
+    pub max_answer_chars: usize,
+    /// The most messages one answer is split into; past it the answer is cut as above.
+    #[serde(default = "defaults::max_answer_parts")]
+    pub max_answer_parts: usize,
     /// Answer with a rich reply to the message (outside threads).
     #[serde(default = "defaults::enabled")]
     pub reply_to_message: bool,
@@ -516,6 +523,8 @@ impl Default for ConversationConfig {
             stream_min_initial_chars: defaults::stream_min_initial_chars(),
             edit_throttle_ms: defaults::edit_throttle_ms(),
             max_edits_per_message: defaults::max_edits_per_message(),
+            max_answer_chars: defaults::max_answer_chars(),
+            max_answer_parts: defaults::max_answer_parts(),
             reply_to_message: true,
             ack_reaction: defaults::ack_reaction(),
             cue_delay_ms: 0,
@@ -750,6 +759,12 @@ pub(crate) mod defaults {
     }
     pub(crate) fn max_edits_per_message() -> u32 {
         40
+    }
+    pub(crate) fn max_answer_chars() -> usize {
+        40_000
+    }
+    pub(crate) fn max_answer_parts() -> usize {
+        6
     }
     pub(crate) fn ack_reaction() -> String {
         "👀".into()

@@ -92,6 +92,9 @@ pub struct AccountStatus {
     /// Messages given up on: every attempt to answer them failed (see `last_error`).
     #[serde(default)]
     pub messages_failed: u64,
+    /// Answers cut at `max_answer_chars` or `max_answer_parts`.
+    #[serde(default)]
+    pub answers_cut: u64,
     /// The state of the `StreamEditor` child.
     #[serde(default = "stopped")]
     pub stream_editor: ChildState,
@@ -150,6 +153,7 @@ impl AccountStatus {
             replies_out: 0,
             skipped_old: 0,
             messages_failed: 0,
+            answers_cut: 0,
             stream_editor: ChildState::Stopped,
             otp_gate: None,
             otp_challenges: 0,

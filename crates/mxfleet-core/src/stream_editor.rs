@@ -54,6 +54,10 @@ pub(crate) struct StreamSettings {
     pub(crate) max_edits: u32,
     /// Most bytes of Markdown per message.
     pub(crate) max_part_bytes: usize,
+    /// Most characters of one answer; the rest is not read.
+    pub(crate) max_answer_chars: usize,
+    /// Most messages of one answer.
+    pub(crate) max_answer_parts: usize,
 }
 
 impl StreamSettings {
@@ -65,6 +69,8 @@ impl StreamSettings {
             throttle: Duration::from_millis(conversation.edit_throttle_ms),
             max_edits: conversation.max_edits_per_message,
             max_part_bytes: MAX_PART_BYTES,
+            max_answer_chars: conversation.max_answer_chars,
+            max_answer_parts: conversation.max_answer_parts,
         }
     }
 
@@ -94,6 +100,8 @@ pub(crate) struct Delivered {
     pub(crate) backend_error: Option<String>,
     /// Sends and edits the homeserver refused with 429.
     pub(crate) rate_limited: u32,
+    /// The answer reached `max_answer_chars` or `max_answer_parts` and was cut there.
+    pub(crate) cut: bool,
 }
 
 /// Where a delivery's sends go: Matrix in production, a recorder in tests.
@@ -222,7 +230,16 @@ pub(crate) async fn deliver<S: AnswerSink>(
         };
         tokio::select! {
             delta = stream.next() => match delta {
-                Some(Ok(delta)) => w.push(&delta),
+                Some(Ok(delta)) => {
+                    if !w.push(&delta) {
+                        warn!(
+                            chars = settings.max_answer_chars,
+                            parts = settings.max_answer_parts,
+                            "the answer reached its length limit; the rest is not read"
+                        );
+                        break;
+                    }
+                }
                 Some(Err(e)) => {
                     // The room is told an id; what the backend said (an error body may quote
                     // a key or an internal URL) goes to the log only.
@@ -248,8 +265,9 @@ pub(crate) async fn deliver<S: AnswerSink>(
         }
     }
     drop(stream);
+    w.cap_parts();
     let error_id = backend_error.as_ref().map(|(id, _)| id.as_str());
-    let ending = texts::answer_ending(error_id, w.is_empty(), interrupted);
+    let ending = texts::answer_ending(error_id, w.is_empty(), interrupted, w.was_cut());
     w.conclude(ending);
     w.flush(sink, true).await?;
     Ok(w.delivered(backend_error.map(|(_, detail)| detail)))
@@ -347,6 +365,71 @@ mod tests {
             throttle: Duration::from_millis(500),
             max_edits: 5,
             max_part_bytes: 2000,
+            max_answer_chars: 100_000,
+            max_answer_parts: 20,
+        }
+    }
+
+    /// A backend that never stops: "word " forever, one every millisecond.
+    fn runaway() -> TextStream {
+        Box::pin(
+            stream::repeat_with(|| "word ".to_owned()).then(|w| async move {
+                sleep(Duration::from_millis(1)).await;
+                Ok::<_, BackendError>(w)
+            }),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_runaway_answer_is_cut_at_its_limits_and_says_so() {
+        for mode in [StreamMode::EditInPlace, StreamMode::Off] {
+            // The character cap: 3,000 characters, however many parts.
+            let by_chars = StreamSettings {
+                max_answer_chars: 3_000,
+                ..settings(mode)
+            };
+            let mut sink = Recorder::default();
+            let d = tokio::time::timeout(
+                Duration::from_secs(60),
+                deliver(runaway(), &by_chars, &mut sink, never()),
+            )
+            .await;
+            let d = d
+                .map_err(|_| "never ended")
+                .and_then(|d| d.map_err(|_| "failed"));
+            let d = d.unwrap_or_default();
+            assert_eq!(d.text.matches("word").count(), 600, "{mode:?}");
+            let parts = sink.final_texts();
+            let last = parts.last().map(String::as_str).unwrap_or_default();
+            assert!(last.ends_with(texts::ANSWER_CUT), "{mode:?}: {last:?}");
+            // The part cap: 3 messages of at most 2,000 bytes, the note inside the last one.
+            let by_parts = StreamSettings {
+                max_answer_parts: 3,
+                ..settings(mode)
+            };
+            let mut sink = Recorder::default();
+            let d = tokio::time::timeout(
+                Duration::from_secs(60),
+                deliver(runaway(), &by_parts, &mut sink, never()),
+            )
+            .await;
+            let d = d
+                .map_err(|_| "never ended")
+                .and_then(|d| d.map_err(|_| "failed"));
+            assert_eq!(d.map(|d| d.parts), Ok(3), "{mode:?}");
+            let parts = sink.final_texts();
+            assert_eq!(parts.len(), 3, "{mode:?}");
+            assert!(parts.iter().all(|p| p.len() <= 2000), "{mode:?}");
+            assert!(
+                parts[2].ends_with(texts::ANSWER_CUT),
+                "{mode:?}: {:?}",
+                parts[2]
+            );
+            assert!(
+                parts[2].len() > 1500,
+                "the last part is used: {}",
+                parts[2].len()
+            );
         }
     }
 

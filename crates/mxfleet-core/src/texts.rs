@@ -232,6 +232,7 @@ pub(crate) fn answer_ending(
     error_id: Option<&str>,
     empty: bool,
     interrupted: bool,
+    cut: bool,
 ) -> Option<Ending> {
     const STOPPED: &str = "*(interrupted: mxfleet stopped before this answer was complete)*";
     if interrupted {
@@ -251,9 +252,12 @@ pub(crate) fn answer_ending(
         (None, true) => Some(Ending::Replace(
             "(the backend returned an empty answer)".into(),
         )),
-        (None, false) => None,
+        (None, false) => cut.then(|| Ending::Append(format!("\n\n{ANSWER_CUT}"))),
     }
 }
+
+/// The end of an answer that reached the account's `max_answer_chars` or `max_answer_parts`.
+pub(crate) const ANSWER_CUT: &str = "*(answer cut: it reached this bot's length limit)*";
 
 /// The last text of an answer a restart cut short.
 pub(crate) fn interrupted(shown: &str) -> String {

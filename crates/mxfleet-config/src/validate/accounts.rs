@@ -227,7 +227,7 @@ fn conversation(check: &mut Checker<'_>, key: &str, c: &ConversationConfig, enab
             ),
         );
     }
-    let ranges: [(bool, &str, &str); 7] = [
+    let ranges: [(bool, &str, &str); 9] = [
         (
             (10..=86_400).contains(&c.otp_ttl_secs),
             "otp_ttl_secs",
@@ -253,6 +253,16 @@ fn conversation(check: &mut Checker<'_>, key: &str, c: &ConversationConfig, enab
             c.max_edits_per_message >= 1,
             "max_edits_per_message",
             "must be at least 1",
+        ),
+        (
+            (100..=1_000_000).contains(&c.max_answer_chars),
+            "max_answer_chars",
+            "must be between 100 and 1000000",
+        ),
+        (
+            (1..=100).contains(&c.max_answer_parts),
+            "max_answer_parts",
+            "must be between 1 and 100",
         ),
         (
             c.history_max_messages <= 200,

@@ -20,6 +20,8 @@ const MUST_SEND_PATIENCE: Duration = Duration::from_secs(120);
 const MAX_SEND_WAIT: Duration = Duration::from_secs(8);
 /// The wait after a 429 without `retry_after`.
 const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(2);
+/// Room kept in the last allowed message for the "answer cut" note.
+const CUT_NOTE_RESERVE: usize = texts::ANSWER_CUT.len() + 2;
 
 /// The state of one delivery.
 pub(super) struct Writer<'a> {
@@ -36,6 +38,12 @@ pub(super) struct Writer<'a> {
     first_visible: Option<Duration>,
     first_event_id: Option<OwnedEventId>,
     rate_limited: u32,
+    /// Characters in `text`.
+    chars: usize,
+    /// When `text` is this long, the message count is checked again.
+    next_parts_check: usize,
+    /// The answer reached a limit and was cut.
+    cut: bool,
 }
 
 /// What one message of the answer shows so far.
@@ -60,15 +68,78 @@ impl<'a> Writer<'a> {
             first_visible: None,
             first_event_id: None,
             rate_limited: 0,
+            chars: 0,
+            next_parts_check: 0,
+            cut: false,
         }
     }
 
-    /// Takes the backend's next delta.
-    pub(super) fn push(&mut self, delta: &str) {
+    /// Takes the backend's next delta; false once the answer reached `max_answer_chars` or
+    /// `max_answer_parts` (the text then ends at the limit, and nothing more is wanted).
+    pub(super) fn push(&mut self, delta: &str) -> bool {
         if self.first_token.is_none() && !delta.is_empty() {
             self.first_token = Some(Instant::now());
         }
-        self.text.push_str(delta);
+        let room = self.settings.max_answer_chars.saturating_sub(self.chars);
+        let taken = match delta.char_indices().nth(room) {
+            Some((at, _)) => {
+                self.cut = true;
+                delta.get(..at).unwrap_or_default()
+            }
+            None => delta,
+        };
+        self.text.push_str(taken);
+        self.chars = self.chars.saturating_add(taken.chars().count());
+        // The count of messages is checked every quarter message, not on every delta.
+        if self.text.len() >= self.next_parts_check {
+            self.cap_parts();
+            self.next_parts_check = self
+                .text
+                .len()
+                .saturating_add(self.settings.max_part_bytes / 4);
+        }
+        !self.cut
+    }
+
+    /// Cuts the text where its last allowed message ends, if it would need more messages than
+    /// `max_answer_parts` (leaving room there for the note a cut answer ends with).
+    pub(super) fn cap_parts(&mut self) {
+        let max = self.settings.max_part_bytes;
+        let (mut closed, mut carry, mut messages) =
+            (self.closed, self.carry.clone(), self.parts.len());
+        loop {
+            let current = format!("{carry}{}", self.text.get(closed..).unwrap_or_default());
+            let last_allowed = messages >= self.settings.max_answer_parts;
+            let limit = match (last_allowed, self.cut) {
+                (true, true) => max.saturating_sub(CUT_NOTE_RESERVE),
+                _ => max,
+            };
+            if current.len() <= limit {
+                return;
+            }
+            if !last_allowed {
+                // As `flush` will cut it.
+                let c = cut(&current, max);
+                closed = closed.saturating_add(c.consumed.saturating_sub(carry.len()));
+                carry = c.carry;
+                messages = messages.saturating_add(1);
+                continue;
+            }
+            let c = cut(&current, max.saturating_sub(CUT_NOTE_RESERVE));
+            // The head closes a code block left open; the text keeps that.
+            let head = c.head.strip_prefix(carry.as_str()).unwrap_or(&c.head);
+            if self.text.is_char_boundary(closed) {
+                self.text.truncate(closed);
+                self.text.push_str(head);
+            }
+            self.cut = true;
+            return;
+        }
+    }
+
+    /// Whether the answer reached a limit and was cut.
+    pub(super) fn was_cut(&self) -> bool {
+        self.cut
     }
 
     /// Whether nothing but whitespace arrived.
@@ -95,6 +166,7 @@ impl<'a> Writer<'a> {
             rate_limited: self.rate_limited,
             text: self.text,
             backend_error,
+            cut: self.cut,
         }
     }
 

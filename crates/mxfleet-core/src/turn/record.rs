@@ -41,9 +41,13 @@ pub(crate) async fn record<R: RoomPort>(
         first_visible_ms = delivered.first_visible.map(|t| t.as_millis() as u64),
         backend_error = delivered.backend_error.as_deref(),
         rate_limited = delivered.rate_limited,
+        cut = delivered.cut,
         "answered"
     );
-    ctx.board.update(&ctx.account, |s| s.replies_out += 1);
+    ctx.board.update(&ctx.account, |s| {
+        s.replies_out += 1;
+        s.answers_cut += u64::from(delivered.cut);
+    });
     let reply_event_id = delivered
         .first_event_id
         .as_ref()
