@@ -340,6 +340,51 @@ async fn a_second_fleet_on_the_same_data_dir_exits_at_once() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_command_looking_at_the_data_dir_does_not_make_a_starting_fleet_exit() -> Result<()> {
+    let mut s = Scenario::new().bot(|b| b.open()).prepare().await?;
+    // `mxfleet status`, `doctor` and `recovery-key` take the data dir's lock for a moment; a
+    // fleet starting in that moment waits for it instead of taking it for a second fleet.
+    let data_dir = s.fleet.data_dir();
+    std::fs::create_dir_all(&data_dir)?;
+    let lock = std::fs::File::create(data_dir.join("mxfleet.lock"))?;
+    lock.lock()?;
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800));
+        drop(lock);
+    });
+    s.start().await?;
+    let _ = release.join();
+    let status = s.fleet.run_command(&["status"]).await?;
+    assert!(status.status.success(), "{status:?}");
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("syncing"),
+        "{status:?}"
+    );
+    s.fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn exit_codes_tell_usage_from_config_from_a_locked_data_dir() -> Result<()> {
+    let fleet = FleetProcess::new("")?;
+    let usage = fleet.run_command(&["frobnicate"]).await?;
+    assert_eq!(usage.status.code(), Some(64), "{usage:?}");
+    let help = fleet.run_command(&["--help"]).await?;
+    assert_eq!(help.status.code(), Some(0), "{help:?}");
+    // A running fleet's data dir: `recovery-key` needs it and says it is in use.
+    let data_dir = fleet.data_dir();
+    std::fs::create_dir_all(&data_dir)?;
+    let lock = std::fs::File::create(data_dir.join("mxfleet.lock"))?;
+    lock.lock()?;
+    fleet
+        .rewrite_config("[accounts.bot]\nhomeserver = \"http://127.0.0.1:1\"\naccess_token = \"t\"\nbackend = \"echo\"\n")?;
+    let key = fleet.run_command(&["recovery-key", "bot"]).await?;
+    assert_eq!(key.status.code(), Some(3), "{key:?}");
+    drop(lock);
+    Ok(())
+}
+
+#[tokio::test]
 async fn malformed_config_is_rejected_with_key_and_source() -> Result<()> {
     let fleet = FleetProcess::new(
         "[accounts.bot]\nhomeserver = \"http://127.0.0.1:1\"\nuser_id = \"@bot:localhost\"\npasword = \"typo\"\nbackend = \"echo\"\nsync_timeout_secs = \"soon\"\n",

@@ -112,7 +112,7 @@ async fn checks(loaded: &Loaded, spec: &AccountSpec, report: &mut Report) {
 
     // Who the account is: with the configured token, or the stored session.
     let data_dir = &loaded.config.data_dir;
-    let fleet_running = data_dir.exists() && DirLock::acquire(data_dir, "mxfleet.lock").is_err();
+    let fleet_running = DirLock::is_held(data_dir, "mxfleet.lock");
     let token = match &spec.auth {
         AccountAuth::AccessToken(token) => {
             Some((token.expose().to_owned(), "configured access token"))
@@ -199,6 +199,8 @@ async fn stored_session(
     if !path.exists() {
         return Ok(None);
     }
+    // Held while the database is open: a fleet starting meanwhile waits for it.
+    let _lock = DirLock::acquire(data_dir, "mxfleet.lock").map_err(|e| e.to_string())?;
     let store = Store::open(&path).map_err(|e| e.to_string())?;
     let session = store.session(account).await.map_err(|e| e.to_string())?;
     Ok(session.map(|s| s.access_token))

@@ -23,10 +23,15 @@ use tracing::{error, info, warn};
 
 /// Finished inbox entries older than this are pruned at start.
 const INBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Exit code for a command line that does not parse (`EX_USAGE`).
+const EXIT_USAGE: u8 = 64;
 /// Exit code for an invalid configuration.
 const EXIT_CONFIG: u8 = 2;
 /// Exit code when another process holds the data directory.
 const EXIT_LOCKED: u8 = 3;
+/// How long a starting fleet waits for the data directory's lock (a `status` or `doctor`
+/// looking at it holds it for milliseconds; another fleet holds it for good).
+const LOCK_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Run many Matrix bot accounts in one process, connected to AI backends.
 #[derive(Debug, Parser)]
@@ -126,7 +131,17 @@ enum LogFormatArg {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // `--help` and `--version` are not errors.
+            return match e.use_stderr() {
+                true => ExitCode::from(EXIT_USAGE),
+                false => ExitCode::SUCCESS,
+            };
+        }
+    };
     let sources = Sources {
         config_file: cli.config.clone(),
         flags: Flags {
@@ -228,19 +243,21 @@ fn run(loaded: Loaded, sources: Sources) -> ExitCode {
         match run_fleet(loaded, sources).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                let locked = e
-                    .downcast_ref::<StoreError>()
-                    .is_some_and(|s| matches!(s, StoreError::Locked { .. }));
                 error!("{e:#}");
                 eprintln!("mxfleet: {e:#}");
-                if locked {
-                    ExitCode::from(EXIT_LOCKED)
-                } else {
-                    ExitCode::FAILURE
-                }
+                ExitCode::from(exit_code_for(&e))
             }
         }
     })
+}
+
+/// The exit code of a fleet that ended with `error`: 3 when another process holds the data
+/// directory, 1 for everything else (the supervisor dying included).
+fn exit_code_for(error: &anyhow::Error) -> u8 {
+    let locked = error
+        .downcast_ref::<StoreError>()
+        .is_some_and(|s| matches!(s, StoreError::Locked { .. }));
+    if locked { EXIT_LOCKED } else { 1 }
 }
 
 async fn run_fleet(loaded: Loaded, sources: Sources) -> anyhow::Result<()> {
@@ -251,17 +268,19 @@ async fn run_fleet(loaded: Loaded, sources: Sources) -> anyhow::Result<()> {
 
     let data_dir = config.data_dir.clone();
     prepare_data_dir(&data_dir)?;
-    let _lock = DirLock::acquire(&data_dir, "mxfleet.lock").map_err(|e| match e {
-        StoreError::Locked { path } => {
-            anyhow::Error::new(StoreError::Locked { path: path.clone() }).context(format!(
-                "another mxfleet process is already running on data dir {} (lock file {}); \
+    let _lock = DirLock::acquire_waiting(&data_dir, "mxfleet.lock", LOCK_PATIENCE).map_err(
+        |e| match e {
+            StoreError::Locked { path } => {
+                anyhow::Error::new(StoreError::Locked { path: path.clone() }).context(format!(
+                    "another mxfleet process is already running on data dir {} (lock file {}); \
              two processes on one data dir would corrupt the accounts' stores",
-                data_dir.display(),
-                path.display()
-            ))
-        }
-        other => anyhow::Error::new(other).context("cannot lock the data directory"),
-    })?;
+                    data_dir.display(),
+                    path.display()
+                ))
+            }
+            other => anyhow::Error::new(other).context("cannot lock the data directory"),
+        },
+    )?;
     let store = Store::open(&data_dir.join("mxfleet.redb")).context("cannot open mxfleet.redb")?;
     let cutoff = now_ms().saturating_sub(INBOX_RETENTION.as_millis() as u64);
     match store.prune_inbox(cutoff).await {
@@ -319,8 +338,11 @@ async fn run_fleet(loaded: Loaded, sources: Sources) -> anyhow::Result<()> {
             }
         }
         result = &mut handle => {
-            if let Err(e) = result {
-                anyhow::bail!("the fleet supervisor died: {e}");
+            // Only a shutdown stops the supervisor: ending on its own is a crash (its panic, if
+            // any, is in the log above), and the process says so with its exit code.
+            match result {
+                Err(e) => anyhow::bail!("the fleet supervisor died: {e}"),
+                Ok(()) => anyhow::bail!("the fleet supervisor stopped without being asked to"),
             }
         }
     }
@@ -619,20 +641,7 @@ fn recovery_key(loaded: &Loaded, account: &str, import: Option<String>) -> ExitC
         eprintln!("mxfleet: {why}");
         return ExitCode::FAILURE;
     }
-    let path = loaded.config.data_dir.join("mxfleet.redb");
-    let store = match Store::open(&path) {
-        Ok(store) => store,
-        Err(StoreError::Locked { .. }) => {
-            eprintln!(
-                "mxfleet: the fleet is running on this data dir; stop it first (the database is exclusive)"
-            );
-            return ExitCode::FAILURE;
-        }
-        Err(e) => {
-            eprintln!("mxfleet: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    // The key is read first: the data directory is held only while the database is open.
     let import = match import.as_deref() {
         Some("-") => {
             let mut line = String::new();
@@ -643,6 +652,22 @@ fn recovery_key(loaded: &Loaded, account: &str, import: Option<String>) -> ExitC
             Some(line.trim().to_owned())
         }
         other => other.map(str::to_owned),
+    };
+    let data_dir = &loaded.config.data_dir;
+    let opened = DirLock::acquire(data_dir, "mxfleet.lock")
+        .and_then(|lock| Ok((lock, Store::open(&data_dir.join("mxfleet.redb"))?)));
+    let (_lock, store) = match opened {
+        Ok(opened) => opened,
+        Err(StoreError::Locked { .. }) => {
+            eprintln!(
+                "mxfleet: the fleet is running on this data dir; stop it first (the database is exclusive)"
+            );
+            return ExitCode::from(EXIT_LOCKED);
+        }
+        Err(e) => {
+            eprintln!("mxfleet: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let outcome = block_on(async {
         match import {
@@ -716,7 +741,7 @@ fn status_from_file(loaded: &Loaded, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let running = DirLock::acquire(data_dir, "mxfleet.lock").is_err();
+    let running = DirLock::is_held(data_dir, "mxfleet.lock");
     if json {
         out!(
             "{}",
@@ -752,4 +777,25 @@ fn status_from_file(loaded: &Loaded, json: bool) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_ending_has_its_exit_code() {
+        let locked = anyhow::Error::new(StoreError::Locked {
+            path: "x/mxfleet.lock".into(),
+        })
+        .context("another mxfleet process is already running");
+        assert_eq!(exit_code_for(&locked), EXIT_LOCKED);
+        let died = anyhow::anyhow!("the fleet supervisor stopped without being asked to");
+        assert_eq!(exit_code_for(&died), 1);
+        let codes = [0, 1, EXIT_CONFIG, EXIT_LOCKED, EXIT_USAGE];
+        let mut distinct = codes.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), codes.len());
+    }
 }
