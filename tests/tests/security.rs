@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use matrix_sdk::ruma::RoomId;
-use mxfleet_testkit::{ADMIN_TOKEN, Human, Scenario};
+use mxfleet_testkit::{ADMIN_TOKEN, FleetProcess, Human, Scenario, Synapse, binary};
 
 const TIMEOUT: Duration = Duration::from_secs(40);
 
@@ -168,5 +168,47 @@ async fn a_runaway_agent_is_cut_at_the_answer_limits_and_stopped() -> Result<()>
     let line = "mxfleet_answers_cut_total{account=\"bot\"} 1";
     ensure!(metrics.contains(line), "no {line:?} in\n{metrics}");
     s.fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn data_dir_files_are_private_whatever_the_umask() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let synapse = Synapse::shared().await?;
+    let (user_id, password) = synapse.fresh_user("bot").await?;
+    // mxfleet started by a careless wrapper: umask 000 would make new files world-readable.
+    let wrapper = std::env::temp_dir().join(format!("mxfleet-umask-{}.sh", std::process::id()));
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\numask 000\nexec {:?} \"$@\"\n", binary()),
+    )?;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+    let config = format!(
+        "[accounts.bot]\nhomeserver = {:?}\nuser_id = {user_id:?}\npassword = {password:?}\nbackend = \"echo\"\n",
+        synapse.url()
+    );
+    let mut fleet = FleetProcess::with_binary(&config, wrapper.clone())?;
+    fleet.start().await?;
+    fleet
+        .wait_state("bot", "syncing", Duration::from_secs(60))
+        .await?;
+    let mut loose = Vec::new();
+    let mut dirs = vec![fleet.data_dir()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let meta = std::fs::symlink_metadata(&path)?;
+            if meta.is_dir() {
+                dirs.push(path.clone());
+            }
+            let mode = meta.permissions().mode() & 0o777;
+            if !meta.file_type().is_symlink() && mode & 0o077 != 0 {
+                loose.push(format!("{:o} {}", mode, path.display()));
+            }
+        }
+    }
+    fleet.stop().await?;
+    let _ = std::fs::remove_file(&wrapper);
+    ensure!(loose.is_empty(), "readable by others: {loose:#?}");
     Ok(())
 }

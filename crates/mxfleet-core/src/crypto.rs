@@ -297,7 +297,7 @@ async fn recovery(
         return Ok(None);
     };
     if let RecoveryOutcome::Created(key) = &outcome {
-        state.store.save_recovery_key(account, key).await?;
+        state.store.save_recovery_key(account, key.expose()).await?;
     }
     info!(account, recovery = outcome.describe(), "recovery");
     let line = outcome.describe().to_owned();

@@ -16,6 +16,8 @@ use matrix_sdk::{
     },
 };
 
+use mxfleet_config::Secret;
+
 use crate::{FailureClass, MatrixFailure};
 
 /// How the bot's cross-signing identity stands after [`ensure_bot_owned`].
@@ -140,8 +142,8 @@ pub enum RecoveryOutcome {
     Enabled,
     /// Secrets (cross-signing keys, backup key) were imported with the recovery key.
     Recovered,
-    /// Recovery was set up now; keep this key (a secret).
-    Created(String),
+    /// Recovery was set up now; keep this key (a [`Secret`]: its `Debug` prints `[redacted]`).
+    Created(Secret),
     /// Secret storage exists but this device lacks its secrets and no recovery key is known.
     NeedsKey,
 }
@@ -196,7 +198,7 @@ pub async fn ensure_recovery(
                 .wait_for_backups_to_upload()
                 .await
                 .map_err(|e| failed("setting up recovery", &e))?;
-            Ok(Some(RecoveryOutcome::Created(key)))
+            Ok(Some(RecoveryOutcome::Created(Secret::new(key))))
         }
         (RecoveryState::Disabled | RecoveryState::Unknown, _) => Ok(None),
     }
@@ -229,5 +231,18 @@ mod tests {
         assert_eq!(approval_url(&password), None);
         let url = Ownership::NeedsApproval("https://auth.example/reset".into()).describe();
         assert!(url.contains("https://auth.example/reset"));
+    }
+
+    #[test]
+    fn a_created_recovery_key_never_prints() {
+        let key = "EsTc 1234 abcd wxyz";
+        let outcome = RecoveryOutcome::Created(Secret::new(key));
+        for shown in [
+            format!("{outcome:?}"),
+            format!("{outcome:#?}"),
+            outcome.describe().to_owned(),
+        ] {
+            assert!(!shown.contains(key), "{shown}");
+        }
     }
 }

@@ -131,6 +131,7 @@ enum LogFormatArg {
 }
 
 fn main() -> ExitCode {
+    private_files();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -440,6 +441,19 @@ fn prepare_data_dir(data_dir: &std::path::Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Makes every file and directory mxfleet creates private to its user (`0600`/`0700`),
+/// whatever umask it was started with: the data directory holds access tokens, store keys and
+/// recovery keys, and matrix-sdk's and redb's files are created with the umask's modes. Command
+/// agents inherit it.
+#[allow(unsafe_code)]
+fn private_files() {
+    // SAFETY: umask(2) only swaps the process's file-creation mask; it cannot fail and touches
+    // no memory. It runs first in `main`, before any thread exists.
+    unsafe {
+        libc::umask(0o077);
+    }
 }
 
 async fn shutdown_signal() -> &'static str {
