@@ -431,6 +431,10 @@ pub struct ConversationConfig {
     /// How long a sender is locked out after 3 wrong codes.
     #[serde(default = "defaults::otp_cooldown_secs")]
     pub otp_cooldown_secs: u64,
+    /// New challenges per hour for the whole account, whoever asks (wrong codes: three times
+    /// as many); past it strangers are ignored until the hour has passed.
+    #[serde(default = "defaults::otp_challenges_per_hour")]
+    pub otp_challenges_per_hour: u32,
     /// Users who may DM the bot under `dm_policy = "allowlist"` (full Matrix user ids).
     #[serde(default)]
     pub user_allowlist: Vec<String>,
@@ -516,6 +520,7 @@ impl Default for ConversationConfig {
             otp_self_approval: false,
             otp_ttl_secs: defaults::otp_ttl_secs(),
             otp_cooldown_secs: defaults::otp_cooldown_secs(),
+            otp_challenges_per_hour: defaults::otp_challenges_per_hour(),
             user_allowlist: Vec::new(),
             room_allowlist: Vec::new(),
             auto_join: AutoJoin::default(),
@@ -783,6 +788,9 @@ pub(crate) mod defaults {
     }
     pub(crate) fn otp_ttl_secs() -> u64 {
         600
+    }
+    pub(crate) fn otp_challenges_per_hour() -> u32 {
+        20
     }
     pub(crate) fn otp_cooldown_secs() -> u64 {
         300

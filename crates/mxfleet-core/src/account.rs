@@ -337,6 +337,7 @@ impl AccountRuntime {
             policy: OtpPolicy {
                 ttl: Duration::from_secs(conv.otp_ttl_secs),
                 cooldown: Duration::from_secs(conv.otp_cooldown_secs),
+                challenges_per_hour: conv.otp_challenges_per_hour,
             },
         };
         let parent = myself.get_cell();

@@ -5,11 +5,13 @@
 //! sender, and the sender is told to ask the operator for it (`mxfleet otp list`, `GET /otp`).
 //! The code itself is never sent to the sender, logged or traced. Sending the right code approves
 //! the sender for good; three wrong codes lock the sender out for `otp_cooldown_secs`; codes
-//! expire after `otp_ttl_secs`; a new challenge is issued at most once a minute per sender.
+//! expire after `otp_ttl_secs`; a new challenge is issued at most once a minute per sender, and
+//! account-wide at most `otp_challenges_per_hour` challenges and three times as many wrong codes
+//! are taken per hour, whoever sends them ([`Budget`]).
 //! Everything lives in redb, so challenges, attempts, lockouts and approvals survive restarts.
 //! One actor per account handles a sender's messages one at a time, so attempts cannot race.
 
-use std::time::Duration;
+use std::{collections::VecDeque, time::Duration};
 
 use mxfleet_config::constant_time_eq;
 use mxfleet_matrix::matrix_sdk::ruma::{OwnedRoomId, OwnedUserId};
@@ -25,11 +27,28 @@ pub(crate) const MAX_ATTEMPTS: u32 = 3;
 /// The least time between two challenges for one sender.
 pub(crate) const MIN_REISSUE: Duration = Duration::from_secs(60);
 
+/// The window of the account-wide budget.
+const BUDGET_WINDOW: Duration = Duration::from_secs(3600);
+
 /// The timing rules of the gate.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OtpPolicy {
     pub(crate) ttl: Duration,
     pub(crate) cooldown: Duration,
+    /// New challenges per hour for the whole account, whoever asks; wrong codes get three
+    /// times as many.
+    pub(crate) challenges_per_hour: u32,
+}
+
+/// The account-wide budget of the gate over the last hour: the per-sender limits stop one
+/// identity; this stops many identities (each with its own code and three guesses) from
+/// flooding the operator with challenges or searching the code space together.
+#[derive(Debug, Default)]
+pub(crate) struct Budget {
+    /// When each challenge in the window was issued (ms).
+    challenges: VecDeque<u64>,
+    /// When each wrong code in the window was tried (ms).
+    wrong: VecDeque<u64>,
 }
 
 /// What the gate decided about a message from an unknown sender.
@@ -47,6 +66,51 @@ pub(crate) enum OtpOutcome {
     Pending,
     /// No challenge may be issued yet (rate limit); stay silent.
     Throttled,
+}
+
+impl Budget {
+    /// [`step`] within the budget: a code is not even compared once the hour's wrong codes are
+    /// spent, and no challenge is issued once the hour's challenges are; both are silent
+    /// ([`OtpOutcome::Throttled`]) and leave the sender's record as it was.
+    pub(crate) fn step(
+        &mut self,
+        policy: OtpPolicy,
+        record: Option<OtpChallenge>,
+        body: &str,
+        room_id: &str,
+        now: u64,
+        fresh_code: impl FnOnce() -> String,
+    ) -> (Option<OtpChallenge>, OtpOutcome) {
+        let window = u64::try_from(BUDGET_WINDOW.as_millis()).unwrap_or(u64::MAX);
+        for times in [&mut self.challenges, &mut self.wrong] {
+            while times
+                .front()
+                .is_some_and(|&t| t.saturating_add(window) <= now)
+            {
+                times.pop_front();
+            }
+        }
+        let challenges = usize::try_from(policy.challenges_per_hour).unwrap_or(usize::MAX);
+        let guesses = challenges.saturating_mul(MAX_ATTEMPTS as usize);
+        let code_attempt =
+            as_code(body).is_some() && record.as_ref().is_some_and(|r| now < r.expires_ms);
+        if code_attempt && self.wrong.len() >= guesses {
+            return (record, OtpOutcome::Throttled);
+        }
+        let kept = record.clone();
+        let (next, outcome) = step(policy, record, body, room_id, now, fresh_code);
+        match outcome {
+            OtpOutcome::Challenged { .. } if self.challenges.len() >= challenges => {
+                return (kept, OtpOutcome::Throttled);
+            }
+            OtpOutcome::Challenged { .. } => self.challenges.push_back(now),
+            OtpOutcome::Wrong { .. } | OtpOutcome::LockedOut { just_now: true, .. } => {
+                self.wrong.push_back(now);
+            }
+            _ => {}
+        }
+        (next, outcome)
+    }
 }
 
 /// Decides one message of an unknown sender against its stored challenge. Returns the record to
@@ -151,6 +215,12 @@ pub(crate) struct OtpArgs {
     pub(crate) policy: OtpPolicy,
 }
 
+/// The gate's state: what it was given, and the account-wide budget.
+pub(crate) struct OtpState {
+    args: OtpArgs,
+    budget: Budget,
+}
+
 /// Messages of the gate.
 pub(crate) enum OtpMsg {
     /// A DM from a sender who is neither allowlisted nor approved.
@@ -168,22 +238,25 @@ pub(crate) enum OtpMsg {
 
 impl Actor for OtpGate {
     type Msg = OtpMsg;
-    type State = OtpArgs;
+    type State = OtpState;
     type Arguments = OtpArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<OtpMsg>,
         args: OtpArgs,
-    ) -> Result<OtpArgs, ActorProcessingErr> {
-        Ok(args)
+    ) -> Result<OtpState, ActorProcessingErr> {
+        Ok(OtpState {
+            args,
+            budget: Budget::default(),
+        })
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<OtpMsg>,
         message: OtpMsg,
-        state: &mut OtpArgs,
+        state: &mut OtpState,
     ) -> Result<(), ActorProcessingErr> {
         let OtpMsg::Check {
             sender,
@@ -192,11 +265,13 @@ impl Actor for OtpGate {
             reply,
         } = message;
         let outcome = check(state, sender.as_str(), room_id.as_str(), &body).await;
+        let account = &state.args.account;
         match &outcome {
-            Ok(o) => info!(account = %state.account, %sender, outcome = ?o, "OTP gate"),
-            Err(e) => {
-                warn!(account = %state.account, %sender, error = %e, "OTP gate storage failed")
+            Ok(OtpOutcome::Throttled) => {
+                info!(%account, %sender, "OTP gate: throttled (per sender or account-wide budget)")
             }
+            Ok(o) => info!(%account, %sender, outcome = ?o, "OTP gate"),
+            Err(e) => warn!(%account, %sender, error = %e, "OTP gate storage failed"),
         }
         let _ = reply.send(outcome);
         Ok(())
@@ -204,14 +279,18 @@ impl Actor for OtpGate {
 }
 
 async fn check(
-    state: &OtpArgs,
+    state: &mut OtpState,
     sender: &str,
     room_id: &str,
     body: &str,
 ) -> Result<OtpOutcome, StoreError> {
+    let OtpState {
+        args: state,
+        budget,
+    } = state;
     let record = state.store.otp_challenge(&state.account, sender).await?;
     let now = now_ms();
-    let (record, outcome) = step(state.policy, record, body, room_id, now, random_code);
+    let (record, outcome) = budget.step(state.policy, record, body, room_id, now, random_code);
     if outcome == OtpOutcome::Approved {
         state
             .store
@@ -233,6 +312,7 @@ mod tests {
     const POLICY: OtpPolicy = OtpPolicy {
         ttl: Duration::from_secs(600),
         cooldown: Duration::from_secs(300),
+        challenges_per_hour: 1000,
     };
     const S: u64 = 1000;
 
@@ -307,6 +387,47 @@ mod tests {
         let (r, o) = step(short, r, "111111", "!dm:hs", 61 * S, || "222222".into());
         assert!(matches!(o, OtpOutcome::Challenged { .. }));
         assert_eq!(r.map(|r| r.code).as_deref(), Some("222222"));
+    }
+
+    #[test]
+    fn many_identities_share_one_budget_of_challenges_and_guesses() {
+        // A short lockout, so one identity could guess again and again.
+        let policy = OtpPolicy {
+            challenges_per_hour: 4,
+            cooldown: Duration::from_secs(1),
+            ..POLICY
+        };
+        let mut budget = Budget::default();
+        // Strangers 0..4 get challenges; the fifth within the hour does not.
+        let mut records = Vec::new();
+        for i in 0..5u64 {
+            let (r, o) = budget.step(policy, None, "hi", "!dm:hs", i * S, || "123456".into());
+            let expected = match i {
+                0..4 => matches!(o, OtpOutcome::Challenged { .. }),
+                _ => o == OtpOutcome::Throttled && r.is_none(),
+            };
+            assert!(expected, "stranger {i}: {o:?}");
+            records.push(r);
+        }
+        // 4 challenges allow 12 wrong codes in the hour, spread over identities; the 13th code
+        // is not even compared (the right one included), so guessing cannot go on silently.
+        let mut outcomes = Vec::new();
+        for n in 0..13u64 {
+            let slot = usize::try_from(n % 4).unwrap_or_default();
+            let record = records[slot].take();
+            let guess = if n == 12 { "123456" } else { "000000" };
+            let (r, o) = budget.step(policy, record, guess, "!dm:hs", (10 + n) * S, || "1".into());
+            records[slot] = r;
+            outcomes.push(o);
+        }
+        assert!(
+            outcomes[..12].iter().all(|o| o != &OtpOutcome::Throttled),
+            "{outcomes:?}"
+        );
+        assert_eq!(outcomes[12], OtpOutcome::Throttled);
+        // An hour later the budget is back.
+        let (_, o) = budget.step(policy, None, "hi", "!dm:hs", 3700 * S, || "123456".into());
+        assert!(matches!(o, OtpOutcome::Challenged { .. }), "{o:?}");
     }
 
     #[test]

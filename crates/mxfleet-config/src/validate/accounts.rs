@@ -227,7 +227,7 @@ fn conversation(check: &mut Checker<'_>, key: &str, c: &ConversationConfig, enab
             ),
         );
     }
-    let ranges: [(bool, &str, &str); 9] = [
+    let ranges: [(bool, &str, &str); 10] = [
         (
             (10..=86_400).contains(&c.otp_ttl_secs),
             "otp_ttl_secs",
@@ -238,6 +238,11 @@ fn conversation(check: &mut Checker<'_>, key: &str, c: &ConversationConfig, enab
             (1..=86_400).contains(&c.otp_cooldown_secs),
             "otp_cooldown_secs",
             "must be between 1 and 86400",
+        ),
+        (
+            (1..=10_000).contains(&c.otp_challenges_per_hour),
+            "otp_challenges_per_hour",
+            "must be between 1 and 10000",
         ),
         (
             c.stream_min_initial_chars <= 10_000,
