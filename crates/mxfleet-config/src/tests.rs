@@ -460,9 +460,9 @@ fn conversation_keys_have_safe_defaults_and_are_validated() {
             "accounts.a.user_allowlist.0: \"alice\" is not a user id",
             "accounts.a.room_allowlist.0: \"ops\" is not a room id",
             "accounts.a.room_allowlist.3: \"! x:hs\" is not a room id",
-            "accounts.a.edit_throttle_ms: must be at least 50",
+            "accounts.a.edit_throttle_ms: must be between 50 and 60000",
             "accounts.a.transcription: backend \"hook\" is of kind \"webhook\"; transcription needs an \"openai\" backend",
-            "accounts.a.max_media_bytes: must be at least 1024",
+            "accounts.a.max_media_bytes: must be 0 (no media at all) or between 1024",
             "accounts.a.otp_cooldown_secs: must be between 1 and 86400",
             "accounts.a.user_overrides.@x:hs.backend: no backend named \"nope\"",
             "backends.hook.url: must be an http(s) URL",
@@ -620,6 +620,73 @@ fn command_agents_get_a_checked_environment_and_hide_the_secret_paths() {
             isolation.env.get("AGENT_MODE").map(String::as_str),
             Some("quiet")
         );
+        Ok(())
+    });
+}
+
+#[test]
+fn extreme_numbers_are_refused_with_their_range() {
+    Jail::expect_with(|jail| {
+        // TOML integers are i64.
+        let huge = i64::MAX;
+        jail.create_file(
+            "huge.toml",
+            &format!(
+                r#"
+                shutdown_timeout_secs = {huge}
+                [restart]
+                initial_delay_ms = {huge}
+                max_delay_ms = {huge}
+                multiplier = 1e308
+                healthy_after_secs = {huge}
+                restart_window_secs = {huge}
+                max_restarts = 4294967295
+                [backends.slow]
+                kind = "command"
+                command = ["agent"]
+                request_timeout_secs = {huge}
+                [accounts.a]
+                homeserver = "http://127.0.0.1:8008"
+                access_token = "t"
+                backend = "echo"
+                verification_timeout_secs = {huge}
+                catch_up_max_age_secs = {huge}
+                sync_stall_secs = {huge}
+                edit_throttle_ms = {huge}
+                max_edits_per_message = 4294967295
+                cue_delay_ms = {huge}
+                utd_notice_cooldown_secs = {huge}
+                max_media_bytes = {huge}
+                "#
+            ),
+        )?;
+        let err = load(&sources("huge.toml"))
+            .err()
+            .ok_or("expected an error")?;
+        let text = issues(err);
+        for key in [
+            "shutdown_timeout_secs",
+            "restart.initial_delay_ms",
+            "restart.max_delay_ms",
+            "restart.multiplier",
+            "restart.healthy_after_secs",
+            "restart.restart_window_secs",
+            "restart.max_restarts",
+            "backends.slow.request_timeout_secs",
+            "accounts.a.verification_timeout_secs",
+            "accounts.a.catch_up_max_age_secs",
+            "accounts.a.sync_stall_secs",
+            "accounts.a.edit_throttle_ms",
+            "accounts.a.max_edits_per_message",
+            "accounts.a.cue_delay_ms",
+            "accounts.a.utd_notice_cooldown_secs",
+            "accounts.a.max_media_bytes",
+        ] {
+            let refused = text
+                .iter()
+                .any(|l| l.starts_with(&format!("{key}:")) && l.contains(" between "));
+            assert!(refused, "{key} not refused with its range: {text:#?}");
+        }
         Ok(())
     });
 }

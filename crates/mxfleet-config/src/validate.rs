@@ -90,6 +90,19 @@ impl Checker<'_> {
         }
     }
 
+    /// Requires `lo <= value <= hi` ("must be between lo and hi"): every number the runtime
+    /// turns into a duration, a size or a count has an upper bound, so none overflows.
+    pub(crate) fn range<T: PartialOrd + std::fmt::Display>(
+        &mut self,
+        key: &str,
+        value: T,
+        lo: T,
+        hi: T,
+    ) {
+        let ok = lo <= value && value <= hi;
+        self.require(ok, key, &format!("must be between {lo} and {hi}"));
+    }
+
     /// Warns about `key`: valid, but probably not what was meant.
     pub(crate) fn warn(&mut self, key: &str, message: &str) {
         let origin = self.origin(key);

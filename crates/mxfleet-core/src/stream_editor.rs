@@ -520,6 +520,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_homeserver_asking_to_wait_forever_panics_nothing() {
+        let (stream, _) = slow_stream(30, Duration::from_millis(50));
+        let mut sink = Recorder::default();
+        sink.failures = VecDeque::from([(1, FailureClass::RateLimited(Some(Duration::MAX)))]);
+        let d = deliver(
+            stream,
+            &settings(StreamMode::EditInPlace),
+            &mut sink,
+            never(),
+        )
+        .await;
+        // The delivery ends (with the 429 it could not wait out) instead of panicking.
+        assert!(d.is_err() || !sink.calls.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_network_outage_of_tens_of_seconds_is_waited_out_not_cut_short() {
         let (stream, full) = slow_stream(30, Duration::from_millis(50));
         let mut sink = Recorder::default();

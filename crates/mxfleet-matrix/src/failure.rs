@@ -7,6 +7,10 @@ use matrix_sdk::{
     ruma::api::error::{ErrorKind, RetryAfter},
 };
 
+/// The longest wait a homeserver's `retry_after` can impose; a larger one (or a date far ahead)
+/// is taken as this, so no arithmetic on it can overflow and no account sleeps for years.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// The retry meaning of a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureClass {
@@ -97,11 +101,16 @@ fn classify_kind(kind: &ErrorKind, server_error: bool) -> FailureClass {
         // A forbidden *login* means bad credentials; elsewhere it is a permission problem that
         // retrying will not fix either.
         ErrorKind::Forbidden => FailureClass::Auth { soft_logout: false },
-        ErrorKind::LimitExceeded(data) => FailureClass::RateLimited(match &data.retry_after {
-            Some(RetryAfter::Delay(delay)) => Some(*delay),
-            Some(RetryAfter::DateTime(at)) => at.duration_since(std::time::SystemTime::now()).ok(),
-            None => None,
-        }),
+        ErrorKind::LimitExceeded(data) => FailureClass::RateLimited(
+            match &data.retry_after {
+                Some(RetryAfter::Delay(delay)) => Some(*delay),
+                Some(RetryAfter::DateTime(at)) => {
+                    at.duration_since(std::time::SystemTime::now()).ok()
+                }
+                None => None,
+            }
+            .map(|wait| wait.min(MAX_RETRY_AFTER)),
+        ),
         _ if server_error => FailureClass::Transient,
         _ => FailureClass::Fatal,
     }
@@ -133,6 +142,45 @@ impl fmt::Display for FailureClass {
             Self::Auth { soft_logout: false } => f.write_str("authentication failed"),
             Self::Storage => f.write_str("storage exhausted"),
             Self::Fatal => f.write_str("fatal"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use matrix_sdk::ruma::api::error::LimitExceededErrorData;
+
+    use super::*;
+
+    fn limited(retry_after: Option<RetryAfter>) -> FailureClass {
+        let mut data = LimitExceededErrorData::new();
+        data.retry_after = retry_after;
+        classify_kind(&ErrorKind::LimitExceeded(data), false)
+    }
+
+    #[test]
+    fn a_server_asking_for_forever_gets_an_hour_at_most() {
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(u32::MAX) * 100);
+        for (retry_after, expected) in [
+            (
+                Some(RetryAfter::Delay(Duration::MAX)),
+                Some(MAX_RETRY_AFTER),
+            ),
+            (
+                Some(RetryAfter::Delay(Duration::from_secs(3))),
+                Some(Duration::from_secs(3)),
+            ),
+            (Some(RetryAfter::DateTime(far)), Some(MAX_RETRY_AFTER)),
+            (Some(RetryAfter::DateTime(SystemTime::UNIX_EPOCH)), None),
+            (None, None),
+        ] {
+            assert_eq!(
+                limited(retry_after),
+                FailureClass::RateLimited(expected),
+                "{retry_after:?}"
+            );
         }
     }
 }

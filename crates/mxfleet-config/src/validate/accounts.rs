@@ -12,6 +12,9 @@ use crate::{
     CredentialsConfig, OwnershipMode, ReloginMode, Secret,
 };
 
+/// The largest `max_media_bytes`: 1 GiB.
+const MAX_MEDIA_BYTES: u64 = 1 << 30;
+
 /// The valid accounts, by id (the invalid ones are reported).
 pub(super) fn resolve(
     check: &mut Checker<'_>,
@@ -80,10 +83,17 @@ fn one(
         &format!("{key}.sync_timeout_secs"),
         "must be between 1 and 300",
     );
-    check.require(
-        sync.sync_stall_secs >= 1,
+    check.range(
         &format!("{key}.sync_stall_secs"),
-        "must be at least 1",
+        sync.sync_stall_secs,
+        1,
+        86_400,
+    );
+    check.range(
+        &format!("{key}.catch_up_max_age_secs"),
+        sync.catch_up_max_age_secs,
+        0,
+        30 * 86_400,
     );
     check.require(
         (1..=1000).contains(&sync.sync_timeline_limit),
@@ -106,10 +116,17 @@ fn one(
     );
     let secrets = credentials(check, key, account);
     conversation(check, key, &account.conversation, login.enabled);
+    let media = account.media.max_media_bytes;
     check.require(
-        account.media.max_media_bytes >= 1024,
+        media == 0 || (1024..=MAX_MEDIA_BYTES).contains(&media),
         &format!("{key}.max_media_bytes"),
-        "must be at least 1024",
+        &format!("must be 0 (no media at all) or between 1024 and {MAX_MEDIA_BYTES}"),
+    );
+    check.range(
+        &format!("{key}.verification_timeout_secs"),
+        account.encryption.verification_timeout_secs,
+        10,
+        86_400,
     );
     let routes = routes::resolve(check, key, &account.answering, &account.media, backends);
     Some(AccountSpec {
@@ -227,7 +244,7 @@ fn conversation(check: &mut Checker<'_>, key: &str, c: &ConversationConfig, enab
             ),
         );
     }
-    let ranges: [(bool, &str, &str); 10] = [
+    let ranges: [(bool, &str, &str); 12] = [
         (
             (10..=86_400).contains(&c.otp_ttl_secs),
             "otp_ttl_secs",
@@ -250,14 +267,24 @@ fn conversation(check: &mut Checker<'_>, key: &str, c: &ConversationConfig, enab
             "must be at most 10000",
         ),
         (
-            c.edit_throttle_ms >= 50,
+            (50..=60_000).contains(&c.edit_throttle_ms),
             "edit_throttle_ms",
-            "must be at least 50",
+            "must be between 50 and 60000",
         ),
         (
-            c.max_edits_per_message >= 1,
+            (1..=1000).contains(&c.max_edits_per_message),
             "max_edits_per_message",
-            "must be at least 1",
+            "must be between 1 and 1000",
+        ),
+        (
+            c.cue_delay_ms <= 600_000,
+            "cue_delay_ms",
+            "must be between 0 and 600000",
+        ),
+        (
+            c.utd_notice_cooldown_secs <= 30 * 86_400,
+            "utd_notice_cooldown_secs",
+            "must be between 0 and 2592000",
         ),
         (
             (100..=1_000_000).contains(&c.max_answer_chars),

@@ -19,11 +19,7 @@ pub(super) fn resolve(
 fn one(check: &mut Checker<'_>, name: &str, backend: &BackendConfig) -> Option<BackendSpec> {
     let key = format!("backends.{name}");
     let timeout_ok = |check: &mut Checker<'_>, secs: u64| {
-        check.require(
-            secs >= 1,
-            &format!("{key}.request_timeout_secs"),
-            "must be at least 1",
-        );
+        check.range(&format!("{key}.request_timeout_secs"), secs, 1, 86_400);
     };
     Some(match backend {
         BackendConfig::Echo { prefix } => BackendSpec::Echo {

@@ -5,42 +5,27 @@ use crate::Config;
 
 /// Checks `[restart]`, `shutdown_timeout_secs` and `shutdown_drain_secs`.
 pub(super) fn check(check: &mut Checker<'_>, raw: &Config) {
+    const HOUR_MS: u64 = 3_600_000;
+    const DAY: u64 = 86_400;
     let r = &raw.restart;
-    check.require(
-        r.initial_delay_ms >= 1,
-        "restart.initial_delay_ms",
-        "must be at least 1",
-    );
+    check.range("restart.initial_delay_ms", r.initial_delay_ms, 1, HOUR_MS);
+    check.range("restart.max_delay_ms", r.max_delay_ms, 1, 24 * HOUR_MS);
     check.require(
         r.max_delay_ms >= r.initial_delay_ms,
         "restart.max_delay_ms",
         "must be at least restart.initial_delay_ms",
     );
-    check.require(
-        r.multiplier >= 1.0,
-        "restart.multiplier",
-        "must be at least 1.0",
-    );
-    check.require(
-        (0.0..=1.0).contains(&r.jitter_ratio),
-        "restart.jitter_ratio",
-        "must be between 0.0 and 1.0",
-    );
-    check.require(
-        r.max_restarts >= 1,
-        "restart.max_restarts",
-        "must be at least 1",
-    );
-    check.require(
-        r.restart_window_secs >= 1,
+    check.range("restart.multiplier", r.multiplier, 1.0, 10.0);
+    check.range("restart.jitter_ratio", r.jitter_ratio, 0.0, 1.0);
+    check.range("restart.healthy_after_secs", r.healthy_after_secs, 0, DAY);
+    check.range("restart.max_restarts", r.max_restarts, 1, 10_000);
+    check.range(
         "restart.restart_window_secs",
-        "must be at least 1",
+        r.restart_window_secs,
+        1,
+        7 * DAY,
     );
-    check.require(
-        raw.shutdown_timeout_secs >= 1,
-        "shutdown_timeout_secs",
-        "must be at least 1",
-    );
+    check.range("shutdown_timeout_secs", raw.shutdown_timeout_secs, 1, 3600);
     check.require(
         raw.shutdown_drain_secs < raw.shutdown_timeout_secs,
         "shutdown_drain_secs",

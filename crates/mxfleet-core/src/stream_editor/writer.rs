@@ -317,8 +317,11 @@ impl<'a> Writer<'a> {
                         }
                         _ => return Err(f),
                     };
-                    self.blocked_until = Some(Instant::now() + wait);
-                    let patience_left = began.elapsed() + wait < MUST_SEND_PATIENCE;
+                    // `wait` comes from the homeserver: no arithmetic on it may overflow.
+                    let now = Instant::now();
+                    self.blocked_until =
+                        Some(now.checked_add(wait).unwrap_or(now + MUST_SEND_PATIENCE));
+                    let patience_left = began.elapsed().saturating_add(wait) < MUST_SEND_PATIENCE;
                     if !must || !patience_left {
                         return Err(f);
                     }
