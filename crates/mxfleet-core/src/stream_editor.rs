@@ -522,8 +522,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_homeserver_asking_to_wait_forever_panics_nothing() {
         let (stream, _) = slow_stream(30, Duration::from_millis(50));
-        let mut sink = Recorder::default();
-        sink.failures = VecDeque::from([(1, FailureClass::RateLimited(Some(Duration::MAX)))]);
+        let mut sink = Recorder {
+            failures: VecDeque::from([(1, FailureClass::RateLimited(Some(Duration::MAX)))]),
+            ..Recorder::default()
+        };
         let d = deliver(
             stream,
             &settings(StreamMode::EditInPlace),
