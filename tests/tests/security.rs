@@ -212,3 +212,42 @@ async fn data_dir_files_are_private_whatever_the_umask() -> Result<()> {
     ensure!(loose.is_empty(), "readable by others: {loose:#?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn max_media_bytes_zero_takes_no_media_at_all() -> Result<()> {
+    let llm = mxfleet_testkit::FakeOpenAi::start(50).await?;
+    let stt = format!(
+        "kind = \"openai\"\nbase_url = {:?}\nmodel = \"whisper-1\"",
+        llm.base_url
+    );
+    let mut s = Scenario::new()
+        .llm(&llm)
+        .backend("stt", &stt)
+        .bot(|b| {
+            b.llm()
+                .open_dms()
+                .key("transcription = \"stt\"\nmax_media_bytes = 0")
+        })
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials().0);
+    let dm = human.dm(&bot).await?;
+    human
+        .send_file(&dm, "voice.ogg", "audio/ogg", b"tell me a joke".to_vec())
+        .await?;
+    human
+        .wait_for("the refusal", TIMEOUT, |h| {
+            h.seen_from(&dm, &bot)
+                .into_iter()
+                .find(|seen| seen.body.contains("I do not take voice messages or files"))
+        })
+        .await?;
+    let transcribed = llm
+        .requests()
+        .iter()
+        .any(|r| r.body.get("transcription").is_some());
+    ensure!(!transcribed, "the audio reached the transcription backend");
+    s.fleet.stop().await?;
+    Ok(())
+}

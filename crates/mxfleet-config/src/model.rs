@@ -497,9 +497,13 @@ pub struct MediaConfig {
     /// `model`); without one, voice messages get a reply saying how to set it up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transcription: Option<String>,
-    /// Media (voice messages) larger than this are not downloaded.
+    /// Media larger than this are not downloaded (the download stops there); `0` takes no
+    /// media at all.
     #[serde(default = "defaults::max_media_bytes")]
     pub max_media_bytes: u64,
+    /// A media download that takes longer than this is given up.
+    #[serde(default = "defaults::media_timeout_secs")]
+    pub media_timeout_secs: u64,
 }
 
 impl ConversationConfig {
@@ -773,6 +777,9 @@ pub(crate) mod defaults {
     }
     pub(crate) fn ack_reaction() -> String {
         "👀".into()
+    }
+    pub(crate) fn media_timeout_secs() -> u64 {
+        60
     }
     pub(crate) fn max_media_bytes() -> u64 {
         25 * 1024 * 1024

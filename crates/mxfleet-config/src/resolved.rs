@@ -220,6 +220,8 @@ pub struct AccountSpec {
     pub transcription: Option<Transcription>,
     /// Media larger than this are not downloaded.
     pub max_media_bytes: u64,
+    /// How long a media download may take.
+    pub media_timeout_secs: u64,
 }
 
 impl AccountSpec {

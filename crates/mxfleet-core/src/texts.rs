@@ -175,6 +175,10 @@ pub(crate) fn voice_too_long(detail: &str) -> String {
     format!("🎤 That voice message is too long for me to listen to ({detail}).")
 }
 
+/// A voice message to an account that takes no media (`max_media_bytes = 0`).
+pub(crate) const MEDIA_OFF: &str =
+    "🎤 I do not take voice messages or files here; please write instead.";
+
 /// A voice message that could not be downloaded.
 pub(crate) const VOICE_NOT_DOWNLOADED: &str =
     "🎤 I could not download that voice message; please try again.";

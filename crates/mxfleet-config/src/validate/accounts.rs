@@ -123,6 +123,12 @@ fn one(
         &format!("must be 0 (no media at all) or between 1024 and {MAX_MEDIA_BYTES}"),
     );
     check.range(
+        &format!("{key}.media_timeout_secs"),
+        account.media.media_timeout_secs,
+        1,
+        3600,
+    );
+    check.range(
         &format!("{key}.verification_timeout_secs"),
         account.encryption.verification_timeout_secs,
         10,
@@ -151,6 +157,7 @@ fn one(
         user_routes: routes.users,
         transcription: routes.transcription,
         max_media_bytes: account.media.max_media_bytes,
+        media_timeout_secs: account.media.media_timeout_secs,
     })
 }
 

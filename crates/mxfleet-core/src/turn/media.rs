@@ -16,15 +16,21 @@ pub(crate) async fn transcribe_voice(ctx: &TurnContext, media: &Media) -> Result
         info!("voice message, but no transcription backend is configured");
         return Err(texts::VOICE_NOT_SET_UP.into());
     };
-    let audio = download(&ctx.client, media, ctx.spec.max_media_bytes)
-        .await
-        .map_err(|e| {
-            warn!(error = %e, "voice message not downloaded");
-            match e {
-                MediaError::TooLarge { .. } => texts::voice_too_long(&e.to_string()),
-                _ => texts::VOICE_NOT_DOWNLOADED.to_owned(),
-            }
-        })?;
+    let audio = download(
+        &ctx.client,
+        media,
+        ctx.spec.max_media_bytes,
+        media_timeout(ctx),
+    )
+    .await
+    .map_err(|e| {
+        warn!(error = %e, "voice message not downloaded");
+        match e {
+            MediaError::TooLarge { .. } => texts::voice_too_long(&e.to_string()),
+            MediaError::Blocked => texts::MEDIA_OFF.to_owned(),
+            _ => texts::VOICE_NOT_DOWNLOADED.to_owned(),
+        }
+    })?;
     let mimetype = media
         .mimetype
         .as_deref()
@@ -52,7 +58,14 @@ pub(crate) async fn attach_image(ctx: &TurnContext, media: &Media, current: &mut
     else {
         return;
     };
-    match download(&ctx.client, media, ctx.spec.max_media_bytes).await {
+    match download(
+        &ctx.client,
+        media,
+        ctx.spec.max_media_bytes,
+        media_timeout(ctx),
+    )
+    .await
+    {
         Ok(bytes) => {
             info!(bytes = bytes.len(), "image passed to the backend");
             current
@@ -62,6 +75,11 @@ pub(crate) async fn attach_image(ctx: &TurnContext, media: &Media, current: &mut
         }
         Err(e) => warn!(error = %e, "image not passed to the backend"),
     }
+}
+
+/// How long one media download may take on this account.
+fn media_timeout(ctx: &TurnContext) -> std::time::Duration {
+    std::time::Duration::from_secs(ctx.spec.media_timeout_secs)
 }
 
 /// For a vote on a poll: the vote in words if the poll is the bot's (`None` otherwise, or if
