@@ -251,3 +251,47 @@ async fn max_media_bytes_zero_takes_no_media_at_all() -> Result<()> {
     s.fleet.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_log_reader_that_stops_reading_stalls_nothing() -> Result<()> {
+    let mut s = Scenario::new()
+        .bot(|b| b.open_dms())
+        .admin()
+        .human()
+        .env("RUST_LOG", "debug")
+        .toml("[log]\nbuffer_lines = 64")
+        .prepare()
+        .await?;
+    // A pipe whose reader never reads: debug logs fill it, and the 64 lines waiting behind it,
+    // within seconds.
+    let (_unread, writer) = std::io::pipe()?;
+    s.fleet.log_into(writer);
+    s.start().await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials().0);
+    let dm = human.dm(&bot).await?;
+    // Answers keep coming while the log buffer overflows and lines are dropped (and counted).
+    let mut metrics = String::new();
+    for n in 0..40 {
+        let text = format!("still there? {n}");
+        human.send(&dm, &text).await?;
+        human.expect_message(&dm, &bot, &text, TIMEOUT).await?;
+        metrics = reqwest::Client::new()
+            .get(format!("{}/metrics", s.api()))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await?
+            .text()
+            .await?;
+        let dropped = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("mxfleet_log_lines_dropped_total "))
+            .and_then(|v| v.parse::<u64>().ok());
+        if dropped.is_some_and(|d| d > 0) && n >= 2 {
+            break;
+        }
+        ensure!(n < 39, "no log line was ever dropped: {dropped:?}");
+    }
+    ensure!(metrics.contains("\nmxfleet_database_bytes "), "{metrics}");
+    s.fleet.stop().await?;
+    Ok(())
+}

@@ -441,6 +441,26 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         "Answers timed in mxfleet_backend_seconds_sum.",
         &mut counter(|s| s.backend_answers).into_iter(),
     );
+    // Process-wide, without labels.
+    for (name, kind, help, value) in [
+        (
+            "mxfleet_database_bytes",
+            "gauge",
+            "Size of mxfleet.redb (sessions, inbox, memory, OTP, keys); pruned as in docs/operations.md.",
+            state.store.size_bytes(),
+        ),
+        (
+            "mxfleet_log_lines_dropped_total",
+            "counter",
+            "Log lines dropped because the log consumer (stderr) did not keep up.",
+            mxfleet_telemetry::dropped_log_lines(),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -102,6 +102,10 @@ pub struct LogConfig {
     /// A `tracing` filter directive, e.g. `info` or `info,mxfleet_core=debug`. `RUST_LOG` wins.
     #[serde(default = "defaults::log_level")]
     pub level: String,
+    /// Lines that may wait for a slow log consumer; past it new lines are dropped (and counted
+    /// in `mxfleet_log_lines_dropped_total`) rather than stalling the accounts.
+    #[serde(default = "defaults::log_buffer_lines")]
+    pub buffer_lines: usize,
 }
 
 /// The log line format.
@@ -675,6 +679,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::default(),
             level: defaults::log_level(),
+            buffer_lines: defaults::log_buffer_lines(),
         }
     }
 }
@@ -777,6 +782,9 @@ pub(crate) mod defaults {
     }
     pub(crate) fn ack_reaction() -> String {
         "👀".into()
+    }
+    pub(crate) fn log_buffer_lines() -> usize {
+        8192
     }
     pub(crate) fn media_timeout_secs() -> u64 {
         60

@@ -83,6 +83,11 @@ impl Store {
         Ok(store)
     }
 
+    /// The size of the database file in bytes (0 if it cannot be read), for metrics.
+    pub fn size_bytes(&self) -> u64 {
+        std::fs::metadata(self.path.as_ref()).map_or(0, |m| m.len())
+    }
+
     /// Opens the database again if a failed write left it refusing further use (redb's
     /// "previous I/O error"); a no-op otherwise. Fails, with nothing changed, while the disk
     /// is still full.

@@ -1,6 +1,9 @@
 //! Logs and traces for mxfleet.
 //!
-//! Logs go to stderr, human-readable or JSON, filtered by `RUST_LOG` or the configured level.
+//! Logs go to stderr, human-readable or JSON, filtered by `RUST_LOG` or the configured level,
+//! through a writer thread with a bounded buffer of `log.buffer_lines`: the runtime threads
+//! only queue a line, so a stalled log consumer (a full pipe, a stuck journald) costs dropped
+//! lines — counted by [`dropped_log_lines`] — and never stalls an account.
 //! With `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set, spans are
 //! also exported over OTLP/HTTP (protobuf) by a batch processor on its own thread, so an
 //! unreachable collector costs a bounded queue and never blocks message handling.
@@ -9,7 +12,20 @@ use mxfleet_config::{LogConfig, LogFormat};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use std::sync::OnceLock;
+
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+
+/// The count of dropped log lines, once logging is initialised.
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Log lines dropped because the log consumer did not keep up (0 before [`init`]).
+pub fn dropped_log_lines() -> u64 {
+    DROPPED.get().map_or(0, |counter| {
+        u64::try_from(counter.dropped_lines()).unwrap_or(u64::MAX)
+    })
+}
 
 /// The service name traces carry unless `OTEL_SERVICE_NAME` says otherwise.
 pub const SERVICE_NAME: &str = "mxfleet";
@@ -35,13 +51,18 @@ pub enum TelemetryError {
     AlreadyInitialised,
 }
 
-/// Flushes and shuts the trace exporter down when dropped.
+/// Flushes and shuts the trace exporter down, and flushes the log lines still queued, when
+/// dropped.
 #[derive(Debug)]
-pub struct TelemetryGuard(Option<SdkTracerProvider>);
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+    /// Flushes the queued log lines when dropped (waiting a second at most).
+    _logs: WorkerGuard,
+}
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
-        if let Some(provider) = self.0.take() {
+        if let Some(provider) = self.provider.take() {
             // Bounded by the SDK's own shutdown timeout; an absent collector cannot hang exit.
             let _ = provider.shutdown();
         }
@@ -63,15 +84,19 @@ pub fn init(log: &LogConfig) -> Result<TelemetryGuard, TelemetryError> {
                 .map_err(|e| TelemetryError::Filter(log.level.clone(), e.to_string()))?
         }
     };
+    let (writer, worker) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(log.buffer_lines)
+        .thread_name("mxfleet-log-writer")
+        .finish(std::io::stderr());
+    let _ = DROPPED.set(writer.error_counter());
     let fmt = match log.format {
-        LogFormat::Human => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .boxed(),
+        LogFormat::Human => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .boxed(),
     }
     .with_filter(filter);
@@ -103,7 +128,10 @@ pub fn init(log: &LogConfig) -> Result<TelemetryGuard, TelemetryError> {
         .with(otel)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInitialised)?;
-    Ok(TelemetryGuard(provider))
+    Ok(TelemetryGuard {
+        provider,
+        _logs: worker,
+    })
 }
 
 fn otlp_configured() -> bool {

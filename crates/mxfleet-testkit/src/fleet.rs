@@ -25,6 +25,8 @@ pub struct FleetProcess {
     env: Vec<(String, String)>,
     child: Option<Child>,
     starts: usize,
+    /// Where the next start's stderr goes instead of `fleet-<n>.log`.
+    stderr: Option<std::io::PipeWriter>,
 }
 
 impl FleetProcess {
@@ -45,6 +47,7 @@ impl FleetProcess {
             env: Vec::new(),
             child: None,
             starts: 0,
+            stderr: None,
         })
     }
 
@@ -52,6 +55,11 @@ impl FleetProcess {
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.env.retain(|(k, _)| k != key);
         self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Sends the next start's logs into `pipe` (e.g. one nobody reads) instead of a file.
+    pub fn log_into(&mut self, pipe: std::io::PipeWriter) {
+        self.stderr = Some(pipe);
     }
 
     /// The config file.
@@ -76,8 +84,12 @@ impl FleetProcess {
             bail!("already running");
         }
         self.starts += 1;
-        let log =
-            std::fs::File::create(self.dir.path().join(format!("fleet-{}.log", self.starts)))?;
+        let log = match self.stderr.take() {
+            Some(pipe) => Stdio::from(pipe),
+            None => Stdio::from(std::fs::File::create(
+                self.dir.path().join(format!("fleet-{}.log", self.starts)),
+            )?),
+        };
         let child = self
             .command(&["run", "--log-format", "json"])
             .stdout(Stdio::null())

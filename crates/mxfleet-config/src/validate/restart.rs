@@ -1,4 +1,4 @@
-//! The restart schedule and the shutdown deadline.
+//! The restart schedule, the shutdown deadline and the log buffer.
 
 use super::Checker;
 use crate::Config;
@@ -26,6 +26,7 @@ pub(super) fn check(check: &mut Checker<'_>, raw: &Config) {
         7 * DAY,
     );
     check.range("shutdown_timeout_secs", raw.shutdown_timeout_secs, 1, 3600);
+    check.range("log.buffer_lines", raw.log.buffer_lines, 64, 1_000_000);
     check.require(
         raw.shutdown_drain_secs < raw.shutdown_timeout_secs,
         "shutdown_drain_secs",
