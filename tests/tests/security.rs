@@ -295,3 +295,39 @@ async fn a_log_reader_that_stops_reading_stalls_nothing() -> Result<()> {
     s.fleet.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_direct_flag_on_a_room_of_three_does_not_make_it_a_dm() -> Result<()> {
+    // DMs are open, group rooms closed: a room of three flagged "direct" by its creator must be
+    // judged as the group room it is.
+    let mut s = Scenario::new()
+        .bot(|b| b.open_dms())
+        .humans(2)
+        .start()
+        .await?;
+    let bot = s.bot("bot").credentials().0;
+    let (human, other) = (&s.humans[0], &s.humans[1]);
+    let crowded = human
+        .create_room(&[bot.as_str(), other.user_id.as_str()], true)
+        .await?;
+    human
+        .wait_joined(&crowded, &bot, Duration::from_secs(30))
+        .await?;
+    human
+        .send(&crowded, "answer me as if we were alone")
+        .await?;
+    let dm = human.dm(&bot).await?;
+    human.send(&dm, "a real DM").await?;
+    human
+        .expect_message(&dm, &bot, "a real DM", TIMEOUT)
+        .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let answered = human.seen_from(&crowded, &bot);
+    ensure!(
+        answered.is_empty(),
+        "the crowded room was treated as a DM: {:?}",
+        answered.iter().map(|s| &s.body).collect::<Vec<_>>()
+    );
+    s.fleet.stop().await?;
+    Ok(())
+}

@@ -28,8 +28,15 @@ pub(crate) struct RoomFacts {
 }
 
 impl RoomFacts {
-    /// Every name the room answers to in the access lists and overrides: its id, its aliases,
-    /// the ids of the rooms it upgraded.
+    /// The ids the room answers to in the access lists: its own and those of the rooms it
+    /// upgraded (confirmed by their tombstones). Not its aliases: the room's creator writes
+    /// those into its state; an allowlisted alias counts through the directory only.
+    pub(crate) fn ids(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.room_id.as_str()).chain(self.predecessors.iter().map(String::as_str))
+    }
+
+    /// Every name the room answers to in the backend overrides: its id, its aliases, the ids
+    /// of the rooms it upgraded.
     pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.room_id.as_str())
             .chain(self.aliases.iter().map(String::as_str))
@@ -51,7 +58,7 @@ pub(crate) struct Me {
 pub(crate) struct Access {
     /// Users allowed to DM.
     pub(crate) users: HashSet<String>,
-    /// Rooms allowed, by id and by alias.
+    /// Rooms allowed, by id: the listed ids and the rooms the listed aliases resolve to.
     pub(crate) rooms: HashSet<String>,
 }
 
@@ -76,7 +83,8 @@ pub(crate) enum InviteVerdict {
 }
 
 impl Access {
-    /// The access lists of `conversation`, with `resolved` room ids (from aliases) added.
+    /// The access lists of `conversation`: its room ids, and the `resolved` room ids of its
+    /// aliases (looked up in the homeserver's directory).
     pub(crate) fn new(
         conversation: &ConversationConfig,
         resolved: impl IntoIterator<Item = String>,
@@ -86,15 +94,16 @@ impl Access {
             rooms: conversation
                 .room_allowlist
                 .iter()
+                .filter(|entry| entry.starts_with('!'))
                 .cloned()
                 .chain(resolved)
                 .collect(),
         }
     }
 
-    /// Allowed by id or alias, or as the upgrade of an allowed room.
+    /// Allowed by id (its own or a resolved alias's), or as the upgrade of an allowed room.
     fn room_allowed(&self, room: &RoomFacts) -> bool {
-        room.names().any(|r| self.rooms.contains(r))
+        room.ids().any(|r| self.rooms.contains(r))
     }
 }
 
@@ -422,18 +431,23 @@ mod tests {
                 }
             }
         }
-        // An alias in the allowlist admits the room that carries it.
+        // An alias in the allowlist admits the room the homeserver's directory resolves it to,
+        // never a room whose own state claims the alias (its creator controls that state).
         let c = ConversationConfig {
             room_policy: AccessPolicy::Allowlist,
             mention_mode: MentionMode::Always,
             ..conv()
         };
-        let aliased = RoomFacts {
+        let claims_alias = RoomFacts {
             aliases: vec!["#ok:hs".into()],
             ..room("!x:hs", false)
         };
         assert_eq!(
-            decide(&c, &access(&c), &aliased, &me(), &plain),
+            decide(&c, &access(&c), &claims_alias, &me(), &plain),
+            Verdict::Ignore("room not in room_allowlist")
+        );
+        assert_eq!(
+            decide(&c, &access(&c), &room("!resolved:hs", false), &me(), &plain),
             Verdict::Answer
         );
         // So does an allowed room's upgrade (the caller confirmed the tombstone).

@@ -3,8 +3,11 @@
 //! messages, invites and room upgrades alike, so the gate sees every room by the same rules:
 //!
 //! - **DM**: matrix-sdk's `is_direct` (the account data, or an invite's flag), or a room this
-//!   process joined from a DM invite (the account data may lag behind the first message);
-//! - **aliases**: the canonical alias and the alternative aliases;
+//!   process joined from a DM invite (the account data may lag behind the first message) —
+//!   and, once joined, no more than two members (joined or invited): the inviter sets the flag,
+//!   so a "direct" room with a third person in it is a group room to the gate;
+//! - **aliases**: the canonical alias and the alternative aliases, for backend overrides only
+//!   (the room's creator writes them; the access lists match aliases through the directory);
 //! - **predecessors**: the rooms it replaces, each confirmed by the old room's tombstone naming
 //!   it, read from the bot's own view of the old room (a creator's claim alone proves nothing).
 
@@ -14,7 +17,7 @@ use std::{
 };
 
 use mxfleet_matrix::matrix_sdk::{
-    Client, Room,
+    Client, Room, RoomState,
     ruma::{OwnedRoomId, RoomId, UserId},
 };
 use tracing::warn;
@@ -75,18 +78,25 @@ impl Rooms {
         }
     }
 
-    /// Whether `room` is a DM.
+    /// Whether `room` is a DM: flagged direct (or joined as one), and, once joined, with at
+    /// most two members, the bot and the other person.
     pub(crate) async fn is_dm(&self, room: &Room) -> bool {
         let direct = room.is_direct().await.unwrap_or_else(|e| {
             warn!(error = %e, "could not tell whether the room is a DM; treating it as a group room");
             false
         });
-        direct
+        let flagged = direct
             || self
                 .joined_dms
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .contains(room.room_id())
+                .contains(room.room_id());
+        let members = match room.state() {
+            RoomState::Joined => room.active_members_count(),
+            // An invite's view of the room holds no member counts.
+            _ => 0,
+        };
+        dm_by_members(flagged, members)
     }
 
     /// Notes that this process joined `room` as a DM.
@@ -122,6 +132,12 @@ impl Rooms {
     }
 }
 
+/// A room flagged direct is a DM while it has at most two members (joined or invited; 0 when
+/// unknown, as in an invite).
+fn dm_by_members(flagged: bool, members: u64) -> bool {
+    flagged && members <= 2
+}
+
 /// The canonical and alternative aliases of `room`.
 pub(crate) fn aliases_of(room: &Room) -> Vec<String> {
     room.canonical_alias()
@@ -141,4 +157,22 @@ pub(crate) async fn member_name(room: &Room, user: &UserId) -> Option<String> {
 pub(crate) async fn speaker_name(room: &Room, user: &UserId) -> String {
     let name = member_name(room, user).await;
     gate::sanitize_display_name(name.as_deref(), user)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_direct_flag_makes_a_dm_of_two_members_at_most() {
+        for (flagged, members, dm) in [
+            (true, 0, true),
+            (true, 2, true),
+            (true, 3, false),
+            (true, 40, false),
+            (false, 2, false),
+        ] {
+            assert_eq!(dm_by_members(flagged, members), dm, "{flagged} {members}");
+        }
+    }
 }
