@@ -331,3 +331,88 @@ async fn a_direct_flag_on_a_room_of_three_does_not_make_it_a_dm() -> Result<()> 
     s.fleet.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_removed_account_is_pointed_out_then_forgotten_and_logged_out() -> Result<()> {
+    let synapse = Synapse::shared().await?;
+    let mut s = Scenario::new()
+        .bot_named("gone", |b| b.open_dms())
+        .bot_named("kept", |b| b.open_dms())
+        .start()
+        .await?;
+    let gone = s.bot("gone").credentials().0;
+    s.fleet.stop().await?;
+    let admin = synapse.admin_token().await?;
+    ensure!(
+        synapse
+            .admin_devices(&admin, &gone)
+            .await?
+            .iter()
+            .any(|d| d == "MXFLEET_GONE"),
+        "the bot's device is not there to begin with"
+    );
+    // Still configured: refused.
+    let refused = s.fleet.run_command(&["account", "forget", "gone"]).await?;
+    ensure!(refused.status.code() == Some(1), "{refused:?}");
+
+    // Removed from the configuration: its live token is pointed out at start.
+    s.reconfigure(|scenario| scenario.without("gone")).await?;
+    s.start().await?;
+    let warned = s.fleet.all_logs().contains("still has a stored session");
+    // While the fleet runs, the data dir is not touched.
+    let running = s
+        .fleet
+        .run_command(&[
+            "account",
+            "forget",
+            "gone",
+            "--logout",
+            "--homeserver",
+            synapse.url(),
+        ])
+        .await?;
+    s.fleet.stop().await?;
+    ensure!(
+        warned,
+        "no warning about the leftover session:\n{}",
+        s.fleet.all_logs()
+    );
+    ensure!(running.status.code() == Some(3), "{running:?}");
+
+    let forgot = s
+        .fleet
+        .run_command(&[
+            "account",
+            "forget",
+            "gone",
+            "--logout",
+            "--homeserver",
+            synapse.url(),
+        ])
+        .await?;
+    let said = String::from_utf8_lossy(&forgot.stdout);
+    ensure!(forgot.status.success(), "{forgot:?}");
+    ensure!(
+        said.contains("logged gone out") && said.contains("forgot gone"),
+        "{said}"
+    );
+    ensure!(
+        !synapse
+            .admin_devices(&admin, &gone)
+            .await?
+            .iter()
+            .any(|d| d == "MXFLEET_GONE"),
+        "the device (and its token) outlived the logout"
+    );
+    ensure!(!s.fleet.data_dir().join("accounts/gone").exists());
+    // The other account is untouched, and nothing is pointed out any more.
+    s.start().await?;
+    s.fleet.stop().await?;
+    let logs = s.fleet.all_logs();
+    let last_run = logs.rsplit("mxfleet starting").next().unwrap_or_default();
+    ensure!(
+        !last_run.contains("still has a stored session"),
+        "{last_run}"
+    );
+    Ok(())
+}

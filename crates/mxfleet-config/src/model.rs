@@ -28,6 +28,9 @@ pub struct Config {
     /// with an "interrupted" edit. Below `shutdown_timeout_secs`.
     #[serde(default = "defaults::shutdown_drain_secs")]
     pub shutdown_drain_secs: u64,
+    /// Answered (and skipped) inbox entries older than this many days are pruned.
+    #[serde(default = "defaults::inbox_retention_days")]
+    pub inbox_retention_days: u64,
     /// How failed accounts and children are restarted.
     #[serde(default)]
     pub restart: RestartConfig,
@@ -665,6 +668,7 @@ impl Default for Config {
             log: LogConfig::default(),
             shutdown_timeout_secs: defaults::shutdown_timeout_secs(),
             shutdown_drain_secs: defaults::shutdown_drain_secs(),
+            inbox_retention_days: defaults::inbox_retention_days(),
             restart: RestartConfig::default(),
             backends: BTreeMap::new(),
             admin: AdminConfig::default(),
@@ -782,6 +786,9 @@ pub(crate) mod defaults {
     }
     pub(crate) fn ack_reaction() -> String {
         "👀".into()
+    }
+    pub(crate) fn inbox_retention_days() -> u64 {
+        7
     }
     pub(crate) fn log_buffer_lines() -> usize {
         8192

@@ -23,6 +23,8 @@ pub struct ValidConfig {
     pub shutdown_timeout_secs: u64,
     /// How long answers in flight get at shutdown before they end as interrupted.
     pub shutdown_drain_secs: u64,
+    /// Days answered inbox entries are kept.
+    pub inbox_retention_days: u64,
     /// Restart schedule.
     pub restart: RestartConfig,
     /// The admin API, when a token is configured.

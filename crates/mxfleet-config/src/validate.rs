@@ -52,6 +52,7 @@ pub(crate) fn validate(
         log: raw.log.clone(),
         shutdown_timeout_secs: raw.shutdown_timeout_secs,
         shutdown_drain_secs: raw.shutdown_drain_secs,
+        inbox_retention_days: raw.inbox_retention_days,
         restart: raw.restart.clone(),
         admin,
         accounts,

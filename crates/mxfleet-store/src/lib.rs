@@ -16,6 +16,7 @@ mod inbox;
 mod lock;
 mod otp;
 mod records;
+mod retention;
 mod sessions;
 
 use std::{

@@ -275,3 +275,76 @@ async fn drafts_end_with_their_inbox_entry_and_memory_is_capped() -> Result<(), 
     assert_eq!(store.memory("a", "!other").await?, Memory::default());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_forgotten_account_leaves_nothing_and_others_keep_everything() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = Store::open(&dir.path().join("db.redb"))?;
+    for account in ["gone", "kept"] {
+        let session = StoredSession {
+            user_id: format!("@{account}:hs"),
+            device_id: "D".into(),
+            access_token: format!("syt_{account}_token"),
+            refresh_token: None,
+            needs_relogin: false,
+        };
+        store.save_session(account, &session).await?;
+        store.save_recovery_key(account, "key").await?;
+        store.commit_sync(account, "s1", vec![entry("$1")]).await?;
+        store.approve_sender(account, "@friend:hs", 1).await?;
+        store.store_passphrase(account, || "pass".into()).await?;
+    }
+    assert_eq!(store.session_accounts().await?, ["gone", "kept"]);
+    let removed = store.forget_account("gone").await?;
+    assert!(removed >= 6, "{removed} rows");
+    assert_eq!(store.session_accounts().await?, ["kept"]);
+    assert!(store.session("gone").await?.is_none());
+    assert!(store.recovery_key("gone").await?.is_none());
+    assert!(store.sync_position("gone").await?.is_none());
+    assert!(!store.is_approved("gone", "@friend:hs").await?);
+    assert!(store.session("kept").await?.is_some());
+    assert!(store.is_approved("kept", "@friend:hs").await?);
+    assert_eq!(store.sync_position("kept").await?.as_deref(), Some("s1"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn expired_otp_challenges_are_pruned_an_hour_after_they_end() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let store = Store::open(&dir.path().join("db.redb"))?;
+    let hour = 3_600_000;
+    let challenge = |expires_ms, locked_until_ms| OtpChallenge {
+        code: "123456".into(),
+        room_id: "!dm:hs".into(),
+        issued_ms: 0,
+        expires_ms,
+        attempts: 0,
+        locked_until_ms,
+    };
+    let now = 10 * hour;
+    store
+        .set_otp_challenge("a", "@old:hs", Some(&challenge(now - 2 * hour, None)))
+        .await?;
+    store
+        .set_otp_challenge("a", "@fresh:hs", Some(&challenge(now - hour / 2, None)))
+        .await?;
+    store
+        .set_otp_challenge(
+            "a",
+            "@locked:hs",
+            Some(&challenge(now - 2 * hour, Some(now + hour))),
+        )
+        .await?;
+    store
+        .set_otp_challenge("a", "@live:hs", Some(&challenge(now + hour, None)))
+        .await?;
+    assert_eq!(store.prune_otp(now).await?, 1);
+    let left: Vec<String> = store
+        .otp_challenges(Some("a"))
+        .await?
+        .into_iter()
+        .map(|(_, sender, _)| sender)
+        .collect();
+    assert_eq!(left, ["@fresh:hs", "@live:hs", "@locked:hs"]);
+    Ok(())
+}

@@ -9,6 +9,7 @@ macro_rules! out {
 }
 
 mod doctor;
+mod retention;
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
@@ -21,14 +22,12 @@ use mxfleet_store::{DirLock, Store, StoreError, now_ms};
 use ractor::ActorRef;
 use tracing::{error, info, warn};
 
-/// Finished inbox entries older than this are pruned at start.
-const INBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Exit code for a command line that does not parse (`EX_USAGE`).
 const EXIT_USAGE: u8 = 64;
 /// Exit code for an invalid configuration.
 const EXIT_CONFIG: u8 = 2;
 /// Exit code when another process holds the data directory.
-const EXIT_LOCKED: u8 = 3;
+pub(crate) const EXIT_LOCKED: u8 = 3;
 /// How long a starting fleet waits for the data directory's lock (a `status` or `doctor`
 /// looking at it holds it for milliseconds; another fleet holds it for good).
 const LOCK_PATIENCE: Duration = Duration::from_secs(2);
@@ -51,6 +50,22 @@ struct Cli {
     log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountCommand {
+    /// Remove everything an account left in the data dir (fleet stopped): its session and
+    /// access token, keys, inbox, memory, OTP records and matrix-sdk stores.
+    Forget {
+        /// The account id (removed from the configuration, or disabled).
+        account: String,
+        /// Log the stored session out at the homeserver first (the token dies, the device goes).
+        #[arg(long)]
+        logout: bool,
+        /// The homeserver to log out at, when the account is no longer configured.
+        #[arg(long, value_name = "URL")]
+        homeserver: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +113,11 @@ enum Command {
     Doctor {
         /// The account id.
         account: String,
+    },
+    /// Accounts that left the configuration.
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
     },
     /// Show the recovery key mxfleet keeps for an account, or import one (fleet stopped).
     RecoveryKey {
@@ -219,6 +239,14 @@ fn main() -> ExitCode {
         Command::Reload => reload(&loaded),
         Command::Doctor { account } => doctor::run(&loaded, &account),
         Command::RecoveryKey { account, import } => recovery_key(&loaded, &account, import),
+        Command::Account {
+            command:
+                AccountCommand::Forget {
+                    account,
+                    logout,
+                    homeserver,
+                },
+        } => retention::forget(&loaded, &account, logout, homeserver.as_deref()),
     }
 }
 
@@ -283,12 +311,11 @@ async fn run_fleet(loaded: Loaded, sources: Sources) -> anyhow::Result<()> {
         },
     )?;
     let store = Store::open(&data_dir.join("mxfleet.redb")).context("cannot open mxfleet.redb")?;
-    let cutoff = now_ms().saturating_sub(INBOX_RETENTION.as_millis() as u64);
-    match store.prune_inbox(cutoff).await {
-        Ok(0) => {}
-        Ok(n) => info!(entries = n, "pruned old inbox entries"),
-        Err(e) => warn!(error = %e, "could not prune the inbox"),
-    }
+    retention::point_out_leftovers(&store, &config).await;
+    let _tidy = AbortOnDrop(tokio::spawn(retention::keep_tidy(
+        store.clone(),
+        config.inbox_retention_days,
+    )));
 
     let board = StatusBoard::new();
     let writer = board.spawn_writer(&data_dir);
@@ -735,7 +762,7 @@ where
 }
 
 /// Runs a future on a small runtime (CLI commands).
-fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+pub(crate) fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
