@@ -377,6 +377,12 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         &mut counter(|s| s.messages_failed).into_iter(),
     );
     family(
+        "mxfleet_messages_rate_limited_total",
+        "counter",
+        "Messages past the gate skipped by the per-sender or per-room rate limits.",
+        &mut counter(|s| s.rate_limited).into_iter(),
+    );
+    family(
         "mxfleet_answers_cut_total",
         "counter",
         "Answers cut at max_answer_chars or max_answer_parts (a runaway backend).",

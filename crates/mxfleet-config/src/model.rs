@@ -494,6 +494,31 @@ pub struct ConversationConfig {
     /// How many earlier messages of the room or thread the backend sees.
     #[serde(default = "defaults::history_max_messages")]
     pub history_max_messages: usize,
+    /// Rate limits on the messages the gate lets through (`[accounts.<id>.limits]`).
+    #[serde(default)]
+    pub limits: MessageLimits,
+}
+
+/// How many messages that passed the gate go on to the backend per minute; the rest are
+/// skipped (counted, and the room told once a minute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageLimits {
+    /// From one sender, in all the account's rooms together.
+    #[serde(default = "defaults::per_sender_per_minute")]
+    pub per_sender_per_minute: u32,
+    /// In one room, from everyone together.
+    #[serde(default = "defaults::per_room_per_minute")]
+    pub per_room_per_minute: u32,
+}
+
+impl Default for MessageLimits {
+    fn default() -> Self {
+        Self {
+            per_sender_per_minute: defaults::per_sender_per_minute(),
+            per_room_per_minute: defaults::per_room_per_minute(),
+        }
+    }
 }
 
 /// Voice messages and files.
@@ -548,6 +573,7 @@ impl Default for ConversationConfig {
             read_receipts: false,
             utd_notice_cooldown_secs: defaults::utd_notice_cooldown_secs(),
             history_max_messages: defaults::history_max_messages(),
+            limits: MessageLimits::default(),
         }
     }
 }
@@ -786,6 +812,12 @@ pub(crate) mod defaults {
     }
     pub(crate) fn ack_reaction() -> String {
         "👀".into()
+    }
+    pub(crate) fn per_sender_per_minute() -> u32 {
+        20
+    }
+    pub(crate) fn per_room_per_minute() -> u32 {
+        60
     }
     pub(crate) fn inbox_retention_days() -> u64 {
         7

@@ -17,6 +17,7 @@ mod error;
 mod fleet;
 mod gate;
 mod homeservers;
+mod limits;
 mod otp;
 #[cfg(test)]
 mod properties;

@@ -95,6 +95,9 @@ pub struct AccountStatus {
     /// Answers cut at `max_answer_chars` or `max_answer_parts`.
     #[serde(default)]
     pub answers_cut: u64,
+    /// Messages past the gate skipped by the rate limits.
+    #[serde(default)]
+    pub rate_limited: u64,
     /// The state of the `StreamEditor` child.
     #[serde(default = "stopped")]
     pub stream_editor: ChildState,
@@ -154,6 +157,7 @@ impl AccountStatus {
             skipped_old: 0,
             messages_failed: 0,
             answers_cut: 0,
+            rate_limited: 0,
             stream_editor: ChildState::Stopped,
             otp_gate: None,
             otp_challenges: 0,

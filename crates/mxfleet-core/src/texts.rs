@@ -175,6 +175,15 @@ pub(crate) fn voice_too_long(detail: &str) -> String {
     format!("🎤 That voice message is too long for me to listen to ({detail}).")
 }
 
+/// The room's notice (once a minute) that messages are being skipped.
+pub(crate) fn rate_limited(limits: &mxfleet_config::MessageLimits) -> String {
+    format!(
+        "⏳ Too many messages at once: I answer at most {} a minute from one person and {} a \
+         minute in one room, and I am skipping the rest. Please wait a moment.",
+        limits.per_sender_per_minute, limits.per_room_per_minute
+    )
+}
+
 /// A voice message to an account that takes no media (`max_media_bytes = 0`).
 pub(crate) const MEDIA_OFF: &str =
     "🎤 I do not take voice messages or files here; please write instead.";

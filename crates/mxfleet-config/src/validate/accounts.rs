@@ -251,7 +251,17 @@ fn conversation(check: &mut Checker<'_>, key: &str, c: &ConversationConfig, enab
             ),
         );
     }
-    let ranges: [(bool, &str, &str); 12] = [
+    let ranges: [(bool, &str, &str); 14] = [
+        (
+            (1..=10_000).contains(&c.limits.per_sender_per_minute),
+            "limits.per_sender_per_minute",
+            "must be between 1 and 10000",
+        ),
+        (
+            (1..=10_000).contains(&c.limits.per_room_per_minute),
+            "limits.per_room_per_minute",
+            "must be between 1 and 10000",
+        ),
         (
             (10..=86_400).contains(&c.otp_ttl_secs),
             "otp_ttl_secs",

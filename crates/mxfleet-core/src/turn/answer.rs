@@ -12,7 +12,7 @@ use mxfleet_backend::{ChatRequest, TextStream, stream_retrying_once};
 use mxfleet_matrix::Placement;
 use mxfleet_message::{Attachment, InboundMessage};
 use mxfleet_store::Draft;
-use tracing::{Span, debug, warn};
+use tracing::{Span, debug, info, warn};
 
 use super::{
     actions::{self, FoundAction},
@@ -29,6 +29,8 @@ use crate::{
     children,
     error::AccountError,
     gate::{Me, RoomFacts},
+    limits::Admission,
+    texts,
     otp::{self, OtpMsg, OtpOutcome},
     stream_editor::{Delivered, Delivery, EditorMsg, StreamSettings},
 };
@@ -47,6 +49,7 @@ pub(crate) async fn handle<R: RoomPort>(
 ) -> Result<(), AccountError> {
     let known = Gathered::of(ctx, room, &message).await;
     let mut receipt_due = ctx.spec.conversation.read_receipts;
+    let mut admitted = false;
     loop {
         let step = plan::plan(&known.about(ctx, &message));
         debug!(?step, "planned");
@@ -54,6 +57,16 @@ pub(crate) async fn handle<R: RoomPort>(
             read_receipt(room, &message).await;
         }
         let facts = &known.facts;
+        let costly = matches!(
+            step,
+            Step::Transcribe(_) | Step::Command(_) | Step::Answer { .. }
+        );
+        if costly
+            && !std::mem::replace(&mut admitted, true)
+            && let Some(done) = rate_limited(ctx, room, &message, facts).await
+        {
+            return done;
+        }
         match step {
             Step::Resume => match &known.draft {
                 Some(draft) => return record::resume_interrupted(ctx, room, &message, draft).await,
@@ -82,6 +95,30 @@ pub(crate) async fn handle<R: RoomPort>(
             }
         }
     }
+}
+
+/// Skips `message` if it is over the account's rate limits (telling the room once a
+/// minute); `None` when it may go on.
+async fn rate_limited<R: RoomPort>(
+    ctx: &TurnContext,
+    room: &R,
+    message: &InboundMessage,
+    facts: &RoomFacts,
+) -> Option<Result<(), AccountError>> {
+    let Admission::Limited { which, notify } =
+        ctx.admit(message.sender.as_str(), message.room_id.as_str())
+    else {
+        return None;
+    };
+    ctx.board.update(&ctx.account, |s| s.rate_limited += 1);
+    info!(limit = which, "over the rate limit: skipped");
+    Some(match notify {
+        true => {
+            let text = texts::rate_limited(&ctx.spec.conversation.limits);
+            reply_directly(ctx, room, message, facts, text).await
+        }
+        false => record::skip(ctx, message, &format!("rate limited ({which})")).await,
+    })
 }
 
 /// What is read about a message before its step is planned.

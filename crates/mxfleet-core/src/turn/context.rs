@@ -9,6 +9,7 @@ use mxfleet_matrix::matrix_sdk::{Client, ruma::OwnedUserId};
 use mxfleet_store::Store;
 
 use super::routing::Routing;
+use crate::limits::{Admission, RateLimiter};
 use crate::{
     children::Children, gate::Access, rooms::Rooms, status::StatusBoard, stream_editor::WrapUp,
 };
@@ -59,6 +60,8 @@ pub(crate) struct TurnContext {
     pub(crate) children: Children,
     /// Set when the account stops: answers still streaming end with their final edit.
     pub(crate) wrap_up: WrapUp,
+    /// The account's rate limits on what reaches the backend.
+    pub(crate) limiter: std::sync::Mutex<RateLimiter>,
 }
 
 impl TurnContext {
@@ -66,6 +69,7 @@ impl TurnContext {
     pub(crate) fn new(args: TurnArgs, wrap_up: WrapUp) -> Self {
         Self {
             account: args.spec.id.clone(),
+            limiter: std::sync::Mutex::new(RateLimiter::new(args.spec.conversation.limits)),
             routing: Routing::new(&args.spec, args.backend),
             spec: args.spec,
             client: args.client,
@@ -83,6 +87,14 @@ impl TurnContext {
     /// neither reads nor sends in encrypted rooms).
     pub(crate) fn owns_keys(&self) -> bool {
         !matches!(self.spec.auth, AccountAuth::AccessToken(_))
+    }
+
+    /// Whether a message of `sender` in `room` may go on to the backend now (and counts it).
+    pub(crate) fn admit(&self, sender: &str, room: &str) -> Admission {
+        self.limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(sender, room, std::time::Instant::now())
     }
 
     /// How long after it was sent a message is still answered after downtime.
