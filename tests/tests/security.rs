@@ -416,3 +416,122 @@ async fn a_removed_account_is_pointed_out_then_forgotten_and_logged_out() -> Res
     );
     Ok(())
 }
+
+/// The resident memory of process `pid`, in KiB (`VmRSS`).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `n` messages from `human` into `room`, as fast as they go.
+async fn flood(human: &Human, room: &RoomId, who: &str, n: usize) -> Result<()> {
+    for i in 0..n {
+        human.send(room, &format!("{who} spam {i}")).await?;
+    }
+    Ok(())
+}
+
+/// Round trips of `n` DMs to the echo bot `bot`; their latencies.
+async fn dm_latencies(
+    human: &Human,
+    dm: &RoomId,
+    bot: &str,
+    n: usize,
+    tag: &str,
+) -> Result<Vec<Duration>> {
+    let mut latencies = Vec::new();
+    for i in 0..n {
+        let text = format!("{tag} {i}");
+        let sent = std::time::Instant::now();
+        human.send(dm, &text).await?;
+        human.expect_message(dm, bot, &text, TIMEOUT).await?;
+        latencies.push(sent.elapsed());
+    }
+    latencies.sort_unstable();
+    Ok(latencies)
+}
+
+#[tokio::test]
+async fn a_flood_reaches_the_backend_only_within_the_limits_and_slows_no_one_else() -> Result<()> {
+    // Per sender, two senders (2 × 1,000 measured once, see docs/security.md).
+    const FLOOD: usize = 500;
+    let llm = mxfleet_testkit::FakeOpenAi::start_with(4, Duration::from_millis(40), None).await?;
+    let slow = format!(
+        "kind = \"openai\"\nbase_url = {:?}\nmodel = \"m\"\nmax_concurrent = 2",
+        llm.base_url
+    );
+    let mut s = Scenario::new()
+        .backend("slow", &slow)
+        .bot_named("busy", |b| {
+            b.backend("slow").open().table(
+                "limits",
+                "per_sender_per_minute = 8\nper_room_per_minute = 12",
+            )
+        })
+        .bot_named("calm", |b| b.open_dms())
+        .humans(3)
+        .start()
+        .await?;
+    let (busy, calm) = (s.bot("busy").credentials().0, s.bot("calm").credentials().0);
+    let pid = s.fleet.pid().unwrap_or_default();
+    let (a, b, c) = (&s.humans[0], &s.humans[1], &s.humans[2]);
+    let room = a
+        .create_room(&[busy.as_str(), b.user_id.as_str()], false)
+        .await?;
+    a.wait_joined(&room, &busy, TIMEOUT).await?;
+    b.client.join_room_by_id(&room).await?;
+    let calm_dm = c.dm(&calm).await?;
+    let idle = dm_latencies(c, &calm_dm, &calm, 10, "idle").await?;
+    let rss_before = rss_kib(pid).unwrap_or_default();
+
+    let started = std::time::Instant::now();
+    let flooding =
+        futures_util::future::try_join(flood(a, &room, "a", FLOOD), flood(b, &room, "b", FLOOD));
+    let measuring = dm_latencies(c, &calm_dm, &calm, 10, "busy");
+    let (flooded, during) = tokio::join!(flooding, measuring);
+    flooded?;
+    let during = during?;
+    let mut rss_peak = rss_kib(pid).unwrap_or_default();
+    // Let the bot work through what arrived.
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rss_peak = rss_peak.max(rss_kib(pid).unwrap_or_default());
+    }
+    let minutes = started.elapsed().as_secs() / 60 + 1;
+    let asked = llm.requests().len();
+    let p99 = |l: &[Duration]| l.last().copied().unwrap_or_default();
+    let bound = (p99(&idle) * 2).max(p99(&idle) + Duration::from_millis(1500));
+    eprintln!(
+        "flood of {} messages: backend asked {asked} times, peak {} at once; calm DM p99 idle \
+         {:?}, during {:?}; RSS {} MiB before, {} MiB peak",
+        2 * FLOOD,
+        llm.peak_streams(),
+        p99(&idle),
+        p99(&during),
+        rss_before / 1024,
+        rss_peak / 1024
+    );
+    ensure!(
+        asked as u64 <= 12 * minutes,
+        "the backend was asked {asked} times in {minutes} min"
+    );
+    ensure!(
+        llm.peak_streams() <= 2,
+        "{} answers at once",
+        llm.peak_streams()
+    );
+    ensure!(
+        p99(&during) <= bound,
+        "calm DM p99 {:?} during the flood, idle {:?}",
+        p99(&during),
+        p99(&idle)
+    );
+    ensure!(
+        rss_peak < 400 * 1024,
+        "RSS peaked at {} MiB",
+        rss_peak / 1024
+    );
+    s.fleet.stop().await?;
+    Ok(())
+}

@@ -68,6 +68,7 @@ impl CommandBackend {
             system_prompt,
             request_timeout_secs,
             isolation,
+            ..
         } = spec
         else {
             return Err(BackendError::Config("not a command backend".into()));

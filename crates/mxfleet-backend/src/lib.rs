@@ -9,6 +9,7 @@
 //! - [`CommandBackend`] runs a CLI agent per answer and streams its stdout.
 
 mod command;
+mod concurrency;
 mod echo;
 mod openai;
 mod sse;
@@ -22,6 +23,7 @@ use mxfleet_config::BackendSpec;
 use serde::Serialize;
 
 pub use command::CommandBackend;
+pub use concurrency::ConcurrencyGate;
 pub use echo::EchoBackend;
 pub use openai::OpenAiBackend;
 pub use webhook::WebhookBackend;

@@ -88,6 +88,7 @@ impl OpenAiBackend {
             system_prompt,
             request_timeout_secs,
             images,
+            ..
         } = spec
         else {
             return Err(BackendError::Config("not an openai backend".into()));

@@ -62,6 +62,7 @@ impl WebhookBackend {
             system_prompt,
             request_timeout_secs,
             images,
+            ..
         } = spec
         else {
             return Err(BackendError::Config("not a webhook backend".into()));

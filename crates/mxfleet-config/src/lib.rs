@@ -11,6 +11,7 @@
 //! - `validate`: the semantic checks, in named passes, building the [`ValidConfig`];
 //! - `resolved`: the configuration mxfleet runs on.
 
+mod defaults;
 mod issue;
 mod load;
 mod model;

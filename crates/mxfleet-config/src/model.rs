@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::Secret;
+use crate::{Secret, defaults};
 
 /// The whole mxfleet configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,6 +178,10 @@ pub enum BackendConfig {
         /// Give up on a request after this long.
         #[serde(default = "defaults::request_timeout_secs")]
         request_timeout_secs: u64,
+        /// At most this many answers from this backend at once, across every account that uses
+        /// it; more wait their turn (none: no limit).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_concurrent: Option<u32>,
         /// The model sees images: images users send are passed on (`image_url` parts).
         #[serde(default)]
         images: bool,
@@ -199,6 +203,10 @@ pub enum BackendConfig {
         /// Give up on a request after this long.
         #[serde(default = "defaults::request_timeout_secs")]
         request_timeout_secs: u64,
+        /// At most this many answers from this backend at once, across every account that uses
+        /// it; more wait their turn (none: no limit).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_concurrent: Option<u32>,
         /// The agent takes images: images users send are passed on (base64 in `images`).
         #[serde(default)]
         images: bool,
@@ -216,6 +224,10 @@ pub enum BackendConfig {
         /// Kill the process (and its process group) after this long.
         #[serde(default = "defaults::request_timeout_secs")]
         request_timeout_secs: u64,
+        /// At most this many answers from this backend at once, across every account that uses
+        /// it; more wait their turn (none: no limit).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_concurrent: Option<u32>,
         /// Environment variables set for the agent. It starts from an empty environment: only
         /// `PATH`, these and the ones named in `pass_env` reach it.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -725,137 +737,5 @@ impl Default for RestartConfig {
             max_restarts: defaults::max_restarts(),
             restart_window_secs: defaults::restart_window_secs(),
         }
-    }
-}
-
-/// Default values, one function per key so serde and the docs agree.
-pub(crate) mod defaults {
-    use std::path::PathBuf;
-
-    pub(crate) fn data_dir() -> PathBuf {
-        PathBuf::from("data")
-    }
-    pub(crate) fn shard_count() -> u32 {
-        1
-    }
-    pub(crate) fn log_level() -> String {
-        "info".into()
-    }
-    pub(crate) fn shutdown_timeout_secs() -> u64 {
-        10
-    }
-    pub(crate) fn shutdown_drain_secs() -> u64 {
-        5
-    }
-    pub(crate) fn initial_delay_ms() -> u64 {
-        500
-    }
-    pub(crate) fn max_delay_ms() -> u64 {
-        60_000
-    }
-    pub(crate) fn multiplier() -> f64 {
-        2.0
-    }
-    pub(crate) fn jitter_ratio() -> f64 {
-        0.2
-    }
-    pub(crate) fn healthy_after_secs() -> u64 {
-        60
-    }
-    pub(crate) fn max_restarts() -> u32 {
-        5
-    }
-    pub(crate) fn restart_window_secs() -> u64 {
-        60
-    }
-    pub(crate) fn echo_prefix() -> String {
-        String::new()
-    }
-    pub(crate) fn request_timeout_secs() -> u64 {
-        120
-    }
-    pub(crate) fn enabled() -> bool {
-        true
-    }
-    pub(crate) fn catch_up_max_age_secs() -> u64 {
-        600
-    }
-    pub(crate) fn sync_timeout_secs() -> u64 {
-        30
-    }
-    pub(crate) fn sync_stall_secs() -> u64 {
-        30
-    }
-    pub(crate) fn sync_timeline_limit() -> u32 {
-        50
-    }
-    pub(crate) fn backfill_max_events() -> u32 {
-        500
-    }
-    pub(crate) fn access_policy() -> super::AccessPolicy {
-        super::AccessPolicy::Allowlist
-    }
-    pub(crate) fn stream_min_initial_chars() -> usize {
-        30
-    }
-    pub(crate) fn edit_throttle_ms() -> u64 {
-        800
-    }
-    pub(crate) fn max_edits_per_message() -> u32 {
-        40
-    }
-    pub(crate) fn max_answer_chars() -> usize {
-        40_000
-    }
-    pub(crate) fn max_answer_parts() -> usize {
-        6
-    }
-    pub(crate) fn ack_reaction() -> String {
-        "👀".into()
-    }
-    pub(crate) fn per_sender_per_minute() -> u32 {
-        20
-    }
-    pub(crate) fn per_room_per_minute() -> u32 {
-        60
-    }
-    pub(crate) fn inbox_retention_days() -> u64 {
-        7
-    }
-    pub(crate) fn log_buffer_lines() -> usize {
-        8192
-    }
-    pub(crate) fn media_timeout_secs() -> u64 {
-        60
-    }
-    pub(crate) fn max_media_bytes() -> u64 {
-        25 * 1024 * 1024
-    }
-    pub(crate) fn history_max_messages() -> usize {
-        20
-    }
-    pub(crate) fn verification_timeout_secs() -> u64 {
-        300
-    }
-    pub(crate) fn utd_notice_cooldown_secs() -> u64 {
-        3600
-    }
-    pub(crate) fn otp_ttl_secs() -> u64 {
-        600
-    }
-    pub(crate) fn otp_challenges_per_hour() -> u32 {
-        20
-    }
-    pub(crate) fn otp_cooldown_secs() -> u64 {
-        300
-    }
-    pub(crate) fn admin_bind() -> String {
-        "127.0.0.1:8787".into()
-    }
-    pub(crate) fn webhook_format() -> super::StreamFormat {
-        super::StreamFormat::Auto
-    }
-    pub(crate) fn command_input() -> super::CommandInput {
-        super::CommandInput::Prompt
     }
 }

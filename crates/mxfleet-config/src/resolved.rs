@@ -80,6 +80,8 @@ pub enum BackendSpec {
         system_prompt: Option<String>,
         /// Per-request timeout.
         request_timeout_secs: u64,
+        /// Most answers at once, across accounts.
+        max_concurrent: Option<u32>,
         /// Whether the model takes images.
         images: bool,
     },
@@ -97,6 +99,8 @@ pub enum BackendSpec {
         system_prompt: Option<String>,
         /// Per-request timeout.
         request_timeout_secs: u64,
+        /// Most answers at once, across accounts.
+        max_concurrent: Option<u32>,
         /// Whether the agent takes images.
         images: bool,
     },
@@ -114,6 +118,8 @@ pub enum BackendSpec {
         system_prompt: Option<String>,
         /// Kill the process after this long.
         request_timeout_secs: u64,
+        /// Most answers at once, across accounts.
+        max_concurrent: Option<u32>,
         /// What the agent may see of the fleet's environment and files.
         isolation: AgentIsolation,
     },
@@ -161,6 +167,16 @@ impl BackendSpec {
                 request_timeout_secs,
                 ..
             } => Some(*request_timeout_secs),
+        }
+    }
+
+    /// How many answers this backend may give at once, if limited.
+    pub fn max_concurrent(&self) -> Option<u32> {
+        match self {
+            Self::Echo { .. } => None,
+            Self::Openai { max_concurrent, .. }
+            | Self::Webhook { max_concurrent, .. }
+            | Self::Command { max_concurrent, .. } => *max_concurrent,
         }
     }
 

@@ -4,7 +4,10 @@
 
 use std::{
     convert::Infallible,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -63,11 +66,37 @@ pub struct FakeOpenAi {
     /// Base URL including `/v1`.
     pub base_url: String,
     requests: RequestLog,
+    streams: Streams,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Answers streaming now, and the most there ever were at once.
+#[derive(Debug, Clone, Default)]
+struct Streams {
+    now: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+}
+
+/// One answer streaming; counted out when dropped.
+struct Streaming(Streams);
+
+impl Streaming {
+    fn start(streams: &Streams) -> Self {
+        let now = streams.now.fetch_add(1, Ordering::SeqCst) + 1;
+        streams.peak.fetch_max(now, Ordering::SeqCst);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Clone)]
 struct AppState {
+    streams: Streams,
     requests: RequestLog,
     chunk_chars: usize,
     delay: Duration,
@@ -89,7 +118,9 @@ impl FakeOpenAi {
         text: Option<String>,
     ) -> anyhow::Result<FakeOpenAi> {
         let requests = RequestLog::default();
+        let streams = Streams::default();
         let state = AppState {
+            streams: streams.clone(),
             requests: requests.clone(),
             chunk_chars: chunk_chars.max(1),
             delay,
@@ -103,6 +134,7 @@ impl FakeOpenAi {
         Ok(FakeOpenAi {
             base_url: format!("http://{addr}/v1"),
             requests,
+            streams,
             task,
         })
     }
@@ -115,6 +147,11 @@ impl FakeOpenAi {
     /// Requests received so far.
     pub fn requests(&self) -> Vec<SeenRequest> {
         self.requests.all()
+    }
+
+    /// The most chat answers that were streaming at the same time.
+    pub fn peak_streams(&self) -> usize {
+        self.streams.peak.load(Ordering::SeqCst)
     }
 }
 
@@ -229,6 +266,7 @@ async fn completions(State(state): State<AppState>, headers: HeaderMap, body: By
         .chars()
         .collect();
     let delay = state.delay;
+    let streaming = Streaming::start(&state.streams);
     let mut events: Vec<String> = vec![chunk(json!({"role": "assistant"}))];
     events.extend(
         answer
@@ -236,12 +274,15 @@ async fn completions(State(state): State<AppState>, headers: HeaderMap, body: By
             .map(|c| chunk(json!({"content": c.iter().collect::<String>()}))),
     );
     events.push("data: [DONE]\n\n".to_owned());
-    let stream = stream::unfold(events.into_iter(), move |mut events| async move {
-        let event = events.next()?;
-        tokio::time::sleep(delay).await;
-
-        Some((Ok::<_, Infallible>(Bytes::from(event)), events))
-    });
+    // The count goes down when the stream ends or the client hangs up.
+    let stream = stream::unfold(
+        (events.into_iter(), streaming),
+        move |(mut events, streaming)| async move {
+            let event = events.next()?;
+            tokio::time::sleep(delay).await;
+            Some((Ok::<_, Infallible>(Bytes::from(event)), (events, streaming)))
+        },
+    );
     Response::builder()
         .header("content-type", "text/event-stream")
         .body(Body::from_stream(stream))

@@ -21,6 +21,11 @@ fn one(check: &mut Checker<'_>, name: &str, backend: &BackendConfig) -> Option<B
     let timeout_ok = |check: &mut Checker<'_>, secs: u64| {
         check.range(&format!("{key}.request_timeout_secs"), secs, 1, 86_400);
     };
+    let concurrency_ok = |check: &mut Checker<'_>, max: Option<u32>| {
+        if let Some(max) = max {
+            check.range(&format!("{key}.max_concurrent"), max, 1, 10_000);
+        }
+    };
     Some(match backend {
         BackendConfig::Echo { prefix } => BackendSpec::Echo {
             prefix: prefix.clone(),
@@ -32,6 +37,7 @@ fn one(check: &mut Checker<'_>, name: &str, backend: &BackendConfig) -> Option<B
             api_key_file,
             system_prompt,
             request_timeout_secs,
+            max_concurrent,
             images,
         } => {
             let scheme_ok = matches!(base_url.scheme(), "http" | "https");
@@ -46,12 +52,14 @@ fn one(check: &mut Checker<'_>, name: &str, backend: &BackendConfig) -> Option<B
                 "must not be empty",
             );
             timeout_ok(check, *request_timeout_secs);
+            concurrency_ok(check, *max_concurrent);
             BackendSpec::Openai {
                 base_url: base_url.clone(),
                 model: model.clone(),
                 api_key: check.secret(&key, "api_key", api_key, api_key_file),
                 system_prompt: system_prompt.clone(),
                 request_timeout_secs: *request_timeout_secs,
+                max_concurrent: *max_concurrent,
                 images: *images,
             }
         }
@@ -61,11 +69,13 @@ fn one(check: &mut Checker<'_>, name: &str, backend: &BackendConfig) -> Option<B
             token_file,
             format,
             request_timeout_secs,
+            max_concurrent,
             images,
         } => {
             let scheme_ok = matches!(url.scheme(), "http" | "https");
             check.require(scheme_ok, &format!("{key}.url"), "must be an http(s) URL");
             timeout_ok(check, *request_timeout_secs);
+            concurrency_ok(check, *max_concurrent);
             BackendSpec::Webhook {
                 url: url.clone(),
                 token: check.secret(&key, "token", token, token_file),
@@ -73,6 +83,7 @@ fn one(check: &mut Checker<'_>, name: &str, backend: &BackendConfig) -> Option<B
                 model: None,
                 system_prompt: None,
                 request_timeout_secs: *request_timeout_secs,
+                max_concurrent: *max_concurrent,
                 images: *images,
             }
         }
@@ -81,6 +92,7 @@ fn one(check: &mut Checker<'_>, name: &str, backend: &BackendConfig) -> Option<B
             input,
             working_dir,
             request_timeout_secs,
+            max_concurrent,
             env,
             pass_env,
             sandbox,
@@ -91,6 +103,7 @@ fn one(check: &mut Checker<'_>, name: &str, backend: &BackendConfig) -> Option<B
                 "must name a program, e.g. [\"my-agent\", \"--flag\"]",
             );
             timeout_ok(check, *request_timeout_secs);
+            concurrency_ok(check, *max_concurrent);
             if let Some(dir) = working_dir {
                 check.require(
                     dir.is_dir(),
@@ -105,6 +118,7 @@ fn one(check: &mut Checker<'_>, name: &str, backend: &BackendConfig) -> Option<B
                 model: None,
                 system_prompt: None,
                 request_timeout_secs: *request_timeout_secs,
+                max_concurrent: *max_concurrent,
                 isolation: isolation(check, &key, env, pass_env, *sandbox),
             }
         }

@@ -30,9 +30,9 @@ use crate::{
     error::AccountError,
     gate::{Me, RoomFacts},
     limits::Admission,
-    texts,
     otp::{self, OtpMsg, OtpOutcome},
     stream_editor::{Delivered, Delivery, EditorMsg, StreamSettings},
+    texts,
 };
 
 /// How long the OTP gate may take to decide (one redb read and write).
@@ -191,10 +191,13 @@ async fn answer<R: RoomPort>(
     };
     debug!(backend = %route.name, turns = request.messages.len(), "asking the backend");
     let found = FoundAction::default();
-    let stream = actions::split_actions(
-        stream_retrying_once(route.backend.clone(), request),
-        found.clone(),
-    );
+    let backend = route.backend.clone();
+    let start = move || stream_retrying_once(backend, request);
+    let asked = match &route.gate {
+        Some(gate) => gate.gated(start),
+        None => start(),
+    };
+    let stream = actions::split_actions(asked, found.clone());
     let started = Instant::now();
     let sink = room_sink(ctx, room, message, &placement, Some(cues.visible()));
     let delivery = Delivery::new(

@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use mxfleet_backend::Backend;
+use mxfleet_backend::{Backend, ConcurrencyGate};
 use mxfleet_config::{AccountSpec, BackendSpec, Route};
 use mxfleet_matrix::matrix_sdk::ruma::UserId;
 use tracing::error;
@@ -20,6 +20,8 @@ pub(crate) struct RouteBackend {
     /// How long an answer from it may take to be delivered: its request timeout plus time for
     /// the sends (each retried on 429s and transient errors).
     pub(crate) deadline: Duration,
+    /// Its `max_concurrent` turns, shared by every account that uses it.
+    pub(crate) gate: Option<ConcurrencyGate>,
 }
 
 /// Time given to an answer's sends beyond the backend's own request timeout.
@@ -33,6 +35,9 @@ impl RouteBackend {
             model: spec.model().map(str::to_owned),
             backend,
             deadline: request.saturating_add(SENDING_ALLOWANCE),
+            gate: spec
+                .max_concurrent()
+                .map(|max| ConcurrencyGate::of(name, max)),
         }
     }
 }
