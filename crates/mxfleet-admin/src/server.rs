@@ -379,7 +379,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     family(
         "mxfleet_messages_rate_limited_total",
         "counter",
-        "Messages past the gate skipped by the per-sender or per-room rate limits.",
+        "Messages skipped by the per-sender or per-room rate limits, or shed by a full room backlog.",
         &mut counter(|s| s.rate_limited).into_iter(),
     );
     family(

@@ -135,6 +135,8 @@ async fn main() -> Result<()> {
 
 /// Milliseconds between two deltas of the streamed benchmark answer.
 const STREAM_DELTA_MS: u64 = 10;
+/// The benchmark's user sends far faster than the default rate limits allow, on purpose.
+const UNLIMITED: &str = "limits = { per_sender_per_minute = 10000, per_room_per_minute = 10000 }";
 
 struct StreamRow {
     answers: usize,
@@ -168,7 +170,7 @@ async fn measure_streaming(
     let (bot, password) = synapse.fresh_user("benchstream").await?;
     let config = format!(
         "[backends.llm]\nkind = \"openai\"\nbase_url = {:?}\nmodel = \"bench\"\n\n\
-         [accounts.stream]\nhomeserver = {:?}\nuser_id = {bot:?}\npassword = {password:?}\ndm_policy = \"open\"\nbackend = \"llm\"\n",
+         [accounts.stream]\nhomeserver = {:?}\nuser_id = {bot:?}\npassword = {password:?}\ndm_policy = \"open\"\nbackend = \"llm\"\n[accounts.stream.limits]\nper_sender_per_minute = 10000\nper_room_per_minute = 10000\n",
         llm.base_url,
         synapse.url()
     );
@@ -240,7 +242,7 @@ async fn measure(
     let mut config = String::new();
     for (i, (user, password)) in bots.iter().enumerate() {
         config.push_str(&format!(
-            "[accounts.bot{i}]\nhomeserver = {:?}\nuser_id = {user:?}\npassword = {password:?}\ndm_policy = \"open\"\nroom_policy = \"open\"\nmention_mode = \"always\"\nbackend = \"echo\"\n{extra}\n\n",
+            "[accounts.bot{i}]\nhomeserver = {:?}\nuser_id = {user:?}\npassword = {password:?}\ndm_policy = \"open\"\nroom_policy = \"open\"\nmention_mode = \"always\"\nbackend = \"echo\"\n{extra}\n{UNLIMITED}\n\n",
             synapse.url()
         ));
     }

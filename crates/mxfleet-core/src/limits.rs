@@ -3,16 +3,19 @@
 //! They count only messages the gate let through (a busy room's chatter that does not address
 //! the bot costs its members nothing), and a limited message is recorded as skipped without
 //! touching the backend. The room hears about it at most once per window.
+//!
+//! A message counts at the time it was *sent* (its `origin_server_ts`, taken as no older than
+//! [`HORIZON`] and no later than now), not when it is handled: a backlog that piled up while
+//! the account was down is judged by how fast its senders wrote, not by how fast it is caught up.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    time::{Duration, Instant},
-};
+use std::collections::{HashMap, VecDeque};
 
 use mxfleet_config::MessageLimits;
 
-/// The window the limits count over.
-const WINDOW: Duration = Duration::from_secs(60);
+/// The window the limits count over (ms).
+const WINDOW: u64 = 60_000;
+/// Sending times older than this before now count as this old (ms), which bounds what is kept.
+const HORIZON: u64 = 600_000;
 /// Past this many tracked senders or rooms, the idle ones are forgotten.
 const MAX_TRACKED: usize = 10_000;
 
@@ -30,13 +33,15 @@ pub(crate) enum Admission {
     },
 }
 
-/// The sliding-window counters of one account.
+/// The sliding-window counters of one account: per key, the sending times (ms) admitted,
+/// sorted.
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
     limits: MessageLimits,
-    senders: HashMap<String, VecDeque<Instant>>,
-    rooms: HashMap<String, VecDeque<Instant>>,
-    told: HashMap<String, Instant>,
+    senders: HashMap<String, VecDeque<u64>>,
+    rooms: HashMap<String, VecDeque<u64>>,
+    /// When each room was last told (ms, real time).
+    told: HashMap<String, u64>,
 }
 
 impl RateLimiter {
@@ -50,58 +55,65 @@ impl RateLimiter {
         }
     }
 
-    /// Decides a message of `sender` in `room` at `now`, counting it if admitted.
-    pub(crate) fn admit(&mut self, sender: &str, room: &str, now: Instant) -> Admission {
-        let sender_count = recent(&mut self.senders, sender, now);
-        let room_count = recent(&mut self.rooms, room, now);
+    /// Decides a message of `sender` in `room` sent at `sent_ms`, handled at `now_ms`,
+    /// counting it if admitted.
+    pub(crate) fn admit(
+        &mut self,
+        sender: &str,
+        room: &str,
+        sent_ms: u64,
+        now_ms: u64,
+    ) -> Admission {
+        let at = sent_ms.clamp(now_ms.saturating_sub(HORIZON), now_ms);
+        let floor = now_ms.saturating_sub(HORIZON + WINDOW);
+        let sender_count = in_window(&mut self.senders, sender, at, floor);
+        let room_count = in_window(&mut self.rooms, room, at, floor);
         let which = if sender_count >= self.limits.per_sender_per_minute as usize {
             "per_sender"
         } else if room_count >= self.limits.per_room_per_minute as usize {
             "per_room"
         } else {
-            push(&mut self.senders, sender, now);
-            push(&mut self.rooms, room, now);
+            insert(&mut self.senders, sender, at, floor);
+            insert(&mut self.rooms, room, at, floor);
             return Admission::Admit;
         };
         let notify = self
             .told
             .get(room)
-            .is_none_or(|at| now.saturating_duration_since(*at) >= WINDOW);
+            .is_none_or(|told| now_ms.saturating_sub(*told) >= WINDOW);
         if notify {
-            self.told.insert(room.to_owned(), now);
+            self.told.insert(room.to_owned(), now_ms);
         }
         if self.told.len() > MAX_TRACKED {
             self.told
-                .retain(|_, at| now.saturating_duration_since(*at) < WINDOW);
+                .retain(|_, told| now_ms.saturating_sub(*told) < WINDOW);
         }
         Admission::Limited { which, notify }
     }
 }
 
-/// How many of `key`'s admissions fall within the window before `now` (older ones dropped).
-fn recent(map: &mut HashMap<String, VecDeque<Instant>>, key: &str, now: Instant) -> usize {
+/// How many of `key`'s admissions were sent within the window ending at `at`; times before
+/// `floor` are dropped first.
+fn in_window(map: &mut HashMap<String, VecDeque<u64>>, key: &str, at: u64, floor: u64) -> usize {
     let Some(times) = map.get_mut(key) else {
         return 0;
     };
-    while times
-        .front()
-        .is_some_and(|t| now.saturating_duration_since(*t) >= WINDOW)
-    {
+    while times.front().is_some_and(|t| *t < floor) {
         times.pop_front();
     }
-    times.len()
+    let start = at.saturating_sub(WINDOW);
+    times.iter().filter(|t| **t > start && **t <= at).count()
 }
 
-/// Counts an admission of `key` at `now`; forgets idle keys when too many are tracked.
-fn push(map: &mut HashMap<String, VecDeque<Instant>>, key: &str, now: Instant) {
+/// Counts an admission of `key` sent at `at` (kept sorted); forgets idle keys when too many
+/// are tracked.
+fn insert(map: &mut HashMap<String, VecDeque<u64>>, key: &str, at: u64, floor: u64) {
     if map.len() >= MAX_TRACKED && !map.contains_key(key) {
-        map.retain(|_, times| {
-            times
-                .back()
-                .is_some_and(|t| now.saturating_duration_since(*t) < WINDOW)
-        });
+        map.retain(|_, times| times.back().is_some_and(|t| *t >= floor));
     }
-    map.entry(key.to_owned()).or_default().push_back(now);
+    let times = map.entry(key.to_owned()).or_default();
+    let position = times.partition_point(|t| *t <= at);
+    times.insert(position, at);
 }
 
 #[cfg(test)]
@@ -115,8 +127,8 @@ mod tests {
             per_room_per_minute: 5,
         };
         let mut limiter = RateLimiter::new(limits);
-        let t0 = Instant::now();
-        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let t0 = 1_000_000_000;
+        let at = |secs: u64| t0 + secs * 1000;
         let limited = |which, notify| Admission::Limited { which, notify };
         // (sender, room, second, expected)
         let table = [
@@ -137,7 +149,7 @@ mod tests {
         ];
         for (sender, room, second, expected) in table {
             assert_eq!(
-                limiter.admit(sender, room, at(second)),
+                limiter.admit(sender, room, at(second), at(second)),
                 expected,
                 "{sender} in {room} at {second} s"
             );
@@ -145,12 +157,45 @@ mod tests {
     }
 
     #[test]
+    fn a_backlog_counts_when_it_was_sent_not_when_it_is_caught_up() {
+        let limits = MessageLimits {
+            per_sender_per_minute: 3,
+            per_room_per_minute: 100,
+        };
+        let now = 10_000_000_000;
+        // Sent one every 30 s over the last 9 minutes while the account was down, all handled
+        // now: within 3 a minute, so every one is admitted.
+        let mut limiter = RateLimiter::new(limits);
+        for i in (0..18u64).rev() {
+            let sent = now - i * 30_000;
+            assert_eq!(
+                limiter.admit("@a", "!r", sent, now),
+                Admission::Admit,
+                "{i}"
+            );
+        }
+        // The same 18 sent within a few seconds: a burst, limited after 3.
+        let mut limiter = RateLimiter::new(limits);
+        let admitted = (0..18u64)
+            .filter(|i| limiter.admit("@a", "!r", now - 5_000 + i * 200, now) == Admission::Admit)
+            .count();
+        assert_eq!(admitted, 3);
+        // A sending time from long ago or the future counts as the horizon or now.
+        let mut limiter = RateLimiter::new(limits);
+        for _ in 0..3 {
+            assert_eq!(limiter.admit("@b", "!r", 0, now), Admission::Admit);
+        }
+        assert_ne!(limiter.admit("@b", "!r", 1, now), Admission::Admit);
+        assert_eq!(limiter.admit("@c", "!r", u64::MAX, now), Admission::Admit);
+    }
+
+    #[test]
     fn a_flood_of_senders_keeps_the_tracking_bounded() {
         let mut limiter = RateLimiter::new(MessageLimits::default());
-        let t0 = Instant::now();
+        let t0 = 1_000_000_000u64;
         for i in 0..(MAX_TRACKED * 2) {
-            let now = t0 + Duration::from_secs(61 * u64::try_from(i / MAX_TRACKED).unwrap_or(0));
-            limiter.admit(&format!("@s{i}"), "!r", now);
+            let later = u64::try_from(i / MAX_TRACKED).unwrap_or(0) * (HORIZON + WINDOW + 1);
+            limiter.admit(&format!("@s{i}"), "!r", t0 + later, t0 + later);
         }
         assert!(
             limiter.senders.len() <= MAX_TRACKED + 1,

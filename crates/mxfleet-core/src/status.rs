@@ -95,7 +95,7 @@ pub struct AccountStatus {
     /// Answers cut at `max_answer_chars` or `max_answer_parts`.
     #[serde(default)]
     pub answers_cut: u64,
-    /// Messages past the gate skipped by the rate limits.
+    /// Messages skipped by the rate limits (past the gate) or shed by a full room backlog.
     #[serde(default)]
     pub rate_limited: u64,
     /// The state of the `StreamEditor` child.

@@ -116,13 +116,14 @@ pub(crate) fn said(
     }
 }
 
-/// A turn context for the account `bot` with `extra` keys, its backend `backend`, no children
-/// (answers are delivered inline), and a fresh store (kept while the directory lives).
-pub(crate) async fn context(
+/// What a turn context is made of, for the account `bot` with `extra` keys, its backend
+/// `backend`, no children (answers are delivered inline), and a fresh store (kept while the
+/// directory lives).
+pub(crate) async fn turn_args(
     extra: &str,
     backend: std::sync::Arc<Scripted>,
-) -> (crate::turn::context::TurnContext, tempfile::TempDir) {
-    use crate::turn::context::{TurnArgs, TurnContext};
+) -> (crate::turn::context::TurnArgs, tempfile::TempDir) {
+    use crate::turn::context::TurnArgs;
     let spec = accounts(&[("bot", extra)])
         .remove("bot")
         .expect("the account");
@@ -147,7 +148,16 @@ pub(crate) async fn context(
         access,
         children: crate::children::Children::default(),
     };
-    let ctx = TurnContext::new(args, tokio::sync::watch::channel(false).1);
+    (args, dir)
+}
+
+/// A turn context made of [`turn_args`].
+pub(crate) async fn context(
+    extra: &str,
+    backend: std::sync::Arc<Scripted>,
+) -> (crate::turn::context::TurnContext, tempfile::TempDir) {
+    let (args, dir) = turn_args(extra, backend).await;
+    let ctx = crate::turn::context::TurnContext::new(args, tokio::sync::watch::channel(false).1);
     (ctx, dir)
 }
 

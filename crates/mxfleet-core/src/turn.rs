@@ -57,6 +57,11 @@ const FIRST_RETRY: Duration = Duration::from_secs(2);
 /// How often a message waiting for a failed store tries again.
 pub(crate) const STORAGE_RETRY: Duration = Duration::from_secs(2);
 
+/// Messages that may wait in one room's queue; past it (a flood while the room's worker is busy
+/// answering) new ones are skipped with the reason recorded, so no room can grow the process
+/// without bound.
+pub(crate) const ROOM_BACKLOG_MAX: usize = 2000;
+
 /// How long answers that were told to wrap up get to send their final edit.
 const WRAP_UP_GRACE: Duration = Duration::from_secs(5);
 
@@ -64,7 +69,7 @@ const WRAP_UP_GRACE: Duration = Duration::from_secs(5);
 pub(crate) struct Turns {
     context: Arc<TurnContext>,
     notices: UtdNotices,
-    queues: HashMap<OwnedRoomId, mpsc::UnboundedSender<InboundMessage>>,
+    queues: HashMap<OwnedRoomId, mpsc::Sender<InboundMessage>>,
     workers: JoinSet<()>,
     /// Workers take no new message.
     stop: watch::Sender<bool>,
@@ -110,16 +115,27 @@ impl Turns {
         ctx.board.update(&ctx.account, |s| s.messages_in += 1);
         let room = message.room_id.clone();
         let queue = self.queues.entry(room.clone()).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(ROOM_BACKLOG_MAX);
             let span = info_span!(parent: None, "room", account = %ctx.account, room = %room);
             let worker = room_worker(ctx.clone(), rx, self.stop.subscribe());
             self.workers.spawn(worker.instrument(span));
             tx
         });
-        if queue.send(message).is_err() {
-            // The worker died (it only does by panicking); the message stays pending in the inbox.
-            error!(account = %ctx.account, "room worker is gone; message left pending");
-            self.queues.remove(&room);
+        match queue.try_send(message) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(message)) => {
+                warn!(account = %ctx.account, room = %room, waiting = ROOM_BACKLOG_MAX,
+                    "the room's backlog is full: message skipped");
+                ctx.board.update(&ctx.account, |s| s.rate_limited += 1);
+                let reason = format!("the room's backlog is full ({ROOM_BACKLOG_MAX} waiting)");
+                self.skip_later(message, reason);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                // The worker died (it only does by panicking); the message stays pending in the
+                // inbox.
+                error!(account = %ctx.account, "room worker is gone; message left pending");
+                self.queues.remove(&room);
+            }
         }
     }
 
@@ -171,7 +187,7 @@ impl Turns {
 /// Answers the messages of one room, in order, until stopped.
 async fn room_worker(
     ctx: Arc<TurnContext>,
-    mut queue: mpsc::UnboundedReceiver<InboundMessage>,
+    mut queue: mpsc::Receiver<InboundMessage>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -265,7 +281,33 @@ mod tests {
     use mxfleet_store::InboxState;
 
     use super::*;
-    use crate::testing::{Scripted, claim, context, said};
+    use crate::testing::{Scripted, claim, context, said, turn_args};
+
+    #[tokio::test]
+    async fn a_flooded_room_waits_with_a_bounded_backlog_and_sheds_the_rest() {
+        let (args, _dir) = turn_args("", Scripted::new("")).await;
+        let board = args.board.clone();
+        let mut turns = Turns::new(args);
+        // Nothing runs between these dispatches (one thread): the worker takes none yet.
+        let extra = 5;
+        for i in 0..ROOM_BACKLOG_MAX + extra {
+            let event = format!("$m{i}");
+            let mut message = said("!busy:hs", &event, "@spammer:hs", "spam");
+            message.origin_server_ts_ms = now_ms();
+            turns.dispatch(InboxEntry {
+                event_id: event,
+                claimed_at_ms: now_ms(),
+                seq: 0,
+                attempts: 0,
+                seen_at_ms: None,
+                state: mxfleet_store::InboxState::Pending,
+                message,
+            });
+        }
+        let shed = board.account("bot").map(|s| s.rate_limited);
+        assert_eq!(shed, Some(extra as u64));
+        turns.shutdown(Duration::from_secs(1)).await;
+    }
 
     fn transient() -> AccountError {
         MatrixFailure::new(FailureClass::Transient, "homeserver down").into()

@@ -174,8 +174,13 @@ pub async fn run(config: &SoakConfig) -> Result<SoakReport> {
         .toml("shutdown_drain_secs = 3\n[restart]\ninitial_delay_ms = 200\nmax_delay_ms = 5000")
         .human();
     for i in 0..config.accounts {
+        // The stream is faster than the default rate limits on purpose: the soak counts
+        // delivery, so every message is meant to reach the backend.
         scenario = scenario.bot_named(&format!("s{i}"), |b| {
-            b.open_dms().mentioned_in_rooms().via(&proxy.url)
+            b.open_dms()
+                .mentioned_in_rooms()
+                .via(&proxy.url)
+                .table("limits", UNLIMITED)
         });
     }
     let mut running = scenario.prepare_on(&synapse).await?;
@@ -244,6 +249,9 @@ pub async fn run(config: &SoakConfig) -> Result<SoakReport> {
     report.elapsed = started.elapsed();
     Ok(report)
 }
+
+/// Rate limits no soak stream reaches.
+const UNLIMITED: &str = "per_sender_per_minute = 10000\nper_room_per_minute = 10000";
 
 /// A DM with each bot and one room with all of them (answers there need a mention).
 async fn rooms(human: &Human, bots: &[String]) -> Result<Vec<Target>> {

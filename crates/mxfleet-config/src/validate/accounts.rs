@@ -131,7 +131,7 @@ fn one(
     check.range(
         &format!("{key}.verification_timeout_secs"),
         account.encryption.verification_timeout_secs,
-        10,
+        1,
         86_400,
     );
     let routes = routes::resolve(check, key, &account.answering, &account.media, backends);

@@ -105,9 +105,7 @@ async fn rate_limited<R: RoomPort>(
     message: &InboundMessage,
     facts: &RoomFacts,
 ) -> Option<Result<(), AccountError>> {
-    let Admission::Limited { which, notify } =
-        ctx.admit(message.sender.as_str(), message.room_id.as_str())
-    else {
+    let Admission::Limited { which, notify } = ctx.admit(message) else {
         return None;
     };
     ctx.board.update(&ctx.account, |s| s.rate_limited += 1);

@@ -89,12 +89,17 @@ impl TurnContext {
         !matches!(self.spec.auth, AccountAuth::AccessToken(_))
     }
 
-    /// Whether a message of `sender` in `room` may go on to the backend now (and counts it).
-    pub(crate) fn admit(&self, sender: &str, room: &str) -> Admission {
+    /// Whether `message` may go on to the backend (and counts it), judged at its sending time.
+    pub(crate) fn admit(&self, message: &mxfleet_message::InboundMessage) -> Admission {
         self.limiter
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .admit(sender, room, std::time::Instant::now())
+            .admit(
+                message.sender.as_str(),
+                message.room_id.as_str(),
+                message.origin_server_ts_ms,
+                mxfleet_store::now_ms(),
+            )
     }
 
     /// How long after it was sent a message is still answered after downtime.
