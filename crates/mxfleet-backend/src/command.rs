@@ -294,9 +294,8 @@ fn bwrap_args(hidden: &[PathBuf], working_dir: Option<&Path>) -> Vec<String> {
         mounts.push((dir, ["--bind", ""]));
     }
     for path in hidden {
-        if path.starts_with("/tmp") {
-            continue;
-        }
+        // Under `/tmp` too: a working directory there is bound into the private `/tmp`, and a
+        // data directory inside it must stay hidden (bwrap creates the mount point).
         match std::fs::metadata(path) {
             Ok(meta) if meta.is_dir() => mounts.push((path, ["--tmpfs", ""])),
             Ok(_) => mounts.push((path, ["--ro-bind", "/dev/null"])),
@@ -505,7 +504,7 @@ mod tests {
             data.clone(),
             secret.clone(),
             root.join("missing"),
-            "/tmp/elsewhere".into(),
+            "/tmp/elsewhere-that-does-not-exist".into(),
         ];
         let args = bwrap_args(&hidden, Some(&work)).join(" ");
         let (d, w, f) = (data.display(), work.display(), secret.display());
@@ -530,27 +529,33 @@ mod tests {
             eprintln!("bubblewrap is not installed; skipping");
             return;
         }
-        let root = std::env::current_dir()
-            .unwrap_or_default()
-            .join("target-bwrap-run");
-        let data = root.join("data");
-        let _ = std::fs::create_dir_all(&data);
-        let _ = std::fs::write(data.join("mxfleet.redb"), "access-token-xyz");
-        let script = format!(
-            "ls -A {d}; cat {d}/mxfleet.redb; echo done",
-            d = data.display()
-        );
-        let mut b = backend(&["sh", "-c", &script], CommandInput::Prompt, 10);
-        b.isolation.sandbox = Sandbox::Bwrap;
-        b.isolation.hidden = vec![data.clone()];
-        let answer = collect(&b, request("x")).await;
-        let _ = std::fs::remove_dir_all(&root);
-        let answer = answer.unwrap_or_else(|e| format!("error: {e}"));
-        assert!(answer.ends_with("done\n"), "{answer}");
-        assert!(
-            !answer.contains("access-token") && !answer.contains("mxfleet.redb"),
-            "{answer}"
-        );
+        // A data dir elsewhere, and one inside a working directory under /tmp (which the
+        // sandbox binds into its private /tmp).
+        let pid = std::process::id();
+        let elsewhere = PathBuf::from(format!("/var/tmp/mxfleet-bwrap-run-{pid}"));
+        let in_tmp = std::env::temp_dir().join(format!("mxfleet-bwrap-work-{pid}"));
+        for (root, working_dir) in [(elsewhere, None), (in_tmp.clone(), Some(in_tmp))] {
+            let data = root.join("data");
+            let _ = std::fs::create_dir_all(&data);
+            let _ = std::fs::write(data.join("mxfleet.redb"), "access-token-xyz");
+            let script = format!(
+                "ls -A {d}; cat {d}/mxfleet.redb; echo done",
+                d = data.display()
+            );
+            let mut b = backend(&["sh", "-c", &script], CommandInput::Prompt, 10);
+            b.isolation.sandbox = Sandbox::Bwrap;
+            b.isolation.hidden = vec![data.clone()];
+            b.working_dir = working_dir;
+            let answer = collect(&b, request("x")).await;
+            let _ = std::fs::remove_dir_all(&root);
+            let answer = answer.unwrap_or_else(|e| format!("error: {e}"));
+            assert!(answer.ends_with("done\n"), "{answer}");
+            assert!(
+                !answer.contains("access-token") && !answer.contains("mxfleet.redb\n"),
+                "{}: {answer}",
+                root.display()
+            );
+        }
     }
 
     fn tempfile_dir() -> PathBuf {

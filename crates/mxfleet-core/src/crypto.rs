@@ -77,6 +77,9 @@ pub(crate) struct CryptoState {
     args: CryptoArgs,
     handlers: Vec<EventHandlerHandle>,
     flows: HashMap<OwnedUserId, Flow>,
+    /// A cross-signing upload was refused (approval pending, a failure): the next try uploads
+    /// again whatever the local store says.
+    upload_pending: bool,
 }
 
 /// One verification in progress, per user.
@@ -166,6 +169,7 @@ impl Actor for CryptoActor {
             args,
             handlers: vec![to_device, in_room],
             flows: HashMap::new(),
+            upload_pending: false,
         })
     }
 
@@ -187,7 +191,10 @@ impl Actor for CryptoActor {
         state: &mut CryptoState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            CryptoMsg::Ensure => ensure_ownership(&myself, &state.args).await,
+            CryptoMsg::Ensure => {
+                state.upload_pending =
+                    ensure_ownership(&myself, &state.args, state.upload_pending).await;
+            }
             CryptoMsg::Request {
                 user,
                 flow_id,
@@ -221,9 +228,15 @@ impl Actor for CryptoActor {
     }
 }
 
-async fn ensure_ownership(myself: &ActorRef<CryptoMsg>, state: &CryptoArgs) {
+/// Makes the account's device owned as configured and shows how it stands; returns whether a
+/// cross-signing upload is still owed (refused or failed), so the next try uploads again.
+async fn ensure_ownership(
+    myself: &ActorRef<CryptoMsg>,
+    state: &CryptoArgs,
+    upload_pending: bool,
+) -> bool {
     let account = state.spec.id.as_str();
-    let line = match (&state.spec.encryption.ownership_mode, &state.spec.auth) {
+    let (line, upload_pending) = match (&state.spec.encryption.ownership_mode, &state.spec.auth) {
         (OwnershipMode::BotOwned, AccountAuth::Password(password)) => {
             // Recovery first: on a new device it restores the identity a bootstrap would
             // otherwise find foreign.
@@ -234,7 +247,13 @@ async fn ensure_ownership(myself: &ActorRef<CryptoMsg>, state: &CryptoArgs) {
                     false
                 }
             };
-            let owned = ensure_bot_owned(&state.client, &state.user_id, password.expose()).await;
+            let owned = ensure_bot_owned(
+                &state.client,
+                &state.user_id,
+                password.expose(),
+                upload_pending,
+            )
+            .await;
             // Secret storage keeps the cross-signing keys: only once the server holds them.
             let owns = matches!(owned, Ok(Ownership::AlreadyOwned | Ownership::Bootstrapped));
             if owns
@@ -247,10 +266,11 @@ async fn ensure_ownership(myself: &ActorRef<CryptoMsg>, state: &CryptoArgs) {
                 Ok(ownership) => {
                     let line = ownership.describe();
                     info!(account, ownership = %line, "device ownership");
-                    if matches!(ownership, Ownership::NeedsApproval(_)) {
+                    let refused = matches!(ownership, Ownership::NeedsApproval(_));
+                    if refused {
                         ractor::time::send_after(RETRY, myself.get_cell(), || CryptoMsg::Ensure);
                     }
-                    line
+                    (line, refused)
                 }
                 Err(f)
                     if matches!(
@@ -260,11 +280,11 @@ async fn ensure_ownership(myself: &ActorRef<CryptoMsg>, state: &CryptoArgs) {
                 {
                     warn!(account, error = %f, "cross-signing bootstrap failed; retrying in 30 s");
                     ractor::time::send_after(RETRY, myself.get_cell(), || CryptoMsg::Ensure);
-                    format!("bot_owned: bootstrap failed, retrying: {f}")
+                    (format!("bot_owned: bootstrap failed, retrying: {f}"), true)
                 }
                 Err(f) => {
                     warn!(account, error = %f, "cross-signing bootstrap failed");
-                    format!("bot_owned: bootstrap failed: {f}")
+                    (format!("bot_owned: bootstrap failed: {f}"), true)
                 }
             }
         }
@@ -273,13 +293,15 @@ async fn ensure_ownership(myself: &ActorRef<CryptoMsg>, state: &CryptoArgs) {
                 .client
                 .device_id()
                 .map_or_else(|| "?".to_owned(), ToString::to_string);
-            format!(
+            let line = format!(
                 "user_managed: verify device {device} (\"{}\") of {} from the owner's client",
                 state.spec.device_display_name, state.user_id
-            )
+            );
+            (line, false)
         }
     };
     state.board.update(account, |s| s.ownership = Some(line));
+    upload_pending
 }
 
 /// Imports secrets with the known recovery key (configured, else kept in the data dir) if this

@@ -60,11 +60,15 @@ impl Ownership {
 ///
 /// Judged by the server's view, fetched fresh: the keys in the local store alone prove nothing,
 /// because matrix-sdk keeps a new identity's private keys before its upload succeeds. An upload
-/// refused (approval pending, a network failure) is therefore retried with the same keys.
+/// refused (approval pending, a network failure) is therefore retried with the same keys; with
+/// `upload_pending` (the last upload was refused) it is retried even when the local store
+/// already counts the identity and the device's signature as there — a refused upload can leave
+/// matrix-sdk believing so.
 pub async fn ensure_bot_owned(
     client: &Client,
     user_id: &OwnedUserId,
     password: &str,
+    upload_pending: bool,
 ) -> Result<Ownership, MatrixFailure> {
     let encryption = client.encryption();
     encryption.wait_for_e2ee_initialization_tasks().await;
@@ -87,7 +91,7 @@ pub async fn ensure_bot_owned(
         .map_err(|e| transient("reading the own device", &e))?
         .is_some_and(|d| d.is_cross_signed_by_owner());
     match (on_server.is_some(), keys_here, device_signed) {
-        (true, true, true) => return Ok(Ownership::AlreadyOwned),
+        (true, true, true) if !upload_pending => return Ok(Ownership::AlreadyOwned),
         // `bootstrap_cross_signing` would replace it; say so instead.
         (true, false, _) => return Ok(Ownership::ForeignIdentity),
         // Not uploaded yet, or uploaded without the device's signature: (re)upload our keys.
