@@ -170,7 +170,7 @@ async fn an_undecryptable_message_gets_one_notice_per_session_and_no_answer() ->
         .wary_human()
         .start()
         .await?;
-    let (human, bot, api) = (&s.humans[0], s.bot("bot").credentials(), s.api());
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials());
     let dm = human.encrypted_dm(&bot.0).await?;
 
     human.send(&dm, "you cannot read this").await?;
@@ -211,13 +211,7 @@ async fn an_undecryptable_message_gets_one_notice_per_session_and_no_answer() ->
         "syncing"
     );
     // The same counts as Prometheus metrics.
-    let metrics = reqwest::Client::new()
-        .get(format!("{api}/metrics"))
-        .bearer_auth(mxfleet_testkit::ADMIN_TOKEN)
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = s.metrics().await?;
     for line in [
         "mxfleet_undecryptable_total{account=\"bot\"} 2",
         "mxfleet_undecryptable_notices_total{account=\"bot\"} 1",

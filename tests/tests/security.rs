@@ -158,13 +158,7 @@ async fn a_runaway_agent_is_cut_at_the_answer_limits_and_stopped() -> Result<()>
         human.seen_from(&dm, &bot).len() == 2,
         "more messages after the cut"
     );
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", s.api()))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = s.metrics().await?;
     let line = "mxfleet_answers_cut_total{account=\"bot\"} 1";
     ensure!(metrics.contains(line), "no {line:?} in\n{metrics}");
     s.fleet.stop().await?;
@@ -275,13 +269,7 @@ async fn a_log_reader_that_stops_reading_stalls_nothing() -> Result<()> {
         let text = format!("still there? {n}");
         human.send(&dm, &text).await?;
         human.expect_message(&dm, &bot, &text, TIMEOUT).await?;
-        metrics = reqwest::Client::new()
-            .get(format!("{}/metrics", s.api()))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await?
-            .text()
-            .await?;
+        metrics = s.metrics().await?;
         let dropped = metrics
             .lines()
             .find_map(|l| l.strip_prefix("mxfleet_log_lines_dropped_total "))

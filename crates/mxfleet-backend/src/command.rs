@@ -289,29 +289,27 @@ fn bwrap_args(hidden: &[PathBuf], working_dir: Option<&Path>) -> Vec<String> {
     ]
     .map(str::to_owned)
     .into();
-    let mut mounts: Vec<(&Path, [&str; 2])> = Vec::new();
+    // (path, its mount arguments); the working directory is bound to itself, a hidden
+    // directory becomes an empty tmpfs, a hidden file /dev/null.
+    let mut mounts: Vec<(&Path, Vec<String>)> = Vec::new();
+    let shown = |path: &Path| path.display().to_string();
     if let Some(dir) = working_dir {
-        mounts.push((dir, ["--bind", ""]));
+        mounts.push((dir, vec!["--bind".into(), shown(dir), shown(dir)]));
     }
     for path in hidden {
         // Under `/tmp` too: a working directory there is bound into the private `/tmp`, and a
         // data directory inside it must stay hidden (bwrap creates the mount point).
         match std::fs::metadata(path) {
-            Ok(meta) if meta.is_dir() => mounts.push((path, ["--tmpfs", ""])),
-            Ok(_) => mounts.push((path, ["--ro-bind", "/dev/null"])),
+            Ok(meta) if meta.is_dir() => mounts.push((path, vec!["--tmpfs".into(), shown(path)])),
+            Ok(_) => mounts.push((
+                path,
+                vec!["--ro-bind".into(), "/dev/null".into(), shown(path)],
+            )),
             Err(_) => {}
         }
     }
     mounts.sort_by_key(|(path, _)| path.components().count());
-    for (path, [op, source]) in mounts {
-        let path = path.display().to_string();
-        args.push(op.to_owned());
-        match op {
-            "--bind" => args.extend([path.clone(), path]),
-            "--tmpfs" => args.push(path),
-            _ => args.extend([source.to_owned(), path]),
-        }
-    }
+    args.extend(mounts.into_iter().flat_map(|(_, mount)| mount));
     if let Some(dir) = working_dir {
         args.extend(["--chdir".to_owned(), dir.display().to_string()]);
     }

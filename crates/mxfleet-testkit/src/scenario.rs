@@ -340,6 +340,18 @@ impl Running {
         }
     }
 
+    /// The Prometheus text of the admin API's `/metrics`.
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(reqwest::Client::new()
+            .get(format!("{}/metrics", self.api()))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
     /// The homeserver's URL.
     pub fn homeserver(&self) -> &str {
         &self.homeserver

@@ -28,7 +28,7 @@ const EXIT_USAGE: u8 = 64;
 /// Exit code for an invalid configuration.
 const EXIT_CONFIG: u8 = 2;
 /// Exit code when another process holds the data directory.
-pub(crate) const EXIT_LOCKED: u8 = 3;
+const EXIT_LOCKED: u8 = 3;
 /// How long a starting fleet waits for the data directory's lock (a `status` or `doctor`
 /// looking at it holds it for milliseconds; another fleet holds it for good).
 const LOCK_PATIENCE: Duration = Duration::from_secs(2);
@@ -520,6 +520,26 @@ pub(crate) fn not_here(loaded: &Loaded, account: &str) -> Option<String> {
     ))
 }
 
+/// The data dir's lock and database, for a command that needs the fleet stopped (both are
+/// held until dropped); on failure the reason is printed and the exit code returned: 3 while a
+/// fleet runs on the data dir.
+pub(crate) fn open_stopped(data_dir: &std::path::Path) -> Result<(DirLock, Store), ExitCode> {
+    let opened = DirLock::acquire(data_dir, "mxfleet.lock")
+        .and_then(|lock| Ok((lock, Store::open(&data_dir.join("mxfleet.redb"))?)));
+    opened.map_err(|e| match e {
+        StoreError::Locked { .. } => {
+            eprintln!(
+                "mxfleet: the fleet is running on this data dir; stop it first (the database is exclusive)"
+            );
+            ExitCode::from(EXIT_LOCKED)
+        }
+        e => {
+            eprintln!("mxfleet: {e}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
 /// `mxfleet recovery-key`: the key is a secret, printed only on request, never logged.
 fn recovery_key(loaded: &Loaded, account: &str, import: Option<String>) -> ExitCode {
     if let Some(why) = not_here(loaded, account) {
@@ -538,21 +558,9 @@ fn recovery_key(loaded: &Loaded, account: &str, import: Option<String>) -> ExitC
         }
         other => other.map(str::to_owned),
     };
-    let data_dir = &loaded.config.data_dir;
-    let opened = DirLock::acquire(data_dir, "mxfleet.lock")
-        .and_then(|lock| Ok((lock, Store::open(&data_dir.join("mxfleet.redb"))?)));
-    let (_lock, store) = match opened {
+    let (_lock, store) = match open_stopped(&loaded.config.data_dir) {
         Ok(opened) => opened,
-        Err(StoreError::Locked { .. }) => {
-            eprintln!(
-                "mxfleet: the fleet is running on this data dir; stop it first (the database is exclusive)"
-            );
-            return ExitCode::from(EXIT_LOCKED);
-        }
-        Err(e) => {
-            eprintln!("mxfleet: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let outcome = block_on(async {
         match import {

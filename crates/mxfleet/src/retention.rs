@@ -6,10 +6,10 @@
 use std::{path::Path, process::ExitCode, time::Duration};
 
 use mxfleet_config::{Loaded, ValidConfig};
-use mxfleet_store::{DirLock, Store, StoreError, now_ms};
+use mxfleet_store::{Store, now_ms};
 use tracing::{info, warn};
 
-use crate::{EXIT_LOCKED, block_on};
+use crate::{block_on, open_stopped};
 
 /// How often the running fleet prunes.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
@@ -77,18 +77,9 @@ pub(crate) fn forget(
         return ExitCode::FAILURE;
     }
     let data_dir = &config.data_dir;
-    let opened = DirLock::acquire(data_dir, "mxfleet.lock")
-        .and_then(|lock| Ok((lock, Store::open(&data_dir.join("mxfleet.redb"))?)));
-    let (_lock, store) = match opened {
+    let (_lock, store) = match open_stopped(data_dir) {
         Ok(opened) => opened,
-        Err(StoreError::Locked { .. }) => {
-            eprintln!("mxfleet: the fleet is running on this data dir; stop it first");
-            return ExitCode::from(EXIT_LOCKED);
-        }
-        Err(e) => {
-            eprintln!("mxfleet: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let configured = config
         .accounts
