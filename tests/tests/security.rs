@@ -285,6 +285,46 @@ async fn a_log_reader_that_stops_reading_stalls_nothing() -> Result<()> {
 }
 
 #[tokio::test]
+async fn chatter_the_gate_refuses_is_never_stored() -> Result<()> {
+    const CHATTER: usize = 30;
+    let mut s = Scenario::new()
+        .bot(|b| b.mentioned_in_rooms())
+        .human()
+        .admin()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").credentials().0);
+    let room = human.room_with(&[bot.as_str()], false).await?;
+    for i in 0..CHATTER {
+        human
+            .send(&room, &format!("chatter {i}, not for the bot"))
+            .await?;
+    }
+    human
+        .send_mentioning(&room, "bot, a question", &[bot.as_str()], false)
+        .await?;
+    human
+        .expect_final_text(&room, &bot, "bot, a question", TIMEOUT)
+        .await?;
+    let metrics = s.metrics().await?;
+    let ignored = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mxfleet_messages_ignored_total{account=\"bot\"} "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    s.fleet.stop().await?;
+    let stored = s.fleet.inbox_len("bot").await?;
+    ensure!(
+        stored == 1,
+        "{stored} messages stored in the inbox, only the question is for the bot"
+    );
+    ensure!(
+        ignored.is_some_and(|n| n >= CHATTER as u64),
+        "ignored messages counted: {ignored:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_direct_flag_on_a_room_of_three_does_not_make_it_a_dm() -> Result<()> {
     // DMs are open, group rooms closed: a room of three flagged "direct" by its creator must be
     // judged as the group room it is.
@@ -521,5 +561,13 @@ async fn a_flood_reaches_the_backend_only_within_the_limits_and_slows_no_one_els
         rss_peak / 1024
     );
     s.fleet.stop().await?;
+    // What was over the limits was never stored: the inbox holds the admitted messages and,
+    // at most once a minute, the one that told the room.
+    let stored = s.fleet.inbox_len("busy").await?;
+    ensure!(
+        stored <= asked as u64 + minutes + 1,
+        "{stored} of {} flooded messages stored, {asked} admitted",
+        2 * FLOOD
+    );
     Ok(())
 }

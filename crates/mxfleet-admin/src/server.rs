@@ -383,6 +383,12 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         &mut counter(|s| s.rate_limited).into_iter(),
     );
     family(
+        "mxfleet_messages_ignored_total",
+        "counter",
+        "Messages the gate turned away before storing them: not addressed to the bot, outside the access lists, or from another bot of this fleet.",
+        &mut counter(|s| s.messages_ignored).into_iter(),
+    );
+    family(
         "mxfleet_answers_cut_total",
         "counter",
         "Answers cut at max_answer_chars or max_answer_parts (a runaway backend).",

@@ -35,6 +35,7 @@ use crate::{
     otp::{OtpArgs, OtpPolicy},
     restart::{RestartDecision, RestartPolicy, RestartTracker},
     rooms::{JoinedDms, Rooms},
+    screen::{Screen, Ticket},
     status::{AccountState, ChildState, StatusBoard},
     sync::{SyncActor, SyncArgs, SyncMsg},
     turn::{Turns, context::TurnArgs},
@@ -96,8 +97,8 @@ pub(crate) enum AccountMsg {
 /// What a sync batch brought that the account acts on.
 #[derive(Default)]
 pub(crate) struct Synced {
-    /// Newly claimed messages.
-    pub(crate) fresh: Vec<InboxEntry<InboundMessage>>,
+    /// Newly claimed messages, each with what the screen decided.
+    pub(crate) fresh: Vec<(InboxEntry<InboundMessage>, Ticket)>,
     /// Rooms the bot is invited to.
     pub(crate) invites: Vec<OwnedRoomId>,
     /// Events that could not be decrypted.
@@ -127,6 +128,7 @@ struct Live {
     connection: Connection,
     rooms: Rooms,
     access: Access,
+    screen: Arc<Screen>,
 }
 
 /// What to retry after a transient failure.
@@ -286,12 +288,27 @@ impl AccountRuntime {
             old.shutdown(self.args.drain).await;
         }
         self.start_children(myself).await;
-        let conversation = &self.args.spec.conversation;
-        let resolved =
-            invites::resolve_aliases(&connection.client, &conversation.room_allowlist).await;
+        let (spec, client) = (&self.args.spec, &connection.client);
+        let listed = spec.conversation.room_allowlist.iter();
+        let named = listed.chain(spec.room_routes.keys()).cloned().collect();
+        let aliases = invites::resolve_aliases(client, named).await;
+        let rooms = Rooms::new(connection.client.clone(), self.joined_dms.clone());
+        let allowed = spec.conversation.room_allowlist.iter();
+        let access = Access::new(
+            &spec.conversation,
+            allowed.filter_map(|entry| aliases.get(entry).cloned()),
+        );
+        let screen = Screen::new(
+            self.args.spec.clone(),
+            access.clone(),
+            rooms.clone(),
+            connection.user_id.clone(),
+            self.args.board.clone(),
+        );
         let live = Live {
-            rooms: Rooms::new(connection.client.clone(), self.joined_dms.clone()),
-            access: Access::new(conversation, resolved),
+            rooms,
+            access,
+            screen: Arc::new(screen),
             connection,
         };
         let mut turns = Turns::new(TurnArgs {
@@ -303,6 +320,7 @@ impl AccountRuntime {
             store: self.args.store.clone(),
             board: self.args.board.clone(),
             access: live.access.clone(),
+            aliases,
             children: self.children.clone(),
         });
         self.dispatch_pending(&mut turns).await;
@@ -357,7 +375,10 @@ impl AccountRuntime {
                 if !pending.is_empty() {
                     info!(count = pending.len(), "answering messages left pending");
                 }
-                pending.into_iter().for_each(|entry| turns.dispatch(entry));
+                // A previous process admitted them.
+                for entry in pending {
+                    turns.dispatch(entry, Ticket::Admitted);
+                }
             }
             Err(e) => error!(error = %e, "could not read pending messages"),
         }
@@ -373,8 +394,8 @@ impl AccountRuntime {
             for utd in synced.utds {
                 turns.report_undecryptable(utd);
             }
-            for entry in synced.fresh {
-                turns.dispatch(entry);
+            for (entry, ticket) in synced.fresh {
+                turns.dispatch(entry, ticket);
             }
         }
     }
@@ -393,6 +414,7 @@ impl AccountRuntime {
             store: self.args.store.clone(),
             board: self.args.board.clone(),
             parent: myself.clone(),
+            screen: live.screen.clone(),
         };
         match Actor::spawn_linked(None, SyncActor, args, myself.get_cell()).await {
             Ok((sync, _)) => {

@@ -21,26 +21,17 @@ pub(crate) struct RoomFacts {
     pub(crate) room_id: OwnedRoomId,
     /// Whether it is a direct chat.
     pub(crate) is_dm: bool,
-    /// Its canonical and alternative aliases.
-    pub(crate) aliases: Vec<String>,
     /// The rooms it replaces (room upgrades), newest first, each confirmed by its tombstone.
     pub(crate) predecessors: Vec<String>,
 }
 
 impl RoomFacts {
-    /// The ids the room answers to in the access lists: its own and those of the rooms it
-    /// upgraded (confirmed by their tombstones). Not its aliases: the room's creator writes
-    /// those into its state; an allowlisted alias counts through the directory only.
+    /// The ids the room answers to in the access lists and the overrides: its own and those
+    /// of the rooms it upgraded (confirmed by their tombstones). Never its aliases: the room's
+    /// creator writes those into its state; a configured alias counts through the homeserver's
+    /// directory only.
     pub(crate) fn ids(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.room_id.as_str()).chain(self.predecessors.iter().map(String::as_str))
-    }
-
-    /// Every name the room answers to in the backend overrides: its id, its aliases, the ids
-    /// of the rooms it upgraded.
-    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.room_id.as_str())
-            .chain(self.aliases.iter().map(String::as_str))
-            .chain(self.predecessors.iter().map(String::as_str))
     }
 }
 
@@ -343,7 +334,6 @@ mod tests {
         RoomFacts {
             room_id: room_id(id),
             is_dm,
-            aliases: Vec::new(),
             predecessors: Vec::new(),
         }
     }
@@ -438,12 +428,9 @@ mod tests {
             mention_mode: MentionMode::Always,
             ..conv()
         };
-        let claims_alias = RoomFacts {
-            aliases: vec!["#ok:hs".into()],
-            ..room("!x:hs", false)
-        };
+        // (A room's own alias state never reaches the gate: `RoomFacts` holds ids only.)
         assert_eq!(
-            decide(&c, &access(&c), &claims_alias, &me(), &plain),
+            decide(&c, &access(&c), &room("!x:hs", false), &me(), &plain),
             Verdict::Ignore("room not in room_allowlist")
         );
         assert_eq!(

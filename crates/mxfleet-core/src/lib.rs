@@ -23,6 +23,7 @@ mod otp;
 mod properties;
 pub mod restart;
 mod rooms;
+mod screen;
 pub mod status;
 mod stream_editor;
 mod sync;

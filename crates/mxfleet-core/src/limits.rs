@@ -1,8 +1,9 @@
 //! Rate limits on what reaches a backend: per sender and per room, over a sliding minute.
 //!
-//! They count only messages the gate let through (a busy room's chatter that does not address
-//! the bot costs its members nothing), and a limited message is recorded as skipped without
-//! touching the backend. The room hears about it at most once per window.
+//! The screen ([`crate::screen`]) asks them about each message the gate let through (a busy
+//! room's chatter that does not address the bot costs its members nothing), before anything is
+//! stored: a limited message is dropped without a write and never reaches a backend. The room
+//! hears about it at most once per window.
 //!
 //! A message counts at the time it was *sent* (its `origin_server_ts`, taken as no older than
 //! [`HORIZON`] and no later than now), not when it is handled: a backlog that piled up while

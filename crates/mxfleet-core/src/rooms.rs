@@ -1,13 +1,13 @@
-//! What the bot knows about a room: whether it is a DM, the names it answers to (its id, its
-//! aliases, the rooms it upgraded), and its members' names. One builder of [`RoomFacts`] serves
+//! What the bot knows about a room: whether it is a DM, the ids it answers to (its own and the
+//! rooms it upgraded), and its members' names. One builder of [`RoomFacts`] serves
 //! messages, invites and room upgrades alike, so the gate sees every room by the same rules:
 //!
 //! - **DM**: matrix-sdk's `is_direct` (the account data, or an invite's flag), or a room this
 //!   process joined from a DM invite (the account data may lag behind the first message) —
 //!   and, once joined, no more than two members (joined or invited): the inviter sets the flag,
 //!   so a "direct" room with a third person in it is a group room to the gate;
-//! - **aliases**: the canonical alias and the alternative aliases, for backend overrides only
-//!   (the room's creator writes them; the access lists match aliases through the directory);
+//! - **no aliases**: the room's creator writes its alias state, so a configured alias (in the
+//!   allowlist or the overrides) counts through the homeserver's directory only;
 //! - **predecessors**: the rooms it replaces, each confirmed by the old room's tombstone naming
 //!   it, read from the bot's own view of the old room (a creator's claim alone proves nothing).
 
@@ -60,13 +60,12 @@ impl Rooms {
         RoomFacts {
             room_id: room.room_id().to_owned(),
             is_dm: self.is_dm(room).await,
-            aliases: aliases_of(room),
             predecessors: self.confirmed_predecessors(room),
         }
     }
 
-    /// The facts of the room that replaces `old`: it is what `old` was (a DM, its aliases,
-    /// which the upgrade moves over), and it answers to `old`'s id and `old`'s predecessors.
+    /// The facts of the room that replaces `old`: it is what `old` was (a DM or not), and it
+    /// answers to `old`'s id and `old`'s predecessors.
     pub(crate) async fn successor_facts(&self, old: &Room, new: &RoomId) -> RoomFacts {
         let before = self.facts(old).await;
         RoomFacts {
@@ -136,15 +135,6 @@ impl Rooms {
 /// unknown, as in an invite).
 fn dm_by_members(flagged: bool, members: u64) -> bool {
     flagged && members <= 2
-}
-
-/// The canonical and alternative aliases of `room`.
-pub(crate) fn aliases_of(room: &Room) -> Vec<String> {
-    room.canonical_alias()
-        .into_iter()
-        .chain(room.alt_aliases())
-        .map(|a| a.to_string())
-        .collect()
 }
 
 /// The display name of `user` in `room`, from the local state.

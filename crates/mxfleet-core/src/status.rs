@@ -98,6 +98,10 @@ pub struct AccountStatus {
     /// Messages skipped by the rate limits (past the gate) or shed by a full room backlog.
     #[serde(default)]
     pub rate_limited: u64,
+    /// Messages the gate turned away before they were stored (not addressed to the bot, or
+    /// from a room or sender outside the access lists, or from another bot of this fleet).
+    #[serde(default)]
+    pub messages_ignored: u64,
     /// The state of the `StreamEditor` child.
     #[serde(default = "stopped")]
     pub stream_editor: ChildState,
@@ -155,6 +159,7 @@ impl AccountStatus {
             messages_in: 0,
             replies_out: 0,
             skipped_old: 0,
+            messages_ignored: 0,
             messages_failed: 0,
             answers_cut: 0,
             rate_limited: 0,

@@ -7,14 +7,22 @@
 //! restart, re-login, or give up. A sync that does not answer within its long-poll timeout plus
 //! a margin is a stall and fails the same way (the watchdog).
 //!
-//! Each batch's messages are claimed in the inbox in the same redb transaction that moves the
-//! sync position, so a crash replays a batch rather than losing it, and replays are deduplicated.
+//! Each batch's messages are screened first (the gate and the rate limits, [`crate::screen`]):
+//! what the bot will not answer is never stored. The rest are claimed in the inbox in the same
+//! redb transaction that moves the sync position, so a crash replays a batch rather than losing
+//! it, and replays are deduplicated.
 //! Events that fail to decrypt wait in [`decryption_retry`] for their keys.
 
 mod backfill;
 mod decryption_retry;
 
-use std::{collections::HashSet, panic::AssertUnwindSafe, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
 
 use futures_util::{FutureExt, Stream, StreamExt};
 use mxfleet_config::{AccountAuth, AccountSpec};
@@ -40,6 +48,7 @@ use self::decryption_retry::{
 use crate::{
     account::{AccountMsg, Synced},
     error::AccountError,
+    screen::{Screen, Ticket},
     status::{AccountState, StatusBoard},
     upgrades::pending_upgrades,
 };
@@ -58,6 +67,8 @@ pub(crate) struct SyncArgs {
     pub(crate) store: Store,
     pub(crate) board: StatusBoard,
     pub(crate) parent: ActorRef<AccountMsg>,
+    /// What decides which messages are claimed at all.
+    pub(crate) screen: Arc<Screen>,
 }
 
 /// Messages of the `SyncActor`.
@@ -286,10 +297,7 @@ impl<'a> SyncRun<'a> {
         let invites: Vec<OwnedRoomId> = response.rooms.invited.keys().cloned().collect();
         let mut upgrades = pending_upgrades(&self.args.client, response.rooms.joined.keys());
         upgrades.retain(|u| self.upgrades_seen.insert(u.old.clone()));
-        let (store, account) = (&self.args.store, self.args.spec.id.as_str());
-        let fresh = store
-            .commit_sync(account, &response.next_batch, entries)
-            .await?;
+        let fresh = self.claim(&response.next_batch, entries).await?;
         self.token = Some(response.next_batch);
         self.mark_healthy();
         let synced = Synced {
@@ -299,6 +307,33 @@ impl<'a> SyncRun<'a> {
             upgrades,
         };
         self.hand_on(synced)
+    }
+
+    /// Screens `entries` and claims those worth answering, moving the sync position to `token`
+    /// in the same transaction; returns the newly claimed ones with their tickets.
+    async fn claim(
+        &mut self,
+        token: &str,
+        entries: Vec<InboxEntry<InboundMessage>>,
+    ) -> Result<Vec<(InboxEntry<InboundMessage>, Ticket)>, AccountError> {
+        let screened = self.args.screen.sift(entries).await;
+        let mut tickets: HashMap<String, Ticket> = HashMap::new();
+        let entries = screened
+            .into_iter()
+            .map(|(entry, ticket)| {
+                tickets.insert(entry.event_id.clone(), ticket);
+                entry
+            })
+            .collect();
+        let (store, account) = (&self.args.store, self.args.spec.id.as_str());
+        let fresh = store.commit_sync(account, token, entries).await?;
+        Ok(fresh
+            .into_iter()
+            .map(|entry| {
+                let ticket = tickets.remove(&entry.event_id).unwrap_or(Ticket::Admitted);
+                (entry, ticket)
+            })
+            .collect())
     }
 
     /// The messages and undecryptable events of a batch's joined rooms, each room's gap (if its
@@ -425,11 +460,7 @@ impl<'a> SyncRun<'a> {
             return Ok(());
         };
         let entries = self.claim_late(late).await?;
-        let fresh = self
-            .args
-            .store
-            .commit_sync(&self.args.spec.id, &token, entries)
-            .await?;
+        let fresh = self.claim(&token, entries).await?;
         self.hand_on(Synced {
             fresh,
             ..Synced::default()

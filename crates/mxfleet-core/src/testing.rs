@@ -146,6 +146,7 @@ pub(crate) async fn turn_args(
         store,
         board,
         access,
+        aliases: Default::default(),
         children: crate::children::Children::default(),
     };
     (args, dir)

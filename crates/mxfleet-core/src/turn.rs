@@ -36,7 +36,10 @@ use mxfleet_matrix::matrix_sdk::ruma::OwnedRoomId;
 use mxfleet_message::{InboundMessage, Undecryptable};
 use mxfleet_store::{InboxEntry, StoreFault, now_ms};
 
-use crate::error::AccountError;
+use crate::{
+    error::AccountError,
+    screen::{FROM_FLEET, Ticket, too_old},
+};
 use tokio::{
     sync::{mpsc, watch},
     task::JoinSet,
@@ -69,7 +72,7 @@ const WRAP_UP_GRACE: Duration = Duration::from_secs(5);
 pub(crate) struct Turns {
     context: Arc<TurnContext>,
     notices: UtdNotices,
-    queues: HashMap<OwnedRoomId, mpsc::Sender<InboundMessage>>,
+    queues: HashMap<OwnedRoomId, mpsc::Sender<(InboundMessage, Ticket)>>,
     workers: JoinSet<()>,
     /// Workers take no new message.
     stop: watch::Sender<bool>,
@@ -92,26 +95,24 @@ impl Turns {
         }
     }
 
-    /// Queues `entry` for an answer, or skips it: sent by another bot of the fleet, or older
-    /// than `catch_up_max_age_secs` (its age now, or for a message decrypted late its age when
-    /// the bot first saw it).
-    pub(crate) fn dispatch(&mut self, entry: InboxEntry<InboundMessage>) {
+    /// Queues `entry` for an answer as its `ticket` says, or skips it: sent by another bot of
+    /// the fleet, or older than `catch_up_max_age_secs` (its age now, or for a message
+    /// decrypted late its age when the bot first saw it). Fresh messages were screened on
+    /// these already; messages a previous process left pending were not.
+    pub(crate) fn dispatch(&mut self, entry: InboxEntry<InboundMessage>, ticket: Ticket) {
         let ctx = self.context.clone();
-        let message = entry.message;
-        if ctx.board.is_fleet_user(message.sender.as_str()) {
-            return self.skip_later(message, "sent by another account of this fleet".into());
+        if ctx.board.is_fleet_user(entry.message.sender.as_str()) {
+            return self.skip_later(entry.message, FROM_FLEET.into());
         }
-        // A message decrypted late was received in time if it was young when the bot first saw
-        // it; how long its keys took does not count.
-        let judged_at = entry.seen_at_ms.unwrap_or_else(now_ms);
-        let age_ms = judged_at.saturating_sub(message.origin_server_ts_ms);
-        if age_ms > ctx.catch_up_max_age_ms() {
+        if let Some(age_ms) = too_old(&entry, ctx.catch_up_max_age_ms(), now_ms()) {
+            let message = entry.message;
             info!(account = %ctx.account, event_id = %message.event_id, age_secs = age_ms / 1000,
                 "message older than catch_up_max_age_secs: skipped");
             ctx.board.update(&ctx.account, |s| s.skipped_old += 1);
             let reason = format!("older than catch_up_max_age_secs ({} s)", age_ms / 1000);
             return self.skip_later(message, reason);
         }
+        let message = entry.message;
         ctx.board.update(&ctx.account, |s| s.messages_in += 1);
         let room = message.room_id.clone();
         let queue = self.queues.entry(room.clone()).or_insert_with(|| {
@@ -121,9 +122,9 @@ impl Turns {
             self.workers.spawn(worker.instrument(span));
             tx
         });
-        match queue.try_send(message) {
+        match queue.try_send((message, ticket)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(message)) => {
+            Err(mpsc::error::TrySendError::Full((message, _))) => {
                 warn!(account = %ctx.account, room = %room, waiting = ROOM_BACKLOG_MAX,
                     "the room's backlog is full: message skipped");
                 ctx.board.update(&ctx.account, |s| s.rate_limited += 1);
@@ -187,17 +188,17 @@ impl Turns {
 /// Answers the messages of one room, in order, until stopped.
 async fn room_worker(
     ctx: Arc<TurnContext>,
-    mut queue: mpsc::Receiver<InboundMessage>,
+    mut queue: mpsc::Receiver<(InboundMessage, Ticket)>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let message = tokio::select! {
+        let (message, ticket) = tokio::select! {
             biased;
             _ = stop.wait_for(|stopping| *stopping) => return,
-            message = queue.recv() => match message { Some(message) => message, None => return },
+            queued = queue.recv() => match queued { Some(queued) => queued, None => return },
         };
         let span = info_span!(parent: None, "message", account = %ctx.account, room = %message.room_id, event_id = %message.event_id);
-        let handle = |message| handle_in_room(&ctx, message);
+        let handle = |message| handle_in_room(&ctx, message, ticket);
         attempt(&ctx, &message, &mut stop, handle)
             .instrument(span)
             .await;
@@ -263,11 +264,15 @@ async fn attempt<F, Fut>(
 }
 
 /// Handles `message` in its room; a room the account is not in is skipped.
-async fn handle_in_room(ctx: &TurnContext, message: InboundMessage) -> Result<(), AccountError> {
+async fn handle_in_room(
+    ctx: &TurnContext,
+    message: InboundMessage,
+    ticket: Ticket,
+) -> Result<(), AccountError> {
     match ctx.rooms.get(&message.room_id) {
         Some(room) => {
             let room = MatrixRoom::new(room, ctx.rooms.clone());
-            answer::handle(ctx, &room, message).await
+            answer::handle(ctx, &room, message, ticket).await
         }
         None => record::skip(ctx, &message, "not in the room").await,
     }
@@ -294,7 +299,7 @@ mod tests {
             let event = format!("$m{i}");
             let mut message = said("!busy:hs", &event, "@spammer:hs", "spam");
             message.origin_server_ts_ms = now_ms();
-            turns.dispatch(InboxEntry {
+            let entry = InboxEntry {
                 event_id: event,
                 claimed_at_ms: now_ms(),
                 seq: 0,
@@ -302,7 +307,8 @@ mod tests {
                 seen_at_ms: None,
                 state: mxfleet_store::InboxState::Pending,
                 message,
-            });
+            };
+            turns.dispatch(entry, Ticket::Admitted);
         }
         let shed = board.account("bot").map(|s| s.rate_limited);
         assert_eq!(shed, Some(extra as u64));

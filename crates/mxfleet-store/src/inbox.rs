@@ -241,6 +241,28 @@ impl Store {
         .await
     }
 
+    /// How many messages `account` has in its inbox, whatever their state.
+    pub async fn inbox_len(&self, account: &str) -> Result<u64, StoreError> {
+        let account = account.to_owned();
+        self.blocking(move |s| {
+            let tx = s.db()?.begin_read().map_err(|e| s.err(e))?;
+            let table = tx.open_table(INBOX).map_err(|e| s.err(e))?;
+            let range = table
+                .range((account.as_str(), "")..)
+                .map_err(|e| s.err(e))?;
+            let mut count = 0u64;
+            for row in range {
+                let (key, _) = row.map_err(|e| s.err(e))?;
+                if key.value().0 != account {
+                    break;
+                }
+                count = count.saturating_add(1);
+            }
+            Ok(count)
+        })
+        .await
+    }
+
     /// Counts the beginning of an attempt to handle an inbox entry; returns the attempt's
     /// number (1 for the first). An entry that is not in the inbox counts as a first attempt.
     pub async fn begin_attempt(&self, account: &str, event_id: &str) -> Result<u32, StoreError> {

@@ -156,6 +156,15 @@ impl FleetProcess {
         Ok(())
     }
 
+    /// How many messages `account` has in the stopped fleet's inbox, whatever their state.
+    pub async fn inbox_len(&self, account: &str) -> Result<u64> {
+        if self.child.is_some() {
+            bail!("stop the fleet first");
+        }
+        let store = mxfleet_store::Store::open(&self.data_dir().join("mxfleet.redb"))?;
+        Ok(store.inbox_len(account).await?)
+    }
+
     /// The current `status.json`, if written.
     pub fn status(&self) -> Option<Value> {
         let bytes = std::fs::read(self.data_dir().join("status.json")).ok()?;

@@ -2,7 +2,7 @@
 //! it uses for messages; each join runs on its own task, so a slow homeserver never holds up the
 //! account's mailbox.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use backon::{ExponentialBuilder, Retryable};
 use mxfleet_config::AccountSpec;
@@ -60,19 +60,24 @@ pub(crate) fn follow_upgrades(
     }
 }
 
-/// Room ids of the aliases in `entries` (room ids are kept as they are); aliases that do not
-/// resolve are logged and left out.
-pub(crate) async fn resolve_aliases(client: &Client, entries: &[String]) -> Vec<String> {
-    let mut ids = Vec::new();
+/// The room ids the aliases among `entries` resolve to in the homeserver's directory, by alias
+/// (other entries are passed over); aliases that do not resolve are logged and left out.
+pub(crate) async fn resolve_aliases(
+    client: &Client,
+    entries: Vec<String>,
+) -> HashMap<String, String> {
+    let mut ids = HashMap::new();
     for entry in entries.iter().filter(|e| e.starts_with('#')) {
         let Ok(alias) = OwnedRoomAliasId::try_from(entry.as_str()) else {
             warn!(alias = %entry, "not a valid room alias");
             continue;
         };
         match client.resolve_room_alias(&alias).await {
-            Ok(response) => ids.push(response.room_id.to_string()),
+            Ok(response) => {
+                ids.insert(entry.clone(), response.room_id.to_string());
+            }
             Err(e) => {
-                warn!(alias = %entry, error = %e, "room alias not resolved; it matches only rooms that carry it")
+                warn!(alias = %entry, error = %e, "room alias not resolved; it matches no room until the next connect")
             }
         }
     }

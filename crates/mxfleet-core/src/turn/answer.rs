@@ -29,8 +29,8 @@ use crate::{
     children,
     error::AccountError,
     gate::{Me, RoomFacts},
-    limits::Admission,
     otp::{self, OtpMsg, OtpOutcome},
+    screen::Ticket,
     stream_editor::{Delivered, Delivery, EditorMsg, StreamSettings},
     texts,
 };
@@ -41,15 +41,16 @@ const OTP_DEADLINE: Duration = Duration::from_secs(10);
 const DIRECT_REPLY_DEADLINE: Duration = Duration::from_secs(300);
 
 /// Handles one claimed message of `room` and records what became of it; an error means it
-/// stays pending (its answer could not be delivered, or a child could not be asked).
+/// stays pending (its answer could not be delivered, or a child could not be asked). A message
+/// the screen found over a rate limit (`ticket`) gets the room's notice instead of an answer.
 pub(crate) async fn handle<R: RoomPort>(
     ctx: &TurnContext,
     room: &R,
     mut message: InboundMessage,
+    ticket: Ticket,
 ) -> Result<(), AccountError> {
     let known = Gathered::of(ctx, room, &message).await;
     let mut receipt_due = ctx.spec.conversation.read_receipts;
-    let mut admitted = false;
     loop {
         let step = plan::plan(&known.about(ctx, &message));
         debug!(?step, "planned");
@@ -61,11 +62,8 @@ pub(crate) async fn handle<R: RoomPort>(
             step,
             Step::Transcribe(_) | Step::Command(_) | Step::Answer { .. }
         );
-        if costly
-            && !std::mem::replace(&mut admitted, true)
-            && let Some(done) = rate_limited(ctx, room, &message, facts).await
-        {
-            return done;
+        if let (true, Ticket::TellLimited(which)) = (costly, ticket) {
+            return tell_limited(ctx, room, &message, facts, which).await;
         }
         match step {
             Step::Resume => match &known.draft {
@@ -97,26 +95,19 @@ pub(crate) async fn handle<R: RoomPort>(
     }
 }
 
-/// Skips `message` if it is over the account's rate limits (telling the room once a
-/// minute); `None` when it may go on.
-async fn rate_limited<R: RoomPort>(
+/// Tells the room that `message` is over the account's rate limit `which` (the screen lets one
+/// such message a minute through for it) instead of answering.
+async fn tell_limited<R: RoomPort>(
     ctx: &TurnContext,
     room: &R,
     message: &InboundMessage,
     facts: &RoomFacts,
-) -> Option<Result<(), AccountError>> {
-    let Admission::Limited { which, notify } = ctx.admit(message) else {
-        return None;
-    };
+    which: &str,
+) -> Result<(), AccountError> {
     ctx.board.update(&ctx.account, |s| s.rate_limited += 1);
-    info!(limit = which, "over the rate limit: skipped");
-    Some(match notify {
-        true => {
-            let text = texts::rate_limited(&ctx.spec.conversation.limits);
-            reply_directly(ctx, room, message, facts, text).await
-        }
-        false => record::skip(ctx, message, &format!("rate limited ({which})")).await,
-    })
+    info!(limit = which, "over the rate limit: the room is told");
+    let text = texts::rate_limited(&ctx.spec.conversation.limits);
+    reply_directly(ctx, room, message, facts, text).await
 }
 
 /// What is read about a message before its step is planned.
@@ -428,7 +419,7 @@ mod tests {
         let question = message("$q", "@ann:hs", "hi there", now_ms());
         claim(&ctx, &question).await;
 
-        let _ = handle(&ctx, &room, question.clone()).await;
+        let _ = handle(&ctx, &room, question.clone(), Ticket::Admitted).await;
 
         assert_eq!(bodies(&room), ["Hello **Ann**"]);
         let sent = room.sent();
@@ -486,7 +477,7 @@ mod tests {
         let question = message("$q", "@bob:hs", "@bot:hs what did I say?", now);
         claim(&ctx, &question).await;
 
-        let _ = handle(&ctx, &room, question).await;
+        let _ = handle(&ctx, &room, question, Ticket::Admitted).await;
 
         let request = backend.requests().pop().expect("the backend was asked");
         let said: Vec<(&str, Option<&str>)> = request
@@ -521,7 +512,7 @@ mod tests {
         let question = message("$q", "@ann:hs", "!help", now_ms());
         claim(&ctx, &question).await;
 
-        let _ = handle(&ctx, &room, question).await;
+        let _ = handle(&ctx, &room, question, Ticket::Admitted).await;
 
         assert_eq!(bodies(&room), [texts::HELP]);
         assert!(backend.requests().is_empty());
@@ -534,6 +525,22 @@ mod tests {
         assert_eq!(pending(&ctx).await, 0);
     }
 
+    #[tokio::test]
+    async fn a_message_over_the_rate_limit_gets_the_notice_and_not_the_backend() {
+        let backend = Scripted::new("an answer");
+        let (ctx, _dir) = context("dm_policy = \"open\"", backend.clone()).await;
+        let room = FakeRoom::new(&room_id(), true);
+        let question = message("$q", "@ann:hs", "hi", now_ms());
+        claim(&ctx, &question).await;
+        let _ = handle(&ctx, &room, question, Ticket::TellLimited("per_sender")).await;
+
+        let limits = &ctx.spec.conversation.limits;
+        assert_eq!(bodies(&room), [texts::rate_limited(limits)]);
+        assert!(backend.requests().is_empty());
+        assert_eq!(ctx.board.account("bot").map(|s| s.rate_limited), Some(1));
+        assert_eq!(pending(&ctx).await, 0, "recorded");
+    }
+
     // Paused time: the sends' retries (with their backoff) take no real time.
     #[tokio::test(start_paused = true)]
     async fn a_refused_message_is_recorded_and_an_unsent_answer_stays_pending() {
@@ -542,7 +549,7 @@ mod tests {
         let room = FakeRoom::new(&room_id(), true);
         let stranger = message("$s", "@stranger:hs", "hi", now_ms());
         claim(&ctx, &stranger).await;
-        let _ = handle(&ctx, &room, stranger).await;
+        let _ = handle(&ctx, &room, stranger, Ticket::Admitted).await;
         assert!(room.sent().is_empty() && backend.requests().is_empty());
         assert_eq!(pending(&ctx).await, 0, "skipped is recorded");
 
@@ -550,7 +557,7 @@ mod tests {
         let down = FakeRoom::new(&room_id(), true).refusing_sends();
         let question = message("$q", "@ann:hs", "hi", now_ms());
         claim(&ctx, &question).await;
-        let _ = handle(&ctx, &down, question).await;
+        let _ = handle(&ctx, &down, question, Ticket::Admitted).await;
         assert_eq!(pending(&ctx).await, 1, "left for the next start");
     }
 
@@ -573,7 +580,7 @@ mod tests {
         };
         claim(&ctx, &ballot).await;
 
-        let _ = handle(&ctx, &room, ballot).await;
+        let _ = handle(&ctx, &room, ballot, Ticket::Admitted).await;
 
         let request = backend.requests().pop().expect("the backend was asked");
         assert_eq!(

@@ -1,7 +1,7 @@
 //! What every step of a turn may use: the account's settings, client, rooms, store, status
 //! board, access lists, backends and children. One per connection, shared by the room workers.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use mxfleet_backend::Backend;
 use mxfleet_config::{AccountAuth, AccountSpec};
@@ -9,7 +9,6 @@ use mxfleet_matrix::matrix_sdk::{Client, ruma::OwnedUserId};
 use mxfleet_store::Store;
 
 use super::routing::Routing;
-use crate::limits::{Admission, RateLimiter};
 use crate::{
     children::Children, gate::Access, rooms::Rooms, status::StatusBoard, stream_editor::WrapUp,
 };
@@ -32,6 +31,9 @@ pub(crate) struct TurnArgs {
     pub(crate) board: StatusBoard,
     /// The access lists, aliases resolved.
     pub(crate) access: Access,
+    /// The room ids of the aliases in the access lists and the room overrides, by alias (as the
+    /// homeserver's directory resolved them at connect).
+    pub(crate) aliases: HashMap<String, String>,
     /// The account's children.
     pub(crate) children: Children,
 }
@@ -60,8 +62,6 @@ pub(crate) struct TurnContext {
     pub(crate) children: Children,
     /// Set when the account stops: answers still streaming end with their final edit.
     pub(crate) wrap_up: WrapUp,
-    /// The account's rate limits on what reaches the backend.
-    pub(crate) limiter: std::sync::Mutex<RateLimiter>,
 }
 
 impl TurnContext {
@@ -69,8 +69,7 @@ impl TurnContext {
     pub(crate) fn new(args: TurnArgs, wrap_up: WrapUp) -> Self {
         Self {
             account: args.spec.id.clone(),
-            limiter: std::sync::Mutex::new(RateLimiter::new(args.spec.conversation.limits)),
-            routing: Routing::new(&args.spec, args.backend),
+            routing: Routing::new(&args.spec, args.backend, &args.aliases),
             spec: args.spec,
             client: args.client,
             rooms: args.rooms,
@@ -87,19 +86,6 @@ impl TurnContext {
     /// neither reads nor sends in encrypted rooms).
     pub(crate) fn owns_keys(&self) -> bool {
         !matches!(self.spec.auth, AccountAuth::AccessToken(_))
-    }
-
-    /// Whether `message` may go on to the backend (and counts it), judged at its sending time.
-    pub(crate) fn admit(&self, message: &mxfleet_message::InboundMessage) -> Admission {
-        self.limiter
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .admit(
-                message.sender.as_str(),
-                message.room_id.as_str(),
-                message.origin_server_ts_ms,
-                mxfleet_store::now_ms(),
-            )
     }
 
     /// How long after it was sent a message is still answered after downtime.

@@ -141,7 +141,7 @@ pub(crate) fn placement(message: &InboundMessage, rich_replies: bool, is_dm: boo
 }
 
 /// A vote on the bot's poll, as a message in the vote's words addressed to the bot.
-fn addressed_to(message: &InboundMessage, words: &str, me: &Me) -> InboundMessage {
+pub(crate) fn addressed_to(message: &InboundMessage, words: &str, me: &Me) -> InboundMessage {
     InboundMessage {
         body: words.to_owned(),
         mentions: Some(MentionList {
@@ -181,7 +181,6 @@ mod tests {
         RoomFacts {
             room_id: testing::room("!r:hs"),
             is_dm,
-            aliases: Vec::new(),
             predecessors: Vec::new(),
         }
     }

@@ -263,7 +263,6 @@ pub(crate) mod fake {
                 facts: RoomFacts {
                     room_id: id.clone(),
                     is_dm: dm,
-                    aliases: Vec::new(),
                     predecessors: Vec::new(),
                 },
                 inner: Arc::default(),

@@ -51,8 +51,15 @@ pub(crate) struct Routing {
 
 impl Routing {
     /// The account's backend plus one per override (an override whose backend cannot be built
-    /// falls back to the account's, with an error logged).
-    pub(crate) fn new(spec: &AccountSpec, backend: Arc<dyn Backend>) -> Self {
+    /// falls back to the account's, with an error logged). A room override named by alias
+    /// applies to the room the alias resolves to in `aliases` (the homeserver's directory), never
+    /// to a room that merely claims the alias in its own state; one that did not resolve
+    /// applies to no room.
+    pub(crate) fn new(
+        spec: &AccountSpec,
+        backend: Arc<dyn Backend>,
+        aliases: &HashMap<String, String>,
+    ) -> Self {
         let default = RouteBackend::new(&spec.backend_name, &spec.backend, backend);
         let build = |(key, route): (&String, &Route)| match mxfleet_backend::build(&route.backend) {
             Ok(backend) => Some((
@@ -64,19 +71,65 @@ impl Routing {
                 None
             }
         };
+        let by_id = |(key, route): (String, RouteBackend)| match key.starts_with('#') {
+            true => aliases.get(&key).map(|id| (id.clone(), route)),
+            false => Some((key, route)),
+        };
         Self {
-            rooms: spec.room_routes.iter().filter_map(build).collect(),
+            rooms: (spec.room_routes.iter().filter_map(build))
+                .filter_map(by_id)
+                .collect(),
             users: spec.user_routes.iter().filter_map(build).collect(),
             default,
         }
     }
 
-    /// The user's override, else the room's (by id, alias, or the id of a room it upgraded),
-    /// else the account's backend.
+    /// The user's override, else the room's (by its id or the id of a room it upgraded), else
+    /// the account's backend.
     pub(crate) fn pick(&self, sender: &UserId, room: &RoomFacts) -> &RouteBackend {
         self.users
             .get(sender.as_str())
-            .or_else(|| room.names().find_map(|r| self.rooms.get(r)))
+            .or_else(|| room.ids().find_map(|r| self.rooms.get(r)))
             .unwrap_or(&self.default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{accounts, room, user};
+
+    #[test]
+    fn a_room_override_by_alias_follows_the_directory_not_the_rooms_own_claim() {
+        let overrides = "[accounts.bot.room_overrides.\"#ops:hs\"]\nsystem_prompt = \"ops\"\n\
+                         [accounts.bot.room_overrides.\"#gone:hs\"]\nsystem_prompt = \"gone\"\n\
+                         [accounts.bot.room_overrides.\"!plain:hs\"]\nsystem_prompt = \"plain\"";
+        let spec = accounts(&[("bot", overrides)])
+            .remove("bot")
+            .expect("the account");
+        let backend = mxfleet_backend::build(&spec.backend).expect("the echo backend");
+        // The directory resolves #ops:hs to !ops:hs; #gone:hs resolves to nothing.
+        let aliases = HashMap::from([("#ops:hs".to_owned(), "!ops:hs".to_owned())]);
+        let routing = Routing::new(&spec, backend, &aliases);
+        let facts = |id: &str, predecessors: &[&str]| RoomFacts {
+            room_id: room(id),
+            is_dm: false,
+            predecessors: predecessors.iter().map(|p| (*p).to_owned()).collect(),
+        };
+        let sender = user("@ann:hs");
+        let overridden =
+            |facts: &RoomFacts| !std::ptr::eq(routing.pick(&sender, facts), &routing.default);
+        for (room, predecessors, expected) in [
+            ("!ops:hs", &[][..], true),
+            ("!plain:hs", &[], true),
+            // The upgrade of an overridden room.
+            ("!ops2:hs", &["!ops:hs"], true),
+            // Any other room, whatever aliases it claims in its state.
+            ("!spoof:hs", &[], false),
+            ("!gone:hs", &[], false),
+        ] {
+            assert_eq!(overridden(&facts(room, predecessors)), expected, "{room}");
+        }
+        assert_eq!(routing.rooms.len(), 2, "the unresolved alias is dropped");
     }
 }
