@@ -513,6 +513,9 @@ async fn a_flood_reaches_the_backend_only_within_the_limits_and_slows_no_one_els
     let idle = dm_latencies(c, &calm_dm, &calm, 10, "idle").await?;
     let rss_before = rss_kib(pid).unwrap_or_default();
 
+    // The spammers only write: their syncs would load the homeserver on the same two cores.
+    a.stop_syncing();
+    b.stop_syncing();
     let started = std::time::Instant::now();
     let flooding =
         futures_util::future::try_join(flood(a, &room, "a", FLOOD), flood(b, &room, "b", FLOOD));
@@ -569,5 +572,51 @@ async fn a_flood_reaches_the_backend_only_within_the_limits_and_slows_no_one_els
         "{stored} of {} flooded messages stored, {asked} admitted",
         2 * FLOOD
     );
+    Ok(())
+}
+
+/// Sends `n` questions tagged `tag` into `room` at once, then waits for each answer.
+async fn ask_many(human: &Human, room: &RoomId, bot: &str, tag: &str, n: usize) -> Result<()> {
+    for i in 0..n {
+        human.send(room, &format!("{tag} {i}")).await?;
+    }
+    for i in 0..n {
+        let answer = format!("openai says: {tag} {i} — streamed with ünïcödé ✓");
+        human.expect_final_text(room, bot, &answer, TIMEOUT).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_backend_shared_by_accounts_streams_at_most_max_concurrent_answers() -> Result<()> {
+    // Each answer streams for about a second; two accounts ask the same backend at once.
+    let llm = mxfleet_testkit::FakeOpenAi::start_with(2, Duration::from_millis(60), None).await?;
+    let shared = format!(
+        "kind = \"openai\"\nbase_url = {:?}\nmodel = \"m\"\nmax_concurrent = 1",
+        llm.base_url
+    );
+    let mut s = Scenario::new()
+        .backend("shared", &shared)
+        .bot_named("one", |b| b.backend("shared").open_dms())
+        .bot_named("two", |b| b.backend("shared").open_dms())
+        .humans(2)
+        .start()
+        .await?;
+    let (one, two) = (s.bot("one").credentials().0, s.bot("two").credentials().0);
+    let (h1, h2) = (&s.humans[0], &s.humans[1]);
+    let (dm1, dm2) = (h1.dm(&one).await?, h2.dm(&two).await?);
+    let (first, second) = tokio::join!(
+        ask_many(h1, &dm1, &one, "first room", 3),
+        ask_many(h2, &dm2, &two, "second room", 3)
+    );
+    first?;
+    second?;
+    ensure!(llm.requests().len() == 6, "{} asks", llm.requests().len());
+    ensure!(
+        llm.peak_streams() == 1,
+        "{} answers streamed at once past max_concurrent = 1",
+        llm.peak_streams()
+    );
+    s.fleet.stop().await?;
     Ok(())
 }

@@ -269,6 +269,12 @@ impl Human {
         })
     }
 
+    /// Stops syncing for good: the human still sends (a spammer need not read), but sees
+    /// nothing new and costs the homeserver no syncs.
+    pub fn stop_syncing(&self) {
+        self.sync.abort();
+    }
+
     /// Creates a DM with `bot` and waits until the bot has joined.
     pub async fn dm(&self, bot: &str) -> Result<OwnedRoomId> {
         self.room_with(&[bot], true).await
