@@ -613,3 +613,75 @@ async fn two_replicas_split_the_accounts_and_their_bots_never_answer_each_other(
     }
     Ok(())
 }
+
+/// `GET url` without a token: the status code and the body.
+async fn open_get(url: &str) -> Result<(u16, String)> {
+    let response = reqwest::get(url).await?;
+    Ok((response.status().as_u16(), response.text().await?))
+}
+
+#[tokio::test]
+async fn probes_and_metrics_answer_without_the_token_and_readiness_follows_the_accounts()
+-> Result<()> {
+    let (probes, metrics) = (free_port()?, free_port()?);
+    let listeners = format!(
+        "[probes]\nbind = \"127.0.0.1:{probes}\"\n\n[metrics]\nbind = \"127.0.0.1:{metrics}\""
+    );
+    let mut s = Scenario::new()
+        .admin()
+        .toml(&listeners)
+        .bot(|b| b.open_dms())
+        .bot_named("locked", |b| b.open_dms().not_awaited())
+        .env("MXFLEET_ACCOUNTS__LOCKED__PASSWORD", "not the password")
+        .start()
+        .await?;
+    s.fleet.wait_state("locked", "auth_failed", TIMEOUT).await?;
+    let probe = |path: &str| format!("http://127.0.0.1:{probes}{path}");
+
+    // Alive, not ready: an account needs the operator.
+    let (code, body) = open_get(&probe("/livez")).await?;
+    ensure!(code == 200 && body.contains("alive"), "{code} {body}");
+    let (code, body) = open_get(&probe("/readyz")).await?;
+    ensure!(
+        code == 503 && body.contains("\"locked\":\"auth_failed\""),
+        "{code} {body}"
+    );
+    let health = s.fleet.run_command(&["health"]).await?;
+    let said = String::from_utf8_lossy(&health.stdout);
+    ensure!(
+        health.status.code() == Some(1) && said.contains("locked (auth_failed)"),
+        "{health:?}"
+    );
+
+    // The operator parks it: ready.
+    let (code, _) = call(
+        "POST",
+        &format!("{}/accounts/locked/stop", s.api()),
+        Some(TOKEN),
+    )
+    .await?;
+    ensure!(code == 200, "stop: {code}");
+    s.fleet.wait_state("locked", "stopped", TIMEOUT).await?;
+    let (code, body) = open_get(&probe("/readyz")).await?;
+    ensure!(code == 200, "{code} {body}");
+    let health = s.fleet.run_command(&["health"]).await?;
+    ensure!(health.status.success(), "{health:?}");
+
+    // Metrics without the token on their own listener; the admin API still wants it, and the
+    // probe listener serves no metrics.
+    let (code, body) = open_get(&format!("http://127.0.0.1:{metrics}/metrics")).await?;
+    ensure!(
+        code == 200 && body.contains("mxfleet_account_state{account=\"bot\",state=\"syncing\"} 1"),
+        "{code} {body}"
+    );
+    let (code, _) = open_get(&format!("{}/metrics", s.api())).await?;
+    ensure!(code == 401, "admin /metrics without the token: {code}");
+    let (code, _) = open_get(&probe("/metrics")).await?;
+    ensure!(code == 404, "metrics on the probe listener: {code}");
+
+    // Stopped: `mxfleet health` says so.
+    s.fleet.stop().await?;
+    let health = s.fleet.run_command(&["health"]).await?;
+    ensure!(health.status.code() == Some(1), "{health:?}");
+    Ok(())
+}

@@ -4,7 +4,12 @@
 //! (loopback by default). Every route needs `Authorization: Bearer <token>`, except the status
 //! page's static shell, which holds no data and asks for the token itself.
 
+//!
+//! Beside it, optional unauthenticated listeners serve health probes and metrics ([`probes`]).
+
 mod client;
+mod metrics;
+pub mod probes;
 mod server;
 
 pub use client::{AdminClient, ClientError};

@@ -26,9 +26,10 @@ pub use load::{
 };
 pub use model::{
     AccessPolicy, AccountConfig, AdminConfig, AnsweringConfig, AutoJoin, BackendConfig,
-    CommandInput, Config, ConversationConfig, CredentialsConfig, EncryptionConfig, LogConfig,
-    LogFormat, LoginConfig, MediaConfig, MentionMode, MessageLimits, OwnershipMode, ReloginMode,
-    RestartConfig, RouteOverride, Sandbox, ShardConfig, StreamFormat, StreamMode, SyncConfig,
+    CommandInput, Config, ConversationConfig, CredentialsConfig, EncryptionConfig, ListenerConfig,
+    LogConfig, LogFormat, LoginConfig, MediaConfig, MentionMode, MessageLimits, OwnershipMode,
+    ReloginMode, RestartConfig, RouteOverride, Sandbox, ShardConfig, StreamFormat, StreamMode,
+    SyncConfig,
 };
 pub use resolved::{
     AccountAuth, AccountSpec, AdminSpec, AgentIsolation, BackendSpec, Route, Transcription,

@@ -40,6 +40,12 @@ pub struct Config {
     /// The admin HTTP API.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Unauthenticated health probes (`/livez`, `/readyz`) on a listener of their own.
+    #[serde(default)]
+    pub probes: ListenerConfig,
+    /// Unauthenticated Prometheus metrics (`/metrics`) on a listener of their own.
+    #[serde(default)]
+    pub metrics: ListenerConfig,
     /// Which of several replicas this process is (scale-out); one replica owns every account.
     #[serde(default)]
     pub shard: ShardConfig,
@@ -71,6 +77,15 @@ impl Default for AdminConfig {
             token_file: None,
         }
     }
+}
+
+/// An optional unauthenticated listener (probes, metrics): off unless `bind` is set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address to listen on, e.g. `0.0.0.0:9090` in a container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
 }
 
 /// Scale-out: replica `index` of `count` runs the accounts whose id hashes to `index`
@@ -710,6 +725,8 @@ impl Default for Config {
             restart: RestartConfig::default(),
             backends: BTreeMap::new(),
             admin: AdminConfig::default(),
+            probes: ListenerConfig::default(),
+            metrics: ListenerConfig::default(),
             shard: ShardConfig::default(),
             accounts: BTreeMap::new(),
         }

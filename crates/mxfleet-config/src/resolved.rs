@@ -29,6 +29,10 @@ pub struct ValidConfig {
     pub restart: RestartConfig,
     /// The admin API, when a token is configured.
     pub admin: Option<AdminSpec>,
+    /// Where the unauthenticated probes listen, if anywhere.
+    pub probes: Option<std::net::SocketAddr>,
+    /// Where the unauthenticated metrics listen, if anywhere (may be the probes' address).
+    pub metrics: Option<std::net::SocketAddr>,
     /// The accounts this replica runs, by id, disabled ones included.
     pub accounts: BTreeMap<String, AccountSpec>,
     /// Which replica this is.

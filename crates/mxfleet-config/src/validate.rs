@@ -38,6 +38,9 @@ pub(crate) fn validate(
     let backends = backends::resolve(&mut check, &raw.backends);
     let accounts = accounts::resolve(&mut check, raw, &backends);
     let admin = admin::resolve(&mut check, &raw.admin);
+    let probes = admin::listener(&mut check, "probes.bind", &raw.probes);
+    let metrics = admin::listener(&mut check, "metrics.bind", &raw.metrics);
+    admin::check_ports(&mut check, admin.as_ref(), probes, metrics);
     let (mut accounts, peers) = shard::split(&mut check, raw.shard, accounts);
     let hidden = hidden_from_agents(raw, config_file, &check.secret_files);
     for account in accounts.values_mut() {
@@ -55,6 +58,8 @@ pub(crate) fn validate(
         inbox_retention_days: raw.inbox_retention_days,
         restart: raw.restart.clone(),
         admin,
+        probes,
+        metrics,
         accounts,
         shard: raw.shard,
         peers,

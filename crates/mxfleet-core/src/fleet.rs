@@ -66,6 +66,8 @@ pub enum FleetMsg {
         /// What changed.
         reply: oneshot::Sender<ReloadReport>,
     },
+    /// Answer at once: the supervisor's mailbox is moving (liveness probes, the watchdog).
+    Ping(oneshot::Sender<()>),
 }
 
 /// An operator action on one account.
@@ -199,6 +201,9 @@ impl Actor for FleetSupervisor {
                 let _ = reply.send(outcome);
             }
             FleetMsg::AutoRelogin(id) => state.auto_relogin(&myself, &id).await,
+            FleetMsg::Ping(reply) => {
+                let _ = reply.send(());
+            }
             FleetMsg::Reload { config, reply } => {
                 let report = state.reload(&myself, *config).await?;
                 let _ = reply.send(report);

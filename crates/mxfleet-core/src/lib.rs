@@ -40,7 +40,9 @@ pub use error::AccountError;
 pub use fleet::{
     Control, ControlError, FleetArgs, FleetMsg, FleetState, FleetSupervisor, ReloadReport,
 };
-pub use status::{AccountState, AccountStatus, FleetStatus, StatusBoard, read_status_file};
+pub use status::{
+    AccountState, AccountStatus, FleetStatus, Readiness, StatusBoard, read_status_file,
+};
 
 /// Spawns the fleet supervisor under the name `fleet`.
 pub async fn start_fleet(

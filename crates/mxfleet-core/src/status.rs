@@ -204,6 +204,47 @@ pub struct FleetStatus {
     pub accounts: BTreeMap<String, AccountStatus>,
 }
 
+/// Whether the fleet is ready: what `/readyz` and `mxfleet health` report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Readiness {
+    /// Every account is syncing or deliberately parked.
+    pub ready: bool,
+    /// The accounts that are not, with their states.
+    pub waiting: BTreeMap<String, AccountState>,
+}
+
+impl FleetStatus {
+    /// Ready when every account is syncing or deliberately parked (stopped by an operator, or
+    /// disabled in the config): not while accounts are still starting, connecting or backing
+    /// off, while storage is failing (`degraded`), or while an account needs the operator
+    /// (`auth_failed`, `failed`). A replica with no accounts is ready.
+    pub fn readiness(&self) -> Readiness {
+        let waiting: BTreeMap<String, AccountState> = self
+            .accounts
+            .iter()
+            .filter(|(_, a)| !settled(a.state))
+            .map(|(id, a)| (id.clone(), a.state))
+            .collect();
+        Readiness {
+            ready: waiting.is_empty(),
+            waiting,
+        }
+    }
+}
+
+/// Whether an account in `state` lets the fleet count as ready.
+fn settled(state: AccountState) -> bool {
+    match state {
+        AccountState::Syncing | AccountState::Stopped | AccountState::Disabled => true,
+        AccountState::Starting
+        | AccountState::Connecting
+        | AccountState::Backoff
+        | AccountState::Degraded
+        | AccountState::AuthFailed
+        | AccountState::Failed => false,
+    }
+}
+
 /// Shared, cheap-to-clone handle on the fleet's status.
 #[derive(Debug, Clone)]
 pub struct StatusBoard {
@@ -389,4 +430,40 @@ fn write_atomically(path: &Path, status: &FleetStatus) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_when_every_account_syncs_or_is_parked_on_purpose() {
+        let fleet = |states: &[AccountState]| FleetStatus {
+            pid: 1,
+            started_ms: 0,
+            updated_ms: 0,
+            accounts: states
+                .iter()
+                .enumerate()
+                .map(|(i, state)| (format!("a{i}"), AccountStatus::new(*state, 0)))
+                .collect(),
+        };
+        use AccountState::*;
+        for (states, ready) in [
+            (&[][..], true),
+            (&[Syncing, Syncing], true),
+            (&[Syncing, Stopped, Disabled], true),
+            (&[Syncing, Starting], false),
+            (&[Syncing, Connecting], false),
+            (&[Syncing, Backoff], false),
+            (&[Syncing, Degraded], false),
+            (&[Syncing, AuthFailed], false),
+            (&[Failed], false),
+        ] {
+            let readiness = fleet(states).readiness();
+            assert_eq!(readiness.ready, ready, "{states:?}");
+            let waiting = states.iter().filter(|s| !settled(**s)).count();
+            assert_eq!(readiness.waiting.len(), waiting, "{states:?}");
+        }
+    }
 }

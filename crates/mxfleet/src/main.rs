@@ -12,11 +12,15 @@ mod doctor;
 mod operator;
 mod retention;
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use mxfleet_admin::{AdminState, ConfigLoader, reload_config};
+use mxfleet_admin::{
+    AdminState, ConfigLoader,
+    probes::{OpenRoutes, OpenState, serve_open},
+    reload_config,
+};
 use mxfleet_config::{ConfigError, ConfigIssue, Flags, Loaded, LogFormat, Sources};
 use mxfleet_core::{FleetArgs, FleetMsg, StatusBoard, start_fleet};
 use mxfleet_store::{DirLock, Store, StoreError};
@@ -33,9 +37,12 @@ const EXIT_LOCKED: u8 = 3;
 /// looking at it holds it for milliseconds; another fleet holds it for good).
 const LOCK_PATIENCE: Duration = Duration::from_secs(2);
 
+/// The version and the commit the binary was built from (see `build.rs`).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("MXFLEET_COMMIT"), ")");
+
 /// Run many Matrix bot accounts in one process, connected to AI backends.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 struct Cli {
     /// The TOML config file (also `MXFLEET_CONFIG`; default `config/mxfleet.toml`).
     #[arg(long, global = true, value_name = "PATH")]
@@ -110,6 +117,9 @@ enum Command {
     },
     /// Make the running fleet re-read its configuration (like SIGHUP).
     Reload,
+    /// Exit 0 when the running fleet is alive and ready (every account syncing or deliberately
+    /// parked), 1 otherwise: for scripts and health checks.
+    Health,
     /// Check one account without a running fleet: homeserver, session, store, encryption.
     Doctor {
         /// The account id.
@@ -238,6 +248,7 @@ fn main() -> ExitCode {
             command: OtpCommand::Revoke { account, user },
         } => operator::otp_revoke(&loaded, &account, &user),
         Command::Reload => operator::reload(&loaded),
+        Command::Health => operator::health(&loaded),
         Command::Doctor { account } => doctor::run(&loaded, &account),
         Command::RecoveryKey { account, import } => recovery_key(&loaded, &account, import),
         Command::Account {
@@ -321,8 +332,10 @@ async fn run_fleet(loaded: Loaded, sources: Sources) -> anyhow::Result<()> {
     let board = StatusBoard::new();
     let writer = board.spawn_writer(&data_dir);
     let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs);
-    info!(accounts = config.accounts.len(), data_dir = %data_dir.display(), "mxfleet starting");
+    info!(version = VERSION, accounts = config.accounts.len(), data_dir = %data_dir.display(), "mxfleet starting");
     let admin = config.admin.clone();
+    let listeners_at_start = (config.probes, config.metrics);
+    let open = open_listeners(config.probes, config.metrics);
     let (fleet, handle) = start_fleet(FleetArgs {
         config,
         store: store.clone(),
@@ -331,7 +344,24 @@ async fn run_fleet(loaded: Loaded, sources: Sources) -> anyhow::Result<()> {
     .await
     .context("cannot start the fleet supervisor")?;
 
-    let loader = config_loader(sources, data_dir.clone(), admin.clone());
+    let mut _open_tasks = Vec::new();
+    for (bind, routes) in open {
+        let state = OpenState {
+            board: board.clone(),
+            store: store.clone(),
+            fleet: fleet.clone(),
+        };
+        let (_, task) = serve_open(bind, state, routes)
+            .await
+            .with_context(|| format!("cannot listen on {bind} (probes.bind / metrics.bind)"))?;
+        _open_tasks.push(AbortOnDrop(task));
+    }
+    let fixed = Fixed {
+        data_dir: data_dir.clone(),
+        admin: admin.clone(),
+        listeners: listeners_at_start,
+    };
+    let loader = config_loader(sources, fixed);
     let _admin_task = match admin {
         Some(spec) => {
             let state = AdminState {
@@ -381,6 +411,41 @@ async fn run_fleet(loaded: Loaded, sources: Sources) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The open listeners to start: one per address, serving the probes, the metrics or both.
+fn open_listeners(
+    probes: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+) -> Vec<(SocketAddr, OpenRoutes)> {
+    let mut listeners: Vec<(SocketAddr, OpenRoutes)> = Vec::new();
+    let wanted = [
+        (
+            probes,
+            OpenRoutes {
+                probes: true,
+                metrics: false,
+            },
+        ),
+        (
+            metrics,
+            OpenRoutes {
+                probes: false,
+                metrics: true,
+            },
+        ),
+    ];
+    for (bind, routes) in wanted {
+        let Some(bind) = bind else { continue };
+        match listeners.iter_mut().find(|(b, _)| *b == bind) {
+            Some((_, both)) => {
+                both.probes |= routes.probes;
+                both.metrics |= routes.metrics;
+            }
+            None => listeners.push((bind, routes)),
+        }
+    }
+    listeners
+}
+
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -390,16 +455,32 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Loads the configuration from the same sources as at start; a reload may not move the data
-/// directory or change the admin API (both need a restart).
-fn config_loader(
-    sources: Sources,
+/// What a reload cannot change (each needs a restart).
+struct Fixed {
     data_dir: PathBuf,
     admin: Option<mxfleet_config::AdminSpec>,
-) -> ConfigLoader {
+    /// `probes.bind` and `metrics.bind`.
+    listeners: (Option<SocketAddr>, Option<SocketAddr>),
+}
+
+/// Loads the configuration from the same sources as at start; a reload may not move the data
+/// directory, change the admin API or move the open listeners (each needs a restart).
+fn config_loader(sources: Sources, fixed: Fixed) -> ConfigLoader {
+    let Fixed {
+        data_dir,
+        admin,
+        listeners,
+    } = fixed;
     Arc::new(move || {
         let config = mxfleet_config::load(&sources)?.config;
         let mut issues = Vec::new();
+        if (config.probes, config.metrics) != listeners {
+            issues.push(ConfigIssue {
+                key: "probes.bind / metrics.bind".into(),
+                message: "cannot change while running; restart mxfleet to apply it".into(),
+                origin: "reload".into(),
+            });
+        }
         if config.data_dir != data_dir {
             issues.push(ConfigIssue {
                 key: "data_dir".into(),

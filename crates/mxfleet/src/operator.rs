@@ -1,5 +1,6 @@
 //! The commands that look at a fleet: `status` (from the admin API, else the status file),
-//! account control, `otp`, `reload` — through the running fleet's admin API.
+//! account control, `otp`, `reload` — through the running fleet's admin API — and `health`
+//! (the fleet's probes, else the status file).
 
 use std::process::ExitCode;
 
@@ -237,4 +238,98 @@ pub(crate) fn status_from_file(loaded: &Loaded, json: bool) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
+}
+
+/// `mxfleet health`: exit 0 when the running fleet is alive and ready (every account syncing or
+/// deliberately parked), 1 otherwise, with one line saying why. Asks the fleet's own probes
+/// when `[probes] bind` is set, else judges from the data dir (the fleet holds its lock) and
+/// the status file.
+pub(crate) fn health(loaded: &Loaded) -> ExitCode {
+    let verdict = match loaded.config.probes {
+        Some(bind) => block_on(health_from_probes(bind)),
+        None => health_from_file(loaded),
+    };
+    match verdict {
+        Ok(summary) => {
+            out!("ready: {summary}");
+            ExitCode::SUCCESS
+        }
+        Err(reason) => {
+            out!("not ready: {reason}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The fleet's answers on `/livez` and `/readyz` at `bind` (an unspecified address is asked on
+/// loopback).
+async fn health_from_probes(bind: std::net::SocketAddr) -> Result<String, String> {
+    let mut addr = bind;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| format!("no HTTP client: {e}"))?;
+    let ask = |path: &'static str| {
+        let http = http.clone();
+        async move {
+            let response = http
+                .get(format!("http://{addr}{path}"))
+                .send()
+                .await
+                .map_err(|e| format!("the fleet does not answer on {addr}: {e}"))?;
+            let ok = response.status().is_success();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            Ok::<_, String>((ok, body))
+        }
+    };
+    let (alive, live) = ask("/livez").await?;
+    if !alive {
+        return Err(format!(
+            "not alive: {}",
+            live["reason"].as_str().unwrap_or("?")
+        ));
+    }
+    let (ready, readiness) = ask("/readyz").await?;
+    let waiting = readiness["waiting"]
+        .as_object()
+        .map(|w| {
+            w.iter()
+                .map(|(id, state)| format!("{id} ({})", state.as_str().unwrap_or("?")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    match ready {
+        true => Ok(format!(
+            "the fleet on {addr} is alive and every account settled"
+        )),
+        false => Err(format!("waiting for {waiting}")),
+    }
+}
+
+/// Readiness from the status file, if a fleet holds the data dir.
+fn health_from_file(loaded: &Loaded) -> Result<String, String> {
+    let data_dir = &loaded.config.data_dir;
+    if !DirLock::is_held(data_dir, "mxfleet.lock") {
+        return Err(format!("no fleet is running on {}", data_dir.display()));
+    }
+    let status = read_status_file(data_dir)
+        .map_err(|e| format!("no status in {}: {e}", data_dir.display()))?;
+    let readiness = status.readiness();
+    let waiting: Vec<String> = readiness
+        .waiting
+        .iter()
+        .map(|(id, state)| format!("{id} ({state})"))
+        .collect();
+    match readiness.ready {
+        true => Ok(format!(
+            "fleet pid {} runs {} accounts, every one settled",
+            status.pid,
+            status.accounts.len()
+        )),
+        false => Err(format!("waiting for {}", waiting.join(", "))),
+    }
 }
