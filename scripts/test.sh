@@ -2,18 +2,20 @@
 # Runs mxfleet's whole test suite: unit tests and end-to-end tests against a real Synapse.
 #
 # Installs Synapse into a virtualenv if needed (scripts/setup-synapse.sh) and Debian's chromium
-# (the status page test) and bubblewrap (the sandboxed agent tests) if missing, starts one
-# shared Synapse on a free loopback port with raised rate limits, runs every test in parallel with cargo-nextest (cargo test if it is
+# (the status page test), bubblewrap (the sandboxed agent tests) and systemd (the unit is
+# verified with systemd-analyze) if missing, starts one shared Synapse on a free loopback port
+# with raised rate limits, runs every test in parallel with cargo-nextest (cargo test if it is
 # missing), and stops Synapse again. The status page's screenshot lands in target/test-artifacts/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/setup-synapse.sh >/dev/null
-# The status page is tested in headless Chromium, sandboxed command agents under bubblewrap
-# (Debian's packages).
+# The status page is tested in headless Chromium, sandboxed command agents under bubblewrap, the
+# systemd unit with systemd-analyze (Debian's packages).
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v bwrap >/dev/null || missing+=(bubblewrap)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"

@@ -11,6 +11,7 @@ macro_rules! out {
 mod doctor;
 mod operator;
 mod retention;
+mod systemd;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
@@ -344,6 +345,11 @@ async fn run_fleet(loaded: Loaded, sources: Sources) -> anyhow::Result<()> {
     .await
     .context("cannot start the fleet supervisor")?;
 
+    let _systemd = systemd::Notifier::from_env().map(|notifier| {
+        let watchdog = systemd::watchdog_interval();
+        let informing = systemd::keep_informed(notifier, board.clone(), fleet.clone(), watchdog);
+        AbortOnDrop(tokio::spawn(informing))
+    });
     let mut _open_tasks = Vec::new();
     for (bind, routes) in open {
         let state = OpenState {
@@ -387,6 +393,9 @@ async fn run_fleet(loaded: Loaded, sources: Sources) -> anyhow::Result<()> {
     tokio::select! {
         signal = shutdown_signal() => {
             info!(signal, "shutting down");
+            if let Some(notifier) = systemd::Notifier::from_env() {
+                notifier.notify("STOPPING=1\nSTATUS=shutting down");
+            }
             fleet.stop(Some("shutdown".into()));
             // The supervisor stops each account within the deadline; this bounds the whole.
             if tokio::time::timeout(shutdown_timeout + Duration::from_secs(2), &mut handle).await.is_err() {
