@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/setup-synapse.sh >/dev/null
+# kubernetes-validate (PyPI) checks the Kubernetes manifests offline.
+export MXTEST_TOOLS_VENV="$(scripts/setup-tools.sh)"
 # The status page is tested in headless Chromium, sandboxed command agents under bubblewrap, the
 # systemd unit with systemd-analyze (Debian's packages).
 missing=()

@@ -99,3 +99,175 @@ async fn the_fleet_tells_systemd_it_is_ready_feeds_the_watchdog_and_says_when_it
     notifications(&socket, &mut seen, "STOPPING=1", Duration::from_secs(5)).await?;
     Ok(())
 }
+
+/// A program of the tools virtualenv (`scripts/setup-tools.sh`; `MXTEST_TOOLS_VENV`).
+fn tool(name: &str) -> Result<PathBuf> {
+    let venv = std::env::var_os("MXTEST_TOOLS_VENV")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mxfleet/tools-venv"))
+        })
+        .unwrap_or_default();
+    let path = venv.join("bin").join(name);
+    ensure!(
+        path.exists(),
+        "{} is missing: run scripts/setup-tools.sh",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Runs the tools venv's Python on `script` with `args`; its stdout, or its complaint.
+fn python(script: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(tool("python")?)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()?;
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(said)
+}
+
+/// What kubernetes-validate's schemas cannot see: the PodMonitor (a CRD it has no schema for)
+/// and the PodDisruptionBudget select the StatefulSet's pods and name its ports, the probes
+/// point at mxfleet's routes, and the pod runs locked down.
+const CROSS_CHECKS: &str = r#"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+pm = yaml.safe_load(open(sys.argv[2]))
+def kind(k):
+    found = next((d for d in docs if d["kind"] == k), None)
+    if found is None:
+        sys.exit(f"no {k} in {sys.argv[1]}")
+    return found
+sts, pdb = kind("StatefulSet"), kind("PodDisruptionBudget")
+pod = sts["spec"]["template"]
+labels = pod["metadata"]["labels"]
+c = pod["spec"]["containers"][0]
+ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+selects = lambda sel: all(labels.get(k) == v for k, v in sel["matchLabels"].items())
+problems = []
+def need(ok, what):
+    if not ok: problems.append(what)
+need(pm["kind"] == "PodMonitor" and pm["apiVersion"] == "monitoring.coreos.com/v1", "PodMonitor kind")
+need(selects(pm["spec"]["selector"]), "the PodMonitor selects no mxfleet pod")
+need(all(e["port"] in ports for e in pm["spec"]["podMetricsEndpoints"]), "the PodMonitor names no container port")
+need(all(e.get("path", "/metrics") == "/metrics" for e in pm["spec"]["podMetricsEndpoints"]), "metrics path")
+need(selects(pdb["spec"]["selector"]), "the PodDisruptionBudget selects no mxfleet pod")
+for probe, path in [("startupProbe", "/livez"), ("livenessProbe", "/livez"), ("readinessProbe", "/readyz")]:
+    get = c.get(probe, {}).get("httpGet", {})
+    need(get.get("path") == path and get.get("port") in ports, probe)
+psc, sc = pod["spec"]["securityContext"], c["securityContext"]
+need(psc.get("runAsNonRoot") is True and psc.get("runAsUser", 0) != 0, "non-root")
+need(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", "seccomp RuntimeDefault")
+need(sc.get("readOnlyRootFilesystem") is True, "read-only root filesystem")
+need(sc.get("allowPrivilegeEscalation") is False, "no privilege escalation")
+need(sc.get("capabilities", {}).get("drop") == ["ALL"], "all capabilities dropped")
+tmp = [m["name"] for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]
+need(any("emptyDir" in v for v in pod["spec"]["volumes"] if v["name"] in tmp), "/tmp on an emptyDir")
+config = kind("ConfigMap")["data"]["mxfleet.toml"]
+need('bind = "0.0.0.0:9090"' in config and ports.get("probes") == 9090, "probes on port 9090")
+need('bind = "0.0.0.0:9091"' in config and ports.get("metrics") == 9091, "metrics on port 9091")
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+"#;
+
+#[test]
+fn the_kubernetes_manifests_validate_against_the_schemas_and_fit_together() -> Result<()> {
+    let dir = root().join("deploy/kubernetes");
+    let statefulset = dir.join("statefulset.yaml");
+    let validated = Command::new(tool("kubernetes-validate")?)
+        .args(["--strict", "--quiet"])
+        .arg(&statefulset)
+        .output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&validated.stdout),
+        String::from_utf8_lossy(&validated.stderr)
+    );
+    // --quiet prints only warnings and failures: every resource must pass silently.
+    ensure!(
+        validated.status.success() && said.trim().is_empty(),
+        "kubernetes-validate: {said}"
+    );
+    let podmonitor = dir.join("podmonitor.yaml");
+    let paths = [
+        statefulset.display().to_string(),
+        podmonitor.display().to_string(),
+    ];
+    python(CROSS_CHECKS, &[&paths[0], &paths[1]])?;
+    Ok(())
+}
+
+/// The StatefulSet's embedded config, its replica count and its shard count.
+const EMBEDDED_CONFIG: &str = r#"
+import sys, yaml, json
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+kind = lambda k: next(d for d in docs if d["kind"] == k)
+sts = kind("StatefulSet")
+env = {e["name"]: e.get("value") for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+print(json.dumps({"toml": kind("ConfigMap")["data"]["mxfleet.toml"],
+                  "replicas": sts["spec"]["replicas"], "count": env["MXFLEET_SHARD__COUNT"]}))
+"#;
+
+#[test]
+fn the_statefulsets_config_is_valid_on_every_replica_and_every_account_has_one() -> Result<()> {
+    let statefulset = root().join("deploy/kubernetes/statefulset.yaml");
+    let embedded: serde_json::Value = serde_json::from_str(&python(
+        EMBEDDED_CONFIG,
+        &[&statefulset.display().to_string()],
+    )?)?;
+    let replicas = embedded["replicas"].as_u64().context("replicas")?;
+    ensure!(
+        embedded["count"].as_str() == Some(replicas.to_string().as_str()),
+        "MXFLEET_SHARD__COUNT {} is not spec.replicas {replicas}",
+        embedded["count"]
+    );
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("mxfleet.toml");
+    std::fs::write(&config, embedded["toml"].as_str().context("toml")?)?;
+    // The mounted secret, here a file of our own.
+    let password = dir.path().join("helper-password");
+    std::fs::write(&password, "a password")?;
+    let mut runs = Vec::new();
+    for index in 0..replicas {
+        let checked = Command::new(binary())
+            .arg("--config")
+            .arg(&config)
+            .arg("check")
+            .env("MXFLEET_SHARD__COUNT", replicas.to_string())
+            .env("MXFLEET_SHARD__INDEX", index.to_string())
+            .env("MXFLEET_ACCOUNTS__HELPER__PASSWORD_FILE", &password)
+            .output()?;
+        let said = String::from_utf8_lossy(&checked.stdout).into_owned();
+        ensure!(
+            checked.status.success(),
+            "replica {index}: {said}{}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
+        runs.push(said);
+    }
+    let running = |account: &str| {
+        runs.iter()
+            .filter(|said| {
+                said.lines().any(|l| {
+                    l.starts_with("# replica ")
+                        && l.split(" runs: ")
+                            .nth(1)
+                            .is_some_and(|ids| ids.split(", ").any(|id| id == account))
+                })
+            })
+            .count()
+    };
+    ensure!(
+        running("helper") == 1,
+        "helper runs on {} replicas",
+        running("helper")
+    );
+    Ok(())
+}
