@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs mxfleet's whole test suite: unit tests and end-to-end tests against a real Synapse.
 #
-# Installs Synapse into a virtualenv if needed (scripts/setup-synapse.sh) and Debian's chromium
-# (the status page test), bubblewrap (the sandboxed agent tests) and systemd (the unit is
-# verified with systemd-analyze) if missing, starts one shared Synapse on a free loopback port
-# with raised rate limits, runs every test in parallel with cargo-nextest (cargo test if it is
-# missing), and stops Synapse again. The status page's screenshot lands in target/test-artifacts/.
+# Installs Synapse into a virtualenv if needed (scripts/setup-synapse.sh), kubernetes-validate
+# into another (scripts/setup-tools.sh), and Debian's chromium (the status page test), bubblewrap
+# (the sandboxed agent tests), systemd (the unit is verified with systemd-analyze) and
+# prometheus (promtool and a real scrape) if missing; starts one shared Synapse on a free
+# loopback port with raised rate limits, runs every test in parallel with cargo-nextest (cargo
+# test if it is missing), and stops Synapse again. The status page's screenshot lands in
+# target/test-artifacts/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -13,11 +15,12 @@ scripts/setup-synapse.sh >/dev/null
 # kubernetes-validate (PyPI) checks the Kubernetes manifests offline.
 export MXTEST_TOOLS_VENV="$(scripts/setup-tools.sh)"
 # The status page is tested in headless Chromium, sandboxed command agents under bubblewrap, the
-# systemd unit with systemd-analyze (Debian's packages).
+# systemd unit with systemd-analyze, the metrics with promtool and Prometheus (Debian's packages).
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v bwrap >/dev/null || missing+=(bubblewrap)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v promtool >/dev/null || missing+=(prometheus)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"

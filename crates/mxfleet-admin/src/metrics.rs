@@ -1,13 +1,13 @@
 //! The Prometheus text exposition, served by the admin API (with its token) and by the
 //! optional unauthenticated metrics listener.
 
-use std::fmt::Write as _;
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use axum::{
     http::header,
     response::{IntoResponse, Response},
 };
-use mxfleet_core::{AccountStatus, StatusBoard};
+use mxfleet_core::{AccountStatus, BACKEND_BUCKETS_SECS, StatusBoard};
 use mxfleet_store::{Store, now_ms};
 
 /// The Prometheus text exposition of the fleet's counters and gauges, as an HTTP response.
@@ -138,23 +138,7 @@ pub(crate) fn exposition(board: &StatusBoard, store: &Store) -> Response {
             ))
         }),
     );
-    family(
-        "mxfleet_backend_seconds_sum",
-        "counter",
-        "Total time backends took for answers (request to last token).",
-        &mut accounts.iter().map(|(id, s)| {
-            (
-                format!("account=\"{id}\""),
-                format!("{:.3}", s.backend_ms_total as f64 / 1000.0),
-            )
-        }),
-    );
-    family(
-        "mxfleet_backend_seconds_count",
-        "counter",
-        "Answers timed in mxfleet_backend_seconds_sum.",
-        &mut counter(|s| s.backend_answers).into_iter(),
-    );
+    backend_histogram(&mut out, accounts);
     // Process-wide, without labels.
     for (name, kind, help, value) in [
         (
@@ -183,4 +167,22 @@ pub(crate) fn exposition(board: &StatusBoard, store: &Store) -> Response {
         out,
     )
         .into_response()
+}
+
+/// `mxfleet_backend_seconds`, a histogram per account of the time backends took per answer.
+fn backend_histogram(out: &mut String, accounts: &BTreeMap<String, AccountStatus>) {
+    let name = "mxfleet_backend_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time a backend took per answer (request to last token).\n# TYPE {name} histogram"
+    );
+    for (id, s) in accounts {
+        for (le, count) in BACKEND_BUCKETS_SECS.iter().zip(s.backend_cumulative()) {
+            let _ = writeln!(out, "{name}_bucket{{account=\"{id}\",le=\"{le}\"}} {count}");
+        }
+        let (count, sum) = (s.backend_answers, s.backend_ms_total as f64 / 1000.0);
+        let _ = writeln!(out, "{name}_bucket{{account=\"{id}\",le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum{{account=\"{id}\"}} {sum:.3}");
+        let _ = writeln!(out, "{name}_count{{account=\"{id}\"}} {count}");
+    }
 }

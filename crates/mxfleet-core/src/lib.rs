@@ -41,7 +41,8 @@ pub use fleet::{
     Control, ControlError, FleetArgs, FleetMsg, FleetState, FleetSupervisor, ReloadReport,
 };
 pub use status::{
-    AccountState, AccountStatus, FleetStatus, Readiness, StatusBoard, read_status_file,
+    AccountState, AccountStatus, BACKEND_BUCKETS_SECS, FleetStatus, Readiness, StatusBoard,
+    read_status_file,
 };
 
 /// Spawns the fleet supervisor under the name `fleet`.

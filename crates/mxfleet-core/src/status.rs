@@ -126,6 +126,10 @@ pub struct AccountStatus {
     /// Answers timed in `backend_ms_total`.
     #[serde(default)]
     pub backend_answers: u64,
+    /// Of those, how many took at most each of [`BACKEND_BUCKETS_SECS`] (not cumulative: an
+    /// answer counts in the first bucket it fits; slower ones only in `backend_answers`).
+    #[serde(default)]
+    pub backend_buckets: Vec<u64>,
     /// Whether the account can read encrypted rooms, and why not.
     #[serde(default)]
     pub encryption: Option<String>,
@@ -171,6 +175,7 @@ impl AccountStatus {
             decrypted_late: 0,
             backend_ms_total: 0,
             backend_answers: 0,
+            backend_buckets: Vec::new(),
             encryption: None,
             crypto: None,
             ownership: None,
@@ -202,6 +207,39 @@ pub struct FleetStatus {
     pub updated_ms: u64,
     /// Accounts by id.
     pub accounts: BTreeMap<String, AccountStatus>,
+}
+
+/// The upper bounds (seconds) of the backend time histogram's buckets.
+pub const BACKEND_BUCKETS_SECS: [f64; 10] =
+    [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+impl AccountStatus {
+    /// Counts an answer whose backend took `ms`: in the total, and in its histogram bucket.
+    pub fn observe_backend(&mut self, ms: u64) {
+        self.backend_ms_total = self.backend_ms_total.saturating_add(ms);
+        self.backend_answers = self.backend_answers.saturating_add(1);
+        let secs = ms as f64 / 1000.0;
+        let Some(bucket) = BACKEND_BUCKETS_SECS.iter().position(|le| secs <= *le) else {
+            return;
+        };
+        if self.backend_buckets.len() < BACKEND_BUCKETS_SECS.len() {
+            self.backend_buckets.resize(BACKEND_BUCKETS_SECS.len(), 0);
+        }
+        if let Some(count) = self.backend_buckets.get_mut(bucket) {
+            *count = count.saturating_add(1);
+        }
+    }
+
+    /// The histogram's cumulative counts, one per bound of [`BACKEND_BUCKETS_SECS`].
+    pub fn backend_cumulative(&self) -> Vec<u64> {
+        let mut total = 0u64;
+        (0..BACKEND_BUCKETS_SECS.len())
+            .map(|i| {
+                total = total.saturating_add(self.backend_buckets.get(i).copied().unwrap_or(0));
+                total
+            })
+            .collect()
+    }
 }
 
 /// Whether the fleet is ready: what `/readyz` and `mxfleet health` report.
@@ -435,6 +473,22 @@ fn write_atomically(path: &Path, status: &FleetStatus) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_times_land_in_their_bucket_and_add_up_cumulatively() {
+        let mut status = AccountStatus::new(AccountState::Syncing, 0);
+        // 0.05 s and 0.1 s fit the first bucket (le 0.1), 0.7 s the fourth (le 1), 500 s none.
+        for ms in [50, 100, 700, 500_000] {
+            status.observe_backend(ms);
+        }
+        assert_eq!(status.backend_answers, 4);
+        assert_eq!(status.backend_ms_total, 500_850);
+        assert_eq!(status.backend_cumulative(), [2, 2, 2, 3, 3, 3, 3, 3, 3, 3]);
+        assert_eq!(
+            AccountStatus::new(AccountState::Syncing, 0).backend_cumulative(),
+            [0; 10]
+        );
+    }
 
     #[test]
     fn ready_when_every_account_syncs_or_is_parked_on_purpose() {

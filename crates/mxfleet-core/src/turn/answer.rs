@@ -201,10 +201,8 @@ async fn answer<R: RoomPort>(
         actions::send_asked(room, message, &placement, &action, &mut delivered.text).await;
     }
     let backend_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    ctx.board.update(&ctx.account, |s| {
-        s.backend_ms_total = s.backend_ms_total.saturating_add(backend_ms);
-        s.backend_answers += 1;
-    });
+    ctx.board
+        .update(&ctx.account, |s| s.observe_backend(backend_ms));
     // The outcome is recorded before the cues are cleared: a redaction held back by a 429 must
     // not leave a delivered answer pending.
     let recorded = record::record(ctx, room, message, &key, outcome, Remember::Yes).await;

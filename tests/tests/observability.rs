@@ -1,0 +1,174 @@
+//! Observability checked with the real tools: `promtool check metrics` (Debian's `prometheus`
+//! package) on the fleet's exposition, and a real Prometheus that scrapes a running fleet and
+//! answers queries for its series.
+
+#![recursion_limit = "256"]
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use mxfleet_testkit::{Scenario, free_port};
+
+const TIMEOUT: Duration = Duration::from_secs(40);
+
+/// `promtool check metrics` on `exposition`: its findings (empty when it has none).
+fn promtool_findings(exposition: &str) -> Result<String> {
+    use std::io::Write as _;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("promtool (Debian's prometheus package) is needed")?;
+    child
+        .stdin
+        .take()
+        .context("promtool's stdin")?
+        .write_all(exposition.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match out.status.success() {
+        true => Ok(said.trim().to_owned()),
+        false => bail!("promtool failed: {said}"),
+    }
+}
+
+/// A Prometheus server scraping `target` every second, stopped when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn scraping(target: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: mxfleet\n    \
+                 static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        )?;
+        let port = free_port()?;
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("prometheus (Debian's prometheus package) is needed")?;
+        Ok(Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        })
+    }
+
+    /// The samples of instant query `query`, as `(labels, value)`.
+    async fn query(&self, query: &str) -> Result<Vec<(serde_json::Value, String)>> {
+        let text = reqwest::Client::new()
+            .get(format!("{}/api/v1/query?query={}", self.url, encode(query)))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let answer: serde_json::Value = serde_json::from_str(&text)?;
+        let results = answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                let value = r["value"][1].as_str().unwrap_or_default().to_owned();
+                (r["metric"].clone(), value)
+            })
+            .collect())
+    }
+}
+
+/// `text` percent-encoded for a query string.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_the_fleet_and_promtool_accepts_its_metrics() -> Result<()> {
+    let port = free_port()?;
+    let mut s = Scenario::new()
+        .toml(&format!("[metrics]\nbind = \"127.0.0.1:{port}\""))
+        .bot(|b| b.open_dms())
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").user_id.clone());
+    let dm = human.dm(&bot).await?;
+    human.send(&dm, "count me").await?;
+    human.expect_message(&dm, &bot, "count me", TIMEOUT).await?;
+
+    let target = format!("127.0.0.1:{port}");
+    let exposition = reqwest::get(format!("http://{target}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let findings = promtool_findings(&exposition)?;
+    ensure!(findings.is_empty(), "promtool check metrics: {findings}");
+
+    let prometheus = Prometheus::scraping(&target)?;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let answered = loop {
+        let samples = prometheus
+            .query("mxfleet_messages_out_total{account=\"bot\"}")
+            .await
+            .unwrap_or_default();
+        if let Some((labels, value)) = samples.first() {
+            break (labels.clone(), value.clone());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("Prometheus never had mxfleet_messages_out_total");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    ensure!(
+        answered.1.parse::<f64>().unwrap_or(0.0) >= 1.0,
+        "{answered:?}"
+    );
+    ensure!(answered.0["job"] == "mxfleet", "{answered:?}");
+    let syncing = prometheus
+        .query("mxfleet_account_state{state=\"syncing\"} == 1")
+        .await?;
+    ensure!(
+        syncing.iter().any(|(l, _)| l["account"] == "bot"),
+        "{syncing:?}"
+    );
+    s.fleet.stop().await?;
+    Ok(())
+}
