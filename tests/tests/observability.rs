@@ -172,3 +172,58 @@ async fn prometheus_scrapes_the_fleet_and_promtool_accepts_its_metrics() -> Resu
     s.fleet.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn traces_carry_the_service_name_and_resource_the_environment_gives() -> Result<()> {
+    let collector = mxfleet_testkit::FakeCollector::start().await?;
+    let mut s = Scenario::new()
+        .bot(|b| b.open_dms())
+        .human()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint)
+        .env("OTEL_SERVICE_NAME", "fleet-under-test")
+        .env(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment=test,team=bots",
+        )
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").user_id.clone());
+    let dm = human.dm(&bot).await?;
+    human.send(&dm, "traced").await?;
+    human.expect_message(&dm, &bot, "traced", TIMEOUT).await?;
+    s.fleet.stop().await?; // flushes the batch exporter
+
+    // Decoded from the OTLP protobuf, not searched for as bytes.
+    let spans = collector.spans()?;
+    let message = spans
+        .iter()
+        .find(|s| {
+            s.name == "message" && s.attributes.get("account").map(String::as_str) == Some("bot")
+        })
+        .with_context(|| {
+            let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+            format!("no message span for the bot among {names:?}")
+        })?;
+    let resource = &message.resource;
+    let version = env!("CARGO_PKG_VERSION");
+    for (key, expected) in [
+        ("service.name", "fleet-under-test"),
+        ("service.version", version),
+        ("deployment.environment", "test"),
+        ("team", "bots"),
+    ] {
+        ensure!(
+            resource.get(key).map(String::as_str) == Some(expected),
+            "{key}: {:?} in {resource:?}",
+            resource.get(key)
+        );
+    }
+    ensure!(
+        resource
+            .get("service.instance.id")
+            .is_some_and(|id| id.ends_with("/0")),
+        "service.instance.id (host/replica): {resource:?}"
+    );
+    ensure!(message.trace_id.len() == 16 && message.span_id.len() == 8);
+    Ok(())
+}

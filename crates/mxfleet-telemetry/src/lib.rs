@@ -69,8 +69,9 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the global subscriber: logs per `log`, plus OTLP export when configured by env.
-pub fn init(log: &LogConfig) -> Result<TelemetryGuard, TelemetryError> {
+/// Installs the global subscriber: logs per `log`, plus OTLP export when configured by env,
+/// spans tagged with `instance` as their `service.instance.id`.
+pub fn init(log: &LogConfig, instance: &str) -> Result<TelemetryGuard, TelemetryError> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.is_empty() => EnvFilter::try_new(&directives)
             .map_err(|e| TelemetryError::Filter(directives.clone(), e.to_string()))?,
@@ -110,7 +111,7 @@ pub fn init(log: &LogConfig) -> Result<TelemetryGuard, TelemetryError> {
         Some(
             SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
-                .with_resource(Resource::builder().with_service_name(SERVICE_NAME).build())
+                .with_resource(resource(instance))
                 .build(),
         )
     } else {
@@ -132,6 +133,34 @@ pub fn init(log: &LogConfig) -> Result<TelemetryGuard, TelemetryError> {
         provider,
         _logs: worker,
     })
+}
+
+/// The resource every span carries: what the environment says (`OTEL_SERVICE_NAME`,
+/// `OTEL_RESOURCE_ATTRIBUTES`, read by the SDK's detectors) wins; otherwise `service.name` is
+/// `mxfleet`; `service.version` is this build's and `service.instance.id` is `instance`, unless
+/// the environment's attributes name them.
+fn resource(instance: &str) -> Resource {
+    let attributes = std::env::var("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default();
+    let named = |key: &str| {
+        attributes
+            .split(',')
+            .any(|pair| pair.split('=').next().map(str::trim) == Some(key))
+    };
+    let mut builder = Resource::builder();
+    let service_name_set = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|n| !n.is_empty());
+    if !service_name_set && !named("service.name") {
+        builder = builder.with_service_name(SERVICE_NAME);
+    }
+    let ours = [
+        ("service.version", env!("CARGO_PKG_VERSION").to_owned()),
+        ("service.instance.id", instance.to_owned()),
+    ];
+    for (key, value) in ours {
+        if !named(key) {
+            builder = builder.with_attribute(opentelemetry::KeyValue::new(key, value));
+        }
+    }
+    builder.build()
 }
 
 fn otlp_configured() -> bool {

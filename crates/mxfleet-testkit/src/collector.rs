@@ -1,4 +1,5 @@
-//! A stand-in OpenTelemetry collector: accepts OTLP/HTTP trace exports and keeps the bodies.
+//! A stand-in OpenTelemetry collector: accepts OTLP/HTTP trace exports, keeps the bodies, and
+//! decodes them with the OTLP protobuf definitions (`opentelemetry-proto`).
 
 use std::sync::{Arc, Mutex};
 
@@ -37,6 +38,34 @@ impl FakeCollector {
             .clone()
     }
 
+    /// Every span received with its resource's attributes, decoded from the protobuf; a body
+    /// that does not decode is an error.
+    pub fn spans(&self) -> anyhow::Result<Vec<ReceivedSpan>> {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message as _;
+        let mut spans = Vec::new();
+        for body in self.exports() {
+            let request = ExportTraceServiceRequest::decode(body.as_slice())?;
+            for resource_spans in request.resource_spans {
+                let resource = resource_spans
+                    .resource
+                    .map(|r| attributes(&r.attributes))
+                    .unwrap_or_default();
+                for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
+                    spans.push(ReceivedSpan {
+                        name: span.name.clone(),
+                        attributes: attributes(&span.attributes),
+                        resource: resource.clone(),
+                        trace_id: span.trace_id.clone(),
+                        span_id: span.span_id.clone(),
+                        parent_span_id: span.parent_span_id.clone(),
+                    });
+                }
+            }
+        }
+        Ok(spans)
+    }
+
     /// Whether any export contains `needle` (span names and attribute values are plain bytes in
     /// the protobuf encoding).
     pub fn saw(&self, needle: &str) -> bool {
@@ -44,6 +73,44 @@ impl FakeCollector {
             .iter()
             .any(|body| body.windows(needle.len()).any(|w| w == needle.as_bytes()))
     }
+}
+
+/// A span as the collector received it.
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    /// Its name.
+    pub name: String,
+    /// Its attributes, values as text.
+    pub attributes: std::collections::BTreeMap<String, String>,
+    /// Its resource's attributes (`service.name`, …), values as text.
+    pub resource: std::collections::BTreeMap<String, String>,
+    /// Its trace id (16 bytes).
+    pub trace_id: Vec<u8>,
+    /// Its span id (8 bytes).
+    pub span_id: Vec<u8>,
+    /// Its parent's span id (empty for a root).
+    pub parent_span_id: Vec<u8>,
+}
+
+/// OTLP key-values as text.
+fn attributes(
+    pairs: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+) -> std::collections::BTreeMap<String, String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    pairs
+        .iter()
+        .map(|kv| {
+            let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Value::StringValue(s)) => s.clone(),
+                Some(Value::IntValue(i)) => i.to_string(),
+                Some(Value::BoolValue(b)) => b.to_string(),
+                Some(Value::DoubleValue(d)) => d.to_string(),
+                Some(other) => format!("{other:?}"),
+                None => String::new(),
+            };
+            (kv.key.clone(), value)
+        })
+        .collect()
 }
 
 impl Drop for FakeCollector {

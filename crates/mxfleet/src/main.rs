@@ -275,7 +275,8 @@ fn run(loaded: Loaded, sources: Sources) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let _telemetry = match mxfleet_telemetry::init(&loaded.config.log) {
+        let instance = instance_id(loaded.config.shard.index);
+        let _telemetry = match mxfleet_telemetry::init(&loaded.config.log, &instance) {
             Ok(guard) => guard,
             Err(e) => {
                 eprintln!("mxfleet: {e}");
@@ -418,6 +419,18 @@ async fn run_fleet(loaded: Loaded, sources: Sources) -> anyhow::Result<()> {
     board.flush(&data_dir).await;
     info!("mxfleet stopped");
     Ok(())
+}
+
+/// This process's `service.instance.id` in traces: the host (a Kubernetes pod's name) and the
+/// replica index, e.g. `mxfleet-2/2`.
+fn instance_id(replica: u32) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}/{replica}")
 }
 
 /// The open listeners to start: one per address, serving the probes, the metrics or both.
