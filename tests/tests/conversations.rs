@@ -867,6 +867,7 @@ async fn a_backend_error_reaches_the_room_as_an_id_and_its_details_only_the_log(
         )
         .bot(|b| b.open_dms().backend("broken"))
         .human()
+        .admin()
         .start()
         .await?;
     let (human, bot) = (&s.humans[0], s.bot("bot").user_id.clone());
@@ -896,6 +897,17 @@ async fn a_backend_error_reaches_the_room_as_an_id_and_its_details_only_the_log(
             .any(|l| l.contains(&id) && l.contains("TOPSECRET")),
         "the log does not tie error {id} to its details"
     );
+    // Counted for the alert on backend failures (recorded just after the answer is sent).
+    let counted = "mxfleet_backend_errors_total{account=\"bot\"} 1";
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = s.metrics().await?;
+        if metrics.lines().any(|l| l == counted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(metrics.lines().any(|l| l == counted), "{metrics}");
     s.fleet.stop().await?;
     Ok(())
 }

@@ -271,3 +271,26 @@ fn the_statefulsets_config_is_valid_on_every_replica_and_every_account_has_one()
     );
     Ok(())
 }
+
+#[test]
+fn the_alert_rules_pass_promtool_and_their_unit_tests() -> Result<()> {
+    let dir = root().join("deploy/prometheus");
+    for args in [
+        ["check", "rules", "alerts.yaml"],
+        ["test", "rules", "alerts_test.yaml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .context("promtool (Debian's prometheus package) is needed")?;
+        ensure!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}

@@ -120,6 +120,56 @@ impl Drop for Prometheus {
     }
 }
 
+/// The `mxfleet_…` names the Grafana dashboard's panels and the alert rules query, per file.
+fn queried_metrics() -> Result<Vec<(&'static str, std::collections::BTreeSet<String>)>> {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let deploy = root.parent().context("the checkout")?.join("deploy");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        deploy.join("grafana/mxfleet.json"),
+    )?)?;
+    let panels = dashboard["panels"]
+        .as_array()
+        .context("the dashboard's panels")?;
+    let mut exprs = Vec::new();
+    for panel in panels {
+        let targets = panel["targets"]
+            .as_array()
+            .context("a panel without targets")?;
+        ensure!(!targets.is_empty(), "panel {} has no query", panel["title"]);
+        for target in targets {
+            exprs.push(
+                target["expr"]
+                    .as_str()
+                    .context("a target without expr")?
+                    .to_owned(),
+            );
+        }
+    }
+    let alerts = std::fs::read_to_string(deploy.join("prometheus/alerts.yaml"))?;
+    Ok(vec![
+        (
+            "deploy/grafana/mxfleet.json",
+            metric_names(&exprs.join("\n")),
+        ),
+        ("deploy/prometheus/alerts.yaml", metric_names(&alerts)),
+    ])
+}
+
+/// The `mxfleet_…` identifiers in `text`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("mxfleet_") {
+        let tail = rest.get(at..).unwrap_or_default();
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail.get(..end).unwrap_or_default().to_owned());
+        rest = tail.get(end..).unwrap_or_default();
+    }
+    names
+}
+
 #[tokio::test]
 async fn prometheus_scrapes_the_fleet_and_promtool_accepts_its_metrics() -> Result<()> {
     let port = free_port()?;
@@ -141,6 +191,17 @@ async fn prometheus_scrapes_the_fleet_and_promtool_accepts_its_metrics() -> Resu
         .await?;
     let findings = promtool_findings(&exposition)?;
     ensure!(findings.is_empty(), "promtool check metrics: {findings}");
+    // Every series the dashboard and the alerts query is one the fleet exposes.
+    for (file, queried) in queried_metrics()? {
+        let missing: Vec<&String> = queried
+            .iter()
+            .filter(|name| !exposition.lines().any(|l| l.starts_with(name.as_str())))
+            .collect();
+        ensure!(
+            missing.is_empty(),
+            "{file} queries {missing:?}, which the fleet does not expose"
+        );
+    }
 
     let prometheus = Prometheus::scraping(&target)?;
     let deadline = tokio::time::Instant::now() + TIMEOUT;

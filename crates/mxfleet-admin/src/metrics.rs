@@ -85,6 +85,18 @@ pub(crate) fn exposition(board: &StatusBoard, store: &Store) -> Response {
         &mut counter(|s| s.rate_limited).into_iter(),
     );
     family(
+        "mxfleet_messages_waiting",
+        "gauge",
+        "Messages queued in the account's room workers, not yet taken up (a growing backlog).",
+        &mut counter(|s| s.messages_waiting).into_iter(),
+    );
+    family(
+        "mxfleet_backend_errors_total",
+        "counter",
+        "Answers whose backend failed; the room was told an error id, the details are in the log.",
+        &mut counter(|s| s.backend_errors).into_iter(),
+    );
+    family(
         "mxfleet_messages_ignored_total",
         "counter",
         "Messages the gate turned away before storing them: not addressed to the bot, outside the access lists, or from another bot of this fleet.",

@@ -92,6 +92,12 @@ pub struct AccountStatus {
     /// Messages given up on: every attempt to answer them failed (see `last_error`).
     #[serde(default)]
     pub messages_failed: u64,
+    /// Messages queued in the account's room workers, not yet taken up.
+    #[serde(default)]
+    pub messages_waiting: u64,
+    /// Answers whose backend failed (the room was told an error id).
+    #[serde(default)]
+    pub backend_errors: u64,
     /// Answers cut at `max_answer_chars` or `max_answer_parts`.
     #[serde(default)]
     pub answers_cut: u64,
@@ -165,6 +171,8 @@ impl AccountStatus {
             skipped_old: 0,
             messages_ignored: 0,
             messages_failed: 0,
+            messages_waiting: 0,
+            backend_errors: 0,
             answers_cut: 0,
             rate_limited: 0,
             stream_editor: ChildState::Stopped,

@@ -123,7 +123,9 @@ impl Turns {
             tx
         });
         match queue.try_send((message, ticket)) {
-            Ok(()) => {}
+            Ok(()) => ctx.board.update(&ctx.account, |s| {
+                s.messages_waiting = s.messages_waiting.saturating_add(1);
+            }),
             Err(mpsc::error::TrySendError::Full((message, _))) => {
                 warn!(account = %ctx.account, room = %room, waiting = ROOM_BACKLOG_MAX,
                     "the room's backlog is full: message skipped");
@@ -151,6 +153,9 @@ impl Turns {
     pub(crate) async fn shutdown(mut self, drain: Duration) {
         let _ = self.stop.send(true);
         self.queues.clear();
+        // What waited stays pending in the inbox; the next connection queues it again.
+        let ctx = &self.context;
+        ctx.board.update(&ctx.account, |s| s.messages_waiting = 0);
         if self.drain_within(drain).await {
             return;
         }
@@ -197,6 +202,9 @@ async fn room_worker(
             _ = stop.wait_for(|stopping| *stopping) => return,
             queued = queue.recv() => match queued { Some(queued) => queued, None => return },
         };
+        ctx.board.update(&ctx.account, |s| {
+            s.messages_waiting = s.messages_waiting.saturating_sub(1);
+        });
         let span = info_span!(parent: None, "message", account = %ctx.account, room = %message.room_id, event_id = %message.event_id);
         let handle = |message| handle_in_room(&ctx, message, ticket);
         attempt(&ctx, &message, &mut stop, handle)
@@ -312,7 +320,11 @@ mod tests {
         }
         let shed = board.account("bot").map(|s| s.rate_limited);
         assert_eq!(shed, Some(extra as u64));
+        let waiting = board.account("bot").map(|s| s.messages_waiting);
+        assert_eq!(waiting, Some(ROOM_BACKLOG_MAX as u64));
         turns.shutdown(Duration::from_secs(1)).await;
+        // What waited stays pending in the inbox, and is no longer counted as waiting.
+        assert_eq!(board.account("bot").map(|s| s.messages_waiting), Some(0));
     }
 
     fn transient() -> AccountError {

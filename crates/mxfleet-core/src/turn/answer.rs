@@ -200,6 +200,11 @@ async fn answer<R: RoomPort>(
     if let (Ok(delivered), Some(action)) = (&mut outcome, actions::take(&found)) {
         actions::send_asked(room, message, &placement, &action, &mut delivered.text).await;
     }
+    if matches!(&outcome, Ok(delivered) if delivered.backend_error.is_some()) {
+        ctx.board.update(&ctx.account, |s| {
+            s.backend_errors = s.backend_errors.saturating_add(1)
+        });
+    }
     let backend_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     ctx.board
         .update(&ctx.account, |s| s.observe_backend(backend_ms));
