@@ -246,6 +246,8 @@ async fn traces_carry_the_service_name_and_resource_the_environment_gives() -> R
             "OTEL_RESOURCE_ATTRIBUTES",
             "deployment.environment=test,team=bots",
         )
+        // The message's own lines are at debug level.
+        .env("RUST_LOG", "info,mxfleet_core=debug")
         .start()
         .await?;
     let (human, bot) = (&s.humans[0], s.bot("bot").user_id.clone());
@@ -286,5 +288,118 @@ async fn traces_carry_the_service_name_and_resource_the_environment_gives() -> R
         "service.instance.id (host/replica): {resource:?}"
     );
     ensure!(message.trace_id.len() == 16 && message.span_id.len() == 8);
+    // The message's log lines name its trace and span, so a log line leads to the trace.
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let (trace, span) = (hex(&message.trace_id), hex(&message.span_id));
+    let logs = s.fleet.all_logs();
+    ensure!(
+        logs.lines()
+            .any(|l| l.contains(&format!("\"trace_id\":\"{trace}\""))
+                && l.contains(&format!("\"span_id\":\"{span}\""))),
+        "no JSON log line names trace {trace} and span {span}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_backend_call_is_a_genai_span_whose_trace_context_reaches_the_backend() -> Result<()> {
+    let collector = mxfleet_testkit::FakeCollector::start().await?;
+    let llm = mxfleet_testkit::FakeOpenAi::start(64).await?;
+    let agent = "kind = \"command\"\ncommand = [\"sh\", \"-c\", \"cat >/dev/null; echo \\\"trace $TRACEPARENT\\\"\"]";
+    let mut s = Scenario::new()
+        .llm(&llm)
+        .backend("agent", agent)
+        .bot_named("hooked", |b| b.open_dms().backend("llm"))
+        .bot_named("agented", |b| b.open_dms().backend("agent"))
+        .human()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint)
+        .start()
+        .await?;
+    let human = &s.humans[0];
+    let (hooked, agented) = (
+        s.bot("hooked").user_id.clone(),
+        s.bot("agented").user_id.clone(),
+    );
+    let dm = human.dm(&hooked).await?;
+    human.send(&dm, "trace me").await?;
+    human
+        .expect_final_text(
+            &dm,
+            &hooked,
+            "openai says: trace me — streamed with ünïcödé ✓",
+            TIMEOUT,
+        )
+        .await?;
+    let agent_dm = human.dm(&agented).await?;
+    human.send(&agent_dm, "and me").await?;
+    let said = human
+        .wait_for("the agent's answer", TIMEOUT, |h| {
+            h.seen_from(&agent_dm, &agented)
+                .into_iter()
+                .map(|seen| h.current_text(&seen))
+                .find(|text| text.starts_with("trace "))
+        })
+        .await?;
+    s.fleet.stop().await?; // flushes the batch exporter
+
+    let spans = collector.spans()?;
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    // The backend got the backend span's context in its traceparent header.
+    let traceparent = llm
+        .requests()
+        .first()
+        .and_then(|r| r.traceparent.clone())
+        .context("the backend got no traceparent")?;
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    ensure!(parts.len() == 4 && parts[0] == "00", "{traceparent}");
+    let backend = spans
+        .iter()
+        .find(|s| s.name == "backend" && hex(&s.span_id) == parts[2])
+        .with_context(|| format!("no backend span {traceparent} among {spans:?}"))?;
+    ensure!(
+        hex(&backend.trace_id) == parts[1],
+        "{traceparent} vs {backend:?}"
+    );
+    for (key, expected) in [
+        ("gen_ai.operation.name", "chat"),
+        ("gen_ai.request.model", "base-model"),
+        ("gen_ai.system", "openai"),
+    ] {
+        ensure!(
+            backend.attributes.get(key).map(String::as_str) == Some(expected),
+            "{key} in {:?}",
+            backend.attributes
+        );
+    }
+    // It sits under the message's span, in the message's trace.
+    let message = spans
+        .iter()
+        .find(|s| s.span_id == backend.parent_span_id)
+        .context("the backend span has no parent among the exported spans")?;
+    ensure!(
+        message.name == "message" && message.trace_id == backend.trace_id,
+        "{message:?}"
+    );
+
+    // A command agent gets it as TRACEPARENT.
+    let given = said.trim_start_matches("trace ").trim();
+    ensure!(
+        given.len() == 55 && given.starts_with("00-"),
+        "the agent saw TRACEPARENT={given:?}"
+    );
+    let trace = given.split('-').nth(1).unwrap_or_default();
+    let agent_span = spans
+        .iter()
+        .find(|s| s.name == "backend" && hex(&s.trace_id) == trace)
+        .with_context(|| format!("the agent's trace {trace} is not a backend span's"))?;
+    ensure!(
+        agent_span
+            .attributes
+            .get("gen_ai.system")
+            .map(String::as_str)
+            == Some("command"),
+        "{:?}",
+        agent_span.attributes
+    );
     Ok(())
 }

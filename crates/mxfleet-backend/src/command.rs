@@ -128,6 +128,10 @@ impl CommandBackend {
             .split_first()
             .ok_or_else(|| BackendError::Config("the command is empty".into()))?;
         let mut command = self.command(program, args);
+        // The message's trace context, so an agent's own spans join its trace.
+        if let Some(traceparent) = &request.traceparent {
+            command.env("TRACEPARENT", traceparent);
+        }
         command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -148,6 +148,11 @@ pub struct ChatRequest {
     pub thread_root: Option<String>,
     /// Who sent the message being answered.
     pub sender: String,
+    /// The W3C trace context of the message's span (`00-<trace>-<span>-<flags>`) when traces
+    /// are exported: sent as the `traceparent` header (webhook, openai) and the `TRACEPARENT`
+    /// environment variable (command agents), so the backend's spans join the message's trace.
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 impl ChatRequest {
@@ -218,6 +223,17 @@ pub(crate) fn post_json(
         Some(token) => builder.bearer_auth(token.expose()),
         None => builder,
     })
+}
+
+/// `builder` with the request's `traceparent` header, if it has a trace context.
+pub(crate) fn with_traceparent(
+    builder: reqwest::RequestBuilder,
+    request: &ChatRequest,
+) -> reqwest::RequestBuilder {
+    match &request.traceparent {
+        Some(traceparent) => builder.header("traceparent", traceparent),
+        None => builder,
+    }
 }
 
 /// The error of a non-2xx response: its status and the start of its body.

@@ -143,7 +143,7 @@ impl Backend for OpenAiBackend {
             accept,
             self.api_key.as_ref(),
         ) {
-            Ok(builder) => builder,
+            Ok(builder) => crate::with_traceparent(builder, &request),
             Err(e) => return failed(e),
         };
         Box::pin(stream::unfold(Stage::Connect(builder), advance))

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::{
     Backend, BackendError, ChatRequest, RoutedRequest, TextStream, failed, openai::transport_error,
-    post_json, sse::SseDecoder, status_error,
+    post_json, sse::SseDecoder, status_error, with_traceparent,
 };
 
 /// A backend that POSTs conversations to an external agent.
@@ -97,7 +97,7 @@ impl Backend for WebhookBackend {
         };
         let accept = "text/event-stream, application/x-ndjson, application/json, text/plain";
         let builder = match post_json(&self.client, &self.url, &body, accept, self.token.as_ref()) {
-            Ok(builder) => builder,
+            Ok(builder) => with_traceparent(builder, &request),
             Err(e) => return failed(e),
         };
         let format = self.format;

@@ -205,7 +205,13 @@ async fn room_worker(
         ctx.board.update(&ctx.account, |s| {
             s.messages_waiting = s.messages_waiting.saturating_sub(1);
         });
-        let span = info_span!(parent: None, "message", account = %ctx.account, room = %message.room_id, event_id = %message.event_id);
+        let span = info_span!(parent: None, "message", account = %ctx.account, room = %message.room_id,
+            event_id = %message.event_id, trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
+        // With traces exported, every log line of the message names its trace and span.
+        if let Some((trace_id, span_id)) = mxfleet_telemetry::trace_and_span_id(&span) {
+            span.record("trace_id", trace_id);
+            span.record("span_id", span_id);
+        }
         let handle = |message| handle_in_room(&ctx, message, ticket);
         attempt(&ctx, &message, &mut stop, handle)
             .instrument(span)

@@ -171,3 +171,30 @@ fn otlp_configured() -> bool {
     .iter()
     .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()))
 }
+
+/// The W3C `traceparent` of `span` (`00-<trace id>-<span id>-<flags>`), when traces are
+/// exported; `None` otherwise.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    let (trace, id, flags) = span_ids(span)?;
+    Some(format!("00-{trace}-{id}-{flags:02x}"))
+}
+
+/// The OpenTelemetry trace id and span id of `span` (hex), when traces are exported.
+pub fn trace_and_span_id(span: &tracing::Span) -> Option<(String, String)> {
+    span_ids(span).map(|(trace, id, _)| (trace, id))
+}
+
+fn span_ids(span: &tracing::Span) -> Option<(String, String, u8)> {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let context = span.context();
+    let otel = context.span();
+    let ids = otel.span_context();
+    ids.is_valid().then(|| {
+        (
+            ids.trace_id().to_string(),
+            ids.span_id().to_string(),
+            ids.trace_flags().to_u8(),
+        )
+    })
+}

@@ -29,6 +29,8 @@ pub struct SeenRequest {
     pub authorization: Option<String>,
     /// The JSON body.
     pub body: Value,
+    /// The W3C `traceparent` header, if one was sent.
+    pub traceparent: Option<String>,
 }
 
 /// The requests a fake server received, shared with its handlers.
@@ -38,16 +40,20 @@ pub(crate) struct RequestLog(Arc<Mutex<Vec<SeenRequest>>>);
 impl RequestLog {
     /// Records a request.
     pub(crate) fn record(&self, headers: &HeaderMap, body: Value) {
-        let authorization = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let (authorization, traceparent) = (header("authorization"), header("traceparent"));
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(SeenRequest {
                 authorization,
                 body,
+                traceparent,
             });
     }
 

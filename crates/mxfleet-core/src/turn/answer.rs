@@ -12,7 +12,7 @@ use mxfleet_backend::{ChatRequest, TextStream, stream_retrying_once};
 use mxfleet_matrix::Placement;
 use mxfleet_message::{Attachment, InboundMessage};
 use mxfleet_store::Draft;
-use tracing::{Span, debug, info, warn};
+use tracing::{Span, debug, info, info_span, warn};
 
 use super::{
     actions::{self, FoundAction},
@@ -171,12 +171,21 @@ async fn answer<R: RoomPort>(
     {
         media::attach_image(ctx, image, current).await;
     }
+    // The backend call's span, named and tagged by OpenTelemetry's GenAI conventions; the
+    // backend is handed its trace context.
+    let backend_span = info_span!("backend", backend = %route.name,
+        "gen_ai.operation.name" = "chat", "gen_ai.request.model" = tracing::field::Empty,
+        "gen_ai.system" = route.backend.kind());
+    if let Some(model) = &route.model {
+        backend_span.record("gen_ai.request.model", model.as_str());
+    }
     let request = ChatRequest {
         messages: conversation,
         account: ctx.account.clone(),
         room_id: message.room_id.to_string(),
         thread_root: message.thread_root.as_ref().map(ToString::to_string),
         sender: message.sender.to_string(),
+        traceparent: mxfleet_telemetry::traceparent(&backend_span),
     };
     debug!(backend = %route.name, turns = request.messages.len(), "asking the backend");
     let found = FoundAction::default();
@@ -186,6 +195,10 @@ async fn answer<R: RoomPort>(
         Some(gate) => gate.gated(start),
         None => start(),
     };
+    let asked: TextStream = Box::pin(InSpan {
+        inner: asked,
+        span: backend_span,
+    });
     let stream = actions::split_actions(asked, found.clone());
     let started = Instant::now();
     let sink = room_sink(ctx, room, message, &placement, Some(cues.visible()));
@@ -323,6 +336,25 @@ fn room_sink<R: RoomPort>(
         },
         visible,
         own_keys: ctx.owns_keys(),
+    }
+}
+
+/// A stream polled inside `span` (the backend call's): the span lasts as long as the stream.
+struct InSpan {
+    inner: TextStream,
+    span: Span,
+}
+
+impl futures_util::Stream for InSpan {
+    type Item = <TextStream as futures_util::Stream>::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let _entered = this.span.enter();
+        this.inner.as_mut().poll_next(cx)
     }
 }
 
