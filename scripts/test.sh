@@ -3,8 +3,9 @@
 #
 # Installs Synapse into a virtualenv if needed (scripts/setup-synapse.sh), kubernetes-validate
 # into another (scripts/setup-tools.sh), and Debian's chromium (the status page test), bubblewrap
-# (the sandboxed agent tests), systemd (the unit is verified with systemd-analyze) and
-# prometheus (promtool and a real scrape) if missing; starts one shared Synapse on a free
+# (the sandboxed agent tests), systemd (the unit is verified with systemd-analyze), prometheus
+# (promtool and a real scrape) and podman, runc and mmdebstrap (the container image is built and
+# run, scripts/image.sh) if missing; starts one shared Synapse on a free
 # loopback port with raised rate limits, runs every test in parallel with cargo-nextest (cargo
 # test if it is missing), and stops Synapse again. The status page's screenshot lands in
 # target/test-artifacts/.
@@ -15,12 +16,16 @@ scripts/setup-synapse.sh >/dev/null
 # kubernetes-validate (PyPI) checks the Kubernetes manifests offline.
 export MXTEST_TOOLS_VENV="$(scripts/setup-tools.sh)"
 # The status page is tested in headless Chromium, sandboxed command agents under bubblewrap, the
-# systemd unit with systemd-analyze, the metrics with promtool and Prometheus (Debian's packages).
+# systemd unit with systemd-analyze, the metrics with promtool and Prometheus, the image with
+# podman (Debian's packages).
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v bwrap >/dev/null || missing+=(bubblewrap)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v promtool >/dev/null || missing+=(prometheus)
+for tool in podman runc mmdebstrap; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
