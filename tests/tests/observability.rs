@@ -185,12 +185,35 @@ async fn prometheus_scrapes_the_fleet_and_promtool_accepts_its_metrics() -> Resu
     human.expect_message(&dm, &bot, "count me", TIMEOUT).await?;
 
     let target = format!("127.0.0.1:{port}");
-    let exposition = reqwest::get(format!("http://{target}/metrics"))
-        .await?
-        .text()
-        .await?;
+    // The turn is timed just after its answer is recorded: wait for it.
+    let mut exposition = String::new();
+    for _ in 0..50 {
+        exposition = reqwest::get(format!("http://{target}/metrics"))
+            .await?
+            .text()
+            .await?;
+        if exposition.contains("mxfleet_turn_seconds_count{account=\"bot\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let findings = promtool_findings(&exposition)?;
     ensure!(findings.is_empty(), "promtool check metrics: {findings}");
+    let version = env!("CARGO_PKG_VERSION");
+    for needle in [
+        format!("mxfleet_build_info{{version=\"{version}\",commit=\""),
+        "mxfleet_turn_seconds_count{account=\"bot\"} 1".to_owned(),
+        "mxfleet_backend_seconds_count{account=\"bot\"} 1".to_owned(),
+        "\nprocess_resident_memory_bytes ".to_owned(),
+        "\nprocess_cpu_seconds_total ".to_owned(),
+        "\nprocess_open_fds ".to_owned(),
+        "\nprocess_start_time_seconds ".to_owned(),
+    ] {
+        ensure!(
+            exposition.contains(&needle),
+            "no {needle:?} in\n{exposition}"
+        );
+    }
     // Every series the dashboard and the alerts query is one the fleet exposes.
     for (file, queried) in queried_metrics()? {
         let missing: Vec<&String> = queried

@@ -13,4 +13,5 @@ pub mod probes;
 mod server;
 
 pub use client::{AdminClient, ClientError};
+pub use metrics::set_build_info;
 pub use server::{AccountView, AdminState, ConfigLoader, reload_config, router, serve};

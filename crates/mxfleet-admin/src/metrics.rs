@@ -1,13 +1,13 @@
 //! The Prometheus text exposition, served by the admin API (with its token) and by the
 //! optional unauthenticated metrics listener.
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::{collections::BTreeMap, fmt::Write as _, sync::OnceLock};
 
 use axum::{
     http::header,
     response::{IntoResponse, Response},
 };
-use mxfleet_core::{AccountStatus, BACKEND_BUCKETS_SECS, StatusBoard};
+use mxfleet_core::{AccountStatus, LATENCY_BUCKETS_SECS, StatusBoard, Timings};
 use mxfleet_store::{Store, now_ms};
 
 /// The Prometheus text exposition of the fleet's counters and gauges, as an HTTP response.
@@ -171,6 +171,8 @@ pub(crate) fn exposition(board: &StatusBoard, store: &Store) -> Response {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
         );
     }
+    build_info(&mut out);
+    process_metrics(&mut out, snapshot.started_ms);
     (
         [(
             header::CONTENT_TYPE,
@@ -181,20 +183,130 @@ pub(crate) fn exposition(board: &StatusBoard, store: &Store) -> Response {
         .into_response()
 }
 
-/// `mxfleet_backend_seconds`, a histogram per account of the time backends took per answer.
+/// `mxfleet_backend_seconds` and `mxfleet_turn_seconds`, histograms per account.
 fn backend_histogram(out: &mut String, accounts: &BTreeMap<String, AccountStatus>) {
-    let name = "mxfleet_backend_seconds";
-    let _ = writeln!(
+    histogram(
         out,
-        "# HELP {name} Time a backend took per answer (request to last token).\n# TYPE {name} histogram"
+        "mxfleet_backend_seconds",
+        "Time a backend took per answer (request to last token).",
+        accounts.iter().map(|(id, s)| {
+            let timings = Timings {
+                buckets: s.backend_buckets.clone(),
+                sum_ms: s.backend_ms_total,
+                count: s.backend_answers,
+            };
+            (id, timings)
+        }),
     );
-    for (id, s) in accounts {
-        for (le, count) in BACKEND_BUCKETS_SECS.iter().zip(s.backend_cumulative()) {
+    histogram(
+        out,
+        "mxfleet_turn_seconds",
+        "Time from a message reaching its room's queue to its outcome recorded (mostly answers: the gate drops the rest before the queue).",
+        accounts.iter().map(|(id, s)| (id, s.turns.clone())),
+    );
+}
+
+/// One histogram family `name`, a series per account.
+fn histogram<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (&'a String, Timings)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (id, timings) in series {
+        for (le, count) in LATENCY_BUCKETS_SECS.iter().zip(timings.cumulative()) {
             let _ = writeln!(out, "{name}_bucket{{account=\"{id}\",le=\"{le}\"}} {count}");
         }
-        let (count, sum) = (s.backend_answers, s.backend_ms_total as f64 / 1000.0);
+        let (count, sum) = (timings.count, timings.sum_ms as f64 / 1000.0);
         let _ = writeln!(out, "{name}_bucket{{account=\"{id}\",le=\"+Inf\"}} {count}");
         let _ = writeln!(out, "{name}_sum{{account=\"{id}\"}} {sum:.3}");
         let _ = writeln!(out, "{name}_count{{account=\"{id}\"}} {count}");
     }
+}
+
+/// The version and commit `mxfleet_build_info` reports, set once by the binary.
+static BUILD: OnceLock<(String, String)> = OnceLock::new();
+
+/// Sets what `mxfleet_build_info` reports (the binary's version and commit).
+pub fn set_build_info(version: &str, commit: &str) {
+    let _ = BUILD.set((version.to_owned(), commit.to_owned()));
+}
+
+/// `mxfleet_build_info{version, commit} 1`.
+fn build_info(out: &mut String) {
+    let (version, commit) = BUILD
+        .get()
+        .map_or((env!("CARGO_PKG_VERSION"), "unknown"), |(v, c)| {
+            (v.as_str(), c.as_str())
+        });
+    let name = "mxfleet_build_info";
+    let _ = writeln!(
+        out,
+        "# HELP {name} The running build: 1, labelled with its version and commit.\n# TYPE {name} gauge\n{name}{{version=\"{version}\",commit=\"{commit}\"}} 1"
+    );
+}
+
+/// The standard `process_…` metrics, read from `/proc/self` (left out where unreadable).
+fn process_metrics(out: &mut String, started_ms: u64) {
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib.saturating_mul(1024))
+        });
+    // utime and stime, fields 14 and 15 of /proc/self/stat; the 2nd (the name) may hold spaces.
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let after_name = stat.get(stat.rfind(')')?.saturating_add(2)..)?;
+            let fields: Vec<&str> = after_name.split_whitespace().collect();
+            let user = fields.get(11)?.parse::<u64>().ok()?;
+            let system = fields.get(12)?.parse::<u64>().ok()?;
+            Some(user.saturating_add(system) as f64 / clock_ticks())
+        });
+    let fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count());
+    let rows: [(&str, &str, &str, Option<String>); 4] = [
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            rss.map(|v| v.to_string()),
+        ),
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            cpu.map(|v| format!("{v:.2}")),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            fds.map(|v| v.to_string()),
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch in seconds.",
+            Some(format!("{:.3}", started_ms as f64 / 1000.0)),
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        if let Some(value) = value {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+    }
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 if it cannot say).
+#[allow(unsafe_code)]
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a configuration value; it has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
 }

@@ -41,8 +41,8 @@ pub use fleet::{
     Control, ControlError, FleetArgs, FleetMsg, FleetState, FleetSupervisor, ReloadReport,
 };
 pub use status::{
-    AccountState, AccountStatus, BACKEND_BUCKETS_SECS, FleetStatus, Readiness, StatusBoard,
-    read_status_file,
+    AccountState, AccountStatus, FleetStatus, LATENCY_BUCKETS_SECS, Readiness, StatusBoard,
+    Timings, read_status_file,
 };
 
 /// Spawns the fleet supervisor under the name `fleet`.

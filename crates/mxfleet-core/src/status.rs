@@ -132,10 +132,14 @@ pub struct AccountStatus {
     /// Answers timed in `backend_ms_total`.
     #[serde(default)]
     pub backend_answers: u64,
-    /// Of those, how many took at most each of [`BACKEND_BUCKETS_SECS`] (not cumulative: an
+    /// Of those, how many took at most each of [`LATENCY_BUCKETS_SECS`] (not cumulative: an
     /// answer counts in the first bucket it fits; slower ones only in `backend_answers`).
     #[serde(default)]
     pub backend_buckets: Vec<u64>,
+    /// How long turns took: from a message reaching its room's queue (the screen let it
+    /// through) to its outcome recorded — the answer complete, or a skip or give-up.
+    #[serde(default)]
+    pub turns: Timings,
     /// Whether the account can read encrypted rooms, and why not.
     #[serde(default)]
     pub encryption: Option<String>,
@@ -184,6 +188,7 @@ impl AccountStatus {
             backend_ms_total: 0,
             backend_answers: 0,
             backend_buckets: Vec::new(),
+            turns: Timings::default(),
             encryption: None,
             crypto: None,
             ownership: None,
@@ -217,37 +222,73 @@ pub struct FleetStatus {
     pub accounts: BTreeMap<String, AccountStatus>,
 }
 
-/// The upper bounds (seconds) of the backend time histogram's buckets.
-pub const BACKEND_BUCKETS_SECS: [f64; 10] =
+/// The upper bounds (seconds) of the latency histograms' buckets.
+pub const LATENCY_BUCKETS_SECS: [f64; 10] =
     [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+
+/// A latency histogram over [`LATENCY_BUCKETS_SECS`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// How many took at most each bound (not cumulative: each in the first bucket it fits;
+    /// slower ones only in `count`).
+    pub buckets: Vec<u64>,
+    /// The sum of all, in ms.
+    pub sum_ms: u64,
+    /// How many were timed.
+    pub count: u64,
+}
+
+impl Timings {
+    /// Counts one that took `ms`.
+    pub fn observe(&mut self, ms: u64) {
+        self.sum_ms = self.sum_ms.saturating_add(ms);
+        self.count = self.count.saturating_add(1);
+        observe_bucket(&mut self.buckets, ms);
+    }
+
+    /// The cumulative counts, one per bound of [`LATENCY_BUCKETS_SECS`].
+    pub fn cumulative(&self) -> Vec<u64> {
+        cumulative(&self.buckets)
+    }
+}
 
 impl AccountStatus {
     /// Counts an answer whose backend took `ms`: in the total, and in its histogram bucket.
     pub fn observe_backend(&mut self, ms: u64) {
         self.backend_ms_total = self.backend_ms_total.saturating_add(ms);
         self.backend_answers = self.backend_answers.saturating_add(1);
-        let secs = ms as f64 / 1000.0;
-        let Some(bucket) = BACKEND_BUCKETS_SECS.iter().position(|le| secs <= *le) else {
-            return;
-        };
-        if self.backend_buckets.len() < BACKEND_BUCKETS_SECS.len() {
-            self.backend_buckets.resize(BACKEND_BUCKETS_SECS.len(), 0);
-        }
-        if let Some(count) = self.backend_buckets.get_mut(bucket) {
-            *count = count.saturating_add(1);
-        }
+        observe_bucket(&mut self.backend_buckets, ms);
     }
 
-    /// The histogram's cumulative counts, one per bound of [`BACKEND_BUCKETS_SECS`].
+    /// The backend histogram's cumulative counts, one per bound of [`LATENCY_BUCKETS_SECS`].
     pub fn backend_cumulative(&self) -> Vec<u64> {
-        let mut total = 0u64;
-        (0..BACKEND_BUCKETS_SECS.len())
-            .map(|i| {
-                total = total.saturating_add(self.backend_buckets.get(i).copied().unwrap_or(0));
-                total
-            })
-            .collect()
+        cumulative(&self.backend_buckets)
     }
+}
+
+/// Counts `ms` in the first bucket of `buckets` whose bound it fits.
+fn observe_bucket(buckets: &mut Vec<u64>, ms: u64) {
+    let secs = ms as f64 / 1000.0;
+    let Some(bucket) = LATENCY_BUCKETS_SECS.iter().position(|le| secs <= *le) else {
+        return;
+    };
+    if buckets.len() < LATENCY_BUCKETS_SECS.len() {
+        buckets.resize(LATENCY_BUCKETS_SECS.len(), 0);
+    }
+    if let Some(count) = buckets.get_mut(bucket) {
+        *count = count.saturating_add(1);
+    }
+}
+
+/// `buckets` added up, one per bound of [`LATENCY_BUCKETS_SECS`].
+fn cumulative(buckets: &[u64]) -> Vec<u64> {
+    let mut total = 0u64;
+    (0..LATENCY_BUCKETS_SECS.len())
+        .map(|i| {
+            total = total.saturating_add(buckets.get(i).copied().unwrap_or(0));
+            total
+        })
+        .collect()
 }
 
 /// Whether the fleet is ready: what `/readyz` and `mxfleet health` report.

@@ -28,7 +28,11 @@ pub(crate) mod room;
 pub(crate) mod routing;
 
 use std::{
-    collections::HashMap, future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration,
+    collections::HashMap,
+    future::Future,
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use futures_util::FutureExt;
@@ -65,6 +69,9 @@ pub(crate) const STORAGE_RETRY: Duration = Duration::from_secs(2);
 /// without bound.
 pub(crate) const ROOM_BACKLOG_MAX: usize = 2000;
 
+/// A message in its room's queue: what the screen decided, and when it was queued.
+type Queued = (InboundMessage, Ticket, Instant);
+
 /// How long answers that were told to wrap up get to send their final edit.
 const WRAP_UP_GRACE: Duration = Duration::from_secs(5);
 
@@ -72,7 +79,7 @@ const WRAP_UP_GRACE: Duration = Duration::from_secs(5);
 pub(crate) struct Turns {
     context: Arc<TurnContext>,
     notices: UtdNotices,
-    queues: HashMap<OwnedRoomId, mpsc::Sender<(InboundMessage, Ticket)>>,
+    queues: HashMap<OwnedRoomId, mpsc::Sender<Queued>>,
     workers: JoinSet<()>,
     /// Workers take no new message.
     stop: watch::Sender<bool>,
@@ -122,11 +129,11 @@ impl Turns {
             self.workers.spawn(worker.instrument(span));
             tx
         });
-        match queue.try_send((message, ticket)) {
+        match queue.try_send((message, ticket, Instant::now())) {
             Ok(()) => ctx.board.update(&ctx.account, |s| {
                 s.messages_waiting = s.messages_waiting.saturating_add(1);
             }),
-            Err(mpsc::error::TrySendError::Full((message, _))) => {
+            Err(mpsc::error::TrySendError::Full((message, _, _))) => {
                 warn!(account = %ctx.account, room = %room, waiting = ROOM_BACKLOG_MAX,
                     "the room's backlog is full: message skipped");
                 ctx.board.update(&ctx.account, |s| s.rate_limited += 1);
@@ -193,11 +200,11 @@ impl Turns {
 /// Answers the messages of one room, in order, until stopped.
 async fn room_worker(
     ctx: Arc<TurnContext>,
-    mut queue: mpsc::Receiver<(InboundMessage, Ticket)>,
+    mut queue: mpsc::Receiver<Queued>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let (message, ticket) = tokio::select! {
+        let (message, ticket, queued_at) = tokio::select! {
             biased;
             _ = stop.wait_for(|stopping| *stopping) => return,
             queued = queue.recv() => match queued { Some(queued) => queued, None => return },
@@ -216,6 +223,8 @@ async fn room_worker(
         attempt(&ctx, &message, &mut stop, handle)
             .instrument(span)
             .await;
+        let took = u64::try_from(queued_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+        ctx.board.update(&ctx.account, |s| s.turns.observe(took));
     }
 }
 

@@ -331,6 +331,7 @@ async fn run_fleet(loaded: Loaded, sources: Sources) -> anyhow::Result<()> {
         config.inbox_retention_days,
     )));
 
+    mxfleet_admin::set_build_info(env!("CARGO_PKG_VERSION"), env!("MXFLEET_COMMIT"));
     let board = StatusBoard::new();
     let writer = board.spawn_writer(&data_dir);
     let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs);
