@@ -8,7 +8,7 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
-use mxfleet_testkit::{Scenario, binary, free_port};
+use mxfleet_testkit::{Scenario, binary, free_port, output_text};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -42,13 +42,7 @@ fn container_log(name: &str) -> String {
     Command::new("podman")
         .args(["logs", name])
         .output()
-        .map(|out| {
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+        .map(|out| output_text(&out))
         .unwrap_or_default()
 }
 

@@ -7,7 +7,7 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context, Result, ensure};
-use mxfleet_testkit::{Scenario, binary};
+use mxfleet_testkit::{Scenario, binary, output_text};
 
 /// The checkout's root.
 fn root() -> PathBuf {
@@ -32,11 +32,7 @@ fn the_systemd_unit_passes_systemd_analyze_verify() -> Result<()> {
         .arg(&path)
         .output()
         .context("systemd-analyze (Debian's systemd package) is needed")?;
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&verified.stdout),
-        String::from_utf8_lossy(&verified.stderr)
-    );
+    let said = output_text(&verified);
     // It reports what it ignores on stderr with exit code 0: any finding fails.
     ensure!(
         verified.status.success() && said.trim().is_empty(),
@@ -185,11 +181,7 @@ fn the_kubernetes_manifests_validate_against_the_schemas_and_fit_together() -> R
         .args(["--strict", "--quiet"])
         .arg(&statefulset)
         .output()?;
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&validated.stdout),
-        String::from_utf8_lossy(&validated.stderr)
-    );
+    let said = output_text(&validated);
     // --quiet prints only warnings and failures: every resource must pass silently.
     ensure!(
         validated.status.success() && said.trim().is_empty(),
@@ -286,10 +278,9 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests() -> Result<()> {
             .context("promtool (Debian's prometheus package) is needed")?;
         ensure!(
             out.status.success(),
-            "promtool {}: {}{}",
+            "promtool {}: {}",
             args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            output_text(&out)
         );
     }
     Ok(())

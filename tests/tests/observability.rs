@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use mxfleet_testkit::{Scenario, free_port};
+use mxfleet_testkit::{Scenario, free_port, output_text};
 
 const TIMEOUT: Duration = Duration::from_secs(40);
 
@@ -30,11 +30,7 @@ fn promtool_findings(exposition: &str) -> Result<String> {
         .context("promtool's stdin")?
         .write_all(exposition.as_bytes())?;
     let out = child.wait_with_output()?;
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = output_text(&out);
     match out.status.success() {
         true => Ok(said.trim().to_owned()),
         false => bail!("promtool failed: {said}"),

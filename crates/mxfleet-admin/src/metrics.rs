@@ -189,14 +189,7 @@ fn backend_histogram(out: &mut String, accounts: &BTreeMap<String, AccountStatus
         out,
         "mxfleet_backend_seconds",
         "Time a backend took per answer (request to last token).",
-        accounts.iter().map(|(id, s)| {
-            let timings = Timings {
-                buckets: s.backend_buckets.clone(),
-                sum_ms: s.backend_ms_total,
-                count: s.backend_answers,
-            };
-            (id, timings)
-        }),
+        accounts.iter().map(|(id, s)| (id, s.backend_timings())),
     );
     histogram(
         out,

@@ -22,9 +22,9 @@ use mxfleet_store::Store;
 use ractor::ActorRef;
 use serde_json::json;
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::warn;
 
-use crate::metrics;
+use crate::{metrics, server};
 
 /// How long the supervisor may take to answer a liveness probe.
 pub const LIVENESS_DEADLINE: Duration = Duration::from_secs(2);
@@ -55,8 +55,6 @@ pub async fn serve_open(
     state: OpenState,
     routes: OpenRoutes,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(bind).await?;
-    let addr = listener.local_addr()?;
     let mut app = Router::new();
     if routes.probes {
         app = app
@@ -66,14 +64,12 @@ pub async fn serve_open(
     if routes.metrics {
         app = app.route("/metrics", get(open_metrics));
     }
-    let app = app.with_state(state);
-    info!(%addr, probes = routes.probes, metrics = routes.metrics, "open listener up");
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            warn!(error = %e, "open listener stopped");
-        }
-    });
-    Ok((addr, task))
+    let what = match (routes.probes, routes.metrics) {
+        (true, true) => "probes and metrics",
+        (true, false) => "probes",
+        _ => "metrics",
+    };
+    server::listen(bind, app.with_state(state), what).await
 }
 
 /// Whether the fleet supervisor answers within `deadline`.

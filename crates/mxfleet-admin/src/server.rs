@@ -68,13 +68,22 @@ pub async fn serve(
     bind: SocketAddr,
     state: AdminState,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    listen(bind, router(state), "admin API").await
+}
+
+/// Serves `app` on `bind` on a task of its own (until it is aborted); `what` names it in the
+/// log. The admin API and the open listeners start this way.
+pub(crate) async fn listen(
+    bind: SocketAddr,
+    app: Router,
+    what: &'static str,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
-    let app = router(state);
-    info!(%addr, "admin API listening");
+    info!(%addr, "{what} listening");
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
-            warn!(error = %e, "admin API stopped");
+            warn!(error = %e, "{what} stopped");
         }
     });
     Ok((addr, task))

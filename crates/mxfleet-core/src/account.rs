@@ -21,7 +21,7 @@ use mxfleet_matrix::{
     Connection, FailureClass, MatrixFailure, connect, matrix_sdk::ruma::OwnedRoomId,
 };
 use mxfleet_message::{InboundMessage, Undecryptable};
-use mxfleet_store::{InboxEntry, Store, now_ms};
+use mxfleet_store::{Store, now_ms};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::time::Instant;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -98,7 +98,7 @@ pub(crate) enum AccountMsg {
 #[derive(Default)]
 pub(crate) struct Synced {
     /// Newly claimed messages, each with what the screen decided.
-    pub(crate) fresh: Vec<(InboxEntry<InboundMessage>, Ticket)>,
+    pub(crate) fresh: Vec<(InboundMessage, Ticket)>,
     /// Rooms the bot is invited to.
     pub(crate) invites: Vec<OwnedRoomId>,
     /// Events that could not be decrypted.
@@ -375,10 +375,9 @@ impl AccountRuntime {
                 if !pending.is_empty() {
                     info!(count = pending.len(), "answering messages left pending");
                 }
-                // A previous process admitted them.
-                for entry in pending {
-                    turns.dispatch(entry, Ticket::Admitted);
-                }
+                pending
+                    .into_iter()
+                    .for_each(|entry| turns.dispatch_pending(entry));
             }
             Err(e) => error!(error = %e, "could not read pending messages"),
         }
@@ -394,8 +393,8 @@ impl AccountRuntime {
             for utd in synced.utds {
                 turns.report_undecryptable(utd);
             }
-            for (entry, ticket) in synced.fresh {
-                turns.dispatch(entry, ticket);
+            for (message, ticket) in synced.fresh {
+                turns.dispatch(message, ticket);
             }
         }
     }

@@ -248,7 +248,13 @@ impl Timings {
 
     /// The cumulative counts, one per bound of [`LATENCY_BUCKETS_SECS`].
     pub fn cumulative(&self) -> Vec<u64> {
-        cumulative(&self.buckets)
+        let mut total = 0u64;
+        (0..LATENCY_BUCKETS_SECS.len())
+            .map(|i| {
+                total = total.saturating_add(self.buckets.get(i).copied().unwrap_or(0));
+                total
+            })
+            .collect()
     }
 }
 
@@ -260,9 +266,13 @@ impl AccountStatus {
         observe_bucket(&mut self.backend_buckets, ms);
     }
 
-    /// The backend histogram's cumulative counts, one per bound of [`LATENCY_BUCKETS_SECS`].
-    pub fn backend_cumulative(&self) -> Vec<u64> {
-        cumulative(&self.backend_buckets)
+    /// The backend times as a histogram.
+    pub fn backend_timings(&self) -> Timings {
+        Timings {
+            buckets: self.backend_buckets.clone(),
+            sum_ms: self.backend_ms_total,
+            count: self.backend_answers,
+        }
     }
 }
 
@@ -278,17 +288,6 @@ fn observe_bucket(buckets: &mut Vec<u64>, ms: u64) {
     if let Some(count) = buckets.get_mut(bucket) {
         *count = count.saturating_add(1);
     }
-}
-
-/// `buckets` added up, one per bound of [`LATENCY_BUCKETS_SECS`].
-fn cumulative(buckets: &[u64]) -> Vec<u64> {
-    let mut total = 0u64;
-    (0..LATENCY_BUCKETS_SECS.len())
-        .map(|i| {
-            total = total.saturating_add(buckets.get(i).copied().unwrap_or(0));
-            total
-        })
-        .collect()
 }
 
 /// Whether the fleet is ready: what `/readyz` and `mxfleet health` report.
@@ -532,9 +531,14 @@ mod tests {
         }
         assert_eq!(status.backend_answers, 4);
         assert_eq!(status.backend_ms_total, 500_850);
-        assert_eq!(status.backend_cumulative(), [2, 2, 2, 3, 3, 3, 3, 3, 3, 3]);
         assert_eq!(
-            AccountStatus::new(AccountState::Syncing, 0).backend_cumulative(),
+            status.backend_timings().cumulative(),
+            [2, 2, 2, 3, 3, 3, 3, 3, 3, 3]
+        );
+        assert_eq!(
+            AccountStatus::new(AccountState::Syncing, 0)
+                .backend_timings()
+                .cumulative(),
             [0; 10]
         );
     }

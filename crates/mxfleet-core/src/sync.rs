@@ -315,7 +315,7 @@ impl<'a> SyncRun<'a> {
         &mut self,
         token: &str,
         entries: Vec<InboxEntry<InboundMessage>>,
-    ) -> Result<Vec<(InboxEntry<InboundMessage>, Ticket)>, AccountError> {
+    ) -> Result<Vec<(InboundMessage, Ticket)>, AccountError> {
         let screened = self.args.screen.sift(entries).await;
         let mut tickets: HashMap<String, Ticket> = HashMap::new();
         let entries = screened
@@ -331,7 +331,7 @@ impl<'a> SyncRun<'a> {
             .into_iter()
             .map(|entry| {
                 let ticket = tickets.remove(&entry.event_id).unwrap_or(Ticket::Admitted);
-                (entry, ticket)
+                (entry.message, ticket)
             })
             .collect())
     }

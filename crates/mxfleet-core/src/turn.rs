@@ -102,11 +102,11 @@ impl Turns {
         }
     }
 
-    /// Queues `entry` for an answer as its `ticket` says, or skips it: sent by another bot of
-    /// the fleet, or older than `catch_up_max_age_secs` (its age now, or for a message
-    /// decrypted late its age when the bot first saw it). Fresh messages were screened on
-    /// these already; messages a previous process left pending were not.
-    pub(crate) fn dispatch(&mut self, entry: InboxEntry<InboundMessage>, ticket: Ticket) {
+    /// Queues a message a previous process claimed but never answered, or skips it: sent by
+    /// another bot of the fleet, or older than `catch_up_max_age_secs` (its age now, or for a
+    /// message decrypted late its age when the bot first saw it). A previous process screened
+    /// it already; these two checks may have changed their verdict since.
+    pub(crate) fn dispatch_pending(&mut self, entry: InboxEntry<InboundMessage>) {
         let ctx = self.context.clone();
         if ctx.board.is_fleet_user(entry.message.sender.as_str()) {
             return self.skip_later(entry.message, FROM_FLEET.into());
@@ -119,7 +119,13 @@ impl Turns {
             let reason = format!("older than catch_up_max_age_secs ({} s)", age_ms / 1000);
             return self.skip_later(message, reason);
         }
-        let message = entry.message;
+        self.dispatch(entry.message, Ticket::Admitted);
+    }
+
+    /// Queues `message` in its room as its `ticket` says (the screen judged it); past the room's
+    /// backlog it is skipped.
+    pub(crate) fn dispatch(&mut self, message: InboundMessage, ticket: Ticket) {
+        let ctx = self.context.clone();
         ctx.board.update(&ctx.account, |s| s.messages_in += 1);
         let room = message.room_id.clone();
         let queue = self.queues.entry(room.clone()).or_insert_with(|| {
@@ -319,19 +325,8 @@ mod tests {
         // Nothing runs between these dispatches (one thread): the worker takes none yet.
         let extra = 5;
         for i in 0..ROOM_BACKLOG_MAX + extra {
-            let event = format!("$m{i}");
-            let mut message = said("!busy:hs", &event, "@spammer:hs", "spam");
-            message.origin_server_ts_ms = now_ms();
-            let entry = InboxEntry {
-                event_id: event,
-                claimed_at_ms: now_ms(),
-                seq: 0,
-                attempts: 0,
-                seen_at_ms: None,
-                state: mxfleet_store::InboxState::Pending,
-                message,
-            };
-            turns.dispatch(entry, Ticket::Admitted);
+            let message = said("!busy:hs", &format!("$m{i}"), "@spammer:hs", "spam");
+            turns.dispatch(message, Ticket::Admitted);
         }
         let shed = board.account("bot").map(|s| s.rate_limited);
         assert_eq!(shed, Some(extra as u64));

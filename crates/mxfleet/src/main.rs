@@ -440,30 +440,14 @@ fn open_listeners(
     metrics: Option<SocketAddr>,
 ) -> Vec<(SocketAddr, OpenRoutes)> {
     let mut listeners: Vec<(SocketAddr, OpenRoutes)> = Vec::new();
-    let wanted = [
-        (
-            probes,
-            OpenRoutes {
-                probes: true,
-                metrics: false,
-            },
-        ),
-        (
-            metrics,
-            OpenRoutes {
-                probes: false,
-                metrics: true,
-            },
-        ),
-    ];
-    for (bind, routes) in wanted {
+    for (bind, is_probes) in [(probes, true), (metrics, false)] {
         let Some(bind) = bind else { continue };
-        match listeners.iter_mut().find(|(b, _)| *b == bind) {
-            Some((_, both)) => {
-                both.probes |= routes.probes;
-                both.metrics |= routes.metrics;
-            }
-            None => listeners.push((bind, routes)),
+        if !listeners.iter().any(|(b, _)| *b == bind) {
+            listeners.push((bind, OpenRoutes::default()));
+        }
+        for (_, routes) in listeners.iter_mut().filter(|(b, _)| *b == bind) {
+            routes.probes |= is_probes;
+            routes.metrics |= !is_probes;
         }
     }
     listeners
