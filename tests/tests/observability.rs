@@ -200,6 +200,17 @@ async fn prometheus_scrapes_the_fleet_and_promtool_accepts_its_metrics() -> Resu
         format!("mxfleet_build_info{{version=\"{version}\",commit=\""),
         "mxfleet_turn_seconds_count{account=\"bot\"} 1".to_owned(),
         "mxfleet_backend_seconds_count{account=\"bot\"} 1".to_owned(),
+        // Real histograms by the library, for each step of the answer.
+        "# TYPE mxfleet_reply_first_visible_seconds histogram".to_owned(),
+        "mxfleet_reply_first_visible_seconds_count{account=\"bot\"} 1".to_owned(),
+        "mxfleet_reply_complete_seconds_count{account=\"bot\"} 1".to_owned(),
+        "mxfleet_backend_first_token_seconds_count{account=\"bot\"} 1".to_owned(),
+        "mxfleet_send_seconds_bucket{account=\"bot\",le=\"+Inf\"} ".to_owned(),
+        "mxfleet_sync_request_seconds_bucket{account=\"bot\",le=\"0.1\"} ".to_owned(),
+        // Counters with a reason, there at 0 before their first event.
+        "mxfleet_account_restarts_total{account=\"bot\",reason=\"network\"} 0".to_owned(),
+        "mxfleet_messages_skipped_total{account=\"bot\",reason=\"too_old\"} 0".to_owned(),
+        "mxfleet_messages_failed_total{account=\"bot\",reason=\"attempts\"} 0".to_owned(),
         "\nprocess_resident_memory_bytes ".to_owned(),
         "\nprocess_cpu_seconds_total ".to_owned(),
         "\nprocess_open_fds ".to_owned(),
@@ -265,6 +276,8 @@ async fn traces_carry_the_service_name_and_resource_the_environment_gives() -> R
             "OTEL_RESOURCE_ATTRIBUTES",
             "deployment.environment=test,team=bots",
         )
+        .env("OTEL_EXPORTER_OTLP_HEADERS", "x-collector-key=sesame")
+        .env("OTEL_TRACES_SAMPLER", "parentbased_always_on")
         // The message's own lines are at debug level.
         .env("RUST_LOG", "info,mxfleet_core=debug")
         .start()
@@ -307,6 +320,38 @@ async fn traces_carry_the_service_name_and_resource_the_environment_gives() -> R
         "service.instance.id (host/replica): {resource:?}"
     );
     ensure!(message.trace_id.len() == 16 && message.span_id.len() == 8);
+    // The exporter sent the headers the environment gave.
+    let exports = collector.received();
+    ensure!(
+        exports
+            .iter()
+            .all(|e| e.headers.get("x-collector-key").map(String::as_str) == Some("sesame")),
+        "OTEL_EXPORTER_OTLP_HEADERS did not reach the collector"
+    );
+    // One message's tree: the sync that brought it, the message, and under the message the
+    // backend call and the sends of the answer, all in one trace.
+    let sync = spans
+        .iter()
+        .find(|s| s.span_id == message.parent_span_id)
+        .context("the message span has no parent among the exported spans")?;
+    ensure!(
+        sync.name == "sync" && sync.trace_id == message.trace_id,
+        "the message's parent: {sync:?}"
+    );
+    ensure!(
+        sync.attributes.get("account").map(String::as_str) == Some("bot")
+            && sync.attributes.get("messages").map(String::as_str) == Some("1"),
+        "{:?}",
+        sync.attributes
+    );
+    for child in ["backend", "send"] {
+        ensure!(
+            spans.iter().any(|s| s.name == child
+                && s.parent_span_id == message.span_id
+                && s.trace_id == message.trace_id),
+            "no {child} span under the message"
+        );
+    }
     // The message's log lines name its trace and span, so a log line leads to the trace.
     let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let (trace, span) = (hex(&message.trace_id), hex(&message.span_id));
@@ -379,10 +424,13 @@ async fn the_backend_call_is_a_genai_span_whose_trace_context_reaches_the_backen
         hex(&backend.trace_id) == parts[1],
         "{traceparent} vs {backend:?}"
     );
+    // Usage as the backend reported it ("trace me" is 2 words in; the fake counts words).
     for (key, expected) in [
         ("gen_ai.operation.name", "chat"),
         ("gen_ai.request.model", "base-model"),
         ("gen_ai.system", "openai"),
+        ("gen_ai.usage.input_tokens", "2"),
+        ("gen_ai.usage.output_tokens", "9"),
     ] {
         ensure!(
             backend.attributes.get(key).map(String::as_str) == Some(expected),

@@ -99,10 +99,11 @@ async fn the_admin_api_needs_its_token_and_reports_the_fleet() -> Result<()> {
     let metrics = metrics.as_str().unwrap_or_default().to_owned();
     for line in [
         "mxfleet_account_state{account=\"bot\",state=\"syncing\"} 1",
-        "mxfleet_account_restarts_total{account=\"bot\"} 0",
+        "mxfleet_account_restarts_total{account=\"bot\",reason=\"network\"} 0",
         "mxfleet_sync_lag_seconds{account=\"bot\"}",
         "mxfleet_messages_in_total{account=\"bot\"} 0",
         "mxfleet_backend_seconds_count{account=\"bot\"} 0",
+        "mxfleet_reply_first_visible_seconds_count{account=\"bot\"} 0",
     ] {
         ensure!(metrics.contains(line), "no {line:?} in\n{metrics}");
     }

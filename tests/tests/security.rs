@@ -309,7 +309,9 @@ async fn chatter_the_gate_refuses_is_never_stored() -> Result<()> {
     let metrics = s.metrics().await?;
     let ignored = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("mxfleet_messages_ignored_total{account=\"bot\"} "))
+        .find_map(|l| {
+            l.strip_prefix("mxfleet_messages_skipped_total{account=\"bot\",reason=\"ignored\"} ")
+        })
         .and_then(|n| n.trim().parse::<u64>().ok());
     s.fleet.stop().await?;
     let stored = s.fleet.inbox_len("bot").await?;

@@ -8,10 +8,10 @@
 //! Beside it, optional unauthenticated listeners serve health probes and metrics ([`probes`]).
 
 mod client;
-mod metrics;
+mod exposition;
 pub mod probes;
 mod server;
 
 pub use client::{AdminClient, ClientError};
-pub use metrics::set_build_info;
+pub use exposition::set_build_info;
 pub use server::{AccountView, AdminState, ConfigLoader, reload_config, router, serve};

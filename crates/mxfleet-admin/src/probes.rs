@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use crate::{metrics, server};
+use crate::{exposition, server};
 
 /// How long the supervisor may take to answer a liveness probe.
 pub const LIVENESS_DEADLINE: Duration = Duration::from_secs(2);
@@ -106,5 +106,5 @@ async fn readyz(State(state): State<OpenState>) -> Response {
 }
 
 async fn open_metrics(State(state): State<OpenState>) -> Response {
-    metrics::exposition(&state.board, &state.store)
+    exposition::exposition(&state.board, &state.store)
 }

@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::metrics;
+use crate::exposition;
 
 /// Re-reads the layered configuration (file, environment, flags) for a reload.
 pub type ConfigLoader = Arc<dyn Fn() -> Result<ValidConfig, ConfigError> + Send + Sync>;
@@ -321,7 +321,7 @@ async fn reload(State(state): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    metrics::exposition(&state.board, &state.store)
+    exposition::exposition(&state.board, &state.store)
 }
 
 async fn page() -> Html<&'static str> {

@@ -33,6 +33,13 @@ struct CompletionRequest<'a> {
     model: &'a str,
     messages: Vec<WireMessage>,
     stream: bool,
+    /// Asks for the token usage in a last chunk (recorded on the backend call's span).
+    stream_options: StreamOptions,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
 }
 
 /// A message as the API takes it: OpenAI's own `name` field only allows `[A-Za-z0-9_-]`, so
@@ -134,6 +141,9 @@ impl Backend for OpenAiBackend {
             model: &self.model,
             messages,
             stream: true,
+            stream_options: StreamOptions {
+                include_usage: true,
+            },
         };
         let accept = "text/event-stream";
         let builder = match post_json(
@@ -233,11 +243,28 @@ fn parse_event(data: &str) -> Result<Event, BackendError> {
             .unwrap_or("unknown error");
         return Err(BackendError::Protocol(format!("stream error: {message}")));
     }
+    if let Some(usage) = value.get("usage") {
+        record_usage(usage);
+    }
     let content = value
         .pointer("/choices/0/delta/content")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty());
     Ok(content.map_or(Event::Nothing, |text| Event::Delta(text.to_owned())))
+}
+
+/// Records the token counts of a `usage` object on the current span (the backend call's) by
+/// the GenAI conventions; anything missing or malformed is left out.
+fn record_usage(usage: &Value) {
+    let span = tracing::Span::current();
+    for (field, key) in [
+        ("gen_ai.usage.input_tokens", "prompt_tokens"),
+        ("gen_ai.usage.output_tokens", "completion_tokens"),
+    ] {
+        if let Some(tokens) = usage.get(key).and_then(Value::as_u64) {
+            span.record(field, tokens);
+        }
+    }
 }
 
 pub(crate) fn transport_error(e: &reqwest::Error) -> BackendError {

@@ -32,6 +32,7 @@ use crate::{
     error::AccountError,
     gate::Access,
     homeservers::Homeservers,
+    measure,
     otp::{OtpArgs, OtpPolicy},
     restart::{RestartDecision, RestartPolicy, RestartTracker},
     rooms::{JoinedDms, Rooms},
@@ -105,6 +106,8 @@ pub(crate) struct Synced {
     pub(crate) utds: Vec<Undecryptable>,
     /// Rooms the bot is in that were upgraded to rooms it has not joined.
     pub(crate) upgrades: Vec<Upgrade>,
+    /// The sync request's trace: the messages' spans are its children.
+    pub(crate) trace: mxfleet_telemetry::TraceParent,
 }
 
 /// The account actor's state.
@@ -394,7 +397,7 @@ impl AccountRuntime {
                 turns.report_undecryptable(utd);
             }
             for (message, ticket) in synced.fresh {
-                turns.dispatch(message, ticket);
+                turns.dispatch(message, ticket, synced.trace.clone());
             }
         }
     }
@@ -596,6 +599,12 @@ impl AccountRuntime {
             _ => AccountState::Backoff,
         };
         board.transition(self.id(), state, Some(failure.to_string()));
+        measure::count(
+            measure::RESTARTS,
+            self.id(),
+            restart_reason(failure.class()),
+            1,
+        );
         board.update(self.id(), |s| {
             s.backoff_until_ms = Some(until);
             s.restarts += 1;
@@ -688,4 +697,15 @@ async fn mark_relogin(store: &Store, account: &str) -> Result<(), mxfleet_store:
         store.save_session(account, &session).await?;
     }
     Ok(())
+}
+
+/// The `reason` label a restart after a failure of `class` is counted under.
+fn restart_reason(class: FailureClass) -> &'static str {
+    match class {
+        FailureClass::Transient => "network",
+        FailureClass::RateLimited(_) => "rate_limited",
+        FailureClass::Auth { .. } => "auth",
+        FailureClass::Storage => "storage",
+        FailureClass::Fatal => "fatal",
+    }
 }

@@ -519,6 +519,7 @@ impl FleetState {
         self.board
             .transition(id, AccountState::Backoff, Some(failure));
         let until = now_ms() + decision.delay.as_millis() as u64;
+        crate::measure::count(crate::measure::RESTARTS, id, "start_failed", 1);
         self.board.update(id, |s| {
             s.backoff_until_ms = Some(until);
             s.restarts += 1;

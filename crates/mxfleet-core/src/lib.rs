@@ -18,6 +18,7 @@ mod fleet;
 mod gate;
 mod homeservers;
 mod limits;
+pub mod measure;
 mod otp;
 #[cfg(test)]
 mod properties;

@@ -28,6 +28,7 @@ use tracing::{debug, info};
 use crate::{
     gate::{self, Access, Me, RoomFacts, Verdict},
     limits::{Admission, RateLimiter},
+    measure,
     rooms::{self, Rooms},
     status::StatusBoard,
     turn::plan,
@@ -138,6 +139,10 @@ impl Screen {
             }
         }
         if ignored + old + limited > 0 {
+            let account = self.spec.id.as_str();
+            measure::count(measure::SKIPPED, account, "ignored", ignored);
+            measure::count(measure::SKIPPED, account, "too_old", old);
+            measure::count(measure::SKIPPED, account, "rate_limited", limited);
             self.board.update(&self.spec.id, |s| {
                 s.messages_ignored = s.messages_ignored.saturating_add(ignored);
                 s.skipped_old = s.skipped_old.saturating_add(old);

@@ -373,7 +373,10 @@ impl StatusBoard {
             .status
             .accounts
             .entry(account.to_owned())
-            .or_insert_with(|| AccountStatus::new(state, now));
+            .or_insert_with(|| {
+                crate::measure::register_account(account);
+                AccountStatus::new(state, now)
+            });
         let previous = entry.state;
         if previous != state {
             entry.since_ms = now;

@@ -21,7 +21,7 @@ use std::{
     panic::AssertUnwindSafe,
     pin::Pin,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures_util::{FutureExt, Stream, StreamExt};
@@ -38,9 +38,10 @@ use mxfleet_matrix::{
 };
 use mxfleet_message::{InboundMessage, Undecryptable};
 use mxfleet_store::{InboxEntry, InboxState, Store, now_ms};
+use mxfleet_telemetry::TraceParent;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, Span, debug, info, info_span, warn};
 
 use self::decryption_retry::{
     Decrypted, DecryptionRetries, Retried, join_retry, next_room_keys, try_decrypt,
@@ -48,6 +49,7 @@ use self::decryption_retry::{
 use crate::{
     account::{AccountMsg, Synced},
     error::AccountError,
+    measure,
     screen::{Screen, Ticket},
     status::{AccountState, StatusBoard},
     upgrades::pending_upgrades,
@@ -95,7 +97,8 @@ impl Actor for SyncActor {
         myself: ActorRef<SyncMsg>,
         args: SyncArgs,
     ) -> Result<SyncState, ActorProcessingErr> {
-        let span = info_span!(parent: None, "sync", account = %args.spec.id);
+        let span = info_span!(target: mxfleet_telemetry::LIFETIME_TARGET, parent: None,
+            "sync_loop", account = %args.spec.id);
         let task = tokio::spawn(
             async move {
                 let outcome = AssertUnwindSafe(sync_loop(&args)).catch_unwind().await;
@@ -136,10 +139,16 @@ async fn sync_loop(args: &SyncArgs) -> AccountError {
         Err(e) => return e,
     };
     loop {
-        let taken = match run.next_response().await {
-            Ok(response) => run.take(response).await,
-            Err(e) => Err(e),
-        };
+        // One trace per sync request: the messages it brought are answered as its children.
+        let span = info_span!("sync", account = %args.spec.id, messages = tracing::field::Empty);
+        let taken = async {
+            let started = Instant::now();
+            let response = run.next_response().await;
+            measure::observe(measure::SYNC_REQUEST, &args.spec.id, started.elapsed());
+            run.take(response?).await
+        }
+        .instrument(span)
+        .await;
         if let Err(e) = taken {
             return e;
         }
@@ -300,11 +309,13 @@ impl<'a> SyncRun<'a> {
         let fresh = self.claim(&response.next_batch, entries).await?;
         self.token = Some(response.next_batch);
         self.mark_healthy();
+        Span::current().record("messages", fresh.len());
         let synced = Synced {
             fresh,
             invites,
             utds,
             upgrades,
+            trace: TraceParent::of(&Span::current()),
         };
         self.hand_on(synced)
     }

@@ -40,8 +40,11 @@ use mxfleet_matrix::matrix_sdk::ruma::OwnedRoomId;
 use mxfleet_message::{InboundMessage, Undecryptable};
 use mxfleet_store::{InboxEntry, StoreFault, now_ms};
 
+use mxfleet_telemetry::TraceParent;
+
 use crate::{
     error::AccountError,
+    measure,
     screen::{FROM_FLEET, Ticket, too_old},
 };
 use tokio::{
@@ -69,8 +72,16 @@ pub(crate) const STORAGE_RETRY: Duration = Duration::from_secs(2);
 /// without bound.
 pub(crate) const ROOM_BACKLOG_MAX: usize = 2000;
 
-/// A message in its room's queue: what the screen decided, and when it was queued.
-type Queued = (InboundMessage, Ticket, Instant);
+/// A message in its room's queue.
+struct Queued {
+    message: InboundMessage,
+    /// What the screen decided.
+    ticket: Ticket,
+    /// When it was queued: its answer's latency counts from here.
+    queued_at: Instant,
+    /// The trace of the sync that brought it (empty for one a previous process left).
+    trace: TraceParent,
+}
 
 /// How long answers that were told to wrap up get to send their final edit.
 const WRAP_UP_GRACE: Duration = Duration::from_secs(5);
@@ -116,33 +127,42 @@ impl Turns {
             info!(account = %ctx.account, event_id = %message.event_id, age_secs = age_ms / 1000,
                 "message older than catch_up_max_age_secs: skipped");
             ctx.board.update(&ctx.account, |s| s.skipped_old += 1);
+            measure::count(measure::SKIPPED, &ctx.account, "too_old", 1);
             let reason = format!("older than catch_up_max_age_secs ({} s)", age_ms / 1000);
             return self.skip_later(message, reason);
         }
-        self.dispatch(entry.message, Ticket::Admitted);
+        self.dispatch(entry.message, Ticket::Admitted, TraceParent::default());
     }
 
     /// Queues `message` in its room as its `ticket` says (the screen judged it); past the room's
     /// backlog it is skipped.
-    pub(crate) fn dispatch(&mut self, message: InboundMessage, ticket: Ticket) {
+    pub(crate) fn dispatch(&mut self, message: InboundMessage, ticket: Ticket, trace: TraceParent) {
         let ctx = self.context.clone();
         ctx.board.update(&ctx.account, |s| s.messages_in += 1);
         let room = message.room_id.clone();
         let queue = self.queues.entry(room.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(ROOM_BACKLOG_MAX);
-            let span = info_span!(parent: None, "room", account = %ctx.account, room = %room);
+            let span = info_span!(target: mxfleet_telemetry::LIFETIME_TARGET, parent: None,
+                "room", account = %ctx.account, room = %room);
             let worker = room_worker(ctx.clone(), rx, self.stop.subscribe());
             self.workers.spawn(worker.instrument(span));
             tx
         });
-        match queue.try_send((message, ticket, Instant::now())) {
+        let queued = Queued {
+            message,
+            ticket,
+            queued_at: Instant::now(),
+            trace,
+        };
+        match queue.try_send(queued) {
             Ok(()) => ctx.board.update(&ctx.account, |s| {
                 s.messages_waiting = s.messages_waiting.saturating_add(1);
             }),
-            Err(mpsc::error::TrySendError::Full((message, _, _))) => {
+            Err(mpsc::error::TrySendError::Full(Queued { message, .. })) => {
                 warn!(account = %ctx.account, room = %room, waiting = ROOM_BACKLOG_MAX,
                     "the room's backlog is full: message skipped");
                 ctx.board.update(&ctx.account, |s| s.rate_limited += 1);
+                measure::count(measure::SKIPPED, &ctx.account, "backlog_full", 1);
                 let reason = format!("the room's backlog is full ({ROOM_BACKLOG_MAX} waiting)");
                 self.skip_later(message, reason);
             }
@@ -210,7 +230,12 @@ async fn room_worker(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let (message, ticket, queued_at) = tokio::select! {
+        let Queued {
+            message,
+            ticket,
+            queued_at,
+            trace,
+        } = tokio::select! {
             biased;
             _ = stop.wait_for(|stopping| *stopping) => return,
             queued = queue.recv() => match queued { Some(queued) => queued, None => return },
@@ -220,17 +245,20 @@ async fn room_worker(
         });
         let span = info_span!(parent: None, "message", account = %ctx.account, room = %message.room_id,
             event_id = %message.event_id, trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
+        trace.adopt(&span);
         // With traces exported, every log line of the message names its trace and span.
         if let Some((trace_id, span_id)) = mxfleet_telemetry::trace_and_span_id(&span) {
             span.record("trace_id", trace_id);
             span.record("span_id", span_id);
         }
-        let handle = |message| handle_in_room(&ctx, message, ticket);
+        let handle = |message| handle_in_room(&ctx, message, ticket, queued_at);
         attempt(&ctx, &message, &mut stop, handle)
             .instrument(span)
             .await;
-        let took = u64::try_from(queued_at.elapsed().as_millis()).unwrap_or(u64::MAX);
-        ctx.board.update(&ctx.account, |s| s.turns.observe(took));
+        let took = queued_at.elapsed();
+        let took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+        ctx.board.update(&ctx.account, |s| s.turns.observe(took_ms));
+        measure::observe(measure::TURN, &ctx.account, took);
     }
 }
 
@@ -270,7 +298,7 @@ async fn attempt<F, Fut>(
         };
         if attempt > MAX_ATTEMPTS {
             let reason = format!("no answer after {MAX_ATTEMPTS} attempts");
-            return record::give_up(ctx, message, &reason).await;
+            return record::give_up(ctx, message, "attempts", &reason).await;
         }
         let handled = AssertUnwindSafe(handle(message.clone()))
             .catch_unwind()
@@ -278,7 +306,7 @@ async fn attempt<F, Fut>(
         let failure = match handled {
             Ok(Ok(())) => return,
             Ok(Err(e)) if !e.is_retryable() => {
-                return record::give_up(ctx, message, &e.to_string()).await;
+                return record::give_up(ctx, message, "permanent", &e.to_string()).await;
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => "panicked while answering".to_owned(),
@@ -297,11 +325,12 @@ async fn handle_in_room(
     ctx: &TurnContext,
     message: InboundMessage,
     ticket: Ticket,
+    received: Instant,
 ) -> Result<(), AccountError> {
     match ctx.rooms.get(&message.room_id) {
         Some(room) => {
             let room = MatrixRoom::new(room, ctx.rooms.clone());
-            answer::handle(ctx, &room, message, ticket).await
+            answer::handle(ctx, &room, message, ticket, received).await
         }
         None => record::skip(ctx, &message, "not in the room").await,
     }
@@ -326,7 +355,7 @@ mod tests {
         let extra = 5;
         for i in 0..ROOM_BACKLOG_MAX + extra {
             let message = said("!busy:hs", &format!("$m{i}"), "@spammer:hs", "spam");
-            turns.dispatch(message, Ticket::Admitted);
+            turns.dispatch(message, Ticket::Admitted, TraceParent::default());
         }
         let shed = board.account("bot").map(|s| s.rate_limited);
         assert_eq!(shed, Some(extra as u64));

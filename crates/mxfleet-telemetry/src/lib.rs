@@ -5,8 +5,12 @@
 //! only queue a line, so a stalled log consumer (a full pipe, a stuck journald) costs dropped
 //! lines — counted by [`dropped_log_lines`] — and never stalls an account.
 //! With `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set, spans are
-//! also exported over OTLP/HTTP (protobuf) by a batch processor on its own thread, so an
-//! unreachable collector costs a bounded queue and never blocks message handling.
+//! also exported over OTLP/HTTP by a batch processor on its own thread, so an unreachable
+//! collector costs a bounded queue and never blocks message handling. The standard variables
+//! choose the rest: `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, the default, or
+//! `http/json`), `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_TRACES_SAMPLER` and its argument,
+//! `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`. A value mxfleet cannot honour is an
+//! error at start, never a silent fallback.
 
 use mxfleet_config::{LogConfig, LogFormat};
 use opentelemetry::trace::TracerProvider as _;
@@ -30,6 +34,11 @@ pub fn dropped_log_lines() -> u64 {
 /// The service name traces carry unless `OTEL_SERVICE_NAME` says otherwise.
 pub const SERVICE_NAME: &str = "mxfleet";
 
+/// The target of spans that last as long as an actor (a room worker, a sync loop): they give
+/// log lines their account and room but are not exported as traces, where a span open for
+/// hours is noise; the work inside them is exported as traces of its own.
+pub const LIFETIME_TARGET: &str = "mxfleet::lifetime";
+
 /// Added to a log filter that says nothing about matrix-sdk: its INFO lines are per-request
 /// chatter, its HTTP client logs expected 404s as errors, and its backup task warns at every
 /// room key while no key backup is set up. mxfleet logs its own classified failures.
@@ -46,6 +55,16 @@ pub enum TelemetryError {
     /// The OTLP exporter could not be built.
     #[error("OTLP exporter: {0}")]
     Exporter(String),
+    /// An `OTEL_…` variable holds a value mxfleet does not honour.
+    #[error("{variable}={value:?} is not supported: {expected}")]
+    Unsupported {
+        /// The variable.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+        /// What it may be.
+        expected: &'static str,
+    },
     /// A global subscriber was already installed.
     #[error("logging was already initialised")]
     AlreadyInitialised,
@@ -103,9 +122,13 @@ pub fn init(log: &LogConfig, instance: &str) -> Result<TelemetryGuard, Telemetry
     .with_filter(filter);
 
     let provider = if otlp_configured() {
+        let protocol = check_environment(&|name| std::env::var(name).ok())?;
+        // Endpoint and headers as the environment says, the sampler too (the SDK's default
+        // configuration reads `OTEL_TRACES_SAMPLER`); the protocol as checked, since the
+        // crate's own default would be JSON.
         let exporter = SpanExporter::builder()
             .with_http()
-            .with_protocol(Protocol::HttpBinary)
+            .with_protocol(protocol)
             .build()
             .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
         Some(
@@ -120,10 +143,12 @@ pub fn init(log: &LogConfig, instance: &str) -> Result<TelemetryGuard, Telemetry
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer(SERVICE_NAME))
-            .with_filter(EnvFilter::new(
-                "info,matrix_sdk=warn,matrix_sdk_base=warn,matrix_sdk_crypto=warn",
-            ))
+            .with_filter(EnvFilter::new(format!(
+                "info,{LIFETIME_TARGET}=off,matrix_sdk=warn,matrix_sdk_base=warn,\
+matrix_sdk_crypto=warn"
+            )))
     });
+    let _ = EXPORTING.set(provider.is_some());
     tracing_subscriber::registry()
         .with(fmt)
         .with(otel)
@@ -163,6 +188,66 @@ fn resource(instance: &str) -> Resource {
     builder.build()
 }
 
+/// The samplers `OTEL_TRACES_SAMPLER` may name.
+const SAMPLERS: [&str; 6] = [
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+];
+
+/// The OTLP protocol the environment asks for (`http/protobuf` unless it says otherwise), and
+/// refuses the settings the SDK would otherwise ignore with only a warning: a protocol it cannot
+/// speak, a sampler it does not know, a ratio that is not one.
+fn check_environment(var: &dyn Fn(&str) -> Option<String>) -> Result<Protocol, TelemetryError> {
+    let unsupported = |variable, value: String, expected| {
+        Err(TelemetryError::Unsupported {
+            variable,
+            value,
+            expected,
+        })
+    };
+    // The signal's own variable wins over the generic one.
+    let chosen = [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .into_iter()
+    .find_map(|variable| Some((variable, var(variable).filter(|v| !v.is_empty())?)));
+    let protocol = match chosen {
+        None => Protocol::HttpBinary,
+        Some((variable, value)) => match value.to_ascii_lowercase().as_str() {
+            "http/protobuf" => Protocol::HttpBinary,
+            "http/json" => Protocol::HttpJson,
+            _ => {
+                let expected = "use http/protobuf (the default) or http/json; gRPC is not built in";
+                return unsupported(variable, value, expected);
+            }
+        },
+    };
+    let sampler = var("OTEL_TRACES_SAMPLER").filter(|v| !v.is_empty());
+    if let Some(value) = &sampler
+        && !SAMPLERS.contains(&value.as_str())
+    {
+        let expected = "one of always_on, always_off, traceidratio, parentbased_always_on, \
+parentbased_always_off, parentbased_traceidratio";
+        return unsupported("OTEL_TRACES_SAMPLER", value.clone(), expected);
+    }
+    if sampler.is_some_and(|s| s.ends_with("traceidratio"))
+        && let Some(arg) = var("OTEL_TRACES_SAMPLER_ARG").filter(|v| !v.is_empty())
+        && !arg
+            .trim()
+            .parse::<f64>()
+            .is_ok_and(|ratio| (0.0..=1.0).contains(&ratio))
+    {
+        let expected = "a sampling ratio from 0.0 to 1.0";
+        return unsupported("OTEL_TRACES_SAMPLER_ARG", arg, expected);
+    }
+    Ok(protocol)
+}
+
 fn otlp_configured() -> bool {
     [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -184,6 +269,34 @@ pub fn trace_and_span_id(span: &tracing::Span) -> Option<(String, String)> {
     span_ids(span).map(|(trace, id, _)| (trace, id))
 }
 
+/// A span's trace context, carried to work that happens after the span ended (a message
+/// answered after the sync that brought it): that work's span becomes its child.
+#[derive(Debug, Clone, Default)]
+pub struct TraceParent(Option<opentelemetry::Context>);
+
+impl TraceParent {
+    /// The trace context of `span` (empty when traces are not exported).
+    pub fn of(span: &tracing::Span) -> Self {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        Self(otlp_active().then(|| span.context()))
+    }
+
+    /// Makes `span` a child of this context (nothing when it is empty).
+    pub fn adopt(&self, span: &tracing::Span) {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        if let Some(context) = &self.0 {
+            let _ = span.set_parent(context.clone());
+        }
+    }
+}
+
+/// Whether spans are exported (set once by [`init`]).
+static EXPORTING: OnceLock<bool> = OnceLock::new();
+
+fn otlp_active() -> bool {
+    EXPORTING.get().copied().unwrap_or(false)
+}
+
 fn span_ids(span: &tracing::Span) -> Option<(String, String, u8)> {
     use opentelemetry::trace::TraceContextExt as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -197,4 +310,100 @@ fn span_ids(span: &tracing::Span) -> Option<(String, String, u8)> {
             ids.trace_flags().to_u8(),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exporter_settings_are_checked() {
+        // (variables, accepted)
+        let table: [(&[(&str, &str)], bool); 12] = [
+            (&[], true),
+            (&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")], true),
+            (&[("OTEL_EXPORTER_OTLP_PROTOCOL", "HTTP/JSON")], true),
+            (
+                &[
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                    ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+                ],
+                true,
+            ),
+            (&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")], false),
+            (&[("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/xml")], false),
+            (&[("OTEL_TRACES_SAMPLER", "parentbased_always_off")], true),
+            (&[("OTEL_TRACES_SAMPLER", "sometimes")], false),
+            (
+                &[
+                    ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                    ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+                ],
+                true,
+            ),
+            (
+                &[
+                    ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                    ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+                ],
+                false,
+            ),
+            (
+                &[
+                    ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                    ("OTEL_TRACES_SAMPLER_ARG", "half"),
+                ],
+                false,
+            ),
+            // The argument of a sampler that takes none is not read.
+            (
+                &[
+                    ("OTEL_TRACES_SAMPLER", "always_on"),
+                    ("OTEL_TRACES_SAMPLER_ARG", "half"),
+                ],
+                true,
+            ),
+        ];
+        for (vars, accepted) in table {
+            let var = |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            };
+            let checked = check_environment(&var);
+            assert_eq!(checked.is_ok(), accepted, "{vars:?}: {checked:?}");
+        }
+    }
+
+    #[test]
+    fn the_protocol_is_protobuf_unless_the_environment_says_json() {
+        // (variables, protocol)
+        let table: [(&[(&str, &str)], Protocol); 4] = [
+            (&[], Protocol::HttpBinary),
+            (
+                &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")],
+                Protocol::HttpJson,
+            ),
+            (
+                &[("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")],
+                Protocol::HttpJson,
+            ),
+            (
+                &[
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+                    ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+                ],
+                Protocol::HttpBinary,
+            ),
+        ];
+        for (vars, expected) in table {
+            let var = |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            };
+            let protocol = check_environment(&var).expect("accepted");
+            assert_eq!(protocol, expected, "{vars:?}");
+        }
+    }
 }

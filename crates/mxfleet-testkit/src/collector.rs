@@ -10,7 +10,7 @@ use axum::{Router, body::Bytes, extract::State, routing::post};
 pub struct FakeCollector {
     /// The endpoint to put in `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub endpoint: String,
-    exports: Arc<Mutex<Vec<Vec<u8>>>>,
+    exports: Arc<Mutex<Vec<Export>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -32,6 +32,11 @@ impl FakeCollector {
 
     /// Every export body received (protobuf `ExportTraceServiceRequest`s).
     pub fn exports(&self) -> Vec<Vec<u8>> {
+        self.received().into_iter().map(|e| e.body).collect()
+    }
+
+    /// Every export received, with its request headers.
+    pub fn received(&self) -> Vec<Export> {
         self.exports
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -73,6 +78,15 @@ impl FakeCollector {
             .iter()
             .any(|body| body.windows(needle.len()).any(|w| w == needle.as_bytes()))
     }
+}
+
+/// One export request as the collector received it.
+#[derive(Debug, Clone)]
+pub struct Export {
+    /// Its headers (names lower-case), values as text.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Its body.
+    pub body: Vec<u8>,
 }
 
 /// A span as the collector received it.
@@ -119,10 +133,24 @@ impl Drop for FakeCollector {
     }
 }
 
-async fn receive(State(exports): State<Arc<Mutex<Vec<Vec<u8>>>>>, body: Bytes) -> &'static str {
+async fn receive(
+    State(exports): State<Arc<Mutex<Vec<Export>>>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> &'static str {
+    let headers = headers
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_owned(), value)
+        })
+        .collect();
     exports
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .push(body.to_vec());
+        .push(Export {
+            headers,
+            body: body.to_vec(),
+        });
     ""
 }

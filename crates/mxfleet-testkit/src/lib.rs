@@ -23,7 +23,7 @@ mod webhook;
 
 use std::path::PathBuf;
 
-pub use collector::FakeCollector;
+pub use collector::{Export, FakeCollector, ReceivedSpan};
 pub use fleet::{FleetProcess, binary};
 
 pub use human::{Human, Reaction, Seen, SeenPoll};

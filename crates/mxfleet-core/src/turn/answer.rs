@@ -29,6 +29,7 @@ use crate::{
     children,
     error::AccountError,
     gate::{Me, RoomFacts},
+    measure,
     otp::{self, OtpMsg, OtpOutcome},
     screen::Ticket,
     stream_editor::{Delivered, Delivery, EditorMsg, StreamSettings},
@@ -48,6 +49,7 @@ pub(crate) async fn handle<R: RoomPort>(
     room: &R,
     mut message: InboundMessage,
     ticket: Ticket,
+    received: Instant,
 ) -> Result<(), AccountError> {
     let known = Gathered::of(ctx, room, &message).await;
     let mut receipt_due = ctx.spec.conversation.read_receipts;
@@ -89,7 +91,7 @@ pub(crate) async fn handle<R: RoomPort>(
             }
             Step::Answer { words } => {
                 message.body = words.unwrap_or(message.body);
-                return answer(ctx, room, &message, facts).await;
+                return answer(ctx, room, &message, facts, received).await;
             }
         }
     }
@@ -105,6 +107,7 @@ async fn tell_limited<R: RoomPort>(
     which: &str,
 ) -> Result<(), AccountError> {
     ctx.board.update(&ctx.account, |s| s.rate_limited += 1);
+    measure::count(measure::SKIPPED, &ctx.account, "rate_limited", 1);
     info!(limit = which, "over the rate limit: the room is told");
     let text = texts::rate_limited(&ctx.spec.conversation.limits);
     reply_directly(ctx, room, message, facts, text).await
@@ -157,6 +160,7 @@ async fn answer<R: RoomPort>(
     room: &R,
     message: &InboundMessage,
     facts: &RoomFacts,
+    received: Instant,
 ) -> Result<(), AccountError> {
     let conv = &ctx.spec.conversation;
     let key = message.conversation_key();
@@ -173,9 +177,12 @@ async fn answer<R: RoomPort>(
     }
     // The backend call's span, named and tagged by OpenTelemetry's GenAI conventions; the
     // backend is handed its trace context.
+    // The backend records the usage it reports on it (`gen_ai.usage.*`).
     let backend_span = info_span!("backend", backend = %route.name,
         "gen_ai.operation.name" = "chat", "gen_ai.request.model" = tracing::field::Empty,
-        "gen_ai.system" = route.backend.kind());
+        "gen_ai.system" = route.backend.kind(),
+        "gen_ai.usage.input_tokens" = tracing::field::Empty,
+        "gen_ai.usage.output_tokens" = tracing::field::Empty);
     if let Some(model) = &route.model {
         backend_span.record("gen_ai.request.model", model.as_str());
     }
@@ -195,13 +202,15 @@ async fn answer<R: RoomPort>(
         Some(gate) => gate.gated(start),
         None => start(),
     };
+    let started = Instant::now();
     let asked: TextStream = Box::pin(InSpan {
         inner: asked,
         span: backend_span,
+        first_token: Some((started, ctx.account.clone())),
     });
     let stream = actions::split_actions(asked, found.clone());
-    let started = Instant::now();
-    let sink = room_sink(ctx, room, message, &placement, Some(cues.visible()));
+    let mut sink = room_sink(ctx, room, message, &placement, Some(cues.visible()));
+    sink.received = Some(received);
     let delivery = Delivery::new(
         stream,
         StreamSettings::of(conv),
@@ -221,6 +230,10 @@ async fn answer<R: RoomPort>(
     let backend_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     ctx.board
         .update(&ctx.account, |s| s.observe_backend(backend_ms));
+    measure::observe(measure::BACKEND, &ctx.account, started.elapsed());
+    if outcome.is_ok() {
+        measure::observe(measure::REPLY_COMPLETE, &ctx.account, received.elapsed());
+    }
     // The outcome is recorded before the cues are cleared: a redaction held back by a 429 must
     // not leave a delivered answer pending.
     let recorded = record::record(ctx, room, message, &key, outcome, Remember::Yes).await;
@@ -335,14 +348,17 @@ fn room_sink<R: RoomPort>(
             parts: Vec::new(),
         },
         visible,
+        received: None,
         own_keys: ctx.owns_keys(),
     }
 }
 
 /// A stream polled inside `span` (the backend call's): the span lasts as long as the stream.
+/// Its first text is timed from when the backend was asked, for the account named.
 struct InSpan {
     inner: TextStream,
     span: Span,
+    first_token: Option<(Instant, String)>,
 }
 
 impl futures_util::Stream for InSpan {
@@ -354,7 +370,13 @@ impl futures_util::Stream for InSpan {
     ) -> std::task::Poll<Option<Self::Item>> {
         let this = &mut *self;
         let _entered = this.span.enter();
-        this.inner.as_mut().poll_next(cx)
+        let polled = this.inner.as_mut().poll_next(cx);
+        if let std::task::Poll::Ready(Some(Ok(_))) = &polled
+            && let Some((asked, account)) = this.first_token.take()
+        {
+            measure::observe(measure::BACKEND_FIRST_TOKEN, &account, asked.elapsed());
+        }
+        polled
     }
 }
 
@@ -454,7 +476,14 @@ mod tests {
         let question = message("$q", "@ann:hs", "hi there", now_ms());
         claim(&ctx, &question).await;
 
-        let _ = handle(&ctx, &room, question.clone(), Ticket::Admitted).await;
+        let _ = handle(
+            &ctx,
+            &room,
+            question.clone(),
+            Ticket::Admitted,
+            Instant::now(),
+        )
+        .await;
 
         assert_eq!(bodies(&room), ["Hello **Ann**"]);
         let sent = room.sent();
@@ -512,7 +541,7 @@ mod tests {
         let question = message("$q", "@bob:hs", "@bot:hs what did I say?", now);
         claim(&ctx, &question).await;
 
-        let _ = handle(&ctx, &room, question, Ticket::Admitted).await;
+        let _ = handle(&ctx, &room, question, Ticket::Admitted, Instant::now()).await;
 
         let request = backend.requests().pop().expect("the backend was asked");
         let said: Vec<(&str, Option<&str>)> = request
@@ -547,7 +576,7 @@ mod tests {
         let question = message("$q", "@ann:hs", "!help", now_ms());
         claim(&ctx, &question).await;
 
-        let _ = handle(&ctx, &room, question, Ticket::Admitted).await;
+        let _ = handle(&ctx, &room, question, Ticket::Admitted, Instant::now()).await;
 
         assert_eq!(bodies(&room), [texts::HELP]);
         assert!(backend.requests().is_empty());
@@ -567,7 +596,14 @@ mod tests {
         let room = FakeRoom::new(&room_id(), true);
         let question = message("$q", "@ann:hs", "hi", now_ms());
         claim(&ctx, &question).await;
-        let _ = handle(&ctx, &room, question, Ticket::TellLimited("per_sender")).await;
+        let _ = handle(
+            &ctx,
+            &room,
+            question,
+            Ticket::TellLimited("per_sender"),
+            Instant::now(),
+        )
+        .await;
 
         let limits = &ctx.spec.conversation.limits;
         assert_eq!(bodies(&room), [texts::rate_limited(limits)]);
@@ -584,7 +620,7 @@ mod tests {
         let room = FakeRoom::new(&room_id(), true);
         let stranger = message("$s", "@stranger:hs", "hi", now_ms());
         claim(&ctx, &stranger).await;
-        let _ = handle(&ctx, &room, stranger, Ticket::Admitted).await;
+        let _ = handle(&ctx, &room, stranger, Ticket::Admitted, Instant::now()).await;
         assert!(room.sent().is_empty() && backend.requests().is_empty());
         assert_eq!(pending(&ctx).await, 0, "skipped is recorded");
 
@@ -592,7 +628,7 @@ mod tests {
         let down = FakeRoom::new(&room_id(), true).refusing_sends();
         let question = message("$q", "@ann:hs", "hi", now_ms());
         claim(&ctx, &question).await;
-        let _ = handle(&ctx, &down, question, Ticket::Admitted).await;
+        let _ = handle(&ctx, &down, question, Ticket::Admitted, Instant::now()).await;
         assert_eq!(pending(&ctx).await, 1, "left for the next start");
     }
 
@@ -615,7 +651,7 @@ mod tests {
         };
         claim(&ctx, &ballot).await;
 
-        let _ = handle(&ctx, &room, ballot, Ticket::Admitted).await;
+        let _ = handle(&ctx, &room, ballot, Ticket::Admitted, Instant::now()).await;
 
         let request = backend.requests().pop().expect("the backend was asked");
         assert_eq!(

@@ -4,22 +4,27 @@
 //! send and after each send or edit, so a restart finds an answer left mid-stream and finishes
 //! it with an "interrupted" edit ([`finish_interrupted`]) instead of starting a second one.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
 };
 
 use mxfleet_matrix::{
     FailureClass, MatrixFailure, Placement, edit_content,
     format::render_markdown,
-    matrix_sdk::ruma::{EventId, OwnedEventId},
+    matrix_sdk::ruma::{
+        EventId, OwnedEventId, OwnedTransactionId, events::AnyMessageLikeEventContent,
+    },
     message_content, transaction_id,
 };
 use mxfleet_store::{Draft, DraftPart, Store};
-use tracing::warn;
+use tracing::{Instrument, info_span, warn};
 
 use super::room::{Attempts, RoomPort};
-use crate::{stream_editor::AnswerSink, texts};
+use crate::{measure, stream_editor::AnswerSink, texts};
 
 /// Sends an answer into a room through the outbox.
 pub(crate) struct RoomSink<R> {
@@ -37,6 +42,8 @@ pub(crate) struct RoomSink<R> {
     pub(crate) draft: Draft,
     /// Set once the first message is out (the cues watch it).
     pub(crate) visible: Option<Arc<AtomicBool>>,
+    /// When the message answered was received: the first message out is timed from it (once).
+    pub(crate) received: Option<Instant>,
     /// Whether the account's device keys are its own (false: access token; encrypted rooms are
     /// refused).
     pub(crate) own_keys: bool,
@@ -73,11 +80,17 @@ impl<R: RoomPort> AnswerSink for RoomSink<R> {
         };
         let content = message_content(&render_markdown(text), &placement);
         let event_id = self
-            .room
-            .send(content.into(), txn_id, "sending the answer", Attempts::Once)
+            .send(content.into(), txn_id, "sending the answer")
             .await?;
         if let Some(visible) = &self.visible {
             visible.store(true, Ordering::Relaxed);
+        }
+        if let Some(received) = self.received.take() {
+            measure::observe(
+                measure::REPLY_FIRST_VISIBLE,
+                &self.account,
+                received.elapsed(),
+            );
         }
         if let Some(stored) = self.draft.parts.get_mut(part) {
             stored.event_id = Some(event_id.to_string());
@@ -101,8 +114,7 @@ impl<R: RoomPort> AnswerSink for RoomSink<R> {
         let seq = self.edit_attempt(part, text).await;
         let txn_id = transaction_id(self.answering.as_str(), &format!("{part}.e{seq}"));
         let content = edit_content(&original, &render_markdown(text));
-        self.room
-            .send(content.into(), txn_id, "editing the answer", Attempts::Once)
+        self.send(content.into(), txn_id, "editing the answer")
             .await?;
         if let Some(stored) = self.draft.parts.get_mut(part) {
             stored.shown = text.to_owned();
@@ -110,6 +122,26 @@ impl<R: RoomPort> AnswerSink for RoomSink<R> {
         }
         self.save().await;
         Ok(())
+    }
+}
+
+impl<R: RoomPort> RoomSink<R> {
+    /// Sends `content` once, in a `send` span, timed.
+    async fn send(
+        &self,
+        content: AnyMessageLikeEventContent,
+        txn_id: OwnedTransactionId,
+        what: &'static str,
+    ) -> Result<OwnedEventId, MatrixFailure> {
+        let span = info_span!("send", account = %self.account, what);
+        let started = Instant::now();
+        let sent = self
+            .room
+            .send(content, txn_id, what, Attempts::Once)
+            .instrument(span)
+            .await;
+        measure::observe(measure::SEND, &self.account, started.elapsed());
+        sent
     }
 }
 
@@ -222,6 +254,7 @@ mod tests {
             placement: Placement::Plain,
             draft: Draft::default(),
             visible: None,
+            received: None,
             own_keys: true,
         }
     }

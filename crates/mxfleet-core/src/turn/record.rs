@@ -12,7 +12,7 @@ use super::{
     outbox::finish_interrupted,
     room::RoomPort,
 };
-use crate::{error::AccountError, stream_editor::Delivered, turn::STORAGE_RETRY};
+use crate::{error::AccountError, measure, stream_editor::Delivered, turn::STORAGE_RETRY};
 
 /// Whether an answer joins the conversation memory (commands and refusals do not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,10 +73,16 @@ pub(crate) async fn record<R: RoomPort>(
     Ok(())
 }
 
-/// Gives up on `message`: every attempt failed, the last for `reason`. Counted, shown in the
-/// account's status.
-pub(crate) async fn give_up(ctx: &TurnContext, message: &InboundMessage, reason: &str) {
+/// Gives up on `message`: every attempt failed, or one could not be retried (`class`, a reason
+/// of [`measure::FAILED`]), the last for `reason`. Counted, shown in the account's status.
+pub(crate) async fn give_up(
+    ctx: &TurnContext,
+    message: &InboundMessage,
+    class: &'static str,
+    reason: &str,
+) {
     error!(%reason, "gave up on a message");
+    measure::count(measure::FAILED, &ctx.account, class, 1);
     ctx.board.update(&ctx.account, |s| {
         s.messages_failed += 1;
         s.last_error = Some(format!("gave up on message {}: {reason}", message.event_id));
