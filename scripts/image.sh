@@ -28,6 +28,11 @@ while (($#)); do
   shift
 done
 
+# One build at a time (the suite builds images from parallel tests): the base image and
+# containers.conf are set up once.
+exec 9>"${TMPDIR:-/tmp}/mxfleet-image.lock"
+flock 9
+
 missing=()
 command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || missing+=(runc)

@@ -4,8 +4,8 @@
 # Installs Synapse into a virtualenv if needed (scripts/setup-synapse.sh), kubernetes-validate
 # into another (scripts/setup-tools.sh), and Debian's chromium (the status page test), bubblewrap
 # (the sandboxed agent tests), systemd (the unit is verified with systemd-analyze), prometheus
-# (promtool and a real scrape) and podman, runc and mmdebstrap (the container image is built and
-# run, scripts/image.sh) if missing; starts one shared Synapse on a free
+# (promtool and a real scrape) and podman, runc, mmdebstrap and podman-compose (the container
+# image is built and run, alone and in deploy/compose.yaml) if missing; starts one shared Synapse on a free
 # loopback port with raised rate limits, runs every test in parallel with cargo-nextest (cargo
 # test if it is missing), and stops Synapse again. The status page's screenshot lands in
 # target/test-artifacts/.
@@ -23,7 +23,7 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v bwrap >/dev/null || missing+=(bubblewrap)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v promtool >/dev/null || missing+=(prometheus)
-for tool in podman runc mmdebstrap; do
+for tool in podman runc mmdebstrap podman-compose; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if ((${#missing[@]})); then

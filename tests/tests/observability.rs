@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use mxfleet_testkit::{Scenario, free_port, output_text};
+use mxfleet_testkit::{Scenario, free_port, output_text, url_encode};
 
 const TIMEOUT: Duration = Duration::from_secs(40);
 
@@ -77,7 +77,11 @@ impl Prometheus {
     /// The samples of instant query `query`, as `(labels, value)`.
     async fn query(&self, query: &str) -> Result<Vec<(serde_json::Value, String)>> {
         let text = reqwest::Client::new()
-            .get(format!("{}/api/v1/query?query={}", self.url, encode(query)))
+            .get(format!(
+                "{}/api/v1/query?query={}",
+                self.url,
+                url_encode(query)
+            ))
             .send()
             .await?
             .text()
@@ -95,18 +99,6 @@ impl Prometheus {
             })
             .collect())
     }
-}
-
-/// `text` percent-encoded for a query string.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 impl Drop for Prometheus {
