@@ -358,6 +358,46 @@ async fn traces_carry_the_service_name_and_resource_the_environment_gives() -> R
 }
 
 #[tokio::test]
+async fn traces_go_over_grpc_when_the_environment_says_so() -> Result<()> {
+    let collector = mxfleet_testkit::FakeCollector::start_grpc().await?;
+    let mut s = Scenario::new()
+        .bot(|b| b.open_dms())
+        .human()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint)
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .env("OTEL_EXPORTER_OTLP_HEADERS", "x-collector-key=sesame")
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").user_id.clone());
+    let dm = human.dm(&bot).await?;
+    human.send(&dm, "over grpc").await?;
+    human
+        .expect_message(&dm, &bot, "over grpc", TIMEOUT)
+        .await?;
+    s.fleet.stop().await?; // flushes the batch exporter
+
+    let spans = collector.spans()?;
+    let message = spans
+        .iter()
+        .find(|s| s.name == "message")
+        .with_context(|| format!("no message span over gRPC among {spans:?}"))?;
+    ensure!(
+        spans
+            .iter()
+            .any(|s| s.span_id == message.parent_span_id && s.name == "sync"),
+        "the message's sync span did not come over gRPC"
+    );
+    ensure!(
+        collector
+            .received()
+            .iter()
+            .all(|e| e.headers.get("x-collector-key").map(String::as_str) == Some("sesame")),
+        "OTEL_EXPORTER_OTLP_HEADERS did not reach the collector as gRPC metadata"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_backend_call_is_a_genai_span_whose_trace_context_reaches_the_backend() -> Result<()> {
     let collector = mxfleet_testkit::FakeCollector::start().await?;
     let llm = mxfleet_testkit::FakeOpenAi::start(64).await?;

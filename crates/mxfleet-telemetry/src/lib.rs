@@ -5,10 +5,10 @@
 //! only queue a line, so a stalled log consumer (a full pipe, a stuck journald) costs dropped
 //! lines — counted by [`dropped_log_lines`] — and never stalls an account.
 //! With `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set, spans are
-//! also exported over OTLP/HTTP by a batch processor on its own thread, so an unreachable
+//! also exported over OTLP by a batch processor on its own thread, so an unreachable
 //! collector costs a bounded queue and never blocks message handling. The standard variables
-//! choose the rest: `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, the default, or
-//! `http/json`), `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_TRACES_SAMPLER` and its argument,
+//! choose the rest: `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`, the default, `http/json`
+//! or `grpc`, whose exports run on a small Tokio runtime of their own), `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_TRACES_SAMPLER` and its argument,
 //! `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`. A value mxfleet cannot honour is an
 //! error at start, never a silent fallback.
 
@@ -123,20 +123,7 @@ pub fn init(log: &LogConfig, instance: &str) -> Result<TelemetryGuard, Telemetry
 
     let provider = if otlp_configured() {
         let protocol = check_environment(&|name| std::env::var(name).ok())?;
-        // Endpoint and headers as the environment says, the sampler too (the SDK's default
-        // configuration reads `OTEL_TRACES_SAMPLER`); the protocol as checked, since the
-        // crate's own default would be JSON.
-        let exporter = SpanExporter::builder()
-            .with_http()
-            .with_protocol(protocol)
-            .build()
-            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-        Some(
-            SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(resource(instance))
-                .build(),
-        )
+        Some(tracer_provider(protocol, resource(instance))?)
     } else {
         None
     };
@@ -158,6 +145,104 @@ matrix_sdk_crypto=warn"
         provider,
         _logs: worker,
     })
+}
+
+/// The tracer provider exporting over `protocol`. Endpoint and headers come from the
+/// environment, the sampler too (the SDK's default configuration reads `OTEL_TRACES_SAMPLER`);
+/// the protocol is the checked one, since the crate's own default would be JSON.
+fn tracer_provider(
+    protocol: Protocol,
+    resource: Resource,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    let failed = |e: &dyn std::fmt::Display| TelemetryError::Exporter(e.to_string());
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let provider = match protocol {
+        Protocol::Grpc => {
+            // tonic needs a Tokio reactor, which the batch processor's thread does not have:
+            // the exports run on a small runtime of their own.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("mxfleet-otlp")
+                .enable_all()
+                .build()
+                .map_err(|e| failed(&e))?;
+            let exporter = {
+                let _entered = runtime.enter();
+                SpanExporter::builder()
+                    .with_tonic()
+                    .build()
+                    .map_err(|e| failed(&e))?
+            };
+            builder.with_batch_exporter(OnRuntime {
+                inner: std::sync::Arc::new(exporter),
+                runtime: Some(runtime),
+            })
+        }
+        _ => builder.with_batch_exporter(
+            SpanExporter::builder()
+                .with_http()
+                .with_protocol(protocol)
+                .build()
+                .map_err(|e| failed(&e))?,
+        ),
+    };
+    Ok(provider.build())
+}
+
+/// A span exporter whose exports run on a Tokio runtime of its own (the gRPC one).
+#[derive(Debug)]
+struct OnRuntime {
+    inner: std::sync::Arc<SpanExporter>,
+    /// Shut down in the background when dropped (dropping a runtime may not block).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl opentelemetry_sdk::trace::SpanExporter for OnRuntime {
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        use opentelemetry_sdk::error::OTelSdkError;
+        let inner = self.inner.clone();
+        let task = self
+            .runtime
+            .as_ref()
+            .map(|runtime| runtime.spawn(async move { inner.export(batch).await }));
+        async move {
+            match task {
+                Some(task) => task
+                    .await
+                    .unwrap_or_else(|e| Err(OTelSdkError::InternalFailure(e.to_string()))),
+                None => Err(OTelSdkError::AlreadyShutdown),
+            }
+        }
+    }
+
+    fn shutdown_with_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        opentelemetry_sdk::trace::SpanExporter::shutdown_with_timeout(&*self.inner, timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        opentelemetry_sdk::trace::SpanExporter::force_flush(&*self.inner)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        // Called while the provider is built, before any export holds a clone.
+        if let Some(inner) = std::sync::Arc::get_mut(&mut self.inner) {
+            opentelemetry_sdk::trace::SpanExporter::set_resource(inner, resource);
+        }
+    }
+}
+
+impl Drop for OnRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// The resource every span carries: what the environment says (`OTEL_SERVICE_NAME`,
@@ -221,12 +306,27 @@ fn check_environment(var: &dyn Fn(&str) -> Option<String>) -> Result<Protocol, T
         Some((variable, value)) => match value.to_ascii_lowercase().as_str() {
             "http/protobuf" => Protocol::HttpBinary,
             "http/json" => Protocol::HttpJson,
+            "grpc" => Protocol::Grpc,
             _ => {
-                let expected = "use http/protobuf (the default) or http/json; gRPC is not built in";
+                let expected = "one of http/protobuf (the default), http/json, grpc";
                 return unsupported(variable, value, expected);
             }
         },
     };
+    if protocol == Protocol::Grpc {
+        let endpoint = [
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ]
+        .into_iter()
+        .find_map(|variable| Some((variable, var(variable).filter(|v| !v.is_empty())?)));
+        if let Some((variable, endpoint)) = endpoint
+            && endpoint.to_ascii_lowercase().starts_with("https:")
+        {
+            let expected = "gRPC without TLS (http://…), or https with http/protobuf";
+            return unsupported(variable, endpoint, expected);
+        }
+    }
     let sampler = var("OTEL_TRACES_SAMPLER").filter(|v| !v.is_empty());
     if let Some(value) = &sampler
         && !SAMPLERS.contains(&value.as_str())
@@ -319,18 +419,26 @@ mod tests {
     #[test]
     fn exporter_settings_are_checked() {
         // (variables, accepted)
-        let table: [(&[(&str, &str)], bool); 12] = [
+        let table: [(&[(&str, &str)], bool); 13] = [
             (&[], true),
             (&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")], true),
             (&[("OTEL_EXPORTER_OTLP_PROTOCOL", "HTTP/JSON")], true),
             (
                 &[
                     ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-                    ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+                ],
+                false,
+            ),
+            (
+                &[
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
+                    ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
                 ],
                 true,
             ),
-            (&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")], false),
+            (&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")], true),
             (&[("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/xml")], false),
             (&[("OTEL_TRACES_SAMPLER", "parentbased_always_off")], true),
             (&[("OTEL_TRACES_SAMPLER", "sometimes")], false),
@@ -378,8 +486,9 @@ mod tests {
     #[test]
     fn the_protocol_is_protobuf_unless_the_environment_says_json() {
         // (variables, protocol)
-        let table: [(&[(&str, &str)], Protocol); 4] = [
+        let table: [(&[(&str, &str)], Protocol); 5] = [
             (&[], Protocol::HttpBinary),
+            (&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")], Protocol::Grpc),
             (
                 &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")],
                 Protocol::HttpJson,

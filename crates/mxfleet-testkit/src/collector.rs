@@ -1,5 +1,7 @@
-//! A stand-in OpenTelemetry collector: accepts OTLP/HTTP trace exports, keeps the bodies, and
-//! decodes them with the OTLP protobuf definitions (`opentelemetry-proto`).
+//! A stand-in OpenTelemetry collector: accepts OTLP trace exports over HTTP
+//! ([`FakeCollector::start`]) or gRPC ([`FakeCollector::start_grpc`], tonic), keeps the
+//! protobuf bodies with their headers, and decodes them with the OTLP definitions
+//! (`opentelemetry-proto`).
 
 use std::sync::{Arc, Mutex};
 
@@ -25,6 +27,29 @@ impl FakeCollector {
         let endpoint = format!("http://{addr}");
         Ok(FakeCollector {
             endpoint,
+            exports,
+            task,
+        })
+    }
+
+    /// Starts an OTLP/gRPC collector (the `TraceService`) on a free loopback port.
+    pub async fn start_grpc() -> anyhow::Result<FakeCollector> {
+        use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+        let exports = Arc::new(Mutex::new(Vec::new()));
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let service = TraceServiceServer::new(GrpcCollector {
+            exports: exports.clone(),
+        });
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        Ok(FakeCollector {
+            endpoint: format!("http://{addr}"),
             exports,
             task,
         })
@@ -153,4 +178,44 @@ async fn receive(
             body: body.to_vec(),
         });
     ""
+}
+
+/// The gRPC side: each export is kept as its protobuf encoding, its metadata as headers.
+struct GrpcCollector {
+    exports: Arc<Mutex<Vec<Export>>>,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for GrpcCollector
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        use prost::Message as _;
+        let headers = request
+            .metadata()
+            .clone()
+            .into_headers()
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), value)
+            })
+            .collect();
+        let body = request.into_inner().encode_to_vec();
+        self.exports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Export { headers, body });
+        Ok(tonic::Response::new(Default::default()))
+    }
 }
