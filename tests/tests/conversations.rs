@@ -98,8 +98,9 @@ async fn a_streamed_answer_is_one_message_edited_in_place_with_cues() -> Result<
         .collect();
     let text = text.trim_end().to_owned();
     let llm = FakeOpenAi::start_with(7, Duration::from_millis(12), Some(text.clone())).await?;
-    let streaming =
-        "stream_min_initial_chars = 20\nedit_throttle_ms = 300\nmax_edits_per_message = 6";
+    // Cues on receipt (the default waits for a slow answer).
+    let streaming = "stream_min_initial_chars = 20\nedit_throttle_ms = 300\n\
+max_edits_per_message = 6\ncue_delay_ms = 0";
     let mut s = Scenario::new()
         .llm(&llm)
         .bot(|b| b.llm().open_dms().key(streaming))

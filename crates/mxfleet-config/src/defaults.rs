@@ -83,6 +83,12 @@ pub(crate) fn max_answer_parts() -> usize {
 pub(crate) fn ack_reaction() -> String {
     "👀".into()
 }
+/// Long enough for a fast backend's answer to show first (then no cue is sent: the ack
+/// reaction, a room event, sent before the answer held the answer back by a whole send), short
+/// enough that a slow one's cues show within 300 ms of receipt. See docs/benchmarks.md.
+pub(crate) fn cue_delay_ms() -> u64 {
+    250
+}
 pub(crate) fn per_sender_per_minute() -> u32 {
     20
 }

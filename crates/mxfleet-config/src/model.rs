@@ -504,9 +504,9 @@ pub struct ConversationConfig {
     /// [`ConversationConfig::ack_reaction`]).
     #[serde(default = "defaults::ack_reaction")]
     pub ack_reaction: String,
-    /// Send the ack reaction and typing notices only if the answer is not visible after this
-    /// long (0: at once, on receipt). Saves two events per fast answer.
-    #[serde(default)]
+    /// Send the ack reaction and typing notices only if the answer is not visible this long
+    /// after the message was received (0: at once, on receipt). A fast answer then comes alone.
+    #[serde(default = "defaults::cue_delay_ms")]
     pub cue_delay_ms: u64,
     /// Show "typing…" while an answer is being prepared.
     #[serde(default = "defaults::enabled")]
@@ -595,7 +595,7 @@ impl Default for ConversationConfig {
             max_answer_parts: defaults::max_answer_parts(),
             reply_to_message: true,
             ack_reaction: defaults::ack_reaction(),
-            cue_delay_ms: 0,
+            cue_delay_ms: defaults::cue_delay_ms(),
             typing_notices: true,
             read_receipts: false,
             utd_notice_cooldown_secs: defaults::utd_notice_cooldown_secs(),

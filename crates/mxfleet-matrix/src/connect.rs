@@ -5,7 +5,11 @@
 //! password login happens only for a brand-new account or after a soft logout, and always into
 //! the account's stable device id.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use matrix_sdk::{
     Client, SessionMeta, SessionTokens, SqliteStoreConfig,
@@ -221,7 +225,7 @@ async fn build_client(
             }
         }
     };
-    let mut builder = Client::builder();
+    let mut builder = Client::builder().http_client(shared_http_client()?);
     if matches!(spec.auth, AccountAuth::Password(_)) {
         // Expired access tokens are refreshed (and the new ones saved before use, below).
         builder = builder.handle_refresh_tokens();
@@ -254,6 +258,28 @@ async fn build_client(
                 ),
             )
         })
+}
+
+/// The HTTP client every account's Matrix client uses: one connection pool per homeserver and
+/// one TLS configuration (the parsed root certificates) for the whole process, instead of one
+/// of each per account. Configured as matrix-sdk configures its own (TLS 1.2 at least); the
+/// per-request timeouts and retries stay in each client's `RequestConfig`.
+fn shared_http_client() -> Result<reqwest::Client, MatrixFailure> {
+    static SHARED: OnceLock<reqwest::Client> = OnceLock::new();
+    if let Some(client) = SHARED.get() {
+        return Ok(client.clone());
+    }
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("mxfleet/", env!("CARGO_PKG_VERSION")))
+        .min_tls_version(reqwest::tls::Version::TLS_1_2)
+        .build()
+        .map_err(|e| {
+            MatrixFailure::new(
+                FailureClass::Fatal,
+                format!("cannot set up the HTTP client: {e}"),
+            )
+        })?;
+    Ok(SHARED.get_or_init(|| client).clone())
 }
 
 async fn restore(client: Client, session: StoredSession) -> Result<Connection, MatrixFailure> {

@@ -279,17 +279,19 @@ async fn completions(State(state): State<AppState>, headers: HeaderMap, body: By
             .chunks(state.chunk_chars)
             .map(|c| chunk(json!({"content": c.iter().collect::<String>()}))),
     );
+    let mut done = "data: [DONE]\n\n".to_owned();
     if body["stream_options"]["include_usage"] == true {
-        // As OpenAI does: a last chunk with no choices and the usage (words as "tokens").
+        // As OpenAI does: a last chunk with no choices and the usage (words as "tokens"), in
+        // the same write as the end (the stream takes no longer for it).
         let prompt_tokens = last_user.split_whitespace().count();
         let completion_tokens = answer.iter().filter(|c| c.is_whitespace()).count() + 1;
         let usage = json!({"id": "chatcmpl-test", "object": "chat.completion.chunk",
             "model": "test", "choices": [], "usage": {"prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}});
-        events.push(format!("data: {usage}\n\n"));
+        done = format!("data: {usage}\n\n{done}");
     }
-    events.push("data: [DONE]\n\n".to_owned());
+    events.push(done);
     // The count goes down when the stream ends or the client hangs up.
     let stream = stream::unfold(
         (events.into_iter(), streaming),

@@ -166,7 +166,7 @@ async fn answer<R: RoomPort>(
     let key = message.conversation_key();
     let placement = plan::placement(message, conv.reply_to_message, facts.is_dm);
     let route = ctx.routing.pick(&message.sender, facts);
-    let cues = Cues::start(room, message, conv, &ctx.account);
+    let cues = Cues::start(room, message, conv, &ctx.account, received.into());
 
     let mut conversation = history::conversation(ctx, room, message, &key, facts.is_dm).await;
     if route.backend.accepts_images()
@@ -467,7 +467,9 @@ mod tests {
     #[tokio::test]
     async fn a_dm_is_answered_with_cues_and_remembered() {
         let backend = Scripted::new("Hello **Ann**");
-        let (ctx, _dir) = context("dm_policy = \"open\"", backend.clone()).await;
+        // Cues on receipt (by default an answer this fast would come alone).
+        let config = "dm_policy = \"open\"\ncue_delay_ms = 0";
+        let (ctx, _dir) = context(config, backend.clone()).await;
         let me = UserId::parse("@bot:hs").expect("a user id");
         let ann = UserId::parse("@ann:hs").expect("a user id");
         let room = FakeRoom::new(&room_id(), true)

@@ -1,8 +1,9 @@
 //! Cues while an answer is prepared: the ack reaction on the message and typing notices.
 //!
-//! Cues go out beside the answer, not before it: the backend is asked at once. With
-//! `cue_delay_ms` they wait that long and are skipped if the answer is visible by then (saving
-//! two events per fast answer). Once the answer is recorded they are cleared on a task of their
+//! Cues go out beside the answer, not before it: the backend is asked at once. They wait until
+//! `cue_delay_ms` after the message was received (250 ms by default) and are skipped if the
+//! answer is visible by then: a fast answer comes alone, instead of waiting behind the ack
+//! reaction's send, and a slow one is acknowledged within the delay. Once the answer is recorded they are cleared on a task of their
 //! own, so a redaction held back by a 429 never holds up the room's next message.
 
 use std::{
@@ -12,6 +13,8 @@ use std::{
     },
     time::Duration,
 };
+
+use tokio::time::Instant;
 
 use mxfleet_config::ConversationConfig;
 use mxfleet_matrix::{matrix_sdk::ruma::OwnedEventId, reaction_content, transaction_id};
@@ -33,25 +36,26 @@ pub(crate) struct Cues {
 }
 
 impl Cues {
-    /// Starts the cues `conv` asks for on `message`.
+    /// Starts the cues `conv` asks for on `message`, received at `received`.
     pub(crate) fn start<R: RoomPort>(
         room: &R,
         message: &InboundMessage,
         conv: &ConversationConfig,
         account: &str,
+        received: Instant,
     ) -> Self {
         let visible = Arc::new(AtomicBool::new(false));
         // Cue tasks outlive the message's span (which ends with the answer); they get their own.
         let span =
             info_span!(parent: None, "cues", account = %account, event_id = %message.event_id);
-        let delay = Duration::from_millis(conv.cue_delay_ms);
+        let due = received + Duration::from_millis(conv.cue_delay_ms);
         let ack = conv.ack_reaction().map(str::to_owned).map(|key| {
             let (room, visible) = (room.clone(), visible.clone());
             let event = message.event_id.clone();
             let txn = transaction_id(event.as_str(), "ack");
             tokio::spawn(
                 async move {
-                    if !still_wanted(delay, &visible).await {
+                    if !still_wanted(due, &visible).await {
                         return None;
                     }
                     let content = reaction_content(&event, &key).into();
@@ -67,7 +71,7 @@ impl Cues {
             let (room, visible) = (room.clone(), visible.clone());
             tokio::spawn(
                 async move {
-                    if !still_wanted(delay, &visible).await {
+                    if !still_wanted(due, &visible).await {
                         return;
                     }
                     loop {
@@ -124,11 +128,9 @@ impl Cues {
     }
 }
 
-/// Waits `delay`; whether the cue is still wanted (the answer is not visible yet).
-async fn still_wanted(delay: Duration, visible: &AtomicBool) -> bool {
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
+/// Waits until `due`; whether the cue is still wanted (the answer is not visible yet).
+async fn still_wanted(due: Instant, visible: &AtomicBool) -> bool {
+    tokio::time::sleep_until(due).await;
     !visible.load(Ordering::Relaxed)
 }
 
@@ -162,7 +164,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn cues_go_out_at_once_and_are_cleared_after_the_answer() {
         let room = room();
-        let cues = Cues::start(&room, &question(), &conversation(0), "bot");
+        let cues = Cues::start(&room, &question(), &conversation(0), "bot", Instant::now());
         tokio::time::sleep(Duration::from_millis(10)).await;
         let did = room.did();
         assert!(reacted(&did) && did.contains(&Did::Typing(true)), "{did:?}");
@@ -175,9 +177,39 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn by_default_cues_wait_for_a_slow_answer_counting_from_receipt() {
+        let conv = ConversationConfig::default();
+        assert_eq!(conv.cue_delay_ms, 250);
+        // A fast answer (visible after 200 ms) comes alone.
+        let room = room();
+        let cues = Cues::start(&room, &question(), &conv, "bot", Instant::now());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cues.visible().store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        cues.clear(room.clone(), &question())
+            .await
+            .expect("cleared");
+        assert!(room.did().is_empty(), "{:?}", room.did());
+        // A slow one received 100 ms before its cues were started: they show 250 ms after
+        // receipt, not after the start.
+        let room = self::room();
+        let received = Instant::now();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let cues = Cues::start(&room, &question(), &conv, "bot", received);
+        tokio::time::sleep(Duration::from_millis(149)).await;
+        assert!(room.did().is_empty(), "not before 250 ms");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let did = room.did();
+        assert!(reacted(&did) && did.contains(&Did::Typing(true)), "{did:?}");
+        cues.clear(room.clone(), &question())
+            .await
+            .expect("cleared");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn with_a_cue_delay_a_fast_answer_gets_no_cues_and_a_slow_one_does() {
         let room = room();
-        let cues = Cues::start(&room, &question(), &conversation(500), "bot");
+        let cues = Cues::start(&room, &question(), &conversation(500), "bot", Instant::now());
         tokio::time::sleep(Duration::from_millis(100)).await;
         cues.visible().store(true, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(600)).await;
@@ -187,7 +219,7 @@ mod tests {
         assert!(room.did().is_empty(), "{:?}", room.did());
 
         let room = self::room();
-        let cues = Cues::start(&room, &question(), &conversation(500), "bot");
+        let cues = Cues::start(&room, &question(), &conversation(500), "bot", Instant::now());
         tokio::time::sleep(Duration::from_millis(499)).await;
         assert!(room.did().is_empty(), "not before the delay");
         tokio::time::sleep(Duration::from_millis(2)).await;
