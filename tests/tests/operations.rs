@@ -420,9 +420,22 @@ async fn reload_adds_accounts_and_a_broken_config_changes_nothing() -> Result<()
             .without("b")
     })
     .await?;
+    let metrics = s.metrics().await?;
+    ensure!(
+        metrics.contains("mxfleet_account_state{account=\"b\",state=\"syncing\"} 1"),
+        "b is in the metrics while it runs"
+    );
     let out = s.fleet.run_command(&["reload"]).await?;
     let report: Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(report["removed"], serde_json::json!(["b"]));
+    // A removed account leaves the metrics (it must not linger as syncing).
+    let metrics = s.metrics().await?;
+    let lingering: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.contains("account=\"b\""))
+        .collect();
+    ensure!(lingering.is_empty(), "b lingers: {lingering:?}");
+    ensure!(metrics.contains("account=\"a\""), "a is still measured");
     s.fleet.stop().await?;
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! them for `status.json`), `mxfleet_build_info`, and the standard `process_…` metrics
 //! (`metrics-process`). Names and units follow Prometheus's conventions.
 
-use std::{sync::OnceLock, time::Duration};
+use std::{collections::BTreeSet, sync::OnceLock, time::Duration};
 
 use axum::{
     http::header,
@@ -114,14 +114,34 @@ pub(crate) fn exposition(board: &StatusBoard, store: &Store) -> Response {
     gauge!("mxfleet_database_bytes").set(store.size_bytes() as f64);
     counter!("mxfleet_log_lines_dropped_total").absolute(mxfleet_telemetry::dropped_log_lines());
     exporter.process.collect();
+    let present = snapshot.accounts.keys().map(String::as_str).collect();
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        exporter.handle.render(),
+        of_present_accounts(&exporter.handle.render(), &present),
     )
         .into_response()
+}
+
+/// `exposition` without the samples of accounts no longer in the fleet (removed by a reload):
+/// the recorder keeps every series it ever saw, and a removed account must not linger as, say,
+/// `syncing`. Samples without an `account` label stay.
+fn of_present_accounts(exposition: &str, present: &BTreeSet<&str>) -> String {
+    let mut kept = String::with_capacity(exposition.len());
+    for line in exposition.lines() {
+        let account = line
+            .split_once("account=\"")
+            .filter(|_| !line.starts_with('#'))
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(account, _)| account);
+        if account.is_none_or(|account| present.contains(account)) {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    kept
 }
 
 /// The installed exporter. The first call (the binary's [`set_build_info`] at start, or else
@@ -204,4 +224,31 @@ pub fn set_build_info(version: &str, commit: &str) {
     exporter();
     gauge!("mxfleet_build_info", "version" => version.to_owned(), "commit" => commit.to_owned())
         .set(1.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removed_accounts_series_are_left_out() {
+        let exposition = "# HELP mxfleet_account_state 1 for the state.\n\
+# TYPE mxfleet_account_state gauge\n\
+mxfleet_account_state{account=\"kept\",state=\"syncing\"} 1\n\
+mxfleet_account_state{account=\"gone\",state=\"syncing\"} 1\n\
+mxfleet_turn_seconds_bucket{account=\"gone\",le=\"0.1\"} 0\n\
+mxfleet_turn_seconds_bucket{account=\"kept\",le=\"0.1\"} 2\n\
+mxfleet_account_restarts_total{account=\"keptx\",reason=\"network\"} 0\n\
+mxfleet_database_bytes 4096\n";
+        let present = BTreeSet::from(["kept"]);
+        let kept = of_present_accounts(exposition, &present);
+        assert_eq!(
+            kept,
+            "# HELP mxfleet_account_state 1 for the state.\n\
+# TYPE mxfleet_account_state gauge\n\
+mxfleet_account_state{account=\"kept\",state=\"syncing\"} 1\n\
+mxfleet_turn_seconds_bucket{account=\"kept\",le=\"0.1\"} 2\n\
+mxfleet_database_bytes 4096\n"
+        );
+    }
 }
