@@ -49,7 +49,9 @@ async fn by_default_a_fast_answer_gets_no_cues_and_a_slow_one_is_acknowledged_fi
     let asked = human.send(&dm, "take your time").await?;
     let ack = human
         .wait_for("the ack reaction", TIMEOUT, |h| {
-            h.reactions_on(&asked).into_iter().find(|r| r.sender == slow)
+            h.reactions_on(&asked)
+                .into_iter()
+                .find(|r| r.sender == slow)
         })
         .await?;
     ensure!(

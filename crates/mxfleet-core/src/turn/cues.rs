@@ -209,7 +209,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn with_a_cue_delay_a_fast_answer_gets_no_cues_and_a_slow_one_does() {
         let room = room();
-        let cues = Cues::start(&room, &question(), &conversation(500), "bot", Instant::now());
+        let cues = Cues::start(
+            &room,
+            &question(),
+            &conversation(500),
+            "bot",
+            Instant::now(),
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         cues.visible().store(true, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(600)).await;
@@ -219,7 +225,13 @@ mod tests {
         assert!(room.did().is_empty(), "{:?}", room.did());
 
         let room = self::room();
-        let cues = Cues::start(&room, &question(), &conversation(500), "bot", Instant::now());
+        let cues = Cues::start(
+            &room,
+            &question(),
+            &conversation(500),
+            "bot",
+            Instant::now(),
+        );
         tokio::time::sleep(Duration::from_millis(499)).await;
         assert!(room.did().is_empty(), "not before the delay");
         tokio::time::sleep(Duration::from_millis(2)).await;
