@@ -100,8 +100,9 @@ async fn a_busy_room_and_dm_while_the_fleet_is_down_are_answered_whole_and_in_or
 
 #[tokio::test]
 async fn messages_left_pending_by_a_crash_are_answered_in_the_order_they_arrived() -> Result<()> {
-    // Slow answers, so that messages queue up behind the first one.
-    let llm = FakeOpenAi::start_with(200, Duration::from_millis(1500), None).await?;
+    // Slow answers (3.6 s each: three events 1.2 s apart), so that messages queue up behind
+    // the first one, yet all six fit well within the wait for them.
+    let llm = FakeOpenAi::start_with(200, Duration::from_millis(1200), None).await?;
     let mut s = Scenario::new()
         .llm(&llm)
         .bot(|b| b.llm().open_dms().key("stream_mode = \"off\""))
