@@ -8,24 +8,12 @@
 
 #![recursion_limit = "256"]
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
-use mxfleet_testkit::{Human, binary, free_port, output_text, url_encode};
+use mxfleet_testkit::{Human, PodmanImage, binary, free_port, output_text, repo_root, url_encode};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The checkout's root.
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default()
-}
 
 /// One running stack, taken down with its volumes when dropped.
 struct Stack {
@@ -40,7 +28,7 @@ impl Stack {
             .args(["-p", &self.project, "-f", "deploy/compose.yaml"])
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(root())
+            .current_dir(repo_root())
             .output()
     }
 
@@ -98,7 +86,7 @@ async fn get_json(url: &str) -> Result<serde_json::Value> {
 
 /// Builds the stack's images with scripts/compose.sh (mxfleet as `image`).
 fn build_images(image: &str) -> Result<()> {
-    let built = Command::new(root().join("scripts/compose.sh"))
+    let built = Command::new(repo_root().join("scripts/compose.sh"))
         .arg("--binary")
         .arg(binary())
         .env("MXFLEET_IMAGE", image)
@@ -116,7 +104,9 @@ async fn compose_brings_up_synapse_mxfleet_and_prometheus_and_the_bot_answers() 
     let id = std::process::id();
     let image = format!("localhost/mxfleet-compose-test-{id}:test");
     build_images(&image)?;
-    let _image = RemoveImage(image.clone());
+    // Synapse's and Prometheus's images are kept: they do not change with the code and take a
+    // minute to build.
+    let _image = PodmanImage(image.clone());
     let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
     let [synapse, probes, metrics, prometheus] = ports.map(|p| p.to_string());
     let (bot_password, demo_password) = (format!("bot-{id}-pw"), format!("demo-{id}-pw"));
@@ -208,7 +198,7 @@ async fn compose_brings_up_synapse_mxfleet_and_prometheus_and_the_bot_answers() 
     );
     let log = stack.log("mxfleet");
     ensure!(log.contains("mxfleet stopped"), "{log}");
-    check_files_exist(&root())?;
+    check_files_exist(&repo_root())?;
     Ok(())
 }
 
@@ -223,16 +213,4 @@ fn check_files_exist(root: &Path) -> Result<()> {
         ensure!(root.join(file).is_file(), "{file} is missing");
     }
     Ok(())
-}
-
-/// Removes the mxfleet image when dropped (Synapse's and Prometheus's are kept: they do not
-/// change with the code and take a minute to build).
-struct RemoveImage(String);
-
-impl Drop for RemoveImage {
-    fn drop(&mut self) {
-        let _ = Command::new("podman")
-            .args(["rmi", "--force", &self.0])
-            .output();
-    }
 }

@@ -5,20 +5,12 @@
 
 #![recursion_limit = "256"]
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
-use mxfleet_testkit::{Scenario, binary, free_port, output_text};
+use mxfleet_testkit::{PodmanImage, Scenario, binary, free_port, output_text, repo_root};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The checkout's root.
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default()
-}
 
 /// Runs `podman args`; its stdout, or its complaint.
 fn podman(args: &[&str]) -> Result<String> {
@@ -46,17 +38,6 @@ fn container_log(name: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Removes the image when dropped.
-struct Image(String);
-
-impl Drop for Image {
-    fn drop(&mut self) {
-        let _ = Command::new("podman")
-            .args(["rmi", "--force", &self.0])
-            .output();
-    }
-}
-
 /// Removes the container when dropped.
 struct Container(String);
 
@@ -74,7 +55,7 @@ async fn the_image_builds_here_and_the_containerised_fleet_answers_and_passes_it
     // The image of the binary under test.
     let name = format!("mxfleet-test-{}", std::process::id());
     let tag = format!("localhost/{name}:test");
-    let built = Command::new(root().join("scripts/image.sh"))
+    let built = Command::new(repo_root().join("scripts/image.sh"))
         .arg("--binary")
         .arg(binary())
         .env("MXFLEET_IMAGE", &tag)
@@ -85,7 +66,7 @@ async fn the_image_builds_here_and_the_containerised_fleet_answers_and_passes_it
         String::from_utf8_lossy(&built.stderr)
     );
     ensure!(String::from_utf8_lossy(&built.stdout).trim() == tag);
-    let _image = Image(tag.clone());
+    let _image = PodmanImage(tag.clone());
 
     // Users and a config from a scenario that is not started here: the container runs it.
     let probes = free_port()?;

@@ -369,14 +369,12 @@ impl StatusBoard {
     pub fn transition(&self, account: &str, state: AccountState, error: Option<String>) {
         let mut board = self.lock();
         let now = now_ms();
+        let new = !board.status.accounts.contains_key(account);
         let entry = board
             .status
             .accounts
             .entry(account.to_owned())
-            .or_insert_with(|| {
-                crate::measure::register_account(account);
-                AccountStatus::new(state, now)
-            });
+            .or_insert_with(|| AccountStatus::new(state, now));
         let previous = entry.state;
         if previous != state {
             entry.since_ms = now;
@@ -390,6 +388,10 @@ impl StatusBoard {
         }
         board.dirty = true;
         drop(board);
+        if new {
+            // Outside the board's lock: the recorder takes its own.
+            crate::measure::register_account(account);
+        }
         if previous == state && error.is_none() {
             return;
         }

@@ -84,3 +84,15 @@ pub fn url_encode(text: &str) -> String {
         })
         .collect()
 }
+
+/// A podman image, removed when dropped (the image of the binary under test).
+#[derive(Debug)]
+pub struct PodmanImage(pub String);
+
+impl Drop for PodmanImage {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("podman")
+            .args(["rmi", "--force", &self.0])
+            .output();
+    }
+}

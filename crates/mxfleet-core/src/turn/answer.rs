@@ -227,10 +227,11 @@ async fn answer<R: RoomPort>(
             s.backend_errors = s.backend_errors.saturating_add(1)
         });
     }
-    let backend_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let backend_took = started.elapsed();
+    let backend_ms = u64::try_from(backend_took.as_millis()).unwrap_or(u64::MAX);
     ctx.board
         .update(&ctx.account, |s| s.observe_backend(backend_ms));
-    measure::observe(measure::BACKEND, &ctx.account, started.elapsed());
+    measure::observe(measure::BACKEND, &ctx.account, backend_took);
     if outcome.is_ok() {
         measure::observe(measure::REPLY_COMPLETE, &ctx.account, received.elapsed());
     }
