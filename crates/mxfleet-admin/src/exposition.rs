@@ -149,9 +149,11 @@ fn of_present_accounts(exposition: &str, present: &BTreeSet<&str>) -> String {
 /// upkeep thread.
 fn exporter() -> &'static Exporter {
     EXPORTER.get_or_init(|| {
+        let overhead = Matcher::Full(measure::OVERHEAD.name.into());
         let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS_SECS);
-        // The bucket list is a non-empty constant: building cannot fail on it.
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS_SECS)
+            .and_then(|b| b.set_buckets_for_metric(overhead, &measure::OVERHEAD_BUCKETS_SECS));
+        // The bucket lists are non-empty constants: building cannot fail on them.
         let recorder = builder
             .unwrap_or_else(|_| PrometheusBuilder::new())
             .build_recorder();

@@ -31,6 +31,7 @@ use crate::{
     crypto::CryptoArgs,
     error::AccountError,
     gate::Access,
+    heard::Heard,
     homeservers::Homeservers,
     measure,
     otp::{OtpArgs, OtpPolicy},
@@ -108,6 +109,9 @@ pub(crate) struct Synced {
     pub(crate) upgrades: Vec<Upgrade>,
     /// The sync request's trace: the messages' spans are its children.
     pub(crate) trace: mxfleet_telemetry::TraceParent,
+    /// When the sync response arrived: the messages' latencies count from here (`None`:
+    /// decrypted between syncs, they count from when they are queued).
+    pub(crate) arrived: Option<std::time::Instant>,
 }
 
 /// The account actor's state.
@@ -295,7 +299,9 @@ impl AccountRuntime {
         let listed = spec.conversation.room_allowlist.iter();
         let named = listed.chain(spec.room_routes.keys()).cloned().collect();
         let aliases = invites::resolve_aliases(client, named).await;
-        let rooms = Rooms::new(connection.client.clone(), self.joined_dms.clone());
+        // A new connection starts with empty logs: what happened while away is fetched.
+        let heard = Heard::new(spec.conversation.history_max_messages);
+        let rooms = Rooms::new(connection.client.clone(), self.joined_dms.clone(), heard);
         let allowed = spec.conversation.room_allowlist.iter();
         let access = Access::new(
             &spec.conversation,
@@ -397,7 +403,7 @@ impl AccountRuntime {
                 turns.report_undecryptable(utd);
             }
             for (message, ticket) in synced.fresh {
-                turns.dispatch(message, ticket, synced.trace.clone());
+                turns.dispatch(message, ticket, synced.trace.clone(), synced.arrived);
             }
         }
     }
@@ -417,6 +423,7 @@ impl AccountRuntime {
             board: self.args.board.clone(),
             parent: myself.clone(),
             screen: live.screen.clone(),
+            heard: live.rooms.heard().clone(),
         };
         match Actor::spawn_linked(None, SyncActor, args, myself.get_cell()).await {
             Ok((sync, _)) => {

@@ -16,6 +16,7 @@ mod crypto;
 mod error;
 mod fleet;
 mod gate;
+mod heard;
 mod homeservers;
 mod limits;
 pub mod measure;

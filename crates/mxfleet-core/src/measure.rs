@@ -34,15 +34,16 @@ pub struct Metric {
     pub reasons: &'static [&'static str],
 }
 
-/// From a message reaching its room's queue to the first message of its answer in the room.
+/// From a message received (its sync response arrived) to the first message of its answer in
+/// the room.
 pub const REPLY_FIRST_VISIBLE: Metric = histogram(
     "mxfleet_reply_first_visible_seconds",
-    "Time from a message received (queued in its room) to the first message of its answer visible in the room.",
+    "Time from a message received (its sync response arrived) to the first message of its answer visible in the room.",
 );
-/// From a message reaching its room's queue to its answer complete.
+/// From a message received to its answer complete.
 pub const REPLY_COMPLETE: Metric = histogram(
     "mxfleet_reply_complete_seconds",
-    "Time from a message received (queued in its room) to its answer complete (final edit sent).",
+    "Time from a message received (its sync response arrived) to its answer complete (final edit sent).",
 );
 /// From the backend asked to its first token.
 pub const BACKEND_FIRST_TOKEN: Metric = histogram(
@@ -69,6 +70,15 @@ pub const SEND: Metric = histogram(
     "mxfleet_send_seconds",
     "Duration of sending one message or edit into a room (encryption included).",
 );
+/// mxfleet's own time in an answer, the backend's excluded.
+pub const OVERHEAD: Metric = histogram(
+    "mxfleet_overhead_seconds",
+    "mxfleet's own time per answer: from its sync response arriving to the backend asked, plus from the backend's first text to the first send request issued (for a streaming backend this includes waiting for stream_min_initial_chars).",
+);
+/// The buckets of [`OVERHEAD`]: milliseconds, not the seconds of the other latencies.
+pub const OVERHEAD_BUCKETS_SECS: [f64; 12] = [
+    0.000_25, 0.000_5, 0.001, 0.001_5, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+];
 /// Account and child restarts, by failure class.
 pub const RESTARTS: Metric = counter(
     "mxfleet_account_restarts_total",
@@ -96,7 +106,7 @@ pub const FAILED: Metric = counter(
 );
 
 /// Every metric recorded here, for the exporter to describe.
-pub const ALL: [Metric; 10] = [
+pub const ALL: [Metric; 11] = [
     REPLY_FIRST_VISIBLE,
     REPLY_COMPLETE,
     BACKEND_FIRST_TOKEN,
@@ -104,6 +114,7 @@ pub const ALL: [Metric; 10] = [
     TURN,
     SYNC_REQUEST,
     SEND,
+    OVERHEAD,
     RESTARTS,
     SKIPPED,
     FAILED,

@@ -22,7 +22,10 @@ use mxfleet_matrix::matrix_sdk::{
 };
 use tracing::warn;
 
-use crate::gate::{self, RoomFacts};
+use crate::{
+    gate::{self, RoomFacts},
+    heard::Heard,
+};
 
 /// Upgrade chains longer than this are not followed further back.
 const MAX_CHAIN: usize = 16;
@@ -37,12 +40,22 @@ pub(crate) type JoinedDms = Arc<RwLock<HashSet<OwnedRoomId>>>;
 pub(crate) struct Rooms {
     client: Client,
     joined_dms: JoinedDms,
+    heard: Heard,
 }
 
 impl Rooms {
-    /// The rooms of `client`, with the account's DM bookkeeping.
-    pub(crate) fn new(client: Client, joined_dms: JoinedDms) -> Self {
-        Self { client, joined_dms }
+    /// The rooms of `client`, with the account's DM bookkeeping; the sync records into `heard`.
+    pub(crate) fn new(client: Client, joined_dms: JoinedDms, heard: Heard) -> Self {
+        Self {
+            client,
+            joined_dms,
+            heard,
+        }
+    }
+
+    /// The rooms' recent messages as the sync saw them.
+    pub(crate) fn heard(&self) -> &Heard {
+        &self.heard
     }
 
     /// The client the rooms belong to.

@@ -31,7 +31,10 @@ use mxfleet_matrix::{
     matrix_sdk::{
         Client,
         config::{SyncSettings, SyncToken},
-        ruma::{OwnedRoomId, OwnedUserId, UInt, api::client::filter::FilterDefinition},
+        deserialized_responses::TimelineEvent,
+        ruma::{
+            OwnedEventId, OwnedRoomId, OwnedUserId, UInt, api::client::filter::FilterDefinition,
+        },
         sync::SyncResponse,
     },
     normalise,
@@ -49,6 +52,7 @@ use self::decryption_retry::{
 use crate::{
     account::{AccountMsg, Synced},
     error::AccountError,
+    heard::{Heard, RoomBatch},
     measure,
     screen::{Screen, Ticket},
     status::{AccountState, StatusBoard},
@@ -71,6 +75,8 @@ pub(crate) struct SyncArgs {
     pub(crate) parent: ActorRef<AccountMsg>,
     /// What decides which messages are claimed at all.
     pub(crate) screen: Arc<Screen>,
+    /// Where each room's recent messages are recorded for the answers' history.
+    pub(crate) heard: Heard,
 }
 
 /// Messages of the `SyncActor`.
@@ -144,8 +150,9 @@ async fn sync_loop(args: &SyncArgs) -> AccountError {
         let taken = async {
             let started = Instant::now();
             let response = run.next_response().await;
+            let arrived = Instant::now();
             measure::observe(measure::SYNC_REQUEST, &args.spec.id, started.elapsed());
-            run.take(response?).await
+            run.take(response?, arrived).await
         }
         .instrument(span)
         .await;
@@ -275,7 +282,7 @@ impl<'a> SyncRun<'a> {
 
     /// Claims the batch's messages (committing the new position with them) and hands what the
     /// account acts on to it.
-    async fn take(&mut self, response: SyncResponse) -> Result<(), AccountError> {
+    async fn take(&mut self, response: SyncResponse, arrived: Instant) -> Result<(), AccountError> {
         let (mut entries, utds) = if self.token.is_none() && self.born_now {
             let rooms = response.rooms.joined.len();
             info!(rooms, "first sync: existing history is not answered");
@@ -316,6 +323,7 @@ impl<'a> SyncRun<'a> {
             utds,
             upgrades,
             trace: TraceParent::of(&Span::current()),
+            arrived: Some(arrived),
         };
         self.hand_on(synced)
     }
@@ -367,7 +375,12 @@ impl<'a> SyncRun<'a> {
                 }
                 _ => Vec::new(),
             };
+            let mut heard = RoomBatch {
+                limited: update.timeline.limited,
+                ..RoomBatch::default()
+            };
             for event in gap.iter().chain(&update.timeline.events) {
+                note_room_event(&mut heard, event);
                 match normalise(room_id, event, &self.args.user_id) {
                     // An access-token account's device keys are not its own: whatever
                     // matrix-sdk managed to decrypt is not treated as read.
@@ -382,7 +395,10 @@ impl<'a> SyncRun<'a> {
                             reason: "access-token account".into(),
                         });
                     }
-                    Normalised::Message(message) => entries.push(claim(message)),
+                    Normalised::Message(message) => {
+                        heard.messages.push(message.clone());
+                        entries.push(claim(message));
+                    }
                     Normalised::Undecryptable(utd) => {
                         warn!(%room_id, event_id = %utd.event_id, sender = %utd.sender, reason = %utd.reason, "could not decrypt a message; retried when keys arrive");
                         let kept = self
@@ -397,6 +413,7 @@ impl<'a> SyncRun<'a> {
                     }
                 }
             }
+            self.args.heard.record(room_id, heard);
         }
         let account = self.args.spec.id.as_str();
         self.args.store.save_undecryptable(account, waiting).await?;
@@ -450,6 +467,8 @@ impl<'a> SyncRun<'a> {
         if !late.is_empty() {
             let n = late.len() as u64;
             self.args.board.update(account, |s| s.decrypted_late += n);
+            let messages = late.iter().map(|d| d.message.clone());
+            self.args.heard.record_late(messages);
         }
         let entries = late
             .into_iter()
@@ -476,6 +495,28 @@ impl<'a> SyncRun<'a> {
             fresh,
             ..Synced::default()
         })
+    }
+}
+
+/// Notes in `batch` what `event` means for the room's log besides being a message: the room's
+/// creation (the log then holds the room's whole history) or a redaction.
+fn note_room_event(batch: &mut RoomBatch, event: &TimelineEvent) {
+    let raw = event.raw();
+    match raw.get_field::<String>("type").ok().flatten().as_deref() {
+        Some("m.room.create") => batch.creation = true,
+        Some("m.room.redaction") => {
+            // Top-level before room version 11, inside the content since.
+            let top = raw.get_field::<OwnedEventId>("redacts").ok().flatten();
+            let content = || {
+                raw.get_field::<serde_json::Value>("content")
+                    .ok()
+                    .flatten()
+                    .and_then(|c| c.get("redacts")?.as_str().map(str::to_owned))
+                    .and_then(|id| OwnedEventId::try_from(id).ok())
+            };
+            batch.redacted.extend(top.or_else(content));
+        }
+        _ => {}
     }
 }
 

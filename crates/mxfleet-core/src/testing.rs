@@ -139,7 +139,7 @@ pub(crate) async fn turn_args(
     let access = crate::gate::Access::new(&spec.conversation, []);
     let args = TurnArgs {
         spec: std::sync::Arc::new(spec),
-        rooms: crate::rooms::Rooms::new(client.clone(), Default::default()),
+        rooms: crate::rooms::Rooms::new(client.clone(), Default::default(), Default::default()),
         client,
         user_id: user("@bot:hs"),
         backend,

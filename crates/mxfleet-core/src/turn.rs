@@ -77,7 +77,8 @@ struct Queued {
     message: InboundMessage,
     /// What the screen decided.
     ticket: Ticket,
-    /// When it was queued: its answer's latency counts from here.
+    /// When it was received (its sync response arrived) or else queued: its answer's latency
+    /// counts from here.
     queued_at: Instant,
     /// The trace of the sync that brought it (empty for one a previous process left).
     trace: TraceParent,
@@ -131,12 +132,23 @@ impl Turns {
             let reason = format!("older than catch_up_max_age_secs ({} s)", age_ms / 1000);
             return self.skip_later(message, reason);
         }
-        self.dispatch(entry.message, Ticket::Admitted, TraceParent::default());
+        self.dispatch(
+            entry.message,
+            Ticket::Admitted,
+            TraceParent::default(),
+            None,
+        );
     }
 
     /// Queues `message` in its room as its `ticket` says (the screen judged it); past the room's
     /// backlog it is skipped.
-    pub(crate) fn dispatch(&mut self, message: InboundMessage, ticket: Ticket, trace: TraceParent) {
+    pub(crate) fn dispatch(
+        &mut self,
+        message: InboundMessage,
+        ticket: Ticket,
+        trace: TraceParent,
+        arrived: Option<Instant>,
+    ) {
         let ctx = self.context.clone();
         ctx.board.update(&ctx.account, |s| s.messages_in += 1);
         let room = message.room_id.clone();
@@ -151,7 +163,7 @@ impl Turns {
         let queued = Queued {
             message,
             ticket,
-            queued_at: Instant::now(),
+            queued_at: arrived.unwrap_or_else(Instant::now),
             trace,
         };
         match queue.try_send(queued) {
@@ -355,7 +367,7 @@ mod tests {
         let extra = 5;
         for i in 0..ROOM_BACKLOG_MAX + extra {
             let message = said("!busy:hs", &format!("$m{i}"), "@spammer:hs", "spam");
-            turns.dispatch(message, Ticket::Admitted, TraceParent::default());
+            turns.dispatch(message, Ticket::Admitted, TraceParent::default(), None);
         }
         let shed = board.account("bot").map(|s| s.rate_limited);
         assert_eq!(shed, Some(extra as u64));

@@ -12,9 +12,10 @@ use std::{
 };
 
 use matrix_sdk::{
-    Client, SessionMeta, SessionTokens, SqliteStoreConfig,
+    Client, SessionMeta, SessionTokens, SqliteCryptoStore, SqliteStateStore, SqliteStoreConfig,
     authentication::matrix::MatrixSession,
     config::RequestConfig,
+    cross_process_lock::CrossProcessLockConfig,
     encryption::{BackupDownloadStrategy, EncryptionSettings},
     ruma::{
         OwnedDeviceId, OwnedUserId,
@@ -23,6 +24,7 @@ use matrix_sdk::{
             uiaa::{MatrixUserIdentifier, UserIdentifier},
         },
     },
+    store::StoreConfig,
 };
 use mxfleet_config::{AccountAuth, AccountSpec};
 use mxfleet_store::{DirLock, Store, StoreError, StoredSession, now_ms};
@@ -205,6 +207,9 @@ fn lock_account(data_dir: &std::path::Path, account: &str) -> Result<DirLock, Ma
     })
 }
 
+/// The holder name matrix-sdk's own builder gives its cross-process store locks.
+const STORE_LOCK_HOLDER: &str = "main";
+
 /// Builds the account's client on its encrypted sqlite stores.
 async fn build_client(
     spec: &AccountSpec,
@@ -241,7 +246,7 @@ async fn build_client(
             backup_download_strategy: BackupDownloadStrategy::AfterDecryptionFailure,
             ..EncryptionSettings::default()
         })
-        .sqlite_store_with_config_and_cache_path(store_config, None::<&std::path::Path>)
+        .store_config(open_stores(&store_config, store_dir).await?)
         .request_config(
             RequestConfig::new()
                 .timeout(REQUEST_TIMEOUT)
@@ -249,15 +254,39 @@ async fn build_client(
         )
         .build()
         .await
-        .map_err(|e| {
-            MatrixFailure::new(
-                FailureClass::Fatal,
-                format!(
-                    "cannot open the matrix store at {}: {e}",
-                    store_dir.display()
-                ),
-            )
-        })
+        .map_err(|e| cannot_open_store(store_dir, &e))
+}
+
+/// The account's stores: state and crypto in sqlite, where a restart finds them; the event
+/// cache and the media cache in memory. A bot subscribes to neither (its history comes from the
+/// sync and `/messages`, its media downloads bypass matrix-sdk's cache), so those two stay
+/// empty, and not opening them saves two sqlite pools per account — about half an account's
+/// sqlite memory (docs/benchmarks.md, run 6).
+async fn open_stores(
+    config: &SqliteStoreConfig,
+    store_dir: &std::path::Path,
+) -> Result<StoreConfig, MatrixFailure> {
+    let (state, crypto) = tokio::try_join!(
+        SqliteStateStore::open_with_config(config),
+        SqliteCryptoStore::open_with_config(config),
+    )
+    .map_err(|e| cannot_open_store(store_dir, &e))?;
+    Ok(
+        StoreConfig::new(CrossProcessLockConfig::multi_process(STORE_LOCK_HOLDER))
+            .state_store(state)
+            .crypto_store(crypto),
+    )
+}
+
+/// The failure of opening the stores in `store_dir`: fatal, the account cannot run without them.
+fn cannot_open_store(store_dir: &std::path::Path, error: &dyn std::fmt::Display) -> MatrixFailure {
+    MatrixFailure::new(
+        FailureClass::Fatal,
+        format!(
+            "cannot open the matrix store at {}: {error}",
+            store_dir.display()
+        ),
+    )
 }
 
 /// The HTTP client every account's Matrix client uses: one connection pool per homeserver and

@@ -477,6 +477,14 @@ impl Human {
         Ok(response.response.event_id.to_string())
     }
 
+    /// Redacts `event_id` in `room_id`.
+    pub async fn redact(&self, room_id: &RoomId, event_id: &str) -> Result<()> {
+        let room = self.client.get_room(room_id).context("unknown room")?;
+        let event_id = matrix_sdk::ruma::OwnedEventId::try_from(event_id)?;
+        room.redact(&event_id, None, None).await?;
+        Ok(())
+    }
+
     /// Every message (originals and edits) seen in `room_id` from `sender`.
     pub fn all_from(&self, room_id: &RoomId, sender: &str) -> Vec<Seen> {
         lock(&self.record)

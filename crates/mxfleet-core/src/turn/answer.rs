@@ -4,7 +4,7 @@
 //! record, and the cues cleared.
 
 use std::{
-    sync::{Arc, atomic::AtomicBool},
+    sync::{Arc, OnceLock, atomic::AtomicBool},
     time::{Duration, Instant},
 };
 
@@ -20,7 +20,7 @@ use super::{
     context::TurnContext,
     cues::Cues,
     history, media,
-    outbox::RoomSink,
+    outbox::{Overhead, RoomSink},
     plan::{self, Approval, Known, Step},
     record::{self, Remember},
     room::RoomPort,
@@ -203,14 +203,20 @@ async fn answer<R: RoomPort>(
         None => start(),
     };
     let started = Instant::now();
+    let first_text = Arc::new(OnceLock::new());
     let asked: TextStream = Box::pin(InSpan {
         inner: asked,
         span: backend_span,
         first_token: Some((started, ctx.account.clone())),
+        first_text: first_text.clone(),
     });
     let stream = actions::split_actions(asked, found.clone());
     let mut sink = room_sink(ctx, room, message, &placement, Some(cues.visible()));
     sink.received = Some(received);
+    sink.overhead = Some(Overhead {
+        before_backend: started.saturating_duration_since(received),
+        first_text,
+    });
     let delivery = Delivery::new(
         stream,
         StreamSettings::of(conv),
@@ -350,6 +356,7 @@ fn room_sink<R: RoomPort>(
         },
         visible,
         received: None,
+        overhead: None,
         own_keys: ctx.owns_keys(),
     }
 }
@@ -360,6 +367,8 @@ struct InSpan {
     inner: TextStream,
     span: Span,
     first_token: Option<(Instant, String)>,
+    /// Set to when its first text came.
+    first_text: Arc<OnceLock<Instant>>,
 }
 
 impl futures_util::Stream for InSpan {
@@ -375,7 +384,9 @@ impl futures_util::Stream for InSpan {
         if let std::task::Poll::Ready(Some(Ok(_))) = &polled
             && let Some((asked, account)) = this.first_token.take()
         {
-            measure::observe(measure::BACKEND_FIRST_TOKEN, &account, asked.elapsed());
+            let now = Instant::now();
+            let _ = this.first_text.set(now);
+            measure::observe(measure::BACKEND_FIRST_TOKEN, &account, now - asked);
         }
         polled
     }

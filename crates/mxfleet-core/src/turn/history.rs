@@ -2,7 +2,10 @@
 //! its recent history on the homeserver (messages the bot was not asked about, other people's
 //! words), after the last `!new`, oldest first, ending with the message being answered.
 
+use std::collections::HashMap;
+
 use mxfleet_backend::{ChatMessage, Role};
+use mxfleet_matrix::matrix_sdk::ruma::OwnedUserId;
 use mxfleet_message::InboundMessage;
 use mxfleet_store::{Memory, Turn};
 use tracing::warn;
@@ -28,6 +31,8 @@ pub(crate) async fn conversation<R: RoomPort>(
             Memory::default()
         });
     let mut heard = Vec::new();
+    // One member lookup (a state store read) per sender, not per message.
+    let mut names: HashMap<OwnedUserId, String> = HashMap::new();
     if limit > 0 {
         let recent = room
             .recent_messages(message.thread_root.as_deref(), limit)
@@ -36,11 +41,11 @@ pub(crate) async fn conversation<R: RoomPort>(
             .into_iter()
             .filter(|m| in_scope(m, message) && !ctx.board.is_fleet_user(m.sender.as_str()))
         {
-            let name = speaker(room, &m).await;
+            let name = speaker_of(room, &m, &mut names).await;
             heard.push(turn_of(&m, name));
         }
     }
-    let current = turn_of(message, speaker(room, message).await);
+    let current = turn_of(message, speaker_of(room, message, &mut names).await);
     merge(memory, heard, current, limit)
         .into_iter()
         .map(|t| chat_message(t, is_dm))
@@ -56,6 +61,20 @@ pub(crate) fn turn_of(message: &InboundMessage, name: String) -> Turn {
         event_id: message.event_id.to_string(),
         ts_ms: message.origin_server_ts_ms,
     }
+}
+
+/// `message`'s sender's name, safe for a prompt, looked up once per sender in `names`.
+async fn speaker_of<R: RoomPort>(
+    room: &R,
+    message: &InboundMessage,
+    names: &mut HashMap<OwnedUserId, String>,
+) -> String {
+    if let Some(name) = names.get(&message.sender) {
+        return name.clone();
+    }
+    let name = speaker(room, message).await;
+    names.insert(message.sender.clone(), name.clone());
+    name
 }
 
 /// `message`'s sender's name, safe for a prompt.

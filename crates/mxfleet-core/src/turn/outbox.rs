@@ -6,10 +6,10 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use mxfleet_matrix::{
@@ -25,6 +25,15 @@ use tracing::{Instrument, info_span, warn};
 
 use super::room::{Attempts, RoomPort};
 use crate::{measure, stream_editor::AnswerSink, texts};
+
+/// mxfleet's own time in an answer so far: what it took before the backend was asked, and
+/// when the backend's first text came (the time from there to the first send is added).
+pub(crate) struct Overhead {
+    /// From the message received to the backend asked.
+    pub(crate) before_backend: Duration,
+    /// When the backend's first text came (unset: no text yet).
+    pub(crate) first_text: Arc<OnceLock<Instant>>,
+}
 
 /// Sends an answer into a room through the outbox.
 pub(crate) struct RoomSink<R> {
@@ -44,6 +53,8 @@ pub(crate) struct RoomSink<R> {
     pub(crate) visible: Option<Arc<AtomicBool>>,
     /// When the message answered was received: the first message out is timed from it (once).
     pub(crate) received: Option<Instant>,
+    /// mxfleet's own time before the backend, completed at the first send (once).
+    pub(crate) overhead: Option<Overhead>,
     /// Whether the account's device keys are its own (false: access token; encrypted rooms are
     /// refused).
     pub(crate) own_keys: bool,
@@ -79,6 +90,12 @@ impl<R: RoomPort> AnswerSink for RoomSink<R> {
             (p, _) => p.clone(),
         };
         let content = message_content(&render_markdown(text), &placement);
+        if let Some(overhead) = self.overhead.take()
+            && let Some(first_text) = overhead.first_text.get()
+        {
+            let own = overhead.before_backend + first_text.elapsed();
+            measure::observe(measure::OVERHEAD, &self.account, own);
+        }
         let event_id = self
             .send(content.into(), txn_id, "sending the answer")
             .await?;
@@ -255,6 +272,7 @@ mod tests {
             draft: Draft::default(),
             visible: None,
             received: None,
+            overhead: None,
             own_keys: true,
         }
     }

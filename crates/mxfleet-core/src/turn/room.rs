@@ -11,6 +11,7 @@ use mxfleet_matrix::{
     MatrixFailure, Normalised, ensure_can_send,
     matrix_sdk::{
         Room,
+        deserialized_responses::TimelineEvent,
         room::{IncludeRelations, MessagesOptions, RelationsOptions},
         ruma::{
             EventId, OwnedEventId, OwnedTransactionId, UInt, UserId,
@@ -109,6 +110,48 @@ impl MatrixRoom {
     pub(crate) fn new(room: Room, rooms: Rooms) -> Self {
         Self { room, rooms }
     }
+
+    /// Up to `limit` messages of the thread of `root`: the root and its replies.
+    async fn thread_messages(&self, root: &EventId, limit: usize) -> Vec<InboundMessage> {
+        let mut events = Vec::new();
+        match self.room.event(root, None).await {
+            Ok(event) => events.push(event),
+            Err(e) => debug!(error = %e, "thread root not fetched"),
+        }
+        let options = RelationsOptions {
+            include_relations: IncludeRelations::RelationsOfType(RelationType::Thread),
+            limit: Some(UInt::try_from(limit as u64).unwrap_or(UInt::MAX)),
+            ..Default::default()
+        };
+        match self.room.relations(root.to_owned(), options).await {
+            Ok(relations) => events.extend(relations.chunk),
+            Err(e) => warn!(error = %e, "could not fetch the thread's history"),
+        }
+        self.messages_of(&events)
+    }
+
+    /// The messages among the main timeline's last `limit` events, read from the homeserver.
+    async fn timeline_messages(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<InboundMessage>, mxfleet_matrix::matrix_sdk::Error> {
+        let mut options = MessagesOptions::backward();
+        options.limit = UInt::try_from(limit as u64).unwrap_or(UInt::MAX);
+        let messages = self.room.messages(options).await?;
+        Ok(self.messages_of(&messages.chunk))
+    }
+
+    /// Other people's messages among `events`.
+    fn messages_of(&self, events: &[TimelineEvent]) -> Vec<InboundMessage> {
+        let own = self.room.own_user_id();
+        events
+            .iter()
+            .filter_map(|e| match normalise(self.room.room_id(), e, own) {
+                Normalised::Message(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 impl RoomPort for MatrixRoom {
@@ -121,45 +164,26 @@ impl RoomPort for MatrixRoom {
     }
 
     async fn recent_messages(&self, thread: Option<&EventId>, limit: usize) -> Vec<InboundMessage> {
-        let limit = UInt::try_from(limit as u64).unwrap_or(UInt::MAX);
-        let events = match thread {
-            Some(root) => {
-                let mut events = Vec::new();
-                match self.room.event(root, None).await {
-                    Ok(event) => events.push(event),
-                    Err(e) => debug!(error = %e, "thread root not fetched"),
-                }
-                let options = RelationsOptions {
-                    include_relations: IncludeRelations::RelationsOfType(RelationType::Thread),
-                    limit: Some(limit),
-                    ..Default::default()
-                };
-                match self.room.relations(root.to_owned(), options).await {
-                    Ok(relations) => events.extend(relations.chunk),
-                    Err(e) => warn!(error = %e, "could not fetch the thread's history"),
-                }
-                events
-            }
-            None => {
-                let mut options = MessagesOptions::backward();
-                options.limit = limit;
-                match self.room.messages(options).await {
-                    Ok(messages) => messages.chunk,
-                    Err(e) => {
-                        warn!(error = %e, "could not fetch the room's history");
-                        Vec::new()
-                    }
-                }
-            }
+        if let Some(root) = thread {
+            return self.thread_messages(root, limit).await;
+        }
+        // The main timeline comes from what the sync recorded, once that log is complete;
+        // otherwise one fetch completes it.
+        let heard = self.rooms.heard();
+        let epoch = match heard.recent(self.room.room_id()) {
+            Ok(messages) => return messages,
+            Err(epoch) => epoch,
         };
-        let own = self.room.own_user_id();
-        events
-            .iter()
-            .filter_map(|e| match normalise(self.room.room_id(), e, own) {
-                Normalised::Message(m) => Some(m),
-                _ => None,
-            })
-            .collect()
+        match self.timeline_messages(limit).await {
+            Ok(messages) => {
+                heard.seed(self.room.room_id(), epoch, messages.clone());
+                messages
+            }
+            Err(e) => {
+                warn!(error = %e, "could not fetch the room's history");
+                Vec::new()
+            }
+        }
     }
 
     async fn poll_vote(
