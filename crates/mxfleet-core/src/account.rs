@@ -40,7 +40,7 @@ use crate::{
     screen::{Screen, Ticket},
     status::{AccountState, ChildState, StatusBoard},
     sync::{SyncActor, SyncArgs, SyncMsg},
-    turn::{Turns, context::TurnArgs},
+    turn::{Arrival, Turns, context::TurnArgs},
     upgrades::Upgrade,
 };
 
@@ -403,7 +403,13 @@ impl AccountRuntime {
                 turns.report_undecryptable(utd);
             }
             for (message, ticket) in synced.fresh {
-                turns.dispatch(message, ticket, synced.trace.clone(), synced.arrived);
+                let arrival = Arrival {
+                    trace: synced.trace.clone(),
+                    at: synced.arrived,
+                    // Claimed by this process's sync, with its first attempt counted.
+                    counted: true,
+                };
+                turns.dispatch(message, ticket, arrival);
             }
         }
     }

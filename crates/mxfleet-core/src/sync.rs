@@ -543,7 +543,9 @@ fn claim(message: InboundMessage) -> InboxEntry<InboundMessage> {
         event_id: message.event_id.to_string(),
         claimed_at_ms: now_ms(),
         seq: 0,
-        attempts: 0,
+        // The first attempt is counted with the claim, in the same transaction (one commit
+        // fewer per message); a process that dies before it begins counts it all the same.
+        attempts: 1,
         seen_at_ms: None,
         state: InboxState::Pending,
         message,

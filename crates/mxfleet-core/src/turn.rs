@@ -82,6 +82,19 @@ struct Queued {
     queued_at: Instant,
     /// The trace of the sync that brought it (empty for one a previous process left).
     trace: TraceParent,
+    /// Whether its first attempt was counted when it was claimed (a fresh claim of this
+    /// process); else each attempt is counted as it begins.
+    counted: bool,
+}
+
+/// How a message reached the account.
+pub(crate) struct Arrival {
+    /// The trace of the sync that brought it (empty for one a previous process left).
+    pub(crate) trace: TraceParent,
+    /// When its sync response arrived (`None`: its latency counts from when it is queued).
+    pub(crate) at: Option<Instant>,
+    /// Whether its first attempt was counted with its claim (fresh claims of this process).
+    pub(crate) counted: bool,
 }
 
 /// How long answers that were told to wrap up get to send their final edit.
@@ -132,23 +145,17 @@ impl Turns {
             let reason = format!("older than catch_up_max_age_secs ({} s)", age_ms / 1000);
             return self.skip_later(message, reason);
         }
-        self.dispatch(
-            entry.message,
-            Ticket::Admitted,
-            TraceParent::default(),
-            None,
-        );
+        let arrival = Arrival {
+            trace: TraceParent::default(),
+            at: None,
+            counted: false,
+        };
+        self.dispatch(entry.message, Ticket::Admitted, arrival);
     }
 
     /// Queues `message` in its room as its `ticket` says (the screen judged it); past the room's
     /// backlog it is skipped.
-    pub(crate) fn dispatch(
-        &mut self,
-        message: InboundMessage,
-        ticket: Ticket,
-        trace: TraceParent,
-        arrived: Option<Instant>,
-    ) {
+    pub(crate) fn dispatch(&mut self, message: InboundMessage, ticket: Ticket, arrival: Arrival) {
         let ctx = self.context.clone();
         ctx.board.update(&ctx.account, |s| s.messages_in += 1);
         let room = message.room_id.clone();
@@ -163,8 +170,9 @@ impl Turns {
         let queued = Queued {
             message,
             ticket,
-            queued_at: arrived.unwrap_or_else(Instant::now),
-            trace,
+            queued_at: arrival.at.unwrap_or_else(Instant::now),
+            trace: arrival.trace,
+            counted: arrival.counted,
         };
         match queue.try_send(queued) {
             Ok(()) => ctx.board.update(&ctx.account, |s| {
@@ -247,6 +255,7 @@ async fn room_worker(
             ticket,
             queued_at,
             trace,
+            counted,
         } = tokio::select! {
             biased;
             _ = stop.wait_for(|stopping| *stopping) => return,
@@ -264,7 +273,7 @@ async fn room_worker(
             span.record("span_id", span_id);
         }
         let handle = |message| handle_in_room(&ctx, message, ticket, queued_at);
-        attempt(&ctx, &message, &mut stop, handle)
+        attempt(&ctx, &message, counted, &mut stop, handle)
             .instrument(span)
             .await;
         let took = queued_at.elapsed();
@@ -280,6 +289,7 @@ async fn room_worker(
 async fn attempt<F, Fut>(
     ctx: &TurnContext,
     message: &InboundMessage,
+    counted: bool,
     stop: &mut watch::Receiver<bool>,
     handle: F,
 ) where
@@ -287,12 +297,17 @@ async fn attempt<F, Fut>(
     Fut: Future<Output = Result<(), AccountError>>,
 {
     let mut wait = FIRST_RETRY;
+    let mut counted = counted;
     loop {
-        let attempt = match ctx
-            .store
-            .begin_attempt(&ctx.account, message.event_id.as_str())
-            .await
-        {
+        let begun = match std::mem::take(&mut counted) {
+            true => Ok(1),
+            false => {
+                ctx.store
+                    .begin_attempt(&ctx.account, message.event_id.as_str())
+                    .await
+            }
+        };
+        let attempt = match begun {
             Ok(n) => n,
             // A full disk: the message waits (and the room's later ones behind it) until
             // the attempt can be counted; it is not given up on for want of space.
@@ -367,7 +382,12 @@ mod tests {
         let extra = 5;
         for i in 0..ROOM_BACKLOG_MAX + extra {
             let message = said("!busy:hs", &format!("$m{i}"), "@spammer:hs", "spam");
-            turns.dispatch(message, Ticket::Admitted, TraceParent::default(), None);
+            let arrival = Arrival {
+                trace: TraceParent::default(),
+                at: None,
+                counted: true,
+            };
+            turns.dispatch(message, Ticket::Admitted, arrival);
         }
         let shed = board.account("bot").map(|s| s.rate_limited);
         assert_eq!(shed, Some(extra as u64));
@@ -401,7 +421,7 @@ mod tests {
                 result
             }
         };
-        attempt(&ctx, &message, &mut stopping, handler).await;
+        attempt(&ctx, &message, false, &mut stopping, handler).await;
         let entry = ctx
             .store
             .entry::<serde_json::Value>("bot", "$m")
@@ -457,7 +477,7 @@ mod tests {
             calls.fetch_add(1, Ordering::SeqCst);
             async { Ok(()) }
         };
-        attempt(&ctx, &message, &mut stopping, handler).await;
+        attempt(&ctx, &message, false, &mut stopping, handler).await;
         assert_eq!(calls.load(Ordering::SeqCst), 0, "not tried again");
         assert_eq!(ctx.board.account("bot").map(|s| s.messages_failed), Some(1));
     }
