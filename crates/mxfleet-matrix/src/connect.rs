@@ -31,7 +31,7 @@ use mxfleet_store::{DirLock, Store, StoreError, StoredSession, now_ms};
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use crate::{FailureClass, MatrixFailure};
+use crate::{FailureClass, MatrixFailure, login_pace};
 
 /// Per-request timeout; a sync adds its long-poll timeout on top.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -266,6 +266,7 @@ async fn open_stores(
     config: &SqliteStoreConfig,
     store_dir: &std::path::Path,
 ) -> Result<StoreConfig, MatrixFailure> {
+    crate::sqlite_tuning::tune_once();
     let (state, crypto) = tokio::try_join!(
         SqliteStateStore::open_with_config(config),
         SqliteCryptoStore::open_with_config(config),
@@ -401,10 +402,22 @@ async fn password_login(
     request.device_id = Some(device_id.into());
     request.initial_device_display_name = Some(spec.device_display_name.clone());
     request.refresh_token = true;
-    let response = client
-        .send(request)
-        .await
-        .map_err(|e| MatrixFailure::from_http("password login", &e))?;
+    // Paced per homeserver; a 429 comes back at once (no retry of matrix-sdk's own) so that it
+    // holds every login waiting for the homeserver.
+    let once = RequestConfig::new()
+        .timeout(REQUEST_TIMEOUT)
+        .disable_retry();
+    let response = login_pace::paced(spec.homeserver.as_str(), || {
+        let request = request.clone();
+        async move {
+            client
+                .send(request)
+                .with_request_config(Some(once))
+                .await
+                .map_err(|e| MatrixFailure::from_http("password login", &e))
+        }
+    })
+    .await?;
     Ok(StoredSession {
         user_id: response.user_id.to_string(),
         device_id: response.device_id.to_string(),

@@ -13,10 +13,12 @@ pub mod crypto;
 pub mod failure;
 pub mod format;
 pub mod inbound;
+pub mod login_pace;
 pub mod media;
 pub mod outbound;
 pub mod polls;
 pub mod probe;
+mod sqlite_tuning;
 
 pub use connect::{Connection, account_dir, connect, prepare_relogin};
 pub use failure::{FailureClass, MatrixFailure};
