@@ -88,6 +88,12 @@ impl Heard {
             return;
         }
         let mut logs = self.lock();
+        // A room seen only through receipts or typing, or a gap in a room never logged, leaves
+        // nothing to keep.
+        let nothing = batch.messages.is_empty() && !batch.creation;
+        if nothing && !logs.rooms.contains_key(room) {
+            return;
+        }
         logs.update(room, |log| {
             if batch.limited {
                 log.reset();
@@ -355,6 +361,19 @@ mod tests {
 
     #[test]
     fn nothing_is_kept_without_history_and_old_rooms_are_forgotten_over_budget() {
+        let quiet = Heard::new(5);
+        quiet.record(
+            &room(),
+            RoomBatch {
+                limited: true,
+                ..RoomBatch::default()
+            },
+        );
+        assert!(
+            quiet.lock().rooms.is_empty(),
+            "a room with nothing to keep is not logged"
+        );
+
         let none = Heard::new(0);
         none.record(
             &room(),
