@@ -11,7 +11,8 @@
 //! what the bot will not answer is never stored. The rest are claimed in the inbox in the same
 //! redb transaction that moves the sync position, so a crash replays a batch rather than losing
 //! it, and replays are deduplicated.
-//! Events that fail to decrypt wait in [`decryption_retry`] for their keys.
+//! Events that fail to decrypt wait in [`decryption_retry`] for their keys. Each batch's rooms
+//! are recorded in [`Heard`], where the answers read their room's recent history.
 
 mod backfill;
 mod decryption_retry;
