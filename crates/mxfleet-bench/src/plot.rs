@@ -121,6 +121,7 @@ pub(crate) fn soak(dir: &Path, soak: &Soak) -> Result<()> {
     })
 }
 
+/// A chart on a PNG.
 type Chart<'a, X, Y> = ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, Y>>;
 
 /// One system's line (dashed: a dotted line of points) with its label on the solid one.
@@ -147,6 +148,7 @@ where
     Ok(())
 }
 
+/// The series' labels, upper right.
 fn legend<X, Y>(chart: &mut Chart<'_, X, Y>) -> Result<()>
 where
     X: Ranged<ValueType = f64>,
@@ -193,6 +195,7 @@ fn load_font() -> Result<()> {
     }
 }
 
+/// The systems of `rows`, in their first order.
 fn systems_in(rows: &[Row]) -> Vec<Kind> {
     let mut kinds: Vec<Kind> = Vec::new();
     for r in rows {
@@ -203,6 +206,7 @@ fn systems_in(rows: &[Row]) -> Vec<Kind> {
     kinds
 }
 
+/// The (accounts, `y`) points of `kind`'s rows.
 fn points(rows: &[Row], kind: Kind, y: impl Fn(&Row) -> f64) -> Points {
     rows.iter()
         .filter(|r| r.system == kind)
@@ -210,10 +214,12 @@ fn points(rows: &[Row], kind: Kind, y: impl Fn(&Row) -> f64) -> Points {
         .collect()
 }
 
+/// The largest of `values`, at least 1 (an axis needs a range).
 fn max_of(values: impl Iterator<Item = f64>) -> f64 {
     values.fold(1.0, f64::max)
 }
 
+/// One color per system, the same in every figure.
 fn color(kind: Kind) -> RGBColor {
     match kind {
         Kind::Mxfleet => RGBColor(0x1f, 0x77, 0xb4),

@@ -386,7 +386,11 @@ impl futures_util::Stream for InSpan {
         {
             let now = Instant::now();
             let _ = this.first_text.set(now);
-            measure::observe(measure::BACKEND_FIRST_TOKEN, &account, now - asked);
+            measure::observe(
+                measure::BACKEND_FIRST_TOKEN,
+                &account,
+                now.saturating_duration_since(asked),
+            );
         }
         polled
     }

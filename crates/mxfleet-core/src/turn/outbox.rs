@@ -93,7 +93,7 @@ impl<R: RoomPort> AnswerSink for RoomSink<R> {
         if let Some(overhead) = self.overhead.take()
             && let Some(first_text) = overhead.first_text.get()
         {
-            let own = overhead.before_backend + first_text.elapsed();
+            let own = overhead.before_backend.saturating_add(first_text.elapsed());
             measure::observe(measure::OVERHEAD, &self.account, own);
         }
         let event_id = self
