@@ -29,11 +29,10 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use futures_util::{StreamExt, stream};
 use mxfleet_testkit::{Human, Synapse};
 use tokio::time::Instant;
 
-use crate::systems::{BotAccount, Kind, Programs, Running};
+use crate::systems::{Kind, Programs, Running};
 
 /// Fleet benchmark against a local Synapse.
 #[derive(Debug, Parser)]
@@ -203,21 +202,8 @@ async fn measure(
     n: usize,
     args: &Args,
 ) -> Result<Row> {
-    let bots: Vec<(String, String)> = stream::iter(0..n)
-        .map(|_| synapse.fresh_user("benchbot"))
-        .buffer_unordered(8)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_>>()?;
-    let accounts: Vec<BotAccount<'_>> = bots
-        .iter()
-        .map(|(user_id, password)| BotAccount {
-            homeserver: synapse.url(),
-            user_id,
-            password,
-        })
-        .collect();
+    let bots = systems::register_bots(synapse, "benchbot", n).await?;
+    let accounts = systems::accounts_of(synapse, &bots);
     let metrics_port = mxfleet_testkit::free_port()?;
     let head = format!("[metrics]\nbind = \"127.0.0.1:{metrics_port}\"\n\n");
     let mut running = Running::new(system, programs, &accounts, &head, &args.account_extra)?;
@@ -228,14 +214,7 @@ async fn measure(
     let first_start = started.elapsed();
     eprintln!("  all synced after first start (logins): {first_start:?}");
 
-    // `buffered` keeps the order, so room i is bot i's DM.
-    let rooms: Vec<_> = stream::iter(bots.iter())
-        .map(|(bot, _)| human.dm(bot))
-        .buffered(8)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_>>()?;
+    let rooms = systems::open_dms(human, &bots).await?;
     let pairs: Vec<_> = bots.iter().map(|(bot, _)| bot.clone()).zip(rooms).collect();
 
     let pid = running.pid().context("not running")?;
@@ -393,15 +372,18 @@ pub(crate) fn cpu_secs(pid: u32) -> Result<f64> {
     Ok(ticks / clock_ticks())
 }
 
-/// Kernel clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+/// Kernel clock ticks per second (`getconf CLK_TCK`, asked once; 100 on Linux).
 fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// The process's CPU use over `span` of idling, in percent of one core.

@@ -6,13 +6,12 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use futures_util::{StreamExt, stream};
 use mxfleet_testkit::{Human, Synapse};
 use tokio::time::Instant;
 
 use crate::{
     cpu_secs, rss_kib,
-    systems::{BotAccount, Kind, Programs, Running},
+    systems::{self, Kind, Programs, Running},
 };
 
 /// What the soak runs.
@@ -54,31 +53,12 @@ pub(crate) async fn run(
     settings: &Settings,
 ) -> Result<Soak> {
     let n = settings.accounts;
-    let bots: Vec<(String, String)> = stream::iter(0..n)
-        .map(|_| synapse.fresh_user("soakbot"))
-        .buffer_unordered(8)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_>>()?;
-    let accounts: Vec<BotAccount<'_>> = bots
-        .iter()
-        .map(|(user_id, password)| BotAccount {
-            homeserver: synapse.url(),
-            user_id,
-            password,
-        })
-        .collect();
+    let bots = systems::register_bots(synapse, "soakbot", n).await?;
+    let accounts = systems::accounts_of(synapse, &bots);
     let mut running = Running::new(Kind::Mxfleet, programs, &accounts, "", &settings.extra)?;
     running.start().await?;
     running.wait_ready(n).await?;
-    let rooms: Vec<_> = stream::iter(bots.iter())
-        .map(|(bot, _)| human.dm(bot))
-        .buffered(8)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_>>()?;
+    let rooms = systems::open_dms(human, &bots).await?;
     let pid = running.pid().context("not running")?;
     let cpu_before = cpu_secs(pid)?;
     let began = Instant::now();

@@ -103,15 +103,8 @@ pub(crate) async fn measure_streaming(
 async fn wait_all_syncing(fleet: &FleetProcess, n: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     while Instant::now() < deadline {
-        if let Some(status) = fleet.status() {
-            let accounts = status["accounts"]
-                .as_object()
-                .map(|a| a.values().filter(|s| s["state"] == "syncing").count());
-            // status.json from a previous run says "stopped"; only count this run's pid.
-            let ours = status["pid"].as_u64() == fleet.pid().map(u64::from);
-            if ours && accounts == Some(n) {
-                return Ok(());
-            }
+        if crate::systems::fleet_synced(fleet, n) {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

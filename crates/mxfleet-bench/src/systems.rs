@@ -10,7 +10,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use mxfleet_testkit::FleetProcess;
+use futures_util::{StreamExt, stream};
+use mxfleet_testkit::{FleetProcess, Human, OwnedRoomId, Synapse};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -55,6 +56,59 @@ pub(crate) struct BotAccount<'a> {
     pub(crate) user_id: &'a str,
     /// The password.
     pub(crate) password: &'a str,
+}
+
+/// Registers `n` fresh bot users named after `prefix`; their ids and passwords.
+pub(crate) async fn register_bots(
+    synapse: &Synapse,
+    prefix: &str,
+    n: usize,
+) -> Result<Vec<(String, String)>> {
+    stream::iter(0..n)
+        .map(|_| synapse.fresh_user(prefix))
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// `bots` as accounts on `synapse`.
+pub(crate) fn accounts_of<'a>(
+    synapse: &'a Synapse,
+    bots: &'a [(String, String)],
+) -> Vec<BotAccount<'a>> {
+    bots.iter()
+        .map(|(user_id, password)| BotAccount {
+            homeserver: synapse.url(),
+            user_id,
+            password,
+        })
+        .collect()
+}
+
+/// The human's DM with each of `bots`, in their order (room i is bot i's), joined.
+pub(crate) async fn open_dms(human: &Human, bots: &[(String, String)]) -> Result<Vec<OwnedRoomId>> {
+    stream::iter(bots)
+        .map(|(bot, _)| human.dm(bot))
+        .buffered(8)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// Whether `n` accounts of `fleet` (this run of it, not a previous one's status) are syncing.
+pub(crate) fn fleet_synced(fleet: &FleetProcess, n: usize) -> bool {
+    let Some(status) = fleet.status() else {
+        return false;
+    };
+    let syncing = status["accounts"]
+        .as_object()
+        .map(|a| a.values().filter(|s| s["state"] == "syncing").count());
+    // status.json from a previous run says "stopped"; only count this run's pid.
+    let ours = status["pid"].as_u64() == fleet.pid().map(u64::from);
+    ours && syncing == Some(n)
 }
 
 /// A system configured for a set of accounts, started and stopped by the driver.
@@ -143,17 +197,7 @@ impl Running {
 
     fn ready(&mut self, n: usize) -> Result<bool> {
         match self {
-            Running::Mxfleet(fleet) => {
-                let Some(status) = fleet.status() else {
-                    return Ok(false);
-                };
-                let syncing = status["accounts"]
-                    .as_object()
-                    .map(|a| a.values().filter(|s| s["state"] == "syncing").count());
-                // status.json from a previous run says "stopped"; only count this run's pid.
-                let ours = status["pid"].as_u64() == fleet.pid().map(u64::from);
-                Ok(ours && syncing == Some(n))
-            }
+            Running::Mxfleet(fleet) => Ok(fleet_synced(fleet, n)),
             Running::Anchor(anchor) => anchor.ready(n),
         }
     }
