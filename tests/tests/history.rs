@@ -68,11 +68,11 @@ async fn an_answer_sees_the_rooms_recent_messages_without_redacted_ones_across_a
     human
         .send_mentioning(&room, "bot, second question", &[&bot.0], false)
         .await?;
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while human.seen_from(&room, &bot.0).len() < 2 {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no second answer");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    human
+        .wait_for("the second answer", TIMEOUT, |h| {
+            (h.seen_from(&room, &bot.0).len() >= 2).then_some(())
+        })
+        .await?;
     let second = contents(&llm, 1)?.join("\n");
     for said in ["alpha: the budget is 40", "delta: while the bot was away"] {
         assert!(
