@@ -1,23 +1,27 @@
 //! The fleet's live status: one record per account, shared by the actors, written to
 //! `data_dir/status.json` for `mxfleet status` and operators' tooling.
 //!
-//! Writes are coalesced: a background task flushes at most every [`FLUSH_INTERVAL`] when
-//! something changed, with an atomic rename so readers never see half a file. State transitions
-//! are also logged, so the log alone tells an account's story.
+//! Writes are coalesced: a background task flushes within [`FLUSH_INTERVAL`] of a state change,
+//! and within [`COUNTERS_FLUSH_INTERVAL`] when only counters or last-sync times moved (every
+//! account's long-poll moves its last sync time, and a fleet of a thousand would otherwise rewrite
+//! the whole file four times a second). The rename is atomic, so readers never see half a file.
+//! State transitions are also logged, so the log alone tells an account's story.
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use mxfleet_store::now_ms;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-/// How often a changed status is written out.
+/// How soon a changed account state is written out.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
+/// How soon a change of counters or last-sync times alone is written out.
+pub const COUNTERS_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 /// The status file's name inside the data directory.
 pub const STATUS_FILE: &str = "status.json";
 
@@ -340,7 +344,10 @@ pub struct StatusBoard {
 #[derive(Debug)]
 struct Board {
     status: FleetStatus,
-    dirty: bool,
+    /// What changed since the last write.
+    dirty: Dirt,
+    /// When the file was last written.
+    written: Instant,
     /// User ids of the accounts other replicas run (scale-out).
     peers: std::collections::HashSet<String>,
 }
@@ -358,7 +365,8 @@ impl StatusBoard {
         Self {
             inner: Arc::new(Mutex::new(Board {
                 status,
-                dirty: true,
+                dirty: Dirt::State,
+                written: Instant::now(),
                 peers: Default::default(),
             })),
         }
@@ -386,7 +394,7 @@ impl StatusBoard {
         if let Some(error) = &error {
             entry.last_error = Some(error.clone());
         }
-        board.dirty = true;
+        board.dirty = Dirt::State;
         drop(board);
         if new {
             // Outside the board's lock: the recorder takes its own.
@@ -411,7 +419,7 @@ impl StatusBoard {
         let mut board = self.lock();
         if let Some(entry) = board.status.accounts.get_mut(account) {
             change(entry);
-            board.dirty = true;
+            board.dirty = board.dirty.max(Dirt::Counters);
         }
     }
 
@@ -419,7 +427,7 @@ impl StatusBoard {
     pub fn remove(&self, account: &str) {
         let mut board = self.lock();
         board.status.accounts.remove(account);
-        board.dirty = true;
+        board.dirty = Dirt::State;
     }
 
     /// Whether `user_id` belongs to one of the fleet's own accounts, here or on another
@@ -473,16 +481,22 @@ impl StatusBoard {
     /// Writes the current status now (used at shutdown).
     pub async fn flush(&self, data_dir: &Path) {
         let snapshot = self.snapshot();
-        self.lock().dirty = false;
+        {
+            let mut board = self.lock();
+            board.dirty = Dirt::Clean;
+            board.written = Instant::now();
+        }
         self.write(&data_dir.join(STATUS_FILE), snapshot).await;
     }
 
     fn take_dirty(&self) -> Option<FleetStatus> {
         let mut board = self.lock();
-        if !board.dirty {
+        let now = Instant::now();
+        if !flush_due(board.dirty, now.saturating_duration_since(board.written)) {
             return None;
         }
-        board.dirty = false;
+        board.dirty = Dirt::Clean;
+        board.written = now;
         let mut status = board.status.clone();
         status.updated_ms = now_ms();
         Some(status)
@@ -510,6 +524,26 @@ impl Default for StatusBoard {
     }
 }
 
+/// What changed on the board since its last write, least to most urgent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Dirt {
+    /// Nothing.
+    Clean,
+    /// Counters or last-sync times only.
+    Counters,
+    /// An account's state, or the set of accounts.
+    State,
+}
+
+/// Whether a board with `dirt`, written `since_write` ago, is written out now.
+fn flush_due(dirt: Dirt, since_write: Duration) -> bool {
+    match dirt {
+        Dirt::Clean => false,
+        Dirt::Counters => since_write >= COUNTERS_FLUSH_INTERVAL,
+        Dirt::State => true,
+    }
+}
+
 /// Reads a status file written by a running (or past) fleet.
 pub fn read_status_file(data_dir: &Path) -> std::io::Result<FleetStatus> {
     let bytes = std::fs::read(data_dir.join(STATUS_FILE))?;
@@ -526,6 +560,25 @@ fn write_atomically(path: &Path, status: &FleetStatus) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_changes_are_written_at_once_counters_at_their_pace() {
+        let soon = FLUSH_INTERVAL;
+        let cases = [
+            (Dirt::Clean, COUNTERS_FLUSH_INTERVAL * 2, false),
+            (Dirt::Counters, soon, false),
+            (Dirt::Counters, COUNTERS_FLUSH_INTERVAL, true),
+            (Dirt::State, Duration::ZERO, true),
+            (Dirt::State, soon, true),
+        ];
+        for (dirt, since_write, due) in cases {
+            assert_eq!(
+                flush_due(dirt, since_write),
+                due,
+                "{dirt:?} after {since_write:?}"
+            );
+        }
+    }
 
     #[test]
     fn backend_times_land_in_their_bucket_and_add_up_cumulatively() {

@@ -62,6 +62,9 @@ use crate::{
 
 /// Added to the long-poll timeout (with the per-request timeout) before a sync counts as stalled.
 const REQUEST_MARGIN: Duration = Duration::from_secs(15);
+/// How long a position moved only by quiet batches (nothing in them but the position) may stay
+/// uncommitted: a restart replays at most this much of nothing.
+const QUIET_COMMIT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// The sync child of an account.
 pub(crate) struct SyncActor;
@@ -166,8 +169,11 @@ async fn sync_loop(args: &SyncArgs) -> AccountError {
 /// One run of the loop: the position, the health, and the decryption retries.
 struct SyncRun<'a> {
     args: &'a SyncArgs,
-    /// The committed position (redb is its only source: matrix-sdk's own token is never used).
+    /// The position (redb is its only source: matrix-sdk's own token is never used). Quiet
+    /// batches move it here first and are committed at most every [`QUIET_COMMIT_INTERVAL`].
     token: Option<String>,
+    /// When the position was last committed.
+    committed_at: Instant,
     /// When the account's very first sync began: what was sent before is history.
     born_ms: u64,
     /// Whether that was in this run (the first sync's timeline is then all history).
@@ -207,6 +213,7 @@ impl<'a> SyncRun<'a> {
         Ok(Self {
             args,
             token,
+            committed_at: Instant::now(),
             born_ms,
             born_now: born_ms == now,
             healthy: false,
@@ -314,7 +321,13 @@ impl<'a> SyncRun<'a> {
         let invites: Vec<OwnedRoomId> = response.rooms.invited.keys().cloned().collect();
         let mut upgrades = pending_upgrades(&self.args.client, response.rooms.joined.keys());
         upgrades.retain(|u| self.upgrades_seen.insert(u.old.clone()));
-        let fresh = self.claim(&response.next_batch, entries).await?;
+        let quiet =
+            entries.is_empty() && response.rooms.is_empty() && response.to_device.is_empty();
+        let fresh = if commit_due(quiet, self.token.is_some(), self.committed_at.elapsed()) {
+            self.claim(&response.next_batch, entries).await?
+        } else {
+            Vec::new()
+        };
         self.token = Some(response.next_batch);
         self.mark_healthy();
         Span::current().record("messages", fresh.len());
@@ -347,6 +360,7 @@ impl<'a> SyncRun<'a> {
             .collect();
         let (store, account) = (&self.args.store, self.args.spec.id.as_str());
         let fresh = store.commit_sync(account, token, entries).await?;
+        self.committed_at = Instant::now();
         Ok(fresh
             .into_iter()
             .map(|entry| {
@@ -499,6 +513,14 @@ impl<'a> SyncRun<'a> {
     }
 }
 
+/// Whether a batch's position is committed now. A quiet batch (nothing in it but the new
+/// position: the empty answer of an idle long-poll) waits while there is a committed position and
+/// the last commit is recent: replaying it after a crash loses nothing, and a thousand idle
+/// accounts would otherwise commit (with an fsync) 33 times a second.
+fn commit_due(quiet: bool, has_position: bool, since_commit: Duration) -> bool {
+    !quiet || !has_position || since_commit >= QUIET_COMMIT_INTERVAL
+}
+
 /// Notes in `batch` what `event` means for the room's log besides being a message: the room's
 /// creation (the log then holds the room's whole history) or a redaction.
 fn note_room_event(batch: &mut RoomBatch, event: &TimelineEvent) {
@@ -550,5 +572,30 @@ fn claim(message: InboundMessage) -> InboxEntry<InboundMessage> {
         seen_at_ms: None,
         state: InboxState::Pending,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_batches_wait_for_their_commit_while_a_recent_position_is_committed() {
+        let recent = Duration::from_secs(30);
+        let cases = [
+            // (quiet, has a committed position, since the last commit, commit now)
+            (false, true, recent, true),
+            (false, false, recent, true),
+            (true, false, recent, true),
+            (true, true, recent, false),
+            (true, true, QUIET_COMMIT_INTERVAL, true),
+        ];
+        for (quiet, has_position, since, due) in cases {
+            assert_eq!(
+                commit_due(quiet, has_position, since),
+                due,
+                "quiet {quiet}, position {has_position}, {since:?}"
+            );
+        }
     }
 }
