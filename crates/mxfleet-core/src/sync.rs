@@ -34,7 +34,8 @@ use mxfleet_matrix::{
         config::{SyncSettings, SyncToken},
         deserialized_responses::TimelineEvent,
         ruma::{
-            OwnedEventId, OwnedRoomId, OwnedUserId, UInt, api::client::filter::FilterDefinition,
+            OwnedEventId, OwnedRoomId, OwnedUserId, UInt,
+            api::client::filter::{Filter, FilterDefinition, RoomEventFilter},
         },
         sync::SyncResponse,
     },
@@ -543,10 +544,15 @@ fn note_room_event(batch: &mut RoomBatch, event: &TimelineEvent) {
     }
 }
 
-/// The sync filter: lazy-loaded members, at most `timeline_limit` events per room.
+/// The sync filter: lazy-loaded members, at most `timeline_limit` events per room, and no
+/// presence, typing notices or read receipts. A bot reads none of them, and each would end the
+/// long-poll of every bot sharing a room with whoever types, reads or comes online: a sync
+/// response processed (matrix-sdk's store transactions included) for nothing.
 fn filter(timeline_limit: u32) -> FilterDefinition {
     let mut filter = FilterDefinition::with_lazy_loading();
     filter.room.timeline.limit = Some(UInt::from(timeline_limit));
+    filter.presence = Filter::ignore_all();
+    filter.room.ephemeral = RoomEventFilter::ignore_all();
     filter
 }
 
