@@ -173,8 +173,13 @@ async fn a_new_account_ignores_history_and_old_messages_are_skipped() -> Result<
         human.count(&room, &bot, "too old by the time we are back"),
         0
     );
-    let status = s.fleet.status().context("status.json")?;
-    assert_eq!(status["accounts"]["bot"]["skipped_old"], 1, "{status}");
+    s.fleet
+        .wait_for_status(
+            "the old message counted as skipped",
+            REPLY_TIMEOUT,
+            |status| status["accounts"]["bot"]["skipped_old"] == 1,
+        )
+        .await?;
     s.fleet.stop().await?;
     Ok(())
 }

@@ -526,12 +526,14 @@ async fn after_a_store_wipe_the_recovery_key_makes_old_messages_readable() -> Re
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let status = s.fleet.status().unwrap_or_default();
-    let recovery = status["accounts"]["bot"]["recovery"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    anyhow::ensure!(recovery.starts_with("recovered"), "{recovery}");
+    let status = s
+        .fleet
+        .wait_for_status("recovered", TIMEOUT, |status| {
+            status["accounts"]["bot"]["recovery"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("recovered"))
+        })
+        .await?;
     let ownership = status["accounts"]["bot"]["ownership"]
         .as_str()
         .unwrap_or_default()
@@ -806,8 +808,13 @@ async fn an_access_token_account_neither_reads_nor_sends_in_encrypted_rooms() ->
         human.all_from(&dm, &bot_id).is_empty(),
         "the token account sent something into the encrypted room"
     );
-    let status = s.fleet.status().unwrap_or_default();
-    assert_eq!(status["accounts"]["tok"]["undecryptable"], 2);
+    // Counters reach status.json within COUNTERS_FLUSH_INTERVAL.
+    let status = s
+        .fleet
+        .wait_for_status("both messages counted undecryptable", TIMEOUT, |status| {
+            status["accounts"]["tok"]["undecryptable"] == 2
+        })
+        .await?;
     assert_eq!(status["accounts"]["tok"]["replies_out"], 0);
     s.fleet.stop().await?;
     Ok(())

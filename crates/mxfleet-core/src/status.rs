@@ -2,9 +2,10 @@
 //! `data_dir/status.json` for `mxfleet status` and operators' tooling.
 //!
 //! Writes are coalesced: a background task flushes within [`FLUSH_INTERVAL`] of a state change,
-//! and within [`COUNTERS_FLUSH_INTERVAL`] when only counters or last-sync times moved (every
-//! account's long-poll moves its last sync time, and a fleet of a thousand would otherwise rewrite
-//! the whole file four times a second). The rename is atomic, so readers never see half a file.
+//! within [`COUNTERS_FLUSH_INTERVAL`] when counters moved, and within [`SYNC_TIMES_FLUSH_INTERVAL`]
+//! when only last-sync times did (every account's long-poll moves its last sync time, and a fleet
+//! of a thousand would otherwise rewrite the whole file four times a second while idle). The
+//! rename is atomic, so readers never see half a file.
 //! State transitions are also logged, so the log alone tells an account's story.
 
 use std::{
@@ -20,8 +21,10 @@ use tracing::{info, warn};
 
 /// How soon a changed account state is written out.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
-/// How soon a change of counters or last-sync times alone is written out.
-pub const COUNTERS_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+/// How soon a change of counters (and no state) is written out.
+pub const COUNTERS_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// How soon a change of last-sync times alone is written out.
+pub const SYNC_TIMES_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 /// The status file's name inside the data directory.
 pub const STATUS_FILE: &str = "status.json";
 
@@ -423,6 +426,15 @@ impl StatusBoard {
         }
     }
 
+    /// Notes that `account` finished a sync at `now_ms` (written out at the slowest pace).
+    pub fn synced(&self, account: &str, now_ms: u64) {
+        let mut board = self.lock();
+        if let Some(entry) = board.status.accounts.get_mut(account) {
+            entry.last_sync_ms = Some(now_ms);
+            board.dirty = board.dirty.max(Dirt::SyncTimes);
+        }
+    }
+
     /// Forgets `account` (removed from the configuration).
     pub fn remove(&self, account: &str) {
         let mut board = self.lock();
@@ -529,7 +541,9 @@ impl Default for StatusBoard {
 enum Dirt {
     /// Nothing.
     Clean,
-    /// Counters or last-sync times only.
+    /// Last-sync times only.
+    SyncTimes,
+    /// Counters (and perhaps last-sync times).
     Counters,
     /// An account's state, or the set of accounts.
     State,
@@ -539,6 +553,7 @@ enum Dirt {
 fn flush_due(dirt: Dirt, since_write: Duration) -> bool {
     match dirt {
         Dirt::Clean => false,
+        Dirt::SyncTimes => since_write >= SYNC_TIMES_FLUSH_INTERVAL,
         Dirt::Counters => since_write >= COUNTERS_FLUSH_INTERVAL,
         Dirt::State => true,
     }
@@ -562,10 +577,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn state_changes_are_written_at_once_counters_at_their_pace() {
+    fn state_changes_are_written_at_once_counters_and_sync_times_at_their_pace() {
         let soon = FLUSH_INTERVAL;
         let cases = [
-            (Dirt::Clean, COUNTERS_FLUSH_INTERVAL * 2, false),
+            (Dirt::Clean, SYNC_TIMES_FLUSH_INTERVAL * 2, false),
+            (Dirt::SyncTimes, COUNTERS_FLUSH_INTERVAL, false),
+            (Dirt::SyncTimes, SYNC_TIMES_FLUSH_INTERVAL, true),
             (Dirt::Counters, soon, false),
             (Dirt::Counters, COUNTERS_FLUSH_INTERVAL, true),
             (Dirt::State, Duration::ZERO, true),

@@ -450,7 +450,7 @@ impl<'a> SyncRun<'a> {
     fn mark_healthy(&mut self) {
         let (board, account) = (&self.args.board, self.args.spec.id.as_str());
         let now = now_ms();
-        board.update(account, |s| s.last_sync_ms = Some(now));
+        board.synced(account, now);
         if !self.healthy {
             self.healthy = true;
             board.transition(account, AccountState::Syncing, None);
