@@ -355,6 +355,19 @@ struct Board {
     peers: std::collections::HashSet<String>,
 }
 
+/// What changed on the board since its last write, least to most urgent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Dirt {
+    /// Nothing.
+    Clean,
+    /// Last-sync times only.
+    SyncTimes,
+    /// Counters (and perhaps last-sync times).
+    Counters,
+    /// An account's state, or the set of accounts.
+    State,
+}
+
 impl StatusBoard {
     /// An empty board.
     pub fn new() -> Self {
@@ -419,20 +432,12 @@ impl StatusBoard {
 
     /// Changes fields of `account`'s status in place (no log line).
     pub fn update(&self, account: &str, change: impl FnOnce(&mut AccountStatus)) {
-        let mut board = self.lock();
-        if let Some(entry) = board.status.accounts.get_mut(account) {
-            change(entry);
-            board.dirty = board.dirty.max(Dirt::Counters);
-        }
+        self.change(account, Dirt::Counters, change);
     }
 
     /// Notes that `account` finished a sync at `now_ms` (written out at the slowest pace).
     pub fn synced(&self, account: &str, now_ms: u64) {
-        let mut board = self.lock();
-        if let Some(entry) = board.status.accounts.get_mut(account) {
-            entry.last_sync_ms = Some(now_ms);
-            board.dirty = board.dirty.max(Dirt::SyncTimes);
-        }
+        self.change(account, Dirt::SyncTimes, |s| s.last_sync_ms = Some(now_ms));
     }
 
     /// Forgets `account` (removed from the configuration).
@@ -522,6 +527,15 @@ impl StatusBoard {
         }
     }
 
+    /// Applies `change` to `account`'s record, if any, marking the board at least `dirt`.
+    fn change(&self, account: &str, dirt: Dirt, change: impl FnOnce(&mut AccountStatus)) {
+        let mut board = self.lock();
+        if let Some(entry) = board.status.accounts.get_mut(account) {
+            change(entry);
+            board.dirty = board.dirty.max(dirt);
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Board> {
         // A panic while holding this lock leaves plain data behind; keep using it.
         self.inner
@@ -534,19 +548,6 @@ impl Default for StatusBoard {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// What changed on the board since its last write, least to most urgent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Dirt {
-    /// Nothing.
-    Clean,
-    /// Last-sync times only.
-    SyncTimes,
-    /// Counters (and perhaps last-sync times).
-    Counters,
-    /// An account's state, or the set of accounts.
-    State,
 }
 
 /// Whether a board with `dirt`, written `since_write` ago, is written out now.
