@@ -154,6 +154,87 @@ max_edits_per_message = 6\ncue_delay_ms = 0";
 }
 
 #[tokio::test]
+async fn names_changed_while_the_bot_runs_count_at_once() -> Result<()> {
+    // Members' names are read once per room and kept until the sync brings a member event of
+    // the room: a rename of the bot (what addresses it) or of a speaker (what the backend is
+    // told) counts for the very next message.
+    let llm = FakeOpenAi::start(40).await?;
+    let mut s = Scenario::new()
+        .llm(&llm)
+        .bot(|b| b.llm().mentioned_in_rooms())
+        .human()
+        .prepare()
+        .await?;
+    let bot = s.bot("bot").credentials();
+    let other_device = Human::login(s.homeserver(), &bot.0, &bot.1).await?;
+    let account = other_device.client.account();
+    account.set_display_name(Some("Mike")).await?;
+    s.start().await?;
+    let human = &s.humans[0];
+    human.client.account().set_display_name(Some("Ann")).await?;
+    let room = human.room_with(&[&bot.0], false).await?;
+    human.wait_joined(&room, &bot.0, TIMEOUT).await?;
+    // In a group room the backend is told who speaks: the answer echoes it.
+    human.send(&room, "Mike: first").await?;
+    let first = FakeOpenAi::answer_for("Ann: Mike: first");
+    human
+        .expect_final_text(&room, &bot.0, &first, TIMEOUT)
+        .await?;
+
+    // Synapse writes a rename's member events after it answers: both are waited for, so the
+    // message comes after them.
+    account.set_display_name(Some("Zed")).await?;
+    human
+        .client
+        .account()
+        .set_display_name(Some("Anna"))
+        .await?;
+    wait_named(human, &room, &bot.0, "Zed").await?;
+    let me = human.client.user_id().context("logged in")?.to_string();
+    wait_named(human, &room, &me, "Anna").await?;
+    human.send(&room, "Zed: second").await?;
+    let second = FakeOpenAi::answer_for("Anna: Zed: second");
+    human
+        .expect_final_text(&room, &bot.0, &second, TIMEOUT)
+        .await
+        .with_context(|| s.fleet.log_tail(30))?;
+
+    // The old name no longer addresses the bot.
+    human.send(&room, "Mike: third").await?;
+    human.send(&room, "Zed: fourth").await?;
+    let fourth = FakeOpenAi::answer_for("Anna: Zed: fourth");
+    human
+        .expect_final_text(&room, &bot.0, &fourth, TIMEOUT)
+        .await?;
+    ensure!(llm.requests().len() == 3, "the old name was answered");
+    s.fleet.stop().await?;
+    Ok(())
+}
+
+/// Waits until `human` sees `user` named `name` in `room_id`.
+async fn wait_named(
+    human: &Human,
+    room_id: &matrix_sdk::ruma::RoomId,
+    user: &str,
+    name: &str,
+) -> Result<()> {
+    let user = matrix_sdk::ruma::UserId::parse(user)?;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let room = human.client.get_room(room_id).context("the room")?;
+        let member = room.get_member_no_sync(&user).await?;
+        if member.as_ref().and_then(|m| m.display_name()) == Some(name) {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{user} not named {name:?} within {TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_threaded_question_is_answered_in_the_thread_with_its_history() -> Result<()> {
     let llm =
         FakeOpenAi::start_with(5, Duration::from_millis(2), Some("It is cheese.".into())).await?;

@@ -430,6 +430,7 @@ impl AccountRuntime {
             parent: myself.clone(),
             screen: live.screen.clone(),
             heard: live.rooms.heard().clone(),
+            names: live.rooms.names().clone(),
         };
         match Actor::spawn_linked(None, SyncActor, args, myself.get_cell()).await {
             Ok((sync, _)) => {

@@ -9,7 +9,11 @@
 //! - **no aliases**: the room's creator writes its alias state, so a configured alias (in the
 //!   allowlist or the overrides) counts through the homeserver's directory only;
 //! - **predecessors**: the rooms it replaces, each confirmed by the old room's tombstone naming
-//!   it, read from the bot's own view of the old room (a creator's claim alone proves nothing).
+//!   it, read from the bot's own view of the old room (a creator's claim alone proves nothing);
+//! - **names**: members' display names, read from the state store once per room and kept until
+//!   the sync brings a member event of the room ([`names`]).
+
+mod names;
 
 use std::{
     collections::HashSet,
@@ -27,6 +31,9 @@ use crate::{
     heard::Heard,
 };
 
+use names::Lookup;
+pub(crate) use names::MemberNames;
+
 /// Upgrade chains longer than this are not followed further back.
 const MAX_CHAIN: usize = 16;
 
@@ -41,6 +48,7 @@ pub(crate) struct Rooms {
     client: Client,
     joined_dms: JoinedDms,
     heard: Heard,
+    names: MemberNames,
 }
 
 impl Rooms {
@@ -50,7 +58,13 @@ impl Rooms {
             client,
             joined_dms,
             heard,
+            names: MemberNames::default(),
         }
+    }
+
+    /// The members' names kept for the rooms; the sync tells it of member changes.
+    pub(crate) fn names(&self) -> &MemberNames {
+        &self.names
     }
 
     /// The rooms' recent messages as the sync saw them.
@@ -142,24 +156,31 @@ impl Rooms {
         }
         chain
     }
+
+    /// The display name of `user` in `room`: kept, or read from the local state (and kept if
+    /// the member is known there).
+    pub(crate) async fn member_name(&self, room: &Room, user: &UserId) -> Option<String> {
+        let epoch = match self.names.lookup(room.room_id(), user) {
+            Lookup::Known(name) => return name,
+            Lookup::Unknown(epoch) => epoch,
+        };
+        let member = room.get_member_no_sync(user).await.ok().flatten()?;
+        let name = member.display_name().map(str::to_owned);
+        self.names.keep(room.room_id(), user, epoch, name.clone());
+        name
+    }
+
+    /// `user`'s name in `room`, safe to put in a prompt (see [`gate::sanitize_display_name`]).
+    pub(crate) async fn speaker_name(&self, room: &Room, user: &UserId) -> String {
+        let name = self.member_name(room, user).await;
+        gate::sanitize_display_name(name.as_deref(), user)
+    }
 }
 
 /// A room flagged direct is a DM while it has at most two members (joined or invited; 0 when
 /// unknown, as in an invite).
 fn dm_by_members(flagged: bool, members: u64) -> bool {
     flagged && members <= 2
-}
-
-/// The display name of `user` in `room`, from the local state.
-pub(crate) async fn member_name(room: &Room, user: &UserId) -> Option<String> {
-    let member = room.get_member_no_sync(user).await.ok().flatten()?;
-    member.display_name().map(str::to_owned)
-}
-
-/// `user`'s name in `room`, safe to put in a prompt (see [`gate::sanitize_display_name`]).
-pub(crate) async fn speaker_name(room: &Room, user: &UserId) -> String {
-    let name = member_name(room, user).await;
-    gate::sanitize_display_name(name.as_deref(), user)
 }
 
 #[cfg(test)]

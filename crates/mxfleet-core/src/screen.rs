@@ -29,7 +29,7 @@ use crate::{
     gate::{self, Access, Me, RoomFacts, Verdict},
     limits::{Admission, RateLimiter},
     measure,
-    rooms::{self, Rooms},
+    rooms::Rooms,
     status::StatusBoard,
     turn::plan,
 };
@@ -157,7 +157,7 @@ impl Screen {
         let room = self.rooms.get(id)?;
         let me = Me {
             user_id: self.user_id.clone(),
-            display_name: rooms::member_name(&room, &self.user_id).await,
+            display_name: self.rooms.member_name(&room, &self.user_id).await,
         };
         Some((self.rooms.facts(&room).await, me))
     }

@@ -37,7 +37,7 @@ use mxfleet_matrix::{
             OwnedEventId, OwnedRoomId, OwnedUserId, UInt,
             api::client::filter::{Filter, FilterDefinition, RoomEventFilter},
         },
-        sync::SyncResponse,
+        sync::{JoinedRoomUpdate, State, SyncResponse},
     },
     normalise,
 };
@@ -56,6 +56,7 @@ use crate::{
     error::AccountError,
     heard::{Heard, RoomBatch},
     measure,
+    rooms::MemberNames,
     screen::{Screen, Ticket},
     status::{AccountState, StatusBoard},
     upgrades::pending_upgrades,
@@ -82,6 +83,8 @@ pub(crate) struct SyncArgs {
     pub(crate) screen: Arc<Screen>,
     /// Where each room's recent messages are recorded for the answers' history.
     pub(crate) heard: Heard,
+    /// The members' names kept for the answers, forgotten per room at its member changes.
+    pub(crate) names: MemberNames,
 }
 
 /// Messages of the `SyncActor`.
@@ -381,6 +384,9 @@ impl<'a> SyncRun<'a> {
         // Records of the events that wait for their keys, kept before the batch commits.
         let mut waiting = Vec::new();
         for (room_id, update) in &response.rooms.joined {
+            if members_may_have_changed(update) {
+                self.args.names.changed(room_id);
+            }
             let gap = match (
                 &update.timeline.prev_batch,
                 self.args.client.get_room(room_id),
@@ -544,6 +550,22 @@ fn note_room_event(batch: &mut RoomBatch, event: &TimelineEvent) {
     }
 }
 
+/// Whether `update` may change a member's name: it has a member event (in its state or its
+/// timeline) or a gap.
+fn members_may_have_changed(update: &JoinedRoomUpdate) -> bool {
+    let is_member = |kind: Option<String>| kind.as_deref() == Some("m.room.member");
+    let (State::Before(state) | State::After(state)) = &update.state;
+    update.timeline.limited
+        || state
+            .iter()
+            .any(|e| is_member(e.get_field("type").ok().flatten()))
+        || update
+            .timeline
+            .events
+            .iter()
+            .any(|e| is_member(e.raw().get_field("type").ok().flatten()))
+}
+
 /// The sync filter: lazy-loaded members, at most `timeline_limit` events per room, and no
 /// presence, typing notices or read receipts. A bot reads none of them, and each would end the
 /// long-poll of every bot sharing a room with whoever types, reads or comes online: a sync
@@ -602,6 +624,58 @@ mod tests {
                 due,
                 "quiet {quiet}, position {has_position}, {since:?}"
             );
+        }
+    }
+    #[test]
+    fn member_events_and_gaps_may_change_names() {
+        use mxfleet_matrix::matrix_sdk::ruma::serde::Raw;
+        let event = |kind: &str| {
+            let json = serde_json::json!({"type": kind, "event_id": "$e", "sender": "@a:hs",
+                "origin_server_ts": 1, "content": {}, "state_key": "@a:hs"});
+            Raw::new(&json).expect("serialised").cast_unchecked()
+        };
+        let in_timeline = |kind: &str| {
+            let mut update = JoinedRoomUpdate::default();
+            update.timeline.events = vec![TimelineEvent::from_plaintext(event(kind))];
+            update
+        };
+        let in_state = |kind: &str, after: bool| {
+            let mut update = JoinedRoomUpdate::default();
+            let events = vec![event(kind).cast_unchecked()];
+            update.state = match after {
+                true => State::After(events),
+                false => State::Before(events),
+            };
+            update
+        };
+        let gap = {
+            let mut update = JoinedRoomUpdate::default();
+            update.timeline.limited = true;
+            update
+        };
+        let cases = [
+            ("nothing", JoinedRoomUpdate::default(), false),
+            ("a message", in_timeline("m.room.message"), false),
+            (
+                "a member event in the timeline",
+                in_timeline("m.room.member"),
+                true,
+            ),
+            (
+                "a member event before the timeline",
+                in_state("m.room.member", false),
+                true,
+            ),
+            (
+                "a member event after the timeline",
+                in_state("m.room.member", true),
+                true,
+            ),
+            ("another state event", in_state("m.room.topic", true), false),
+            ("a gap", gap, true),
+        ];
+        for (what, update, changed) in cases {
+            assert_eq!(members_may_have_changed(&update), changed, "{what}");
         }
     }
 }

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     gate::{self, Me},
-    rooms, texts,
+    texts,
 };
 
 /// When the last notice went out, per (room, Megolm session).
@@ -74,7 +74,7 @@ async fn post(ctx: &TurnContext, utd: Undecryptable) {
     if !gate::may_talk(conv, &ctx.access, &facts, &me, &utd.sender) {
         return debug!("no notice: the bot does not talk with this sender here");
     }
-    let who = rooms::speaker_name(&room, &utd.sender).await;
+    let who = ctx.rooms.speaker_name(&room, &utd.sender).await;
     let room = MatrixRoom::new(room, ctx.rooms.clone());
     let text = if ctx.owns_keys() {
         let device = ctx

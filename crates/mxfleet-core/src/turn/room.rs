@@ -26,10 +26,7 @@ use mxfleet_matrix::{
 use mxfleet_message::InboundMessage;
 use tracing::{debug, warn};
 
-use crate::{
-    gate::RoomFacts,
-    rooms::{self, Rooms},
-};
+use crate::{gate::RoomFacts, rooms::Rooms};
 
 /// How a send is tried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +157,7 @@ impl RoomPort for MatrixRoom {
     }
 
     async fn member_name(&self, user: &UserId) -> Option<String> {
-        rooms::member_name(&self.room, user).await
+        self.rooms.member_name(&self.room, user).await
     }
 
     async fn recent_messages(&self, thread: Option<&EventId>, limit: usize) -> Vec<InboundMessage> {
