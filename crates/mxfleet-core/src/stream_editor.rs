@@ -228,7 +228,14 @@ pub(crate) async fn deliver<S: AnswerSink>(
                 None => std::future::pending().await,
             }
         };
+        // Biased: text that is already there is taken before a due flush shows what came
+        // before it, so a burst (or a whole answer at once) is one send, not a send and edits.
         tokio::select! {
+            biased;
+            () = wrapping_up(&mut wrap_up) => {
+                interrupted = true;
+                break;
+            }
             delta = stream.next() => match delta {
                 Some(Ok(delta)) => {
                     if !w.push(&delta) {
@@ -251,17 +258,9 @@ pub(crate) async fn deliver<S: AnswerSink>(
                 None => break,
             },
             () = timer => w.flush(sink, false).await?,
-            () = wrapping_up(&mut wrap_up) => {
-                interrupted = true;
-                break;
-            }
         }
         if settings.mode == StreamMode::EditInPlace {
             next_flush = w.next_flush_at();
-            if next_flush.is_some_and(|at| at <= Instant::now()) {
-                w.flush(sink, false).await?;
-                next_flush = w.next_flush_at();
-            }
         }
     }
     drop(stream);
@@ -474,6 +473,23 @@ mod tests {
             d.first_visible
                 .is_some_and(|t| t < Duration::from_millis(200))
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn text_that_arrived_together_is_sent_together() {
+        // A backend whose whole answer is there at once (a fast model, a burst off the wire):
+        // one message with all of it, not a first send of three words and an edit.
+        let words: Vec<String> = (0..20).map(|i| format!("w{i:02} ")).collect();
+        let full = words.concat();
+        let ready: TextStream = Box::pin(stream::iter(words.into_iter().map(Ok)));
+        let mut sink = Recorder::default();
+        let settings = settings(StreamMode::EditInPlace);
+        let d = deliver(ready, &settings, &mut sink, never())
+            .await
+            .map_err(|e| e.message);
+        assert_eq!(d.map(|d| d.edits), Ok(0));
+        let texts: Vec<&str> = sink.calls.iter().map(|c| c.2.as_str()).collect();
+        assert_eq!(texts, [full.trim_end()]);
     }
 
     #[tokio::test(start_paused = true)]
