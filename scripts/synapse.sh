@@ -5,9 +5,13 @@
 #   synapse.sh start DIR                             start it in the background, wait until it answers
 #   synapse.sh stop DIR                              stop it
 #   synapse.sh register DIR USER PASSWORD [admin]    register a user with the shared secret
+#   synapse.sh db-stop DIR                           stop its PostgreSQL cluster, if it has one
 #
 # Rate limits are raised unless "default-ratelimits" is given. The venv comes from
-# scripts/setup-synapse.sh (MXFLEET_SYNAPSE_VENV overrides its location).
+# scripts/setup-synapse.sh (MXFLEET_SYNAPSE_VENV overrides its location). With
+# MXFLEET_SYNAPSE_DB=postgres, `config` also creates and starts a private PostgreSQL cluster
+# (Debian's postgresql package, run as the postgres user, a Unix socket in DIR/pg, no TCP) and
+# points Synapse at it instead of SQLite; psycopg2-binary is added to the venv from PyPI.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="$("$here/setup-synapse.sh")"
@@ -15,12 +19,49 @@ cmd="${1:?usage: synapse.sh config|start|stop|register DIR ...}"
 dir="$(mkdir -p "${2:?DIR missing}" && cd "$2" && pwd)"
 
 port_of() { sed -n 's/^  - port: \([0-9]*\)$/\1/p' "$dir/homeserver.yaml"; }
+pg_bin() { find /usr/lib/postgresql -maxdepth 2 -name bin -type d | sort -V | tail -n 1; }
+as_postgres() { runuser -u postgres -- "$@"; }
+
+# Creates and starts DIR's PostgreSQL cluster with a `synapse` database (C collation, as Synapse
+# requires); prints the database section of homeserver.yaml.
+postgres_database() {
+  local bin pg="$dir/pg"
+  bin="$(pg_bin)"
+  [ -x "$bin/initdb" ] || { echo "PostgreSQL not installed (apt-get install postgresql)" >&2; exit 1; }
+  "$venv/bin/python" -c 'import psycopg2' 2>/dev/null || "$venv/bin/pip" install --quiet psycopg2-binary >&2
+  # The postgres user needs to reach its socket in DIR.
+  chmod o+x "$dir"
+  mkdir -p "$pg"
+  chown postgres: "$pg"
+  as_postgres "$bin/initdb" -D "$pg/data" -U postgres --auth=trust --encoding=UTF8 --locale=C >/dev/null
+  as_postgres "$bin/pg_ctl" -D "$pg/data" -l "$pg/postgres.log" -w \
+    -o "-k $pg -c listen_addresses=''" start >/dev/null
+  as_postgres "$bin/createdb" -h "$pg" -U postgres -E UTF8 --locale=C -T template0 synapse
+  cat <<YAML
+database:
+  name: psycopg2
+  args:
+    user: postgres
+    database: synapse
+    host: "$pg"
+    cp_min: 5
+    cp_max: 10
+YAML
+}
 
 case "$cmd" in
 config)
   port="${3:?PORT missing}"
   limits="raised"; [ "${4:-}" = "default-ratelimits" ] && limits="default"
   secret="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  if [ "${MXFLEET_SYNAPSE_DB:-sqlite}" = "postgres" ]; then
+    database="$(postgres_database)"
+  else
+    database="database:
+  name: sqlite3
+  args:
+    database: \"$dir/homeserver.db\""
+  fi
   cat > "$dir/homeserver.yaml" <<YAML
 server_name: "localhost"
 pid_file: "$dir/homeserver.pid"
@@ -34,10 +75,7 @@ listeners:
     resources:
       - names: [client]
         compress: false
-database:
-  name: sqlite3
-  args:
-    database: "$dir/homeserver.db"
+$database
 log_config: "$dir/log.config"
 media_store_path: "$dir/media_store"
 signing_key_path: "$dir/signing.key"
@@ -110,13 +148,19 @@ start)
   echo "synapse did not answer on port $port; see $dir/homeserver.log" >&2
   exit 1
   ;;
+db-stop)
+  if [ -d "$dir/pg/data" ]; then
+    as_postgres "$(pg_bin)/pg_ctl" -D "$dir/pg/data" -m fast -w stop >/dev/null 2>&1 || true
+  fi
+  ;;
 stop)
   if [ -f "$dir/homeserver.pid" ]; then
     pid="$(cat "$dir/homeserver.pid")"
     kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || exit 0; sleep 0.25; done
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
     kill -9 "$pid" 2>/dev/null || true
   fi
+  "$0" db-stop "$dir"
   ;;
 register)
   user="${3:?USER missing}"; password="${4:?PASSWORD missing}"

@@ -107,7 +107,9 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let programs = programs(&args)?;
     let synapse = Synapse::start_private().await?;
-    eprintln!("synapse at {}", synapse.url());
+    // `MXFLEET_SYNAPSE_DB=postgres` (read by scripts/synapse.sh) puts Synapse on PostgreSQL.
+    let database = std::env::var("MXFLEET_SYNAPSE_DB").unwrap_or_else(|_| "sqlite".into());
+    eprintln!("synapse at {} (database: {database})", synapse.url());
     let (human_id, human_pw) = synapse.fresh_user("benchhuman").await?;
     let human = Human::login(synapse.url(), &human_id, &human_pw).await?;
 

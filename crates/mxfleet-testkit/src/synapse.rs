@@ -351,6 +351,13 @@ impl Drop for Synapse {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            // A private Synapse on PostgreSQL (`MXFLEET_SYNAPSE_DB=postgres`) stops its cluster.
+            if self.dir.join("pg/data").is_dir() {
+                let _ = std::process::Command::new(repo_root().join("scripts/synapse.sh"))
+                    .arg("db-stop")
+                    .arg(&self.dir)
+                    .status();
+            }
         }
     }
 }
