@@ -21,6 +21,12 @@ dir="$(mkdir -p "${2:?DIR missing}" && cd "$2" && pwd)"
 port_of() { sed -n 's/^  - port: \([0-9]*\)$/\1/p' "$dir/homeserver.yaml"; }
 pg_bin() { find /usr/lib/postgresql -maxdepth 2 -name bin -type d | sort -V | tail -n 1; }
 as_postgres() { runuser -u postgres -- "$@"; }
+# Stops DIR's PostgreSQL cluster, if it has one.
+db_stop() {
+  if [ -d "$dir/pg/data" ]; then
+    as_postgres "$(pg_bin)/pg_ctl" -D "$dir/pg/data" -m fast -w stop >/dev/null 2>&1 || true
+  fi
+}
 
 # Creates and starts DIR's PostgreSQL cluster with a `synapse` database (C collation, as Synapse
 # requires); prints the database section of homeserver.yaml.
@@ -149,9 +155,7 @@ start)
   exit 1
   ;;
 db-stop)
-  if [ -d "$dir/pg/data" ]; then
-    as_postgres "$(pg_bin)/pg_ctl" -D "$dir/pg/data" -m fast -w stop >/dev/null 2>&1 || true
-  fi
+  db_stop
   ;;
 stop)
   if [ -f "$dir/homeserver.pid" ]; then
@@ -160,7 +164,7 @@ stop)
     for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
     kill -9 "$pid" 2>/dev/null || true
   fi
-  "$0" db-stop "$dir"
+  db_stop
   ;;
 register)
   user="${3:?USER missing}"; password="${4:?PASSWORD missing}"
