@@ -98,6 +98,12 @@ pub(crate) fn per_room_per_minute() -> u32 {
 pub(crate) fn inbox_retention_days() -> u64 {
     7
 }
+/// Enough for the stores' calls of a busy fleet on a small machine: each of them is short, and
+/// a thread beyond what the cores can run costs memory (its stack and allocator caches) without
+/// finishing the work sooner (docs/benchmarks.md, run 13).
+pub(crate) fn blocking_threads() -> usize {
+    16
+}
 pub(crate) fn log_buffer_lines() -> usize {
     8192
 }

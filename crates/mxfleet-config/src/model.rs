@@ -31,6 +31,10 @@ pub struct Config {
     /// Answered (and skipped) inbox entries older than this many days are pruned.
     #[serde(default = "defaults::inbox_retention_days")]
     pub inbox_retention_days: u64,
+    /// Threads for blocking work (the stores' SQLite and redb calls, file writes, DNS
+    /// lookups), shared by all accounts. More threads than this wait their turn.
+    #[serde(default = "defaults::blocking_threads")]
+    pub blocking_threads: usize,
     /// How failed accounts and children are restarted.
     #[serde(default)]
     pub restart: RestartConfig,
@@ -722,6 +726,7 @@ impl Default for Config {
             shutdown_timeout_secs: defaults::shutdown_timeout_secs(),
             shutdown_drain_secs: defaults::shutdown_drain_secs(),
             inbox_retention_days: defaults::inbox_retention_days(),
+            blocking_threads: defaults::blocking_threads(),
             restart: RestartConfig::default(),
             backends: BTreeMap::new(),
             admin: AdminConfig::default(),

@@ -25,6 +25,8 @@ pub struct ValidConfig {
     pub shutdown_drain_secs: u64,
     /// Days answered inbox entries are kept.
     pub inbox_retention_days: u64,
+    /// Threads for blocking work, shared by all accounts.
+    pub blocking_threads: usize,
     /// Restart schedule.
     pub restart: RestartConfig,
     /// The admin API, when a token is configured.

@@ -51,6 +51,7 @@ fn reads_a_file_and_resolves_backends() {
         let loaded = load(&sources("fleet.toml")).map_err(|e| e.to_string())?;
         let config = &loaded.config;
         assert_eq!(config.data_dir, PathBuf::from("state"));
+        assert_eq!(config.blocking_threads, 16, "the default");
         let alice = &config.accounts["alice"];
         assert_eq!(
             alice.auth,
@@ -173,6 +174,7 @@ fn semantic_errors_are_collected() {
         jail.create_file(
             "bad.toml",
             r#"
+            blocking_threads = 2
             [restart]
             jitter_ratio = 3.0
             [accounts.Alice]
@@ -204,6 +206,10 @@ fn semantic_errors_are_collected() {
         let text = issues(err);
         let has = |needle: &str| text.iter().any(|l| l.contains(needle));
         assert!(has("restart.jitter_ratio: must be between"), "{text:#?}");
+        assert!(
+            has("blocking_threads: must be between 4 and 1024"),
+            "{text:#?}"
+        );
         assert!(has("accounts.Alice: account ids must be"), "{text:#?}");
         assert!(
             has("accounts.bob.homeserver: must be an http(s) URL"),
@@ -634,6 +640,7 @@ fn extreme_numbers_are_refused_with_their_range() {
             &format!(
                 r#"
                 shutdown_timeout_secs = {huge}
+                blocking_threads = {huge}
                 [restart]
                 initial_delay_ms = {huge}
                 max_delay_ms = {huge}
@@ -666,6 +673,7 @@ fn extreme_numbers_are_refused_with_their_range() {
         let text = issues(err);
         for key in [
             "shutdown_timeout_secs",
+            "blocking_threads",
             "restart.initial_delay_ms",
             "restart.max_delay_ms",
             "restart.multiplier",

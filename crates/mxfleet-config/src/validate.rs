@@ -56,6 +56,7 @@ pub(crate) fn validate(
         shutdown_timeout_secs: raw.shutdown_timeout_secs,
         shutdown_drain_secs: raw.shutdown_drain_secs,
         inbox_retention_days: raw.inbox_retention_days,
+        blocking_threads: raw.blocking_threads,
         restart: raw.restart.clone(),
         admin,
         probes,

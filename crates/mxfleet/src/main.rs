@@ -266,6 +266,7 @@ fn main() -> ExitCode {
 fn run(loaded: Loaded, sources: Sources) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(loaded.config.blocking_threads)
         .build()
     {
         Ok(rt) => rt,

@@ -1,4 +1,5 @@
-//! The restart schedule, the shutdown deadline, the log buffer and the inbox retention.
+//! The restart schedule, the shutdown deadline, the log buffer, the inbox retention and the
+//! blocking threads.
 
 use super::Checker;
 use crate::Config;
@@ -28,6 +29,7 @@ pub(super) fn check(check: &mut Checker<'_>, raw: &Config) {
     check.range("shutdown_timeout_secs", raw.shutdown_timeout_secs, 1, 3600);
     check.range("log.buffer_lines", raw.log.buffer_lines, 64, 1_000_000);
     check.range("inbox_retention_days", raw.inbox_retention_days, 1, 3650);
+    check.range("blocking_threads", raw.blocking_threads, 4, 1024);
     check.require(
         raw.shutdown_drain_secs < raw.shutdown_timeout_secs,
         "shutdown_drain_secs",
