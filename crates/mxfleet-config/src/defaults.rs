@@ -104,6 +104,11 @@ pub(crate) fn inbox_retention_days() -> u64 {
 pub(crate) fn blocking_threads() -> usize {
     16
 }
+/// Small: an account's stores then cost about 0.6 MiB at a thousand accounts instead of about
+/// 0.9; a restart of a thousand takes about 6 s longer (docs/benchmarks.md, run 13).
+pub(crate) fn store_page_cache_kib() -> u32 {
+    16
+}
 pub(crate) fn log_buffer_lines() -> usize {
     8192
 }

@@ -35,6 +35,9 @@ pub struct Config {
     /// lookups), shared by all accounts. More threads than this wait their turn.
     #[serde(default = "defaults::blocking_threads")]
     pub blocking_threads: usize,
+    /// The page cache of every SQLite connection of the accounts' stores, in KiB.
+    #[serde(default = "defaults::store_page_cache_kib")]
+    pub store_page_cache_kib: u32,
     /// How failed accounts and children are restarted.
     #[serde(default)]
     pub restart: RestartConfig,
@@ -727,6 +730,7 @@ impl Default for Config {
             shutdown_drain_secs: defaults::shutdown_drain_secs(),
             inbox_retention_days: defaults::inbox_retention_days(),
             blocking_threads: defaults::blocking_threads(),
+            store_page_cache_kib: defaults::store_page_cache_kib(),
             restart: RestartConfig::default(),
             backends: BTreeMap::new(),
             admin: AdminConfig::default(),

@@ -27,6 +27,8 @@ pub struct ValidConfig {
     pub inbox_retention_days: u64,
     /// Threads for blocking work, shared by all accounts.
     pub blocking_threads: usize,
+    /// The page cache of every SQLite connection of the accounts' stores, in KiB.
+    pub store_page_cache_kib: u32,
     /// Restart schedule.
     pub restart: RestartConfig,
     /// The admin API, when a token is configured.

@@ -52,6 +52,7 @@ fn reads_a_file_and_resolves_backends() {
         let config = &loaded.config;
         assert_eq!(config.data_dir, PathBuf::from("state"));
         assert_eq!(config.blocking_threads, 16, "the default");
+        assert_eq!(config.store_page_cache_kib, 16, "the default");
         let alice = &config.accounts["alice"];
         assert_eq!(
             alice.auth,
@@ -641,6 +642,7 @@ fn extreme_numbers_are_refused_with_their_range() {
                 r#"
                 shutdown_timeout_secs = {huge}
                 blocking_threads = {huge}
+                store_page_cache_kib = 4294967295
                 [restart]
                 initial_delay_ms = {huge}
                 max_delay_ms = {huge}
@@ -674,6 +676,7 @@ fn extreme_numbers_are_refused_with_their_range() {
         for key in [
             "shutdown_timeout_secs",
             "blocking_threads",
+            "store_page_cache_kib",
             "restart.initial_delay_ms",
             "restart.max_delay_ms",
             "restart.multiplier",

@@ -57,6 +57,7 @@ pub(crate) fn validate(
         shutdown_drain_secs: raw.shutdown_drain_secs,
         inbox_retention_days: raw.inbox_retention_days,
         blocking_threads: raw.blocking_threads,
+        store_page_cache_kib: raw.store_page_cache_kib,
         restart: raw.restart.clone(),
         admin,
         probes,

@@ -217,7 +217,7 @@ async fn build_client(
     store_dir: &std::path::Path,
 ) -> Result<Client, MatrixFailure> {
     let mut store_config = SqliteStoreConfig::with_low_memory_config(store_dir)
-        .cache_size(crate::sqlite_tuning::PAGE_CACHE_BYTES);
+        .cache_size(crate::sqlite_tuning::page_cache_bytes());
     store_config = match &spec.store_passphrase {
         Some(passphrase) => store_config.passphrase(Some(passphrase.expose())),
         None => {

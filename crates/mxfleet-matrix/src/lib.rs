@@ -28,3 +28,4 @@ pub use outbound::{
     Placement, edit_content, ensure_can_send, location_content, message_content, reaction_content,
     redact, send_content, send_content_once, transaction_id,
 };
+pub use sqlite_tuning::set_page_cache_kib;

@@ -7,25 +7,40 @@
 //! accounts: docs/benchmarks.md, run 7). Both are turned off here: pages and small objects come
 //! from the process's allocator as they are needed.
 //!
-//! Every connection's page cache is also capped at [`PAGE_CACHE_KIB`]. matrix-sdk applies its
-//! configured cache size to one connection of each store; the others (the writer among them)
-//! kept SQLite's default of 2 MiB each, and a heap profile of 100 accounts found their pages
-//! the largest single part of the heap (docs/benchmarks.md, run 13). An extension SQLite runs
-//! for every connection it opens sets the cap on all of them.
+//! Every connection's page cache is also capped ([`set_page_cache_kib`], 16 KiB unless the
+//! configuration says otherwise). matrix-sdk applies its configured cache size to one
+//! connection of each store; the others (the writer among them) kept SQLite's default of 2 MiB
+//! each, and a heap profile of 100 accounts found their pages the largest single part of the
+//! heap (docs/benchmarks.md, run 13). An extension SQLite runs for every connection it opens
+//! sets the cap on all of them.
 
 use std::ffi::{c_char, c_int};
 use std::sync::Once;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use rusqlite::ffi;
 use tracing::warn;
 
-/// The page cache of every SQLite connection of the process, in KiB. A bot's stores are small
-/// and, in WAL mode, a reader's cache is emptied whenever the writer commits, so a large cache
-/// holds little that is read again; pages beyond it come from the operating system's cache.
-pub(crate) const PAGE_CACHE_KIB: u32 = 16;
+/// The page cache of every SQLite connection the process opens from now on, in KiB.
+static PAGE_CACHE_KIB: AtomicU32 = AtomicU32::new(16);
 
-/// The same cap in bytes, as matrix-sdk's store configuration takes it.
-pub(crate) const PAGE_CACHE_BYTES: u32 = PAGE_CACHE_KIB * 1024;
+/// Sets the page cache of every SQLite connection the process opens from now on, in KiB
+/// (`store_page_cache_kib`). A bot's stores are small and, in WAL mode, a reader's cache is
+/// emptied whenever the writer commits, so a large cache holds little that is read again;
+/// pages beyond it come from the operating system's cache. A larger one makes a restart of
+/// many accounts faster, at the cost of memory (docs/benchmarks.md, run 13).
+pub fn set_page_cache_kib(kib: u32) {
+    PAGE_CACHE_KIB.store(kib, Ordering::Relaxed);
+}
+
+/// The cap in bytes, as matrix-sdk's store configuration takes it.
+pub(crate) fn page_cache_bytes() -> u32 {
+    page_cache_kib().saturating_mul(1024)
+}
+
+fn page_cache_kib() -> u32 {
+    PAGE_CACHE_KIB.load(Ordering::Relaxed)
+}
 
 /// Applies the settings, once, before any SQLite connection of the process exists.
 pub(crate) fn tune_once() {
@@ -77,7 +92,7 @@ unsafe extern "C" fn cap_page_cache(
     // `init_auto_extension` borrows the connection without closing it and catches panics.
     unsafe {
         rusqlite::auto_extension::init_auto_extension(db, error_message, |connection| {
-            connection.execute_batch(&format!("PRAGMA cache_size = -{PAGE_CACHE_KIB};"))
+            connection.execute_batch(&format!("PRAGMA cache_size = -{};", page_cache_kib()))
         })
     }
 }
@@ -86,15 +101,21 @@ unsafe extern "C" fn cap_page_cache(
 mod tests {
     use super::*;
 
+    fn cache_of_a_new_connection() -> i64 {
+        let connection = rusqlite::Connection::open_in_memory().expect("opened");
+        connection
+            .query_row("PRAGMA cache_size", [], |row| row.get(0))
+            .expect("read")
+    }
+
     #[test]
     fn every_connection_opened_after_tuning_has_the_capped_page_cache() {
         tune_once();
-        for _ in 0..2 {
-            let connection = rusqlite::Connection::open_in_memory().expect("opened");
-            let cache: i64 = connection
-                .query_row("PRAGMA cache_size", [], |row| row.get(0))
-                .expect("read");
-            assert_eq!(cache, -i64::from(PAGE_CACHE_KIB));
-        }
+        assert_eq!(cache_of_a_new_connection(), -16, "the default");
+        assert_eq!(cache_of_a_new_connection(), -16, "every connection");
+        set_page_cache_kib(256);
+        assert_eq!(cache_of_a_new_connection(), -256, "as configured");
+        assert_eq!(page_cache_bytes(), 256 * 1024);
+        set_page_cache_kib(16);
     }
 }

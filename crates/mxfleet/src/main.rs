@@ -264,6 +264,7 @@ fn main() -> ExitCode {
 }
 
 fn run(loaded: Loaded, sources: Sources) -> ExitCode {
+    mxfleet_matrix::set_page_cache_kib(loaded.config.store_page_cache_kib);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(loaded.config.blocking_threads)

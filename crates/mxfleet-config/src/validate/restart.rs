@@ -1,5 +1,5 @@
-//! The restart schedule, the shutdown deadline, the log buffer, the inbox retention and the
-//! blocking threads.
+//! The restart schedule, the shutdown deadline, the log buffer, the inbox retention, the
+//! blocking threads and the stores' page cache.
 
 use super::Checker;
 use crate::Config;
@@ -30,6 +30,7 @@ pub(super) fn check(check: &mut Checker<'_>, raw: &Config) {
     check.range("log.buffer_lines", raw.log.buffer_lines, 64, 1_000_000);
     check.range("inbox_retention_days", raw.inbox_retention_days, 1, 3650);
     check.range("blocking_threads", raw.blocking_threads, 4, 1024);
+    check.range("store_page_cache_kib", raw.store_page_cache_kib, 8, 65_536);
     check.require(
         raw.shutdown_drain_secs < raw.shutdown_timeout_secs,
         "shutdown_drain_secs",
