@@ -81,7 +81,10 @@ pub(crate) fn tune_once() {
     });
 }
 
-/// Run by SQLite for every connection it opens: caps the connection's page cache.
+/// Run by SQLite for every connection it opens: caps the connection's page cache. It never
+/// fails the open: the PRAGMA reads the schema, and a connection that cannot do that yet (the
+/// database busy, no busy timeout set this early, or not a database) keeps SQLite's default
+/// cache instead.
 #[allow(unsafe_code)]
 unsafe extern "C" fn cap_page_cache(
     db: *mut ffi::sqlite3,
@@ -92,7 +95,15 @@ unsafe extern "C" fn cap_page_cache(
     // `init_auto_extension` borrows the connection without closing it and catches panics.
     unsafe {
         rusqlite::auto_extension::init_auto_extension(db, error_message, |connection| {
-            connection.execute_batch(&format!("PRAGMA cache_size = -{};", page_cache_kib()))
+            let kib = page_cache_kib();
+            if let Err(error) = connection.execute_batch(&format!("PRAGMA cache_size = -{kib};")) {
+                warn!(%error, "could not cap a SQLite connection's page cache; it uses more memory");
+                // SQLite fails the open with the connection's last error: clear it with a
+                // statement that reads nothing. A database that cannot be read then fails at its
+                // first real statement, as it would without the extension.
+                let _cleared = connection.query_row("SELECT 1", [], |_| Ok(()));
+            }
+            Ok(())
         })
     }
 }
@@ -117,5 +128,16 @@ mod tests {
         assert_eq!(cache_of_a_new_connection(), -256, "as configured");
         assert_eq!(page_cache_bytes(), 256 * 1024);
         set_page_cache_kib(16);
+    }
+
+    #[test]
+    fn a_connection_whose_schema_cannot_be_read_still_opens() {
+        tune_once();
+        let path = std::env::temp_dir().join(format!("mxfleet-not-sqlite-{}", std::process::id()));
+        std::fs::write(&path, vec![7u8; 8192]).expect("written");
+        // Not a database: the extension's PRAGMA fails, the open itself must not.
+        let opened = rusqlite::Connection::open(&path);
+        let _ = std::fs::remove_file(&path);
+        assert!(opened.is_ok(), "{opened:?}");
     }
 }
