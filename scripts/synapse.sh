@@ -162,7 +162,8 @@ stop)
     pid="$(cat "$dir/homeserver.pid")"
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-    kill -9 "$pid" 2>/dev/null || true
+    # Only a Synapse that outlived the wait: an exited one's pid may belong to another process.
+    if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
   fi
   db_stop
   ;;

@@ -193,6 +193,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Every command that opens an account's stores (the fleet, `recovery-key`, `doctor`, …)
+    // opens them with the configured page cache.
+    mxfleet_matrix::set_page_cache_kib(loaded.config.store_page_cache_kib);
     match cli.command {
         Command::Check => {
             match &loaded.config.config_file {
@@ -264,7 +267,6 @@ fn main() -> ExitCode {
 }
 
 fn run(loaded: Loaded, sources: Sources) -> ExitCode {
-    mxfleet_matrix::set_page_cache_kib(loaded.config.store_page_cache_kib);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(loaded.config.blocking_threads)
