@@ -31,7 +31,7 @@ use mxfleet_store::{DirLock, Store, StoreError, StoredSession, now_ms};
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use crate::{FailureClass, MatrixFailure, login_pace};
+use crate::{FailureClass, MatrixFailure, login_pace, opening};
 
 /// Per-request timeout; a sync adds its long-poll timeout on top.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -96,6 +96,10 @@ pub async fn connect(
             ),
         ));
     }
+    // Opening the stores and, for a restored session, loading the device's keys: a place among
+    // the few accounts doing that at once. A login gives its place back before it waits for
+    // the homeserver.
+    let opening = opening::place().await;
     let client = build_client(spec, store, &store_dir).await?;
     // The lock lives as long as the client's last clone.
     client.add_event_handler_context(AccountLock(Arc::new(lock)));
@@ -107,6 +111,7 @@ pub async fn connect(
     };
     match (&spec.auth, stored) {
         (AccountAuth::Password(password), Some(session)) if !crypto_store_existed => {
+            drop(opening);
             let device_id = new_device_id(&spec.device_id);
             warn!(
                 old_device = %session.device_id,
@@ -123,20 +128,25 @@ pub async fn connect(
             login_with_password(spec, store, client, password.expose(), login).await
         }
         (AccountAuth::Password(_), Some(session)) if !session.needs_relogin => {
-            restore(client, session).await
+            let restored = restore(client, session).await;
+            drop(opening);
+            restored
         }
         (AccountAuth::Password(password), Some(session)) => {
+            drop(opening);
             // After a soft logout, log into the device we already have keys for.
             let login = login(session.device_id, false);
             login_with_password(spec, store, client, password.expose(), login).await
         }
         (AccountAuth::Password(password), None) if relogin => {
+            drop(opening);
             let device_id = new_device_id(&spec.device_id);
             info!(new_device = %device_id, "re-login requested: logging in as a new device");
             let login = login(device_id, false);
             login_with_password(spec, store, client, password.expose(), login).await
         }
         (AccountAuth::Password(password), None) => {
+            drop(opening);
             // No session: whatever crypto store there is holds no keys of ours for the device
             // (at most an empty one from an attempt that failed), so the device must be free.
             let login = login(spec.device_id.clone(), true);
@@ -145,9 +155,12 @@ pub async fn connect(
         (AccountAuth::AccessToken(token), Some(session))
             if session.access_token == token.expose() =>
         {
-            restore(client, session).await
+            let restored = restore(client, session).await;
+            drop(opening);
+            restored
         }
         (AccountAuth::AccessToken(token), _) => {
+            drop(opening);
             adopt_access_token(spec, store, client, token.expose()).await
         }
     }

@@ -15,6 +15,7 @@ pub mod format;
 pub mod inbound;
 pub mod login_pace;
 pub mod media;
+pub mod opening;
 pub mod outbound;
 pub mod polls;
 pub mod probe;
