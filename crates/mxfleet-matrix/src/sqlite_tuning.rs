@@ -27,8 +27,9 @@ static PAGE_CACHE_KIB: AtomicU32 = AtomicU32::new(16);
 /// Sets the page cache of every SQLite connection the process opens from now on, in KiB
 /// (`store_page_cache_kib`). A bot's stores are small and, in WAL mode, a reader's cache is
 /// emptied whenever the writer commits, so a large cache holds little that is read again;
-/// pages beyond it come from the operating system's cache. A larger one makes a restart of
-/// many accounts faster, at the cost of memory (docs/benchmarks.md, run 13).
+/// pages beyond it come from the operating system's cache. A larger one made a restart of
+/// many accounts faster, at the cost of memory (docs/benchmarks.md, run 13), until a start
+/// opened a bounded number of accounts at once (run 14).
 pub fn set_page_cache_kib(kib: u32) {
     PAGE_CACHE_KIB.store(kib, Ordering::Relaxed);
 }
