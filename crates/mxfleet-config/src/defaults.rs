@@ -105,7 +105,8 @@ pub(crate) fn blocking_threads() -> usize {
     16
 }
 /// Small: an account's stores then cost about 0.6 MiB at a thousand accounts instead of about
-/// 0.9; a restart of a thousand takes about 6 s longer (docs/benchmarks.md, run 13).
+/// 0.9 (docs/benchmarks.md, run 13); a restart of a thousand still takes 13 s, since a start
+/// opens a bounded number of accounts at once (run 14).
 pub(crate) fn store_page_cache_kib() -> u32 {
     16
 }

@@ -17,7 +17,9 @@ pub const CONCURRENT_OPENS: usize = 32;
 static OPENING: Semaphore = Semaphore::const_new(CONCURRENT_OPENS);
 
 /// A place among the accounts opening their stores, held until dropped.
-pub(crate) struct Place(#[allow(dead_code)] Option<SemaphorePermit<'static>>);
+pub(crate) struct Place {
+    _permit: Option<SemaphorePermit<'static>>,
+}
 
 /// Waits for a place among the accounts opening their stores.
 pub(crate) async fn place() -> Place {
@@ -27,7 +29,9 @@ pub(crate) async fn place() -> Place {
 /// Waits for a place in `gate`. The gate is never closed; were it closed, the caller would go
 /// ahead without a place rather than never start.
 async fn place_in(gate: &'static Semaphore) -> Place {
-    Place(gate.acquire().await.ok())
+    Place {
+        _permit: gate.acquire().await.ok(),
+    }
 }
 
 #[cfg(test)]
