@@ -499,6 +499,9 @@ async fn round_trips(
 async fn a_flood_reaches_the_backend_only_within_the_limits_and_slows_no_one_else() -> Result<()> {
     // Per sender, two senders: the issue's 2,000 messages (see docs/security.md).
     const FLOOD: usize = 1000;
+    // Round trips measured idle and during the flood; compared at their 90th percentile, so
+    // that one hiccup of a test running beside this one on the same two cores does not decide.
+    const ROUNDS: usize = 20;
     let llm = mxfleet_testkit::FakeOpenAi::start_with(4, Duration::from_millis(40), None).await?;
     let slow = format!(
         "kind = \"openai\"\nbase_url = {:?}\nmodel = \"m\"\nmax_concurrent = 2",
@@ -512,7 +515,13 @@ async fn a_flood_reaches_the_backend_only_within_the_limits_and_slows_no_one_els
                 "per_sender_per_minute = 8\nper_room_per_minute = 12",
             )
         })
-        .bot_named("calm", |b| b.open_dms())
+        // The calm account's own limits leave room for the 2 × ROUNDS measured round trips.
+        .bot_named("calm", |b| {
+            b.open_dms().table(
+                "limits",
+                "per_sender_per_minute = 100\nper_room_per_minute = 100",
+            )
+        })
         .humans(4)
         .start()
         .await?;
@@ -529,7 +538,7 @@ async fn a_flood_reaches_the_backend_only_within_the_limits_and_slows_no_one_els
     d.client.join_room_by_id(&pair).await?;
     c.wait_joined(&pair, d.user_id.as_str(), TIMEOUT).await?;
     let rooms = (calm_dm.as_ref(), pair.as_ref());
-    let (idle, pair_idle) = round_trips((c, d), rooms, &calm, 10, "idle").await?;
+    let (idle, pair_idle) = round_trips((c, d), rooms, &calm, ROUNDS, "idle").await?;
     let rss_before = rss_kib(pid).unwrap_or_default();
 
     // The spammers only write: their syncs would load the homeserver on the same two cores.
@@ -538,7 +547,7 @@ async fn a_flood_reaches_the_backend_only_within_the_limits_and_slows_no_one_els
     let started = std::time::Instant::now();
     let flooding =
         futures_util::future::try_join(flood(a, &room, "a", FLOOD), flood(b, &room, "b", FLOOD));
-    let measuring = round_trips((c, d), rooms, &calm, 10, "busy");
+    let measuring = round_trips((c, d), rooms, &calm, ROUNDS, "busy");
     let (flooded, during) = tokio::join!(flooding, measuring);
     flooded?;
     let (during, pair_during) = during?;
@@ -550,21 +559,30 @@ async fn a_flood_reaches_the_backend_only_within_the_limits_and_slows_no_one_els
     }
     let minutes = started.elapsed().as_secs() / 60 + 1;
     let asked = llm.requests().len();
-    let p99 = |l: &[Duration]| l.last().copied().unwrap_or_default();
+    // Nearest rank: the 18th of 20 sorted round trips.
+    let p90 = |l: &[Duration]| {
+        l.get((l.len() * 9).div_ceil(10).saturating_sub(1))
+            .copied()
+            .unwrap_or_default()
+    };
     let ratio = |during: &[Duration], idle: &[Duration]| {
-        p99(during).as_secs_f64() / p99(idle).as_secs_f64().max(0.001)
+        p90(during).as_secs_f64() / p90(idle).as_secs_f64().max(0.001)
     };
     let (slowdown, homeserver) = (ratio(&during, &idle), ratio(&pair_during, &pair_idle));
     eprintln!(
-        "flood of {} messages: backend asked {asked} times, peak {} at once; calm DM p99 idle \
-         {:?}, during {:?} ({slowdown:.2}x); two humans' p99 idle {:?}, during {:?} \
-         ({homeserver:.2}x); RSS {} MiB before, {} MiB peak",
+        "flood of {} messages: backend asked {asked} times, peak {} at once; calm DM p90 idle \
+         {:?}, during {:?} ({slowdown:.2}x; max {:?} → {:?}); two humans' p90 idle {:?}, \
+         during {:?} ({homeserver:.2}x; max {:?} → {:?}); RSS {} MiB before, {} MiB peak",
         2 * FLOOD,
         llm.peak_streams(),
-        p99(&idle),
-        p99(&during),
-        p99(&pair_idle),
-        p99(&pair_during),
+        p90(&idle),
+        p90(&during),
+        idle.last(),
+        during.last(),
+        p90(&pair_idle),
+        p90(&pair_during),
+        pair_idle.last(),
+        pair_during.last(),
         rss_before / 1024,
         rss_peak / 1024
     );
@@ -577,14 +595,14 @@ async fn a_flood_reaches_the_backend_only_within_the_limits_and_slows_no_one_els
         "{} answers at once",
         llm.peak_streams()
     );
-    // Within 2× its idle p99 — unless the homeserver, on the same two cores, itself slowed
+    // Within 2× its idle p90 — unless the homeserver, on the same two cores, itself slowed
     // more than 1.6× (the two humans' round trips): then no more than 25% beyond that.
     ensure!(
         slowdown <= 2.0_f64.max(1.25 * homeserver),
-        "calm DM p99 {:?} during the flood ({slowdown:.2}x its idle {:?}); the homeserver \
+        "calm DM p90 {:?} during the flood ({slowdown:.2}x its idle {:?}); the homeserver \
          alone slowed {homeserver:.2}x",
-        p99(&during),
-        p99(&idle)
+        p90(&during),
+        p90(&idle)
     );
     ensure!(
         rss_peak < 400 * 1024,
