@@ -10,7 +10,7 @@ impl Store {
             .await
     }
 
-    /// Saves the draft of the answer to `event_id`.
+    /// Saves the draft of the answer to `event_id`, on disk when this returns.
     pub async fn save_draft(
         &self,
         account: &str,
@@ -18,14 +18,22 @@ impl Store {
         draft: &Draft,
     ) -> Result<(), StoreError> {
         let (account, event_id, bytes) = (account.to_owned(), event_id.to_owned(), to_json(draft));
-        self.blocking(move |s| {
-            s.write(|tx| {
-                tx.open_table(DRAFTS)?
-                    .insert((account.as_str(), event_id.as_str()), bytes.as_slice())?;
-                Ok(())
-            })
-        })
-        .await
+        self.blocking(move |s| s.write(|tx| put_draft(tx, &account, &event_id, &bytes)))
+            .await
+    }
+
+    /// Saves the draft of the answer to `event_id` without waiting for the disk: this process
+    /// reads it back at once, and it reaches the disk with the store's next durable commit (a
+    /// crash before that loses it). For what only this process's later attempts need.
+    pub async fn stage_draft(
+        &self,
+        account: &str,
+        event_id: &str,
+        draft: &Draft,
+    ) -> Result<(), StoreError> {
+        let (account, event_id, bytes) = (account.to_owned(), event_id.to_owned(), to_json(draft));
+        self.blocking(move |s| s.write_unsynced(|tx| put_draft(tx, &account, &event_id, &bytes)))
+            .await
     }
 
     /// The memory of conversation `key` (a room id, or `room_id|thread_root`).
@@ -109,4 +117,15 @@ impl Store {
         })
         .await
     }
+}
+
+/// Puts a serialised draft under (`account`, `event_id`).
+fn put_draft(
+    tx: &redb::WriteTransaction,
+    account: &str,
+    event_id: &str,
+    bytes: &[u8],
+) -> Result<(), redb::Error> {
+    tx.open_table(DRAFTS)?.insert((account, event_id), bytes)?;
+    Ok(())
 }

@@ -242,6 +242,21 @@ impl Store {
         Ok(out)
     }
 
+    /// As [`Store::write`], without waiting for the disk: later transactions of this process
+    /// see the change at once, and it reaches the disk with the next durable commit (of any
+    /// account); a crash before that loses it.
+    fn write_unsynced<R>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<R, redb::Error>,
+    ) -> Result<R, StoreError> {
+        let mut tx = self.db()?.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(redb::Durability::None)
+            .map_err(|e| self.err(e))?;
+        let out = f(&tx).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(out)
+    }
+
     async fn blocking<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,

@@ -93,8 +93,9 @@ pub struct InboxEntry<T> {
     pub message: T,
 }
 
-/// The outbox record of an answer being sent: saved before each first send attempt (with the
-/// transaction id) and after each send or edit, removed when the answer is finished.
+/// The outbox record of an answer being sent: kept before each first send attempt (with the
+/// transaction id; not synced to disk), saved before each edit attempt and after each send or
+/// edit, removed when the answer is finished.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Draft {
     /// The room the answer goes to.

@@ -208,6 +208,29 @@ async fn a_relogin_drops_the_session_until_a_new_one_is_saved() -> Result<(), St
 }
 
 #[tokio::test]
+async fn a_staged_draft_is_read_back_at_once_and_kept_through_a_clean_close()
+-> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
+    let path = dir.path().join("db.redb");
+    let draft = Draft {
+        room_id: "!r".into(),
+        parts: vec![DraftPart {
+            txn_id: "t0".into(),
+            attempted: "the first words".into(),
+            ..DraftPart::default()
+        }],
+    };
+    {
+        let store = Store::open(&path)?;
+        store.stage_draft("a", "$1", &draft).await?;
+        assert_eq!(store.draft("a", "$1").await?, Some(draft.clone()));
+    }
+    let reopened = Store::open(&path)?;
+    assert_eq!(reopened.draft("a", "$1").await?, Some(draft));
+    Ok(())
+}
+
+#[tokio::test]
 async fn drafts_end_with_their_inbox_entry_and_memory_is_capped() -> Result<(), StoreError> {
     let dir = tempfile::tempdir().map_err(|e| StoreError::Task(e.to_string()))?;
     let store = Store::open(&dir.path().join("db.redb"))?;

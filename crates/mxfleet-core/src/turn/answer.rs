@@ -20,7 +20,7 @@ use super::{
     context::TurnContext,
     cues::Cues,
     history, media,
-    outbox::{Overhead, RoomSink},
+    outbox::{Overhead, RoomSink, starting_draft},
     plan::{self, Approval, Known, Step},
     record::{self, Remember},
     room::RoomPort,
@@ -65,7 +65,7 @@ pub(crate) async fn handle<R: RoomPort>(
             Step::Transcribe(_) | Step::Command(_) | Step::Answer { .. }
         );
         if let (true, Ticket::TellLimited(which)) = (costly, ticket) {
-            return tell_limited(ctx, room, &message, facts, which).await;
+            return tell_limited(ctx, room, &message, &known, which).await;
         }
         match step {
             Step::Resume => match &known.draft {
@@ -77,21 +77,21 @@ pub(crate) async fn handle<R: RoomPort>(
                 warn!(reason, "message left pending");
                 return Ok(());
             }
-            Step::Challenge => return challenge(ctx, room, &message).await,
+            Step::Challenge => return challenge(ctx, room, &message, &known).await,
             Step::Transcribe(voice) => match media::transcribe_voice(ctx, &voice).await {
                 // Planned again with its words: a command, or a question for the backend.
                 Ok(words) => (message.body, message.attachment) = (words, None),
-                Err(reply) => return reply_directly(ctx, room, &message, facts, reply).await,
+                Err(reply) => return reply_directly(ctx, room, &message, &known, reply).await,
             },
             Step::Command(command) => {
                 let route = ctx.routing.pick(&message.sender, facts);
                 let key = message.conversation_key();
                 let reply = commands::run(ctx, &command, &key, &message, route).await;
-                return reply_directly(ctx, room, &message, facts, reply).await;
+                return reply_directly(ctx, room, &message, &known, reply).await;
             }
             Step::Answer { words } => {
                 message.body = words.unwrap_or(message.body);
-                return answer(ctx, room, &message, facts, received).await;
+                return answer(ctx, room, &message, &known, received).await;
             }
         }
     }
@@ -103,14 +103,14 @@ async fn tell_limited<R: RoomPort>(
     ctx: &TurnContext,
     room: &R,
     message: &InboundMessage,
-    facts: &RoomFacts,
+    known: &Gathered,
     which: &str,
 ) -> Result<(), AccountError> {
     ctx.board.update(&ctx.account, |s| s.rate_limited += 1);
     measure::count(measure::SKIPPED, &ctx.account, "rate_limited", 1);
     info!(limit = which, "over the rate limit: the room is told");
     let text = texts::rate_limited(&ctx.spec.conversation.limits);
-    reply_directly(ctx, room, message, facts, text).await
+    reply_directly(ctx, room, message, known, text).await
 }
 
 /// What is read about a message before its step is planned.
@@ -159,9 +159,10 @@ async fn answer<R: RoomPort>(
     ctx: &TurnContext,
     room: &R,
     message: &InboundMessage,
-    facts: &RoomFacts,
+    known: &Gathered,
     received: Instant,
 ) -> Result<(), AccountError> {
+    let facts = &known.facts;
     let conv = &ctx.spec.conversation;
     let key = message.conversation_key();
     let placement = plan::placement(message, conv.reply_to_message, facts.is_dm);
@@ -211,7 +212,15 @@ async fn answer<R: RoomPort>(
         first_text: first_text.clone(),
     });
     let stream = actions::split_actions(asked, found.clone());
-    let mut sink = room_sink(ctx, room, message, &placement, Some(cues.visible()));
+    let earlier = known.draft.as_ref();
+    let mut sink = room_sink(
+        ctx,
+        room,
+        message,
+        &placement,
+        earlier,
+        Some(cues.visible()),
+    );
     sink.received = Some(received);
     sink.overhead = Some(Overhead {
         before_backend: started.saturating_duration_since(received),
@@ -253,13 +262,14 @@ async fn reply_directly<R: RoomPort>(
     ctx: &TurnContext,
     room: &R,
     message: &InboundMessage,
-    facts: &RoomFacts,
+    known: &Gathered,
     text: String,
 ) -> Result<(), AccountError> {
     let conv = &ctx.spec.conversation;
-    let placement = plan::placement(message, conv.reply_to_message, facts.is_dm);
+    let placement = plan::placement(message, conv.reply_to_message, known.facts.is_dm);
     let key = message.conversation_key();
-    send_at_once(ctx, room, message, &placement, &key, text).await
+    let earlier = known.draft.as_ref();
+    send_at_once(ctx, room, message, &placement, earlier, &key, text).await
 }
 
 /// Sends `text` as one message answering `message` and records it (not remembered).
@@ -268,11 +278,12 @@ async fn send_at_once<R: RoomPort>(
     room: &R,
     message: &InboundMessage,
     placement: &Placement,
+    earlier: Option<&Draft>,
     key: &str,
     text: String,
 ) -> Result<(), AccountError> {
     let settings = StreamSettings::of(&ctx.spec.conversation).at_once();
-    let sink = room_sink(ctx, room, message, placement, None);
+    let sink = room_sink(ctx, room, message, placement, earlier, None);
     let delivery = Delivery::new(
         once(text),
         settings,
@@ -290,6 +301,7 @@ async fn challenge<R: RoomPort>(
     ctx: &TurnContext,
     room: &R,
     message: &InboundMessage,
+    known: &Gathered,
 ) -> Result<(), AccountError> {
     let outcome = ask_otp_gate(ctx, message).await?;
     if matches!(outcome, OtpOutcome::Challenged { .. }) {
@@ -299,7 +311,8 @@ async fn challenge<R: RoomPort>(
         let reason = "OTP gate: no reply (locked out or throttled)";
         return record::skip(ctx, message, reason).await;
     };
-    send_at_once(ctx, room, message, &Placement::Plain, "", text).await
+    let earlier = known.draft.as_ref();
+    send_at_once(ctx, room, message, &Placement::Plain, earlier, "", text).await
 }
 
 async fn ask_otp_gate(
@@ -336,12 +349,14 @@ async fn deliver(
     Ok(children::answer("stream editor", deadline, called)??)
 }
 
-/// Where the answer to `message` goes: `room`, through the outbox.
+/// Where the answer to `message` goes: `room`, through the outbox, knowing what an `earlier`
+/// attempt tried to send.
 fn room_sink<R: RoomPort>(
     ctx: &TurnContext,
     room: &R,
     message: &InboundMessage,
     placement: &Placement,
+    earlier: Option<&Draft>,
     visible: Option<Arc<AtomicBool>>,
 ) -> RoomSink<R> {
     RoomSink {
@@ -350,10 +365,7 @@ fn room_sink<R: RoomPort>(
         store: ctx.store.clone(),
         answering: message.event_id.clone(),
         placement: placement.clone(),
-        draft: Draft {
-            room_id: message.room_id.to_string(),
-            parts: Vec::new(),
-        },
+        draft: starting_draft(message.room_id.as_str(), earlier),
         visible,
         received: None,
         overhead: None,

@@ -1,8 +1,12 @@
 //! The outbox: where a delivery's sends go, a room, with the draft kept in redb.
 //!
-//! The draft (with the transaction id of each message) is saved before the first attempt of a
-//! send and after each send or edit, so a restart finds an answer left mid-stream and finishes
-//! it with an "interrupted" edit ([`finish_interrupted`]) instead of starting a second one.
+//! The draft (with the transaction id of each message) is saved after each send or edit and
+//! before each edit attempt, so a restart finds an answer left mid-stream and finishes it with
+//! an "interrupted" edit ([`finish_interrupted`]) instead of starting a second one. Before the
+//! first attempt of a send it is kept without waiting for the disk: a later attempt at the
+//! answer in this process starts from it ([`starting_draft`]) and corrects a send that landed
+//! unconfirmed; a send's transaction id derives from the message answered, so after a crash
+//! the homeserver still returns, not repeats, an earlier attempt's message.
 
 use std::{
     sync::{
@@ -83,7 +87,10 @@ impl<R: RoomPort> AnswerSink for RoomSink<R> {
             }
             text.clone_into(&mut stored.attempted);
         }
-        self.save().await;
+        // Kept for this process's later attempts at the answer (`starting_draft`), not synced
+        // to disk before the send: the send's own fsync would be the one on the way to the
+        // room. The confirmation below is synced.
+        self.stage().await;
         // Only the first message is a rich reply; the later ones stay in the thread, if any.
         let placement = match (&self.placement, part) {
             (Placement::ReplyTo(_), 1..) => Placement::Plain,
@@ -184,6 +191,7 @@ impl<R> RoomSink<R> {
         seq
     }
 
+    /// Saves the draft, on disk when this returns.
     async fn save(&self) {
         if let Err(e) = self
             .store
@@ -191,6 +199,17 @@ impl<R> RoomSink<R> {
             .await
         {
             warn!(error = %e, "could not save the answer's draft");
+        }
+    }
+
+    /// Saves the draft for this process's later reads, without waiting for the disk.
+    async fn stage(&self) {
+        if let Err(e) = self
+            .store
+            .stage_draft(&self.account, self.answering.as_str(), &self.draft)
+            .await
+        {
+            warn!(error = %e, "could not keep the answer's draft");
         }
     }
 
@@ -203,6 +222,22 @@ impl<R> RoomSink<R> {
             .ok_or_else(|| {
                 MatrixFailure::new(FailureClass::Fatal, "editing a message that was never sent")
             })
+    }
+}
+
+/// The draft a new attempt at an answer in `room_id` starts from: the sends an earlier attempt
+/// tried (`earlier`, stored) when none of them was confirmed — one may have landed without its
+/// answer coming back, and the new attempt's send with the same transaction id then returns
+/// that event, which the new attempt must correct to its own text; else an empty one. (An
+/// earlier attempt with a confirmed message is resumed instead, not answered again.)
+pub(crate) fn starting_draft(room_id: &str, earlier: Option<&Draft>) -> Draft {
+    let parts = earlier
+        .filter(|d| d.parts.iter().all(|p| p.event_id.is_none()))
+        .map(|d| d.parts.clone())
+        .unwrap_or_default();
+    Draft {
+        room_id: room_id.to_owned(),
+        parts,
     }
 }
 
@@ -336,6 +371,40 @@ mod tests {
         assert!(
             body.starts_with("one two three, the whole answer"),
             "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_attempt_corrects_a_first_send_of_an_earlier_one_that_landed_unconfirmed() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::open(&dir.path().join("db.redb")).expect("a store");
+        let room = FakeRoom::new(&testing::room("!r:hs"), true);
+        // The first attempt's first send lands, its answer is lost, and the attempt fails.
+        let mut first = sink(&room, store.clone());
+        let lossy = room.clone().losing_answers();
+        assert!(
+            first
+                .send_new(0, "the first attempt's opening")
+                .await
+                .is_err()
+        );
+        lossy.accepting_sends();
+
+        // The next attempt (in this process or after a restart) starts from what was stored
+        // and has other text; its first send has the same transaction id, so the homeserver
+        // returns the first attempt's event, which shows the older text.
+        let stored = store.draft("bot", "$q").await.expect("read");
+        let mut second = sink(&room, store);
+        second.draft = starting_draft("!r:hs", stored.as_ref());
+        second
+            .send_new(0, "a short second answer")
+            .await
+            .expect("sent");
+        let sent = room.sent();
+        let last = sent.last().expect("sent something");
+        assert_eq!(
+            last["content"]["m.new_content"]["body"], "a short second answer",
+            "{sent:?}"
         );
     }
 

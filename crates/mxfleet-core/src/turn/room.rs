@@ -267,7 +267,10 @@ pub(crate) mod fake {
         history: Vec<InboundMessage>,
         votes: HashMap<OwnedEventId, PollVote>,
         refuse_sends: bool,
+        lose_answers: bool,
         sent: u64,
+        /// The event each transaction id made: a send with a known one makes no new event.
+        txns: HashMap<String, OwnedEventId>,
     }
 
     /// A room in memory.
@@ -320,9 +323,16 @@ pub(crate) mod fake {
             self
         }
 
-        /// Lets sends through again.
+        /// Makes every send land while its answer is lost (the caller sees a failure).
+        pub(crate) fn losing_answers(self) -> Self {
+            self.inner().lose_answers = true;
+            self
+        }
+
+        /// Lets sends through again, and their answers back.
         pub(crate) fn accepting_sends(&self) {
-            self.inner().refuse_sends = false;
+            let mut inner = self.inner();
+            (inner.refuse_sends, inner.lose_answers) = (false, false);
         }
 
         /// What the pipeline did, in order.
@@ -408,9 +418,21 @@ pub(crate) mod fake {
             let json =
                 serde_json::json!({"type": content.event_type().to_string(), "content": json});
             inner.did.push(Did::Sent(txn.to_string(), json));
-            inner.sent += 1;
-            EventId::parse(format!("$sent{}", inner.sent))
-                .map_err(|e| MatrixFailure::new(FailureClass::Fatal, e.to_string()))
+            // As a homeserver does: a transaction id it has seen returns that event again.
+            let event = match inner.txns.get(txn.as_str()) {
+                Some(event) => event.clone(),
+                None => {
+                    inner.sent += 1;
+                    let event = EventId::parse(format!("$sent{}", inner.sent))
+                        .map_err(|e| MatrixFailure::new(FailureClass::Fatal, e.to_string()))?;
+                    inner.txns.insert(txn.to_string(), event.clone());
+                    event
+                }
+            };
+            match inner.lose_answers {
+                true => Err(MatrixFailure::new(FailureClass::Transient, what)),
+                false => Ok(event),
+            }
         }
 
         async fn redact(
