@@ -93,7 +93,7 @@ pub struct InboxEntry<T> {
     pub message: T,
 }
 
-/// The outbox record of an answer being sent: kept before each first send attempt (with the
+/// The outbox record of an answer being sent: kept beside each first send attempt (with the
 /// transaction id; not synced to disk), saved before each edit attempt and after each send or
 /// edit, removed when the answer is finished.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

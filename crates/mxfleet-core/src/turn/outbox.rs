@@ -2,7 +2,7 @@
 //!
 //! The draft (with the transaction id of each message) is saved after each send or edit and
 //! before each edit attempt, so a restart finds an answer left mid-stream and finishes it with
-//! an "interrupted" edit ([`finish_interrupted`]) instead of starting a second one. Before the
+//! an "interrupted" edit ([`finish_interrupted`]) instead of starting a second one. Beside the
 //! first attempt of a send it is kept without waiting for the disk: a later attempt at the
 //! answer in this process starts from it ([`starting_draft`]) and corrects a send that landed
 //! unconfirmed; a send's transaction id derives from the message answered, so after a crash
@@ -87,10 +87,6 @@ impl<R: RoomPort> AnswerSink for RoomSink<R> {
             }
             text.clone_into(&mut stored.attempted);
         }
-        // Kept for this process's later attempts at the answer (`starting_draft`), not synced
-        // to disk before the send: the send's own fsync would be the one on the way to the
-        // room. The confirmation below is synced.
-        self.stage().await;
         // Only the first message is a rich reply; the later ones stay in the thread, if any.
         let placement = match (&self.placement, part) {
             (Placement::ReplyTo(_), 1..) => Placement::Plain,
@@ -103,9 +99,14 @@ impl<R: RoomPort> AnswerSink for RoomSink<R> {
             let own = overhead.before_backend.saturating_add(first_text.elapsed());
             measure::observe(measure::OVERHEAD, &self.account, own);
         }
-        let event_id = self
-            .send(content.into(), txn_id, "sending the answer")
-            .await?;
+        // The draft is kept for this process's later attempts at the answer
+        // (`starting_draft`), which begin only after this one ends: beside the send, not
+        // before it, and not synced to disk (the confirmation below is).
+        let (_kept, sent) = tokio::join!(
+            self.stage(),
+            self.send(content.into(), txn_id, "sending the answer")
+        );
+        let event_id = sent?;
         if let Some(visible) = &self.visible {
             visible.store(true, Ordering::Relaxed);
         }
