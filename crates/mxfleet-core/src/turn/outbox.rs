@@ -391,9 +391,9 @@ mod tests {
         );
         lossy.accepting_sends();
 
-        // The next attempt (in this process or after a restart) starts from what was stored
-        // and has other text; its first send has the same transaction id, so the homeserver
-        // returns the first attempt's event, which shows the older text.
+        // The next attempt in this process starts from what was kept and has other text; its
+        // first send has the same transaction id, so the homeserver returns the first
+        // attempt's event, which shows the older text.
         let stored = store.draft("bot", "$q").await.expect("read");
         let mut second = sink(&room, store);
         second.draft = starting_draft("!r:hs", stored.as_ref());
