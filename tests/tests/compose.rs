@@ -32,13 +32,22 @@ impl Stack {
             .output()
     }
 
-    /// The log of `service`'s container.
+    /// The log of `service`'s container, after the state of every container of the stack (an
+    /// empty log says little without it: never created, not started, or exited).
     fn log(&self, service: &str) -> String {
-        Command::new("podman")
+        let label = format!("label=io.podman.compose.project={}", self.project);
+        let states = Command::new("podman")
+            .args(["ps", "-a", "--filter", &label])
+            .args(["--format", "{{.Names}} {{.Status}} {{.Image}}"])
+            .output()
+            .map(|out| output_text(&out))
+            .unwrap_or_default();
+        let log = Command::new("podman")
             .args(["logs", &format!("{}_{service}_1", self.project)])
             .output()
             .map(|out| output_text(&out))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        format!("containers:\n{states}\nlog of {service}:\n{log}")
     }
 }
 
@@ -70,7 +79,7 @@ async fn until_ok(url: &str, what: &str, stack: &Stack, service: &str) -> Result
         }
         if tokio::time::Instant::now() >= deadline {
             bail!(
-                "{what} never answered ({status:?}); its log:\n{}",
+                "{what} never answered ({status:?}); the stack:\n{}",
                 stack.log(service)
             );
         }
