@@ -494,8 +494,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_dm_is_answered_with_cues_and_remembered() {
-        let backend = Scripted::new("Hello **Ann**");
-        // Cues on receipt (by default an answer this fast would come alone).
+        // Cues on receipt (by default an answer this fast would come alone), and a backend
+        // slower than the cue tasks' first turn: an answer visible before its cues were due
+        // would rightly come without them (once seen under load, with the answer sent quickly).
+        let backend = Scripted::slow("Hello **Ann**", Duration::from_millis(50));
         let config = "dm_policy = \"open\"\ncue_delay_ms = 0";
         let (ctx, _dir) = context(config, backend.clone()).await;
         let me = UserId::parse("@bot:hs").expect("a user id");
