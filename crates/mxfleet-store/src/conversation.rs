@@ -17,8 +17,7 @@ impl Store {
         event_id: &str,
         draft: &Draft,
     ) -> Result<(), StoreError> {
-        let (account, event_id, bytes) = (account.to_owned(), event_id.to_owned(), to_json(draft));
-        self.blocking(move |s| s.write(|tx| put_draft(tx, &account, &event_id, &bytes)))
+        self.put_draft(account, event_id, draft, redb::Durability::Immediate)
             .await
     }
 
@@ -31,9 +30,27 @@ impl Store {
         event_id: &str,
         draft: &Draft,
     ) -> Result<(), StoreError> {
-        let (account, event_id, bytes) = (account.to_owned(), event_id.to_owned(), to_json(draft));
-        self.blocking(move |s| s.write_unsynced(|tx| put_draft(tx, &account, &event_id, &bytes)))
+        self.put_draft(account, event_id, draft, redb::Durability::None)
             .await
+    }
+
+    /// Puts the draft of the answer to `event_id`, committed with `durability`.
+    async fn put_draft(
+        &self,
+        account: &str,
+        event_id: &str,
+        draft: &Draft,
+        durability: redb::Durability,
+    ) -> Result<(), StoreError> {
+        let (account, event_id, bytes) = (account.to_owned(), event_id.to_owned(), to_json(draft));
+        self.blocking(move |s| {
+            s.write_with(durability, |tx| {
+                tx.open_table(DRAFTS)?
+                    .insert((account.as_str(), event_id.as_str()), bytes.as_slice())?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// The memory of conversation `key` (a room id, or `room_id|thread_root`).
@@ -117,15 +134,4 @@ impl Store {
         })
         .await
     }
-}
-
-/// Puts a serialised draft under (`account`, `event_id`).
-fn put_draft(
-    tx: &redb::WriteTransaction,
-    account: &str,
-    event_id: &str,
-    bytes: &[u8],
-) -> Result<(), redb::Error> {
-    tx.open_table(DRAFTS)?.insert((account, event_id), bytes)?;
-    Ok(())
 }

@@ -232,26 +232,25 @@ impl Store {
             })
     }
 
+    /// Runs `f` in a write transaction, committed to disk when this returns.
     fn write<R>(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<R, redb::Error>,
     ) -> Result<R, StoreError> {
-        let tx = self.db()?.begin_write().map_err(|e| self.err(e))?;
-        let out = f(&tx).map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok(out)
+        self.write_with(redb::Durability::Immediate, f)
     }
 
-    /// As [`Store::write`], without waiting for the disk: later transactions of this process
-    /// see the change at once, and it reaches the disk with the next durable commit (of any
-    /// account); a crash before that loses it.
-    fn write_unsynced<R>(
+    /// Runs `f` in a write transaction committed with `durability`. `Durability::None` does not
+    /// wait for the disk: later transactions of this process see the change at once, and it
+    /// reaches the disk with the next durable commit (of any account); a crash before that
+    /// loses it.
+    fn write_with<R>(
         &self,
+        durability: redb::Durability,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<R, redb::Error>,
     ) -> Result<R, StoreError> {
         let mut tx = self.db()?.begin_write().map_err(|e| self.err(e))?;
-        tx.set_durability(redb::Durability::None)
-            .map_err(|e| self.err(e))?;
+        tx.set_durability(durability).map_err(|e| self.err(e))?;
         let out = f(&tx).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(out)

@@ -194,23 +194,23 @@ impl<R> RoomSink<R> {
 
     /// Saves the draft, on disk when this returns.
     async fn save(&self) {
-        if let Err(e) = self
-            .store
-            .save_draft(&self.account, self.answering.as_str(), &self.draft)
-            .await
-        {
-            warn!(error = %e, "could not save the answer's draft");
-        }
+        self.keep(true).await;
     }
 
     /// Saves the draft for this process's later reads, without waiting for the disk.
     async fn stage(&self) {
-        if let Err(e) = self
-            .store
-            .stage_draft(&self.account, self.answering.as_str(), &self.draft)
-            .await
-        {
-            warn!(error = %e, "could not keep the answer's draft");
+        self.keep(false).await;
+    }
+
+    /// Saves the draft, `synced` to disk or not; a failure is logged (the answer goes on).
+    async fn keep(&self, synced: bool) {
+        let (store, account, event) = (&self.store, &self.account, self.answering.as_str());
+        let kept = match synced {
+            true => store.save_draft(account, event, &self.draft).await,
+            false => store.stage_draft(account, event, &self.draft).await,
+        };
+        if let Err(e) = kept {
+            warn!(error = %e, synced, "could not save the answer's draft");
         }
     }
 
