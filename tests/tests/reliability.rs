@@ -258,6 +258,71 @@ async fn a_lost_response_to_an_edit_never_truncates_the_answer() -> Result<()> {
 }
 
 #[tokio::test]
+async fn an_answer_retried_after_a_crash_corrects_the_message_its_first_attempt_left() -> Result<()>
+{
+    let synapse = Synapse::shared().await?;
+    let proxy = CountingProxy::start(synapse.url()).await?;
+    let first = "the first attempt's answer, which is longer and must not stay in the room";
+    let second = "the second attempt's answer";
+    let llm = FakeOpenAi::start_answering(
+        200,
+        Duration::from_millis(3),
+        vec![first.into(), second.into()],
+    )
+    .await?;
+    let mut s = Scenario::new()
+        .llm(&llm)
+        .bot(|b| {
+            b.llm()
+                .open_dms()
+                .via(&proxy.url)
+                .key("ack_reaction = \"\"")
+        })
+        .human()
+        .start()
+        .await?;
+    let (human, bot) = (&s.humans[0], s.bot("bot").user_id.clone());
+    let dm = human.dm(&bot).await?;
+    // The answer's first send lands, its response is lost, and every send after it fails; the
+    // process dies while it keeps trying, before anything confirmed the message.
+    proxy.lose_response_then_fail(
+        "/send/m.room.message/",
+        1,
+        Fault {
+            path_suffix: "/send/m.room.message/".into(),
+            status: 502,
+            body: "{}".into(),
+        },
+    );
+    human.send(&dm, "answer me").await?;
+    human
+        .expect_final_text(&dm, &bot, first, TIMEOUT)
+        .await
+        .context("the first attempt's send never landed")?;
+    s.fleet.kill().await?;
+    proxy.set_fault(None);
+    // The next attempt has other text, and its send the same transaction id: the homeserver
+    // returns the first attempt's message, which must end up showing the new answer.
+    s.fleet.start().await?;
+    s.wait_syncing().await?;
+    let human = &s.humans[0];
+    human
+        .expect_final_text(&dm, &bot, second, TIMEOUT)
+        .await
+        .with_context(|| s.fleet.log_tail(30))?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let said: Vec<String> = human
+        .seen_from(&dm, &bot)
+        .iter()
+        .map(|m| human.current_text(m))
+        .collect();
+    ensure!(said == [second], "the room shows {said:?}");
+    ensure!(llm.requests().len() == 2, "asked {}", llm.requests().len());
+    s.fleet.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn sigterm_mid_stream_ends_the_answer_with_its_interrupted_edit() -> Result<()> {
     let text = "word ".repeat(300);
     let llm = FakeOpenAi::start_with(5, Duration::from_millis(40), Some(text)).await?;

@@ -272,7 +272,7 @@ async fn room_worker(
             span.record("trace_id", trace_id);
             span.record("span_id", span_id);
         }
-        let handle = |message| handle_in_room(&ctx, message, ticket, queued_at);
+        let handle = |message, attempt| handle_in_room(&ctx, message, attempt, ticket, queued_at);
         attempt(&ctx, &message, counted, &mut stop, handle)
             .instrument(span)
             .await;
@@ -293,7 +293,7 @@ async fn attempt<F, Fut>(
     stop: &mut watch::Receiver<bool>,
     handle: F,
 ) where
-    F: Fn(InboundMessage) -> Fut,
+    F: Fn(InboundMessage, u32) -> Fut,
     Fut: Future<Output = Result<(), AccountError>>,
 {
     let mut wait = FIRST_RETRY;
@@ -327,7 +327,7 @@ async fn attempt<F, Fut>(
             let reason = format!("no answer after {MAX_ATTEMPTS} attempts");
             return record::give_up(ctx, message, "attempts", &reason).await;
         }
-        let handled = AssertUnwindSafe(handle(message.clone()))
+        let handled = AssertUnwindSafe(handle(message.clone(), attempt))
             .catch_unwind()
             .await;
         let failure = match handled {
@@ -347,17 +347,19 @@ async fn attempt<F, Fut>(
     }
 }
 
-/// Handles `message` in its room; a room the account is not in is skipped.
+/// Handles `message` (its `attempt`-th attempt) in its room; a room the account is not in is
+/// skipped.
 async fn handle_in_room(
     ctx: &TurnContext,
     message: InboundMessage,
+    attempt: u32,
     ticket: Ticket,
     received: Instant,
 ) -> Result<(), AccountError> {
     match ctx.rooms.get(&message.room_id) {
         Some(room) => {
             let room = MatrixRoom::new(room, ctx.rooms.clone());
-            answer::handle(ctx, &room, message, ticket, received).await
+            answer::handle(ctx, &room, message, attempt, ticket, received).await
         }
         None => record::skip(ctx, &message, "not in the room").await,
     }
@@ -410,7 +412,7 @@ mod tests {
         claim(&ctx, &message).await;
         let calls = AtomicU32::new(0);
         let (_stop, mut stopping) = watch::channel(false);
-        let handler = |_message| {
+        let handler = |_message, _attempt| {
             let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
             let result = outcome(n);
             async move {
@@ -473,7 +475,7 @@ mod tests {
         }
         let (_stop, mut stopping) = watch::channel(false);
         let calls = AtomicU32::new(0);
-        let handler = |_message| {
+        let handler = |_message, _attempt| {
             calls.fetch_add(1, Ordering::SeqCst);
             async { Ok(()) }
         };

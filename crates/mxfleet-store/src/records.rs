@@ -126,8 +126,9 @@ pub struct DraftPart {
     /// if its answer never came back, so an interrupted answer is finished with it.
     #[serde(default)]
     pub attempted: String,
-    /// An earlier try of the first send had other text and may be what landed: once the send
-    /// is confirmed, the message is edited to the text it should show.
+    /// An earlier try of the first send had other text (or an earlier attempt at the answer
+    /// left no draft to say what it sent) and may be what landed: once the send is confirmed,
+    /// the message is edited to the text it should show.
     #[serde(default)]
     pub may_show_older: bool,
 }

@@ -107,6 +107,9 @@ struct AppState {
     chunk_chars: usize,
     delay: Duration,
     text: Option<String>,
+    /// Answers given in turn (the last one from then on), ahead of `text`.
+    answers: Arc<Vec<String>>,
+    answered: Arc<AtomicUsize>,
 }
 
 impl FakeOpenAi {
@@ -123,6 +126,26 @@ impl FakeOpenAi {
         delay: Duration,
         text: Option<String>,
     ) -> anyhow::Result<FakeOpenAi> {
+        Self::serve(chunk_chars, delay, text, Vec::new()).await
+    }
+
+    /// Starts a server that gives `answers` in turn, one per chat request (the last one to
+    /// every request after), in chunks of `chunk_chars` characters, `delay` apart: a retried
+    /// answer can differ from the first.
+    pub async fn start_answering(
+        chunk_chars: usize,
+        delay: Duration,
+        answers: Vec<String>,
+    ) -> anyhow::Result<FakeOpenAi> {
+        Self::serve(chunk_chars, delay, None, answers).await
+    }
+
+    async fn serve(
+        chunk_chars: usize,
+        delay: Duration,
+        text: Option<String>,
+        answers: Vec<String>,
+    ) -> anyhow::Result<FakeOpenAi> {
         let requests = RequestLog::default();
         let streams = Streams::default();
         let state = AppState {
@@ -131,6 +154,8 @@ impl FakeOpenAi {
             chunk_chars: chunk_chars.max(1),
             delay,
             text,
+            answers: Arc::new(answers),
+            answered: Arc::default(),
         };
         let app = Router::new()
             .route("/v1/chat/completions", post(completions))
@@ -265,9 +290,14 @@ async fn completions(State(state): State<AppState>, headers: HeaderMap, body: By
         .unwrap_or_default()
         .to_owned();
     state.requests.record(&headers, body.clone());
-    let answer: Vec<char> = state
-        .text
-        .clone()
+    let nth = state.answered.fetch_add(1, Ordering::SeqCst);
+    let in_turn = state
+        .answers
+        .get(nth)
+        .or_else(|| state.answers.last())
+        .cloned();
+    let answer: Vec<char> = in_turn
+        .or_else(|| state.text.clone())
         .unwrap_or_else(|| FakeOpenAi::answer_for(&last_user))
         .chars()
         .collect();

@@ -57,6 +57,8 @@ struct Loss {
     path_part: String,
     skip: usize,
     done: bool,
+    /// The fault every request after the lost one meets, until the test heals the proxy.
+    then: Option<Fault>,
 }
 
 impl CountingProxy {
@@ -96,10 +98,23 @@ impl CountingProxy {
     /// Loses the response of the `nth` (1-based, counted from now) request whose path contains
     /// `path_part`: it reaches Synapse, its answer never comes back (the connection is dropped).
     pub fn lose_response(&self, path_part: &str, nth: usize) {
+        self.lose(path_part, nth, None);
+    }
+
+    /// Loses the response of the `nth` request whose path contains `path_part`, as
+    /// [`lose_response`](Self::lose_response) does, and from that moment answers with `fault`
+    /// (until [`set_fault`](Self::set_fault) heals it): the request landed, and neither it
+    /// nor any retry gets an answer that says so.
+    pub fn lose_response_then_fail(&self, path_part: &str, nth: usize, fault: Fault) {
+        self.lose(path_part, nth, Some(fault));
+    }
+
+    fn lose(&self, path_part: &str, nth: usize, then: Option<Fault>) {
         lock(&self.lost).push(Loss {
             path_part: path_part.to_owned(),
             skip: nth.saturating_sub(1),
             done: false,
+            then,
         });
     }
 
@@ -160,7 +175,15 @@ async fn forward(
             request = request.header(name, value);
         }
     }
-    let lose = take_loss(&state.lost, uri.path());
+    let lose = match take_loss(&state.lost, uri.path()) {
+        Some(then) => {
+            if then.is_some() {
+                *lock(&state.fault) = then;
+            }
+            true
+        }
+        None => false,
+    };
     match request.send().await {
         Ok(_) if lose || state.cut.load(Ordering::SeqCst) => dropped(),
         Ok(upstream) => {
@@ -191,8 +214,9 @@ fn dropped() -> Response {
         .unwrap_or_default()
 }
 
-/// Whether the response to a request for `path` is to be lost (and counts it).
-fn take_loss(lost: &Mutex<Vec<Loss>>, path: &str) -> bool {
+/// Whether the response to a request for `path` is to be lost (and counts it): if so, with
+/// the fault to answer with from then on.
+fn take_loss(lost: &Mutex<Vec<Loss>>, path: &str) -> Option<Option<Fault>> {
     let mut lost = lock(lost);
     for loss in lost
         .iter_mut()
@@ -200,11 +224,11 @@ fn take_loss(lost: &Mutex<Vec<Loss>>, path: &str) -> bool {
     {
         if loss.skip == 0 {
             loss.done = true;
-            return true;
+            return Some(loss.then.take());
         }
         loss.skip -= 1;
     }
-    false
+    None
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -20,7 +20,7 @@ use super::{
     context::TurnContext,
     cues::Cues,
     history, media,
-    outbox::{Overhead, RoomSink, starting_draft},
+    outbox::{Earlier, Overhead, RoomSink, starting_draft},
     plan::{self, Approval, Known, Step},
     record::{self, Remember},
     room::RoomPort,
@@ -41,17 +41,19 @@ const OTP_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a reply without the backend (a command, a refusal) may take to be delivered.
 const DIRECT_REPLY_DEADLINE: Duration = Duration::from_secs(300);
 
-/// Handles one claimed message of `room` and records what became of it; an error means it
-/// stays pending (its answer could not be delivered, or a child could not be asked). A message
-/// the screen found over a rate limit (`ticket`) gets the room's notice instead of an answer.
+/// Handles one claimed message of `room` (its `attempt`-th attempt, counting those of earlier
+/// processes) and records what became of it; an error means it stays pending (its answer could
+/// not be delivered, or a child could not be asked). A message the screen found over a rate
+/// limit (`ticket`) gets the room's notice instead of an answer.
 pub(crate) async fn handle<R: RoomPort>(
     ctx: &TurnContext,
     room: &R,
     mut message: InboundMessage,
+    attempt: u32,
     ticket: Ticket,
     received: Instant,
 ) -> Result<(), AccountError> {
-    let known = Gathered::of(ctx, room, &message).await;
+    let known = Gathered::of(ctx, room, &message, attempt).await;
     let mut receipt_due = ctx.spec.conversation.read_receipts;
     loop {
         let step = plan::plan(&known.about(ctx, &message));
@@ -118,13 +120,20 @@ struct Gathered {
     facts: RoomFacts,
     me: Me,
     draft: Option<Draft>,
+    /// Whether an earlier attempt at the message began (in this process or an earlier one).
+    retried: bool,
     approval: Approval,
     vote: Option<String>,
 }
 
 impl Gathered {
-    /// Reads what [`plan`] needs about `message` in `room`.
-    async fn of<R: RoomPort>(ctx: &TurnContext, room: &R, message: &InboundMessage) -> Self {
+    /// Reads what [`plan`] needs about the `attempt`-th attempt at `message` in `room`.
+    async fn of<R: RoomPort>(
+        ctx: &TurnContext,
+        room: &R,
+        message: &InboundMessage,
+        attempt: u32,
+    ) -> Self {
         let facts = room.facts().await;
         let me = Me {
             user_id: ctx.user_id.clone(),
@@ -132,6 +141,7 @@ impl Gathered {
         };
         Self {
             draft: read_draft(ctx, message).await,
+            retried: attempt > 1,
             approval: approval(ctx, message, &facts).await,
             vote: media::vote_words(room, message).await,
             facts,
@@ -150,6 +160,14 @@ impl Gathered {
             approval: self.approval,
             draft: self.draft.as_ref(),
             vote: self.vote.as_deref(),
+        }
+    }
+
+    /// What earlier attempts at the message left for this one's sends.
+    fn earlier(&self) -> Earlier<'_> {
+        Earlier {
+            draft: self.draft.as_ref(),
+            retried: self.retried,
         }
     }
 }
@@ -212,7 +230,7 @@ async fn answer<R: RoomPort>(
         first_text: first_text.clone(),
     });
     let stream = actions::split_actions(asked, found.clone());
-    let earlier = known.draft.as_ref();
+    let earlier = known.earlier();
     let mut sink = room_sink(
         ctx,
         room,
@@ -268,7 +286,7 @@ async fn reply_directly<R: RoomPort>(
     let conv = &ctx.spec.conversation;
     let placement = plan::placement(message, conv.reply_to_message, known.facts.is_dm);
     let key = message.conversation_key();
-    let earlier = known.draft.as_ref();
+    let earlier = known.earlier();
     send_at_once(ctx, room, message, &placement, earlier, &key, text).await
 }
 
@@ -278,7 +296,7 @@ async fn send_at_once<R: RoomPort>(
     room: &R,
     message: &InboundMessage,
     placement: &Placement,
-    earlier: Option<&Draft>,
+    earlier: Earlier<'_>,
     key: &str,
     text: String,
 ) -> Result<(), AccountError> {
@@ -311,7 +329,7 @@ async fn challenge<R: RoomPort>(
         let reason = "OTP gate: no reply (locked out or throttled)";
         return record::skip(ctx, message, reason).await;
     };
-    let earlier = known.draft.as_ref();
+    let earlier = known.earlier();
     send_at_once(ctx, room, message, &Placement::Plain, earlier, "", text).await
 }
 
@@ -356,7 +374,7 @@ fn room_sink<R: RoomPort>(
     room: &R,
     message: &InboundMessage,
     placement: &Placement,
-    earlier: Option<&Draft>,
+    earlier: Earlier<'_>,
     visible: Option<Arc<AtomicBool>>,
 ) -> RoomSink<R> {
     RoomSink {
@@ -512,6 +530,7 @@ mod tests {
             &ctx,
             &room,
             question.clone(),
+            1,
             Ticket::Admitted,
             Instant::now(),
         )
@@ -573,7 +592,7 @@ mod tests {
         let question = message("$q", "@bob:hs", "@bot:hs what did I say?", now);
         claim(&ctx, &question).await;
 
-        let _ = handle(&ctx, &room, question, Ticket::Admitted, Instant::now()).await;
+        let _ = handle(&ctx, &room, question, 1, Ticket::Admitted, Instant::now()).await;
 
         let request = backend.requests().pop().expect("the backend was asked");
         let said: Vec<(&str, Option<&str>)> = request
@@ -608,7 +627,7 @@ mod tests {
         let question = message("$q", "@ann:hs", "!help", now_ms());
         claim(&ctx, &question).await;
 
-        let _ = handle(&ctx, &room, question, Ticket::Admitted, Instant::now()).await;
+        let _ = handle(&ctx, &room, question, 1, Ticket::Admitted, Instant::now()).await;
 
         assert_eq!(bodies(&room), [texts::HELP]);
         assert!(backend.requests().is_empty());
@@ -632,6 +651,7 @@ mod tests {
             &ctx,
             &room,
             question,
+            1,
             Ticket::TellLimited("per_sender"),
             Instant::now(),
         )
@@ -652,7 +672,7 @@ mod tests {
         let room = FakeRoom::new(&room_id(), true);
         let stranger = message("$s", "@stranger:hs", "hi", now_ms());
         claim(&ctx, &stranger).await;
-        let _ = handle(&ctx, &room, stranger, Ticket::Admitted, Instant::now()).await;
+        let _ = handle(&ctx, &room, stranger, 1, Ticket::Admitted, Instant::now()).await;
         assert!(room.sent().is_empty() && backend.requests().is_empty());
         assert_eq!(pending(&ctx).await, 0, "skipped is recorded");
 
@@ -660,7 +680,7 @@ mod tests {
         let down = FakeRoom::new(&room_id(), true).refusing_sends();
         let question = message("$q", "@ann:hs", "hi", now_ms());
         claim(&ctx, &question).await;
-        let _ = handle(&ctx, &down, question, Ticket::Admitted, Instant::now()).await;
+        let _ = handle(&ctx, &down, question, 1, Ticket::Admitted, Instant::now()).await;
         assert_eq!(pending(&ctx).await, 1, "left for the next start");
     }
 
@@ -683,7 +703,7 @@ mod tests {
         };
         claim(&ctx, &ballot).await;
 
-        let _ = handle(&ctx, &room, ballot, Ticket::Admitted, Instant::now()).await;
+        let _ = handle(&ctx, &room, ballot, 1, Ticket::Admitted, Instant::now()).await;
 
         let request = backend.requests().pop().expect("the backend was asked");
         assert_eq!(

@@ -6,7 +6,8 @@
 //! first attempt of a send it is kept without waiting for the disk: a later attempt at the
 //! answer in this process starts from it ([`starting_draft`]) and corrects a send that landed
 //! unconfirmed; a send's transaction id derives from the message answered, so after a crash
-//! the homeserver still returns, not repeats, an earlier attempt's message.
+//! the homeserver still returns, not repeats, an earlier attempt's message — which a retried
+//! attempt that finds no draft of it edits to its own text.
 
 use std::{
     sync::{
@@ -226,16 +227,37 @@ impl<R> RoomSink<R> {
     }
 }
 
-/// The draft a new attempt at an answer in `room_id` starts from: the sends an earlier attempt
-/// tried (`earlier`, stored) when none of them was confirmed — one may have landed without its
-/// answer coming back, and the new attempt's send with the same transaction id then returns
-/// that event, which the new attempt must correct to its own text; else an empty one. (An
-/// earlier attempt with a confirmed message is resumed instead, not answered again.)
-pub(crate) fn starting_draft(room_id: &str, earlier: Option<&Draft>) -> Draft {
-    let parts = earlier
+/// What earlier attempts at an answer left for the next one's sends.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Earlier<'a> {
+    /// The draft they kept, if any.
+    pub(crate) draft: Option<&'a Draft>,
+    /// Whether an earlier attempt began at all, in this process or in one that died.
+    pub(crate) retried: bool,
+}
+
+/// The draft a new attempt at an answer in `room_id` starts from. A send's transaction id
+/// derives from the message answered, so an earlier attempt's first send that landed without
+/// its answer coming back is what the homeserver returns for this attempt's: the new attempt
+/// must then correct it to its own text. So it starts from the sends the earlier attempts
+/// tried when none of them was confirmed; when there was an earlier attempt but no draft of it
+/// (a process that died before its draft reached the disk: it is kept beside the first send
+/// without waiting for the disk), the first message may show older text whatever this attempt
+/// sends, and is edited to it once sent. Else (a first attempt) it starts empty. (An earlier
+/// attempt with a confirmed message is resumed instead, not answered again.)
+pub(crate) fn starting_draft(room_id: &str, earlier: Earlier<'_>) -> Draft {
+    let unconfirmed = earlier
+        .draft
         .filter(|d| d.parts.iter().all(|p| p.event_id.is_none()))
         .map(|d| d.parts.clone())
         .unwrap_or_default();
+    let parts = match unconfirmed.is_empty() && earlier.retried {
+        true => vec![DraftPart {
+            may_show_older: true,
+            ..DraftPart::default()
+        }],
+        false => unconfirmed,
+    };
     Draft {
         room_id: room_id.to_owned(),
         parts,
@@ -396,7 +418,83 @@ mod tests {
         // attempt's event, which shows the older text.
         let stored = store.draft("bot", "$q").await.expect("read");
         let mut second = sink(&room, store);
-        second.draft = starting_draft("!r:hs", stored.as_ref());
+        let earlier = Earlier {
+            draft: stored.as_ref(),
+            retried: true,
+        };
+        second.draft = starting_draft("!r:hs", earlier);
+        second
+            .send_new(0, "a short second answer")
+            .await
+            .expect("sent");
+        let sent = room.sent();
+        let last = sent.last().expect("sent something");
+        assert_eq!(
+            last["content"]["m.new_content"]["body"], "a short second answer",
+            "{sent:?}"
+        );
+    }
+
+    #[test]
+    fn a_new_attempt_starts_from_what_an_earlier_one_may_have_sent() {
+        let tried = DraftPart {
+            txn_id: "t0".into(),
+            attempted: "earlier words".into(),
+            ..DraftPart::default()
+        };
+        let confirmed = DraftPart {
+            event_id: Some("$a".into()),
+            ..tried.clone()
+        };
+        let draft = |parts: Vec<DraftPart>| Draft {
+            room_id: "!r:hs".into(),
+            parts,
+        };
+        let (unconfirmed, sent) = (draft(vec![tried.clone()]), draft(vec![confirmed]));
+        let unknown = DraftPart {
+            may_show_older: true,
+            ..DraftPart::default()
+        };
+        // (the earlier draft, whether an earlier attempt began) → the parts to start from
+        let cases = [
+            (None, false, vec![]),
+            (None, true, vec![unknown.clone()]),
+            (Some(&unconfirmed), false, vec![tried.clone()]),
+            (Some(&unconfirmed), true, vec![tried]),
+            (Some(&sent), false, vec![]),
+            (Some(&sent), true, vec![unknown]),
+        ];
+        for (draft, retried, parts) in cases {
+            let started = starting_draft("!r:hs", Earlier { draft, retried });
+            assert_eq!(started.parts, parts, "{draft:?}, retried: {retried}");
+            assert_eq!(started.room_id, "!r:hs");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_attempt_after_a_crash_corrects_a_first_send_whose_draft_was_lost() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::open(&dir.path().join("db.redb")).expect("a store");
+        let room = FakeRoom::new(&testing::room("!r:hs"), true);
+        // The first attempt's first send lands; the process dies before anything of its draft
+        // reached the disk.
+        let lost = tempfile::tempdir().expect("a temporary directory");
+        let mut first = sink(
+            &room,
+            Store::open(&lost.path().join("db.redb")).expect("a store"),
+        );
+        first
+            .send_new(0, "the first attempt's opening")
+            .await
+            .expect("sent");
+
+        // The next process's attempt has other text and finds no draft.
+        let mut second = sink(&room, store);
+        let earlier = Earlier {
+            draft: None,
+            retried: true,
+        };
+        second.draft = starting_draft("!r:hs", earlier);
         second
             .send_new(0, "a short second answer")
             .await
