@@ -139,9 +139,15 @@ impl Gathered {
             user_id: ctx.user_id.clone(),
             display_name: room.member_name(&ctx.user_id).await,
         };
+        let retried = attempt > 1;
         Self {
-            draft: read_draft(ctx, message).await,
-            retried: attempt > 1,
+            // A draft is only written during an attempt, and the first is counted before it
+            // begins: a first attempt has none to read.
+            draft: match retried {
+                true => read_draft(ctx, message).await,
+                false => None,
+            },
+            retried,
             approval: approval(ctx, message, &facts).await,
             vote: media::vote_words(room, message).await,
             facts,
