@@ -126,6 +126,15 @@ async fn messages_left_pending_by_a_crash_are_answered_in_the_order_they_arrived
     s.fleet.start().await?;
     let human = &s.humans[0];
     answered_once_in_order(human, &dm, &bot, &questions).await?;
+    // Nothing of an answer had landed before the kill: each is one message, never edited
+    // (the restart counts them all as retries, and a retry reads its message back).
+    let edited: Vec<String> = human
+        .seen_from(&dm, &bot)
+        .iter()
+        .filter(|m| !human.edits_of(&m.event_id).is_empty())
+        .map(|m| human.current_text(m))
+        .collect();
+    ensure!(edited.is_empty(), "edited after the restart: {edited:?}");
     s.fleet.stop().await?;
     Ok(())
 }
@@ -264,10 +273,11 @@ async fn an_answer_retried_after_a_crash_corrects_the_message_its_first_attempt_
     let proxy = CountingProxy::start(synapse.url()).await?;
     let first = "the first attempt's answer, which is longer and must not stay in the room";
     let second = "the second attempt's answer";
+    let next = "the answer to the question that waited";
     let llm = FakeOpenAi::start_answering(
         200,
         Duration::from_millis(3),
-        vec![first.into(), second.into()],
+        vec![first.into(), second.into(), next.into()],
     )
     .await?;
     let mut s = Scenario::new()
@@ -282,42 +292,53 @@ async fn an_answer_retried_after_a_crash_corrects_the_message_its_first_attempt_
         .start()
         .await?;
     let (human, bot) = (&s.humans[0], s.bot("bot").user_id.clone());
-    let dm = human.dm(&bot).await?;
-    // The answer's first send lands, its response is lost, and every send after it fails; the
-    // process dies while it keeps trying, before anything confirmed the message.
-    proxy.lose_response_then_fail(
-        "/send/m.room.message/",
-        1,
-        Fault {
-            path_suffix: "/send/m.room.message/".into(),
-            status: 502,
-            body: "{}".into(),
-        },
-    );
+    let dm = human.encrypted_dm(&bot).await?;
+    // The answer's first send lands, its response is lost, and every send after it fails; a
+    // second question waits behind it; the process dies while it keeps trying, before
+    // anything confirmed the message.
+    let sends = "/send/m.room.encrypted/";
+    let fault = Fault {
+        path_suffix: sends.into(),
+        status: 502,
+        body: "{}".into(),
+    };
+    proxy.lose_response_then_fail(sends, 1, fault);
     human.send(&dm, "answer me").await?;
     human
         .expect_final_text(&dm, &bot, first, TIMEOUT)
         .await
         .context("the first attempt's send never landed")?;
+    human.send(&dm, "and then me").await?;
+    let waiting = s
+        .fleet
+        .wait_for_status("the second question waiting", TIMEOUT, |status| {
+            status["accounts"]["bot"]["messages_waiting"] == 1
+        })
+        .await;
+    waiting.with_context(|| s.fleet.log_tail(20))?;
     s.fleet.kill().await?;
     proxy.set_fault(None);
-    // The next attempt has other text, and its send the same transaction id: the homeserver
-    // returns the first attempt's message, which must end up showing the new answer.
+    // After the restart both are retries with no draft. The first one's answer has other text,
+    // and its send the same transaction id: the homeserver returns the first attempt's message,
+    // which must end up showing the new answer. The second one's message is its own: read back
+    // (decrypted), it shows the answer, and is not edited.
     s.fleet.start().await?;
     s.wait_syncing().await?;
     let human = &s.humans[0];
     human
-        .expect_final_text(&dm, &bot, second, TIMEOUT)
+        .expect_final_text(&dm, &bot, next, TIMEOUT)
         .await
         .with_context(|| s.fleet.log_tail(30))?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let said: Vec<String> = human
-        .seen_from(&dm, &bot)
+    let answers = human.seen_from(&dm, &bot);
+    let said: Vec<String> = answers.iter().map(|m| human.current_text(m)).collect();
+    ensure!(said == [second, next], "the room shows {said:?}");
+    let edits: Vec<usize> = answers
         .iter()
-        .map(|m| human.current_text(m))
+        .map(|m| human.edits_of(&m.event_id).len())
         .collect();
-    ensure!(said == [second], "the room shows {said:?}");
-    ensure!(llm.requests().len() == 2, "asked {}", llm.requests().len());
+    ensure!(edits == [1, 0], "edits of each answer: {edits:?}");
+    ensure!(llm.requests().len() == 3, "asked {}", llm.requests().len());
     s.fleet.stop().await?;
     Ok(())
 }

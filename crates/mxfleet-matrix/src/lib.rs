@@ -26,7 +26,7 @@ pub use failure::{FailureClass, MatrixFailure};
 pub use inbound::{Normalised, normalise};
 pub use matrix_sdk;
 pub use outbound::{
-    Placement, edit_content, ensure_can_send, location_content, message_content, reaction_content,
-    redact, send_content, send_content_once, transaction_id,
+    Placement, edit_content, ensure_can_send, event_body, location_content, message_content,
+    reaction_content, redact, send_content, send_content_once, transaction_id,
 };
 pub use sqlite_tuning::set_page_cache_kib;

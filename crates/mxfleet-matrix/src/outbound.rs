@@ -151,6 +151,23 @@ async fn send(
         .map_err(|e| MatrixFailure::from_sdk(what, &e))
 }
 
+/// The plain `body` of `event_id` in `room` as it was sent (decrypted if need be, edits not
+/// applied), if it has one: what a send that returned an earlier event with the same
+/// transaction id shows.
+pub async fn event_body(room: &Room, event_id: &EventId) -> Result<Option<String>, MatrixFailure> {
+    /// The one field of a message's content read here.
+    #[derive(serde::Deserialize)]
+    struct Body {
+        body: Option<String>,
+    }
+    let event = room
+        .event(event_id, None)
+        .await
+        .map_err(|e| MatrixFailure::from_sdk("reading a sent message", &e))?;
+    let content = event.raw().get_field::<Body>("content").ok().flatten();
+    Ok(content.and_then(|c| c.body))
+}
+
 /// A reaction to `event_id` with `key`.
 pub fn reaction_content(event_id: &EventId, key: &str) -> ReactionEventContent {
     ReactionEventContent::new(Annotation::new(event_id.to_owned(), key.to_owned()))

@@ -128,7 +128,7 @@ pub struct DraftPart {
     pub attempted: String,
     /// An earlier try of the first send had other text (or an earlier attempt at the answer
     /// left no draft to say what it sent) and may be what landed: once the send is confirmed,
-    /// the message is edited to the text it should show.
+    /// the message is read back and edited to the text it should show if it shows other text.
     #[serde(default)]
     pub may_show_older: bool,
 }

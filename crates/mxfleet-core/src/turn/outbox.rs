@@ -7,7 +7,8 @@
 //! answer in this process starts from it ([`starting_draft`]) and corrects a send that landed
 //! unconfirmed; a send's transaction id derives from the message answered, so after a crash
 //! the homeserver still returns, not repeats, an earlier attempt's message — which a retried
-//! attempt that finds no draft of it edits to its own text.
+//! attempt that finds no draft of it reads back and edits to its own text if it shows other
+//! text.
 
 use std::{
     sync::{
@@ -94,6 +95,9 @@ impl<R: RoomPort> AnswerSink for RoomSink<R> {
             (p, _) => p.clone(),
         };
         let content = message_content(&render_markdown(text), &placement);
+        // What the message must show if the homeserver returns an earlier try's event.
+        let unsure = self.draft.parts.get(part).is_some_and(|p| p.may_show_older);
+        let body = unsure.then(|| content.body().to_owned());
         if let Some(overhead) = self.overhead.take()
             && let Some(first_text) = overhead.first_text.get()
         {
@@ -123,10 +127,13 @@ impl<R: RoomPort> AnswerSink for RoomSink<R> {
             stored.shown = text.to_owned();
         }
         self.save().await;
-        if self.draft.parts.get(part).is_some_and(|p| p.may_show_older) {
-            // Whichever text landed, the message ends up showing this one (a failed edit is
-            // tried again with the send: the mark stays until it lands).
-            self.edit(part, 1, text).await?;
+        if let Some(body) = body {
+            // Whichever text landed, the message ends up showing this one: edited unless it
+            // does already (a failed edit is tried again with the send: the mark stays until it
+            // lands).
+            if !self.shows(&event_id, &body).await {
+                self.edit(part, 1, text).await?;
+            }
             if let Some(stored) = self.draft.parts.get_mut(part) {
                 stored.may_show_older = false;
             }
@@ -152,6 +159,18 @@ impl<R: RoomPort> AnswerSink for RoomSink<R> {
 }
 
 impl<R: RoomPort> RoomSink<R> {
+    /// Whether `event` was sent with `body`: the send that returned it made it, or an earlier
+    /// try with the same text did. Unknown (it could not be read) counts as no.
+    async fn shows(&self, event: &EventId, body: &str) -> bool {
+        match self.room.sent_body(event).await {
+            Ok(sent) => sent.as_deref() == Some(body),
+            Err(e) => {
+                warn!(error = %e, "could not read back a sent message; editing it to be sure");
+                false
+            }
+        }
+    }
+
     /// Sends `content` once, in a `send` span, timed.
     async fn send(
         &self,
@@ -243,7 +262,8 @@ pub(crate) struct Earlier<'a> {
 /// tried when none of them was confirmed; when there was an earlier attempt but no draft of it
 /// (a process that died before its draft reached the disk: it is kept beside the first send
 /// without waiting for the disk), the first message may show older text whatever this attempt
-/// sends, and is edited to it once sent. Else (a first attempt) it starts empty. (An earlier
+/// sends, and is read back once sent and edited to it if it shows other text. Else (a first
+/// attempt) it starts empty. (An earlier
 /// attempt with a confirmed message is resumed instead, not answered again.)
 pub(crate) fn starting_draft(room_id: &str, earlier: Earlier<'_>) -> Draft {
     let unconfirmed = earlier
@@ -513,11 +533,11 @@ mod tests {
         let store = Store::open(&dir.path().join("db.redb")).expect("a store");
         let room = FakeRoom::new(&testing::room("!r:hs"), true);
         let mut sink = sink(&room, store);
-        // The first try (with the text so far) may land without its answer coming back; the
+        // The first try (with the text so far) lands without its answer coming back; the
         // retry has the same transaction id, so the homeserver returns that first event.
-        let down = room.clone().refusing_sends();
+        let lossy = room.clone().losing_answers();
         assert!(sink.send_new(0, "the first words").await.is_err());
-        down.accepting_sends();
+        lossy.accepting_sends();
         sink.send_new(0, "the first words and the rest")
             .await
             .expect("sent");
@@ -529,5 +549,36 @@ mod tests {
             last["content"]["m.new_content"]["body"], "the first words and the rest",
             "{sent:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_send_that_may_follow_an_earlier_one_is_edited_only_if_the_room_shows_other_text() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::open(&dir.path().join("db.redb")).expect("a store");
+        // A first try that never reached the homeserver: the retry makes the only message.
+        let room = FakeRoom::new(&testing::room("!r:hs"), true);
+        let mut within = sink(&room, store.clone());
+        let down = room.clone().refusing_sends();
+        assert!(within.send_new(0, "the first words").await.is_err());
+        down.accepting_sends();
+        within
+            .send_new(0, "the first words and the rest")
+            .await
+            .expect("sent");
+        assert_eq!(room.sent().len(), 1, "{:?}", room.sent());
+        assert!(!within.draft.parts[0].may_show_older);
+
+        // An attempt after a restart that finds no draft, where the earlier process sent
+        // nothing (a message that only waited in its room's queue).
+        let room = FakeRoom::new(&testing::room("!r:hs"), true);
+        let mut after = sink(&room, store);
+        let earlier = Earlier {
+            draft: None,
+            retried: true,
+        };
+        after.draft = starting_draft("!r:hs", earlier);
+        after.send_new(0, "the answer").await.expect("sent");
+        assert_eq!(room.sent().len(), 1, "{:?}", room.sent());
+        assert!(!after.draft.parts[0].may_show_older);
     }
 }

@@ -8,7 +8,7 @@
 use std::future::Future;
 
 use mxfleet_matrix::{
-    MatrixFailure, Normalised, ensure_can_send,
+    MatrixFailure, Normalised, ensure_can_send, event_body,
     matrix_sdk::{
         Room,
         deserialized_responses::TimelineEvent,
@@ -93,6 +93,12 @@ pub(crate) trait RoomPort: Clone + Send + Sync + 'static {
         event: &EventId,
         txn: OwnedTransactionId,
     ) -> impl Future<Output = Result<(), MatrixFailure>> + Send;
+
+    /// The plain body `event` was sent with (edits not applied), if it has one.
+    fn sent_body(
+        &self,
+        event: &EventId,
+    ) -> impl Future<Output = Result<Option<String>, MatrixFailure>> + Send;
 }
 
 /// A joined Matrix room of the account.
@@ -229,6 +235,10 @@ impl RoomPort for MatrixRoom {
     async fn redact(&self, event: &EventId, txn: OwnedTransactionId) -> Result<(), MatrixFailure> {
         redact(&self.room, event, txn).await
     }
+
+    async fn sent_body(&self, event: &EventId) -> Result<Option<String>, MatrixFailure> {
+        event_body(&self.room, event).await
+    }
 }
 
 #[cfg(test)]
@@ -271,6 +281,8 @@ pub(crate) mod fake {
         sent: u64,
         /// The event each transaction id made: a send with a known one makes no new event.
         txns: HashMap<String, OwnedEventId>,
+        /// The body each event was sent with.
+        bodies: HashMap<OwnedEventId, String>,
     }
 
     /// A room in memory.
@@ -417,6 +429,7 @@ pub(crate) mod fake {
                 .unwrap_or_default();
             let json =
                 serde_json::json!({"type": content.event_type().to_string(), "content": json});
+            let body = json["content"]["body"].as_str().map(str::to_owned);
             inner.did.push(Did::Sent(txn.to_string(), json));
             // As a homeserver does: a transaction id it has seen returns that event again.
             let event = match inner.txns.get(txn.as_str()) {
@@ -426,6 +439,9 @@ pub(crate) mod fake {
                     let event = EventId::parse(format!("$sent{}", inner.sent))
                         .map_err(|e| MatrixFailure::new(FailureClass::Fatal, e.to_string()))?;
                     inner.txns.insert(txn.to_string(), event.clone());
+                    if let Some(body) = body {
+                        inner.bodies.insert(event.clone(), body);
+                    }
                     event
                 }
             };
@@ -442,6 +458,10 @@ pub(crate) mod fake {
         ) -> Result<(), MatrixFailure> {
             self.inner().did.push(Did::Redacted(event.to_string()));
             Ok(())
+        }
+
+        async fn sent_body(&self, event: &EventId) -> Result<Option<String>, MatrixFailure> {
+            Ok(self.inner().bodies.get(event).cloned())
         }
     }
 }
