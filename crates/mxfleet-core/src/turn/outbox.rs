@@ -339,6 +339,13 @@ mod tests {
         turn::room::fake::{Did, FakeRoom},
     };
 
+    /// A store in a temporary directory (kept while the guard lives) and a DM `!r:hs`.
+    fn setup() -> (tempfile::TempDir, Store, FakeRoom) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = Store::open(&dir.path().join("db.redb")).expect("a store");
+        (dir, store, FakeRoom::new(&testing::room("!r:hs"), true))
+    }
+
     /// A sink answering `$q` in `room`, its draft in `store`.
     fn sink(room: &FakeRoom, store: Store) -> RoomSink<FakeRoom> {
         RoomSink {
@@ -355,11 +362,28 @@ mod tests {
         }
     }
 
+    /// A sink for a later attempt at `$q` in `room`, which an earlier attempt that left
+    /// `stored` (or no draft) preceded.
+    fn retry_sink(room: &FakeRoom, store: Store, stored: Option<&Draft>) -> RoomSink<FakeRoom> {
+        let mut retry = sink(room, store);
+        let earlier = Earlier {
+            draft: stored,
+            retried: true,
+        };
+        retry.draft = starting_draft("!r:hs", earlier);
+        retry
+    }
+
+    /// Asserts that the last thing sent into `room` is an edit to `text`.
+    fn assert_last_edit_shows(room: &FakeRoom, text: &str) {
+        let sent = room.sent();
+        let last = sent.last().expect("sent something");
+        assert_eq!(last["content"]["m.new_content"]["body"], text, "{sent:?}");
+    }
+
     #[tokio::test]
     async fn every_edit_attempt_with_other_text_has_its_own_transaction_id() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = Store::open(&dir.path().join("db.redb")).expect("a store");
-        let room = FakeRoom::new(&testing::room("!r:hs"), true);
+        let (_dir, store, room) = setup();
         let mut sink = sink(&room, store);
         sink.send_new(0, "one").await.expect("sent");
         // An attempt whose answer was lost, then the next text, then a retry of that text.
@@ -387,9 +411,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_interrupted_answer_is_finished_with_the_latest_text_it_tried_to_show() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = Store::open(&dir.path().join("db.redb")).expect("a store");
-        let room = FakeRoom::new(&testing::room("!r:hs"), true);
+        let (_dir, store, room) = setup();
         let mut sink = sink(&room, store.clone());
         sink.send_new(0, "one").await.expect("sent");
         // The final edit reaches the homeserver, its answer does not, and the process dies.
@@ -419,9 +441,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_attempt_corrects_a_first_send_of_an_earlier_one_that_landed_unconfirmed() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = Store::open(&dir.path().join("db.redb")).expect("a store");
-        let room = FakeRoom::new(&testing::room("!r:hs"), true);
+        let (_dir, store, room) = setup();
         // The first attempt's first send lands, its answer is lost, and the attempt fails.
         let mut first = sink(&room, store.clone());
         let lossy = room.clone().losing_answers();
@@ -437,22 +457,12 @@ mod tests {
         // first send has the same transaction id, so the homeserver returns the first
         // attempt's event, which shows the older text.
         let stored = store.draft("bot", "$q").await.expect("read");
-        let mut second = sink(&room, store);
-        let earlier = Earlier {
-            draft: stored.as_ref(),
-            retried: true,
-        };
-        second.draft = starting_draft("!r:hs", earlier);
+        let mut second = retry_sink(&room, store, stored.as_ref());
         second
             .send_new(0, "a short second answer")
             .await
             .expect("sent");
-        let sent = room.sent();
-        let last = sent.last().expect("sent something");
-        assert_eq!(
-            last["content"]["m.new_content"]["body"], "a short second answer",
-            "{sent:?}"
-        );
+        assert_last_edit_shows(&room, "a short second answer");
     }
 
     #[test]
@@ -493,45 +503,28 @@ mod tests {
 
     #[tokio::test]
     async fn an_attempt_after_a_crash_corrects_a_first_send_whose_draft_was_lost() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = Store::open(&dir.path().join("db.redb")).expect("a store");
-        let room = FakeRoom::new(&testing::room("!r:hs"), true);
+        let (_dir, store, room) = setup();
         // The first attempt's first send lands; the process dies before anything of its draft
         // reached the disk.
-        let lost = tempfile::tempdir().expect("a temporary directory");
-        let mut first = sink(
-            &room,
-            Store::open(&lost.path().join("db.redb")).expect("a store"),
-        );
+        let (_lost, lost_store, _) = setup();
+        let mut first = sink(&room, lost_store);
         first
             .send_new(0, "the first attempt's opening")
             .await
             .expect("sent");
 
         // The next process's attempt has other text and finds no draft.
-        let mut second = sink(&room, store);
-        let earlier = Earlier {
-            draft: None,
-            retried: true,
-        };
-        second.draft = starting_draft("!r:hs", earlier);
+        let mut second = retry_sink(&room, store, None);
         second
             .send_new(0, "a short second answer")
             .await
             .expect("sent");
-        let sent = room.sent();
-        let last = sent.last().expect("sent something");
-        assert_eq!(
-            last["content"]["m.new_content"]["body"], "a short second answer",
-            "{sent:?}"
-        );
+        assert_last_edit_shows(&room, "a short second answer");
     }
 
     #[tokio::test]
     async fn a_first_send_retried_with_more_text_is_followed_by_an_edit_to_it() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = Store::open(&dir.path().join("db.redb")).expect("a store");
-        let room = FakeRoom::new(&testing::room("!r:hs"), true);
+        let (_dir, store, room) = setup();
         let mut sink = sink(&room, store);
         // The first try (with the text so far) lands without its answer coming back; the
         // retry has the same transaction id, so the homeserver returns that first event.
@@ -543,20 +536,13 @@ mod tests {
             .expect("sent");
         // Had the correcting edit failed, the retried send would still correct it.
         assert!(!sink.draft.parts[0].may_show_older);
-        let sent = room.sent();
-        let last = sent.last().expect("sent something");
-        assert_eq!(
-            last["content"]["m.new_content"]["body"], "the first words and the rest",
-            "{sent:?}"
-        );
+        assert_last_edit_shows(&room, "the first words and the rest");
     }
 
     #[tokio::test]
     async fn a_send_that_may_follow_an_earlier_one_is_edited_only_if_the_room_shows_other_text() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = Store::open(&dir.path().join("db.redb")).expect("a store");
         // A first try that never reached the homeserver: the retry makes the only message.
-        let room = FakeRoom::new(&testing::room("!r:hs"), true);
+        let (_dir, store, room) = setup();
         let mut within = sink(&room, store.clone());
         let down = room.clone().refusing_sends();
         assert!(within.send_new(0, "the first words").await.is_err());
@@ -571,12 +557,7 @@ mod tests {
         // An attempt after a restart that finds no draft, where the earlier process sent
         // nothing (a message that only waited in its room's queue).
         let room = FakeRoom::new(&testing::room("!r:hs"), true);
-        let mut after = sink(&room, store);
-        let earlier = Earlier {
-            draft: None,
-            retried: true,
-        };
-        after.draft = starting_draft("!r:hs", earlier);
+        let mut after = retry_sink(&room, store, None);
         after.send_new(0, "the answer").await.expect("sent");
         assert_eq!(room.sent().len(), 1, "{:?}", room.sent());
         assert!(!after.draft.parts[0].may_show_older);
